@@ -1,0 +1,95 @@
+"""A split of records, with its label set and the problems met while reading it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from rocmre.data.record import DataFormatError, RelationRecord
+
+
+@dataclass
+class LabelSet:
+    """Ordered relation labels with an explicitly named negative (no-relation) label."""
+
+    labels: list[str]
+    negative_label: str
+
+    def __post_init__(self) -> None:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("duplicate labels in label set")
+        if self.negative_label not in self.labels:
+            raise ValueError(f"negative label {self.negative_label!r} is not among the labels {self.labels}")
+
+    def index(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise KeyError(f"unknown relation label {label!r}") from None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self.labels
+
+    def to_dict(self) -> dict:
+        return {"labels": self.labels, "negative_label": self.negative_label}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelSet:
+        return cls(list(data["labels"]), data["negative_label"])
+
+
+@dataclass
+class Problem:
+    """A bad input that was skipped (never silently): where it was and why."""
+
+    source: str
+    message: str
+
+
+@dataclass
+class RelationDataset(Sequence[RelationRecord]):
+    """The records of one split, in file order."""
+
+    records: list[RelationRecord]
+    labels: LabelSet | None = None
+    name: str = ""
+    split: str = ""
+    problems: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return RelationDataset(self.records[i], self.labels, self.name, self.split, list(self.problems))
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[RelationRecord]:
+        return iter(self.records)
+
+    @property
+    def num_with_image(self) -> int:
+        return sum(r.has_image for r in self.records)
+
+    def label_counts(self) -> Counter[str]:
+        return Counter(r.relation for r in self.records if r.relation is not None)
+
+    def filter(self, keep) -> RelationDataset:
+        """Records for which ``keep(record)`` is true (each record carries its own image reference)."""
+        return RelationDataset([r for r in self.records if keep(r)], self.labels, self.name, self.split,
+                               list(self.problems))
+
+    def check_labels(self) -> None:
+        """Raise if a record's relation is not in the label set."""
+        if self.labels is None:
+            return
+        for r in self.records:
+            if r.relation is not None and r.relation not in self.labels:
+                path, _, line = r.source.rpartition(":")
+                raise DataFormatError(
+                    f"relation {r.relation!r} is not in the label map ({len(self.labels)} labels)",
+                    path or r.source, int(line) if line.isdigit() else None, "relation")

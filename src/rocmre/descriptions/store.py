@@ -1,0 +1,203 @@
+"""Relation descriptions stored as data: texts, type signatures and provenance per relation.
+
+File format (JSON, ``"format": "rocmre-descriptions/1"``)::
+
+    {
+      "format": "rocmre-descriptions/1",
+      "name": "mnre",
+      "negative_label": "None",
+      "relations": {
+        "/per/org/member_of": {
+          "head_types": ["person"], "tail_types": ["organization"],
+          "descriptions": [
+            {"text": "The person is a member of the organization.",
+             "provenance": {"method": "hand", "date": "2026-11-27", "edited": false}}
+          ]
+        }
+      }
+    }
+
+``head_types`` / ``tail_types`` are entity types from :data:`rocmre.data.entity_types.ENTITY_TYPES`
+(an empty list means "any type"). Provenance says how a text was produced: ``method`` is ``"hand"`` or
+``"llm"``; LLM texts also record ``backend``, ``model``, ``prompt_version`` and whether they were ``edited``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rocmre.data.entity_types import ENTITY_TYPES
+from rocmre.data.record import DataFormatError
+
+FORMAT = "rocmre-descriptions/1"
+
+
+@dataclass
+class Description:
+    text: str
+    provenance: dict[str, Any] = field(default_factory=lambda: {"method": "hand"})
+
+
+@dataclass
+class RelationEntry:
+    descriptions: list[Description]
+    head_types: list[str] = field(default_factory=list)
+    tail_types: list[str] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        return [d.text for d in self.descriptions]
+
+
+class RelationDescriptions:
+    """An ordered mapping relation name -> descriptions and type signature."""
+
+    def __init__(self, relations: Mapping[str, RelationEntry] | None = None, *, name: str = "",
+                 negative_label: str | None = None) -> None:
+        self.relations: dict[str, RelationEntry] = dict(relations or {})
+        self.name = name
+        self.negative_label = negative_label
+
+    # -- access -------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return list(self.relations)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self.relations
+
+    def __len__(self) -> int:
+        return len(self.relations)
+
+    def texts(self, label: str) -> list[str]:
+        return self.relations[label].texts
+
+    def subset(self, labels: Iterable[str]) -> RelationDescriptions:
+        """A copy holding only ``labels`` (in that order); unknown labels raise KeyError."""
+        labels = list(labels)
+        missing = [lab for lab in labels if lab not in self.relations]
+        if missing:
+            raise KeyError(f"no descriptions for {missing}")
+        return RelationDescriptions({lab: self.relations[lab] for lab in labels}, name=self.name,
+                                    negative_label=self.negative_label)
+
+    def first_only(self, n: int = 1) -> RelationDescriptions:
+        """A copy keeping the first ``n`` descriptions of each relation."""
+        return RelationDescriptions(
+            {k: RelationEntry(v.descriptions[:n], v.head_types, v.tail_types) for k, v in self.relations.items()},
+            name=self.name, negative_label=self.negative_label)
+
+    def label_names_only(self) -> RelationDescriptions:
+        """A copy whose only 'description' per relation is its bare label name (an ablation)."""
+        return RelationDescriptions(
+            {k: RelationEntry([Description(k, {"method": "label-name"})], v.head_types, v.tail_types)
+             for k, v in self.relations.items()},
+            name=self.name, negative_label=self.negative_label)
+
+    # -- editing ------------------------------------------------------------------------------
+    def add(self, label: str, texts: Iterable[str | Description], *, head_types: Iterable[str] = (),
+            tail_types: Iterable[str] = (), provenance: Mapping[str, Any] | None = None) -> None:
+        """Add a relation, or append descriptions to an existing one."""
+        descs = [t if isinstance(t, Description) else Description(str(t), dict(provenance or {"method": "hand"}))
+                 for t in texts]
+        descs = [d for d in descs if d.text.strip()]
+        if not descs:
+            raise ValueError(f"relation {label!r} needs at least one non-empty description")
+        for t in (*head_types, *tail_types):
+            if t not in ENTITY_TYPES:
+                raise ValueError(f"unknown entity type {t!r}; expected one of {ENTITY_TYPES}")
+        if label in self.relations:
+            self.relations[label].descriptions.extend(descs)
+        else:
+            self.relations[label] = RelationEntry(descs, list(head_types), list(tail_types))
+
+    def remove(self, label: str) -> None:
+        if label not in self.relations:
+            raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
+        del self.relations[label]
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "negative_label": self.negative_label,
+            "relations": {
+                label: {
+                    "head_types": e.head_types,
+                    "tail_types": e.tail_types,
+                    "descriptions": [{"text": d.text, "provenance": d.provenance} for d in e.descriptions],
+                }
+                for label, e in self.relations.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> RelationDescriptions:
+        if data.get("format") != FORMAT:
+            raise DataFormatError(f"expected format {FORMAT!r}, got {data.get('format')!r}", source, None, "format")
+        rels = data.get("relations")
+        if not isinstance(rels, Mapping) or not rels:
+            raise DataFormatError("must be a non-empty object of relations", source, None, "relations")
+        out = cls(name=str(data.get("name", "")), negative_label=data.get("negative_label"))
+        for label, entry in rels.items():
+            where = f"relations.{label}"
+            if not isinstance(entry, Mapping):
+                raise DataFormatError("must be an object", source, None, where)
+            raw = entry.get("descriptions")
+            if not isinstance(raw, list) or not raw:
+                raise DataFormatError("needs a non-empty list of descriptions", source, None, f"{where}.descriptions")
+            descs = []
+            for i, d in enumerate(raw):
+                if isinstance(d, str):
+                    d = {"text": d}
+                if not isinstance(d, Mapping) or not str(d.get("text", "")).strip():
+                    raise DataFormatError("each description needs a non-empty 'text'", source, None,
+                                          f"{where}.descriptions[{i}]")
+                descs.append(Description(str(d["text"]).strip(), dict(d.get("provenance") or {"method": "hand"})))
+            for key in ("head_types", "tail_types"):
+                for t in entry.get(key, []) or []:
+                    if t not in ENTITY_TYPES:
+                        raise DataFormatError(f"unknown entity type {t!r}; expected one of {ENTITY_TYPES}",
+                                              source, None, f"{where}.{key}")
+            out.relations[label] = RelationEntry(descs, list(entry.get("head_types", []) or []),
+                                                 list(entry.get("tail_types", []) or []))
+        if out.negative_label is not None and out.negative_label not in out.relations:
+            raise DataFormatError(f"negative label {out.negative_label!r} has no descriptions", source, None,
+                                  "negative_label")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> RelationDescriptions:
+        """Load a descriptions file, or a built-in set by name (``"mnre"``, ``"more"``)."""
+        p = Path(path)
+        if not p.exists() and str(path) in builtin_names():
+            return load_builtin(str(path))
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"descriptions file not found: {p} (built-in sets: {builtin_names()})") from None
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"not valid JSON: {e.msg}", p, e.lineno, None) from None
+        return cls.from_dict(data, str(p))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def builtin_names() -> list[str]:
+    root = resources.files("rocmre") / "resources" / "descriptions"
+    return sorted(p.name.removesuffix(".json") for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def load_builtin(name: str) -> RelationDescriptions:
+    """The description set shipped with rocmre for a benchmark (``mnre``, ``more``)."""
+    f = resources.files("rocmre") / "resources" / "descriptions" / f"{name}.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"no built-in descriptions named {name!r}; available: {builtin_names()}")
+    return RelationDescriptions.from_dict(json.loads(f.read_text(encoding="utf-8")), f"<builtin {name}>")
