@@ -1,0 +1,63 @@
+"""``rocmre train`` and ``rocmre evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from rocmre.cli.common import fail
+
+
+def train(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False, help="Run config (YAML)."),
+          override: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
+          output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Where to save the model."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """Train a ROC or classification model as a run config says; the best checkpoint is chosen on val."""
+    from rocmre.training.config import RunConfig
+    from rocmre.training.trainer import train as run_training
+
+    overrides = list(override) + ([f"output_dir={output_dir}"] if output_dir else [])
+    try:
+        cfg = RunConfig.from_yaml(config, overrides)
+    except (ValueError, OSError) as e:
+        fail(f"invalid config {config}: {e}")
+    summary = run_training(cfg, show_progress=not quiet)
+    typer.echo(f"saved {summary.output_dir} (best val micro-F1 {100 * summary.best_val_f1:.2f} at epoch "
+               f"{summary.best_epoch:.2f}; {summary.train_minutes:.1f} min, {summary.examples_per_second:.1f} ex/s)")
+
+
+def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Model folder."),
+             split: str = typer.Option("test", "--split", help="train, val or test."),
+             data: str | None = typer.Option(None, "--data", help="Dataset path (default: the model's run config)."),
+             out: Path | None = typer.Option(None, "--out", help="Folder for the reports (default: the model's)."),
+             batch_size: int = typer.Option(64, "--batch-size"),
+             quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Score a model on a split: accuracy, micro P/R/F1, macro-F1, per relation, confusion matrix, Hits@k/MRR."""
+    from rocmre.evaluation.report import evaluate_dataset, write_evaluation
+    from rocmre.modeling.model import RelationModel
+    from rocmre.modeling.runtime import ModelRuntime
+    from rocmre.training.config import RunConfig
+    from rocmre.training.trainer import load_run_data
+
+    run_file = model / "run_config.yaml"
+    cfg = RunConfig.from_yaml(run_file) if run_file.is_file() else RunConfig()
+    if data is not None:
+        cfg.data.path = data
+    cfg.data.exclude_relations = []  # evaluate on every record of the split
+    m = RelationModel.from_pretrained(model)
+    dataset = load_run_data(cfg, split)
+    runtime = ModelRuntime(m, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
+    ev = evaluate_dataset(runtime, dataset, batch_size, show_progress=not quiet)
+    paths = write_evaluation(ev, out or model, f"{model.name} on {split}")
+    r = ev.overall
+    typer.echo(f"{split}: {len(ev.gold)} records ({ev.n_with_image} with image) accuracy {100 * r.accuracy:.2f} "
+               f"P {100 * r.precision:.2f} R {100 * r.recall:.2f} micro-F1 {100 * r.f1:.2f} "
+               f"macro-F1 {100 * r.macro_f1:.2f}" + (f" Hits@1 {100 * r.hits_at_1:.2f} MRR {100 * r.mrr:.2f}"
+                                                    if r.hits_at_1 is not None else ""))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,230 @@
+"""Per-split statistics of a dataset: records, images present, label counts and problems found."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rocmre.data import detect_format, resolve_data_path
+from rocmre.data.dataset import Problem, RelationDataset
+from rocmre.data.jsonl import read_jsonl
+from rocmre.data.mnre import find_mnre_text, normalise_split, read_mnre
+from rocmre.data.more import MORE_SPLITS, read_more
+from rocmre.data.record import DataFormatError
+
+DEFAULT_SPLITS = ("train", "val", "test")
+FORMATS = ("auto", "mnre", "more", "jsonl")
+
+
+@dataclass
+class SplitStats:
+    """What one split holds. ``missing`` says why a split could not be found (its counts are then 0)."""
+
+    split: str
+    source: str = ""
+    records: int = 0
+    with_image: int = 0
+    unique_images: int = 0
+    unique_images_present: int = 0
+    with_crops: int = 0
+    label_counts: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    missing: str | None = None
+
+    @property
+    def without_image(self) -> int:
+        return self.records - self.with_image
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["without_image"] = self.without_image
+        d["num_problems"] = len(self.problems)
+        return d
+
+
+@dataclass
+class DatasetStats:
+    """Statistics of every requested split of one dataset."""
+
+    path: str
+    format: str
+    negative_label: str | None
+    labels: list[str]
+    splits: list[SplitStats]
+
+    @property
+    def num_problems(self) -> int:
+        return sum(len(s.problems) for s in self.splits)
+
+    def split(self, name: str) -> SplitStats:
+        for s in self.splits:
+            if s.split == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format, "negative_label": self.negative_label,
+                "labels": self.labels, "num_problems": self.num_problems,
+                "splits": [s.to_dict() for s in self.splits]}
+
+
+def _jsonl_file(root: Path, split: str) -> Path:
+    """``{split}.jsonl`` in a folder of JSONL files (``val`` also as ``valid`` or ``dev``)."""
+    names = [split] + ([n for n in ("val", "valid", "dev") if n != split] if split in ("val", "valid", "dev") else [])
+    for name in names:
+        if (root / f"{name}.jsonl").is_file():
+            return root / f"{name}.jsonl"
+    raise FileNotFoundError(f"no {split}.jsonl under {root}")
+
+
+def _read(root: Path, fmt: str, split: str, kwargs: dict[str, Any]) -> RelationDataset:
+    if fmt == "mnre":
+        return read_mnre(root, split, **kwargs)
+    if fmt == "more":
+        return read_more(root, split, **kwargs)
+    return read_jsonl(root if root.is_file() else _jsonl_file(root, split), **kwargs)
+
+
+def _check_images(ds: RelationDataset, on_error: str) -> set[Path]:
+    """Decode every present image; return the unreadable ones (recorded as problems, or raised)."""
+    from rocmre.backbones.images import ImageLoadError, open_image
+
+    bad: set[Path] = set()
+    checked: set[Path] = set()
+    for r in ds.records:
+        if r.image_path is None:
+            continue
+        if r.image_path in checked:
+            continue
+        checked.add(r.image_path)
+        try:
+            open_image(r.image_path)
+        except ImageLoadError as e:
+            path, _, line = r.source.rpartition(":")
+            err = DataFormatError(str(e), path or r.source, int(line) if line.isdigit() else None, "img_id")
+            if on_error == "raise":
+                raise err from None
+            bad.add(r.image_path)
+            ds.problems.append(Problem(r.source, str(err)))
+    return bad
+
+
+def split_stats(ds: RelationDataset, split: str, source: str = "", *, strict_images: bool = False,
+                on_error: str = "raise") -> SplitStats:
+    """Count one read split; with ``strict_images`` an image that cannot be decoded counts as absent."""
+    bad = _check_images(ds, on_error) if strict_images else set()
+    with_image = [r for r in ds.records if r.image_path is not None and r.image_path not in bad]
+    counts = Counter(r.relation for r in ds.records if r.relation is not None)
+    labels = list(ds.labels.labels) if ds.labels is not None else []
+    ordered = {lab: counts.get(lab, 0) for lab in labels}
+    ordered.update({lab: n for lab, n in counts.items() if lab not in ordered})
+    return SplitStats(
+        split=split, source=source, records=len(ds), with_image=len(with_image),
+        unique_images=len({r.image_id for r in ds.records if r.image_id is not None}),
+        unique_images_present=len({r.image_path for r in with_image}),
+        with_crops=sum(bool(r.crop_paths) for r in ds.records),
+        label_counts=ordered, problems=list(ds.problems))
+
+
+def _source_of(root: Path, fmt: str, split: str) -> str:
+    try:
+        if fmt == "mnre":
+            return str(find_mnre_text(root, split))
+        if fmt == "more":
+            return str(root / "txt" / f"{MORE_SPLITS[split]}.txt")
+        return str(root if root.is_file() else _jsonl_file(root, split))
+    except (FileNotFoundError, KeyError):
+        return ""
+
+
+def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] = DEFAULT_SPLITS, *,
+                  fmt: str = "auto", negative_label: str | None = None, skip_bad_lines: bool = False,
+                  strict_images: bool = False) -> DatasetStats:
+    """Read each split of the dataset at ``path`` (or relative to ``$ROCMRE_DATA``) and count it.
+
+    Bad lines raise :class:`DataFormatError` unless ``skip_bad_lines``, which skips and records them as problems.
+    ``strict_images`` decodes every present image; one that fails is an error (or a problem when skipping).
+    A split whose file is absent is reported with ``missing`` set; if every split is absent,
+    :class:`FileNotFoundError` is raised.
+    """
+    root = resolve_data_path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist. Point rocmre at a local copy with a path, --data-dir "
+                                "or the ROCMRE_DATA variable (or run `rocmre data download mnre --to DIR`).")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    if fmt != "jsonl" and root.is_file():
+        raise ValueError(f"{root} is a file; the {fmt} format expects a dataset folder")
+    on_error = "skip" if skip_bad_lines else "raise"
+    kwargs: dict[str, Any] = {"on_error": on_error}
+    if negative_label is not None:
+        kwargs["negative_label"] = negative_label
+    if fmt == "jsonl" and root.is_file():
+        splits = [root.stem]
+    out: list[SplitStats] = []
+    labels: list[str] = []
+    negative: str | None = negative_label
+    for split in splits:
+        name = split if fmt == "jsonl" else normalise_split(split)
+        source = _source_of(root, fmt, name)
+        try:
+            ds = _read(root, fmt, name, kwargs)
+        except FileNotFoundError as e:
+            out.append(SplitStats(split=name, source=source, missing=str(e)))
+            continue
+        out.append(split_stats(ds, name, source, strict_images=strict_images, on_error=on_error))
+        if ds.labels is not None:
+            labels.extend(lab for lab in ds.labels.labels if lab not in labels)
+            negative = ds.labels.negative_label
+    if out and all(s.missing for s in out):
+        raise FileNotFoundError("; ".join(s.missing or "" for s in out))
+    return DatasetStats(str(root), fmt, negative, labels, out)
+
+
+def format_stats(stats: DatasetStats, max_problems: int = 20) -> str:
+    """A plain-text report: a split table, a label-count table and the problems found."""
+    present = [s for s in stats.splits if not s.missing]
+    lines = [f"dataset {stats.path} (format {stats.format}, {len(stats.labels)} labels, "
+             f"negative label {stats.negative_label!r})", ""]
+    header = ["split", "records", "with image", "without image", "images (present/unique)", "with crops",
+              "problems"]
+    rows = [[s.split, f"{s.records:,}", f"{s.with_image:,}", f"{s.without_image:,}",
+             f"{s.unique_images_present:,}/{s.unique_images:,}", f"{s.with_crops:,}", f"{len(s.problems):,}"]
+            for s in present]
+    if len(present) > 1:
+        rows.append(["total", *(f"{sum(getattr(s, k) for s in present):,}"
+                                for k in ("records", "with_image", "without_image")),
+                     f"{sum(s.unique_images_present for s in present):,}/{sum(s.unique_images for s in present):,}",
+                     f"{sum(s.with_crops for s in present):,}", f"{sum(len(s.problems) for s in present):,}"])
+    lines += _table(header, rows)
+    for s in stats.splits:
+        if s.missing:
+            lines.append(f"{s.split}: not found ({s.missing})")
+    if present:
+        all_labels = list(dict.fromkeys([lab for s in present for lab in s.label_counts]))
+        totals = {lab: sum(s.label_counts.get(lab, 0) for s in present) for lab in all_labels}
+        all_labels.sort(key=lambda lab: -totals[lab])
+        lines += ["", "label counts:"]
+        lines += _table(["relation", *(s.split for s in present)],
+                        [[lab, *(f"{s.label_counts.get(lab, 0):,}" for s in present)] for lab in all_labels])
+    problems = [(s.split, p) for s in present for p in s.problems]
+    if problems:
+        lines += ["", f"problems ({len(problems)}, skipped):"]
+        for split, p in problems[:max_problems]:
+            msg = p.message if p.message.startswith(p.source) else f"{p.source}: {p.message}"
+            lines.append(f"  [{split}] {msg}")
+        if len(problems) > max_problems:
+            lines.append(f"  ... and {len(problems) - max_problems} more (use --json for all)")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]

@@ -1,0 +1,53 @@
+"""Declarative configuration of a relation model (saved beside its weights as ``config.json``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelConfig(BaseModel):
+    """Everything that determines a model's architecture and its retrieval behaviour."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_type: Literal["roc", "classifier"] = "roc"
+    # backbones
+    text_backbone: str = "minilm-l6"
+    vision_backbone: str = "efficientnet-lite0"
+    vision_dim: int | None = None  # filled in from the vision backbone when the model is built
+    num_regions: int | None = None
+    # structural prompts
+    entity_tagger: Literal["spacy", "none"] = "spacy"
+    use_types: bool = True
+    use_positions: bool = True
+    max_length: int = Field(128, ge=16)
+    # image branch
+    use_image: bool = True
+    use_crops: bool = True
+    max_crops: int = Field(3, ge=0)
+    # fusion and pair head
+    fusion_layers: int = Field(2, ge=0)
+    fusion_heads: int | None = None
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pair_dim: int = Field(384, ge=8)
+    pair_activation: Literal["gelu", "tanh", "relu"] = "gelu"
+    # relation semantic encoder (ROC)
+    descriptions: str = "mnre"
+    description_mode: Literal["descriptions", "label_names"] = "descriptions"
+    max_descriptions: int | None = Field(None, ge=1)
+    description_pooling: Literal["mean", "max"] = "mean"
+    separate_description_encoder: bool = False
+    description_max_length: int = Field(48, ge=8)
+    # contrastive retrieval
+    temperature: float = Field(0.05, gt=0.0)
+    learnable_temperature: bool = True
+    pair_pair_weight: float = Field(0.0, ge=0.0)
+    pair_pair_temperature: float = Field(0.1, gt=0.0)
+    type_constraint: bool = False
+    type_penalty: float = Field(0.2, ge=0.0)
+    none_margin: float = 0.0
+    # label set (filled in at training time)
+    labels: list[str] = Field(default_factory=list)
+    negative_label: str = "None"

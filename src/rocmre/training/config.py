@@ -1,0 +1,84 @@
+"""A run's configuration: data, model, training budget and seed. A YAML file fully determines a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from rocmre.modeling.config import ModelConfig
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = "mnre/RE_data"  # a folder or JSONL file; relative paths are also tried under $ROCMRE_DATA
+    format: Literal["auto", "mnre", "more", "jsonl"] = "auto"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    negative_label: str = "None"
+    max_train_records: int | None = Field(None, ge=1)  # a seeded random subset, for quick runs
+    max_eval_records: int | None = Field(None, ge=1)
+    exclude_relations: list[str] = Field(default_factory=list)  # held out of training entirely (zero-shot)
+    missing_image: Literal["mark", "error"] = "mark"
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(5.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)  # the pretrained text encoder
+    head_learning_rate: float = Field(5e-4, gt=0)  # fusion layers, projections, image tokens, temperature
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
+    tune_none_margin: bool = True
+    evaluations_per_epoch: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = Field(10, ge=1)
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs; ``rocmre train --config run.yaml`` reads one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 42
+    output_dir: str = "runs/model"
+    cache_dir: str | None = None  # default: $ROCMRE_CACHE or ~/.cache/rocmre
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+        """Load a YAML file, then apply ``section.key=value`` overrides (values parsed as YAML)."""
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        for item in overrides or []:
+            apply_override(data, item)
+        return cls.model_validate(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict (value parsed as YAML: numbers, booleans, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {item!r} is not of the form section.key=value")
+    *parents, leaf = key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {p!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
