@@ -83,13 +83,21 @@ class RelationDataset(Sequence[RelationRecord]):
         return RelationDataset([r for r in self.records if keep(r)], self.labels, self.name, self.split,
                                list(self.problems))
 
-    def check_labels(self) -> None:
-        """Raise if a record's relation is not in the label set."""
+    def check_labels(self, on_error: str = "raise") -> None:
+        """Raise if a record's relation is not in the label set; with ``on_error="skip"`` drop such records
+        and record each as a :class:`Problem` instead."""
         if self.labels is None:
             return
+        kept: list[RelationRecord] = []
         for r in self.records:
             if r.relation is not None and r.relation not in self.labels:
                 path, _, line = r.source.rpartition(":")
-                raise DataFormatError(
+                err = DataFormatError(
                     f"relation {r.relation!r} is not in the label map ({len(self.labels)} labels)",
                     path or r.source, int(line) if line.isdigit() else None, "relation")
+                if on_error == "raise":
+                    raise err
+                self.problems.append(Problem(r.source, str(err)))
+            else:
+                kept.append(r)
+        self.records = kept

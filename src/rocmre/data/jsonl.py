@@ -118,7 +118,7 @@ def read_jsonl(path: str | Path, *, negative_label: str = "None", labels: list[s
         labels = [negative_label, *sorted(seen - {negative_label})]
     dataset = RelationDataset(records, LabelSet(list(labels), negative_label), name=path.stem,
                               split=path.stem, problems=problems)
-    dataset.check_labels()
+    dataset.check_labels(on_error)
     return dataset
 
 

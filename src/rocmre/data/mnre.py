@@ -58,20 +58,55 @@ def find_label_map(text_file: Path) -> Path | None:
     return None
 
 
-def read_label_map(path: Path, negative_label: str) -> LabelSet:
-    """A ``label -> id`` JSON map, checked to be a permutation of ``0..n-1``."""
+def _key_line(text: str, key: str) -> int | None:
+    """The 1-based line where ``key`` first appears as a JSON string in ``text``."""
+    i = text.find(json.dumps(key))
+    if i < 0:
+        i = text.find(json.dumps(key, ensure_ascii=False))
+    return text.count("\n", 0, i) + 1 if i >= 0 else None
+
+
+def read_label_map(path: Path, negative_label: str | None) -> LabelSet:
+    """A ``label -> id`` JSON map, checked to be a permutation of ``0..n-1``.
+
+    ``negative_label=None`` picks ``None`` if the map has it, else ``none``. Errors name the offending label
+    (as the field) and its line.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in seen:
+                raise DataFormatError(f"label {k!r} is given twice", path, _key_line(text, k), k)
+            seen[k] = v
+        return seen
+
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = json.loads(text, object_pairs_hook=no_repeats)
     except json.JSONDecodeError as e:
-        raise DataFormatError(f"not valid JSON: {e.msg}", path, e.lineno) from None
+        raise DataFormatError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
     if not isinstance(mapping, dict) or not mapping:
-        raise DataFormatError("expected a non-empty {label: id} object", path)
-    ids = sorted(mapping.values())
-    if ids != list(range(len(mapping))):
-        raise DataFormatError(f"ids must be 0..{len(mapping) - 1} without gaps or repeats", path)
+        raise DataFormatError("expected a non-empty {label: id} object", path, 1)
+    n = len(mapping)
+    owner: dict[int, str] = {}
+    for label, i in mapping.items():
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise DataFormatError(f"id must be an integer, got {i!r}", path, _key_line(text, label), label)
+        if not 0 <= i < n:
+            raise DataFormatError(f"id {i} is out of range: ids must be 0..{n - 1} without gaps or repeats",
+                                  path, _key_line(text, label), label)
+        if i in owner:
+            raise DataFormatError(f"id {i} is also the id of {owner[i]!r}: ids must be 0..{n - 1} without gaps or "
+                                  "repeats", path, _key_line(text, label), label)
+        owner[i] = label
     labels = sorted(mapping, key=mapping.__getitem__)
+    if negative_label is None:
+        negative_label = "None" if "None" in mapping else "none"
     if negative_label not in labels:
-        raise DataFormatError(f"negative label {negative_label!r} is not in the label map", path)
+        raise DataFormatError(f"negative label {negative_label!r} is not in the label map ({len(labels)} labels)",
+                              path, None, "negative_label")
     return LabelSet(labels, negative_label)
 
 
@@ -148,13 +183,11 @@ def read_mnre(root: str | Path, split: str, *, negative_label: str | None = None
 
     map_file = Path(label_map) if label_map is not None else find_label_map(text_file)
     if map_file is not None:
-        if negative_label is None:
-            negative_label = "None" if "None" in json.loads(map_file.read_text(encoding="utf-8")) else "none"
         labels = read_label_map(map_file, negative_label)
     else:
         labels = _labels_from_release(base, text_file, records, negative_label)
     dataset = RelationDataset(records, labels, name="mnre", split=split, problems=problems)
-    dataset.check_labels()
+    dataset.check_labels(on_error)
     return dataset
 
 

@@ -85,7 +85,7 @@ def read_more(root: str | Path, split: str, *, negative_label: str = "none", ima
         labels = LabelSet([negative_label, *sorted(seen - {negative_label})], negative_label)
     dataset = RelationDataset(records, labels, name="more", split=MORE_SPLITS[split].replace("valid", "val"),
                               problems=problems)
-    dataset.check_labels()
+    dataset.check_labels(on_error)
     return dataset
 
 

@@ -141,15 +141,20 @@ def _source_of(root: Path, fmt: str, split: str) -> str:
 
 def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] = DEFAULT_SPLITS, *,
                   fmt: str = "auto", negative_label: str | None = None, skip_bad_lines: bool = False,
-                  strict_images: bool = False) -> DatasetStats:
-    """Read each split of the dataset at ``path`` (or relative to ``$ROCMRE_DATA``) and count it.
+                  strict_images: bool = False, data_dir: str | Path | None = None) -> DatasetStats:
+    """Read each split of the dataset at ``path`` (or relative to ``data_dir``, default ``$ROCMRE_DATA``).
 
     Bad lines raise :class:`DataFormatError` unless ``skip_bad_lines``, which skips and records them as problems.
     ``strict_images`` decodes every present image; one that fails is an error (or a problem when skipping).
     A split whose file is absent is reported with ``missing`` set; if every split is absent,
     :class:`FileNotFoundError` is raised.
     """
-    root = resolve_data_path(path)
+    if data_dir is not None:
+        root = Path(data_dir) if path is None else Path(path)
+        if path is not None and not root.exists() and not root.is_absolute():
+            root = Path(data_dir) / root
+    else:
+        root = resolve_data_path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist. Point rocmre at a local copy with a path, --data-dir "
                                 "or the ROCMRE_DATA variable (or run `rocmre data download mnre --to DIR`).")

@@ -167,6 +167,10 @@ def dedup_key(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
+#: Demonstration answers: a completion that just echoes one is rejected.
+_SHOT_KEYS: frozenset[str] = frozenset(dedup_key(s.answer) for s in _SHOTS)
+
+
 def candidates(response: str) -> list[str]:
     """Normalised candidate sentences in a completion (one per non-empty line)."""
     out = []
@@ -408,6 +412,8 @@ def generate_descriptions(
             for cand in candidates(response):
                 why = check_description(cand, label, head_types, tail_types, min_words=cfg.min_words,
                                         max_words=cfg.max_words, banned=banned)
+                if why is None and dedup_key(cand) in _SHOT_KEYS:
+                    why = "copies a demonstration"
                 if why is None and dedup_key(cand) in seen:
                     why = "duplicate"
                 if why is not None:

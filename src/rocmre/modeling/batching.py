@@ -58,18 +58,20 @@ class PairCollator:
             batch["labels"] = torch.tensor([f.label for f in items])
         if not self.use_image:
             return batch
-        dim, n_reg = self.vision_dim, self.num_regions
+        dim = self.vision_dim
+        images = [self._image(f.image) for f in items]
+        has_image = torch.tensor([img is not None for img in images], dtype=torch.bool)
+        # a batch without any image carries no region tokens at all (most MNRE batches: far cheaper to fuse)
+        n_reg = self.num_regions if has_image.any() else 0
         regions = torch.zeros(bsz, n_reg, dim)
         pooled = torch.zeros(bsz, dim)
-        has_image = torch.zeros(bsz, dtype=torch.bool)
+        for i, img in enumerate(images):
+            if img is not None:
+                regions[i], pooled[i] = img
         n_crops = max(len(f.crops) for f in items)
         crop_feats = torch.zeros(bsz, n_crops, dim)
         crop_mask = torch.zeros(bsz, n_crops, dtype=torch.bool)
         for i, f in enumerate(items):
-            img = self._image(f.image)
-            if img is not None:
-                regions[i], pooled[i] = img
-                has_image[i] = True
             for k, crop in enumerate(f.crops):
                 feats = self._image(crop)
                 if feats is not None:

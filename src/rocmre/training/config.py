@@ -32,6 +32,7 @@ class TrainConfig(BaseModel):
 
     epochs: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)  # stop (and keep the best checkpoint) past this wall time
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-5, gt=0)  # the pretrained text encoder

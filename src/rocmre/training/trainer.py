@@ -180,13 +180,17 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == 1:
                 bar.set_postfix(loss=f"{out.loss.item():.4f}", ex_per_s=f"{seen / max(train_seconds, 1e-9):.1f}")
-            if step % eval_every == 0 or step >= total_steps:
+            out_of_time = cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes
+            if step % eval_every == 0 or step >= total_steps or out_of_time:
                 epoch = step / steps_per_epoch
                 if main:
                     val = evaluate_split(runtime, val_data, cfg.train.eval_batch_size)
                     f1 = val["result"].f1
+                    if cfg.train.tune_none_margin:  # validation only: the margin travels with the checkpoint
+                        runtime.model.config.none_margin, f1 = tune_none_margin(runtime.model, val["raw_scores"],
+                                                                                val["gold"])
                     history.append({"step": step, "epoch": round(epoch, 3), "loss": float(out.loss.item()),
-                                    "val_micro_f1": f1, "val_accuracy": val["result"].accuracy})
+                                    "val_micro_f1": f1, "none_margin": runtime.model.config.none_margin})
                     logger.info("step %d epoch %.2f val micro-F1 %.4f", step, epoch, f1)
                     bar.write(f"step {step} (epoch {epoch:.2f}): val micro-F1 {100 * f1:.2f}, "
                               f"acc {100 * val['result'].accuracy:.2f}")
@@ -195,7 +199,9 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
                         runtime.model.save_pretrained(out_dir)
                 accelerator.wait_for_everyone()
                 model.train()
-            if step >= total_steps:
+            if out_of_time and main:
+                logger.warning("time budget of %.1f minutes reached at step %d", cfg.train.max_minutes, step)
+            if step >= total_steps or out_of_time:
                 done = True
                 break
     bar.close()
@@ -213,21 +219,18 @@ def _is_backbone(name: str) -> bool:
 
 def _finish(cfg: RunConfig, out_dir: Path, cache_dir: Path, val_data: RelationDataset, history: list[dict],
             summary: TrainingSummary, n_train: int) -> None:
-    """Reload the best checkpoint, tune the None margin on val, write metrics, config and model card."""
+    """Reload the best checkpoint, score it on val, write metrics, run config and model card."""
     from rocmre.inference.model_card import write_model_card
 
     best = RelationModel.from_pretrained(out_dir)
     runtime = ModelRuntime(best, cache_dir, cfg.data.missing_image)
     val = evaluate_split(runtime, val_data, cfg.train.eval_batch_size)
-    untuned_f1 = val["result"].f1
-    if cfg.train.tune_none_margin:
-        margin, _ = tune_none_margin(best, val["raw_scores"], val["gold"])
-        best.config.none_margin = margin
-        best.save_pretrained(out_dir)
-        val = evaluate_split(runtime, val_data, cfg.train.eval_batch_size)
+    labels = best.relation_labels
+    untuned_f1 = evaluate_predictions(val["gold"], [labels[i] for i in val["raw_scores"].argmax(1)],
+                                      best.config.negative_label).f1
     metrics = {
         "val": val["result"].to_dict(),
-        "val_micro_f1_before_margin": untuned_f1,
+        "val_micro_f1_at_zero_margin": untuned_f1,
         "none_margin": best.config.none_margin,
         "best_epoch": summary.best_epoch,
         "steps": summary.steps,

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real MNRE data and tiny models trained for a few steps on a slice of it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA_ROOT = Path(os.environ.get("ROCMRE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+MNRE_ROOT = DATA_ROOT / "mnre" / "RE_data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("ROCMRE_DATA", str(DATA_ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def mnre_root() -> Path:
+    if not (MNRE_ROOT / "txt" / "ours_train.txt").is_file():
+        pytest.skip(f"MNRE not found under {DATA_ROOT} (set ROCMRE_DATA)")
+    return MNRE_ROOT
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder for the whole test session (image features, entity types)."""
+    return tmp_path_factory.mktemp("rocmre-cache")
+
+
+def tiny_run_config(model_type: str, output_dir: Path, cache_dir: Path, **model_overrides):
+    from rocmre.training.config import RunConfig
+
+    return RunConfig.model_validate({
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "cache_dir": str(cache_dir),
+        "data": {"path": str(MNRE_ROOT), "negative_label": "None", "max_train_records": 48,
+                 "max_eval_records": 48},
+        "model": {"model_type": model_type, "fusion_layers": 1, "max_length": 64, "max_crops": 1,
+                  "descriptions": "mnre", **model_overrides},
+        "train": {"epochs": 1, "max_steps": 4, "batch_size": 12, "eval_batch_size": 48,
+                  "descriptions_per_relation": 1, "learning_rate": 1e-4, "head_learning_rate": 1e-3},
+    })
+
+
+@pytest.fixture(scope="session")
+def tiny_roc_dir(mnre_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ROC model trained for 4 steps on 48 MNRE records: for API, CLI and service tests (not for quality)."""
+    from rocmre.training.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny-roc")
+    train(tiny_run_config("roc", out, cache_dir), show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_dir(mnre_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rocmre.training.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny-cls")
+    train(tiny_run_config("classifier", out, cache_dir), show_progress=False)
+    return out
