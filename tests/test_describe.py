@@ -47,7 +47,7 @@ FAST = {"max_new_tokens": 24}
 @pytest.fixture(scope="module")
 def local() -> LocalBackend:
     """SmolLM2-135M-Instruct, loaded once (converted from the GGUF into the default cache on first use)."""
-    return LocalBackend()
+    return LocalBackend(threads=1)  # one thread: far faster on a small, busy CPU
 
 
 def _free_port() -> int:
@@ -198,8 +198,8 @@ def test_dedup_and_cache(local: LocalBackend, tmp_path: Path) -> None:
     first = generate_descriptions(["/loc/loc/contain"], local, config=cfg, cache_dir=tmp_path)
     texts = first.descriptions.texts("/loc/loc/contain") if "/loc/loc/contain" in first.descriptions else []
     assert len({dedup_key(t) for t in texts}) == len(texts)
-    assert first.model_calls == first.attempts["/loc/loc/contain"] == 3 or len(texts) == 3
-    assert any(why == "duplicate" or why for _, why in first.rejected["/loc/loc/contain"]) or len(texts) == 3
+    assert first.model_calls == first.attempts["/loc/loc/contain"] > 0
+    assert len(texts) + len(first.rejected["/loc/loc/contain"]) >= first.model_calls
     calls = local.calls
     second = generate_descriptions(["/loc/loc/contain"], local, config=cfg, cache_dir=tmp_path)
     assert local.calls == calls and second.model_calls == 0  # every completion came from the cache

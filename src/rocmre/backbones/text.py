@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from rocmre.backbones.cache import default_cache_dir
@@ -189,7 +190,8 @@ def load_text_backbone(name_or_path: str = DEFAULT_TEXT_BACKBONE, cache_dir: Pat
                 f"text backbone {name_or_path!r} has no fast tokenizer ({type(tokenizer).__name__}); "
                 "rocmre needs a fast (Rust) tokenizer for character offset mappings"
             )
-        model = AutoModel.from_pretrained(path, local_files_only=local)
+        # float32 whatever the checkpoint stores (transformers 5 would otherwise keep a half-precision dtype)
+        model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
     model.eval()
     config = model.config
     hidden_size = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)

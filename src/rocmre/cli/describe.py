@@ -85,6 +85,7 @@ def describe(
     max_attempts: int = typer.Option(None, "--max-attempts", min=1, help="Calls per relation (default 4n)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
     retries: int = typer.Option(4, "--retries", min=0, help="Retries of a failed endpoint call."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for the local model."),
     out: Path = typer.Option(None, "--out", help="Output descriptions file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompts, call no model."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache folder (default ROCMRE_CACHE or "
@@ -137,7 +138,7 @@ def describe(
         raise typer.BadParameter("--out is required unless --dry-run")
     try:
         be = make_backend(backend, model=model, base_url=base_url, api_key=api_key, max_retries=retries,
-                          model_cache_dir=cache_dir)
+                          model_cache_dir=cache_dir, threads=threads)
         res = generate_descriptions(labels, be, progress=lambda it: tqdm(it, desc="relations", unit="rel"),
                                     **common)
     except LLMError as e:

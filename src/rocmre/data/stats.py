@@ -206,8 +206,7 @@ def format_stats(stats: DatasetStats, max_problems: int = 20) -> str:
                      f"{sum(s.with_crops for s in present):,}", f"{sum(len(s.problems) for s in present):,}"])
     lines += _table(header, rows)
     for s in stats.splits:
-        if s.missing:
-            lines.append(f"{s.split}: not found ({s.missing})")
+        lines.append(f"{s.split}: not found ({s.missing})" if s.missing else f"{s.split}: {s.source}")
     if present:
         all_labels = list(dict.fromkeys([lab for s in present for lab in s.label_counts]))
         totals = {lab: sum(s.label_counts.get(lab, 0) for s in present) for lab in all_labels}

