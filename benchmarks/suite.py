@@ -89,7 +89,8 @@ def train_variant(v: Variant, out_root: Path, extra: list[str], threads: int, fo
            "--output-dir", str(out)]
     for o in [*v.overrides, *extra]:
         cmd += ["--set", o]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO / "src"))
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path)
     start = time.time()
     with open(out / "train.log", "w") as log:
         log.write(shlex.join(cmd) + "\n")
@@ -110,17 +111,20 @@ def load_variant(out_root: Path, name: str):
     return RelationModel.from_pretrained(folder), cfg, metrics
 
 
-def score(model, cfg, split: str, records=None):
-    from rocmre.evaluation.report import evaluate_dataset
-    from rocmre.modeling.runtime import ModelRuntime
+def split_data(cfg, split: str):
+    """Every record of a split (held-out relations included), or the smoke-run subset."""
     from rocmre.training.trainer import load_run_data
 
     cfg = cfg.model_copy(deep=True)
     cfg.data.exclude_relations = []
-    cfg.data.max_eval_records = EVAL_LIMIT
-    data = load_run_data(cfg, split, EVAL_LIMIT)
-    if records is not None:
-        data = data.filter(records)
+    return load_run_data(cfg, split, EVAL_LIMIT)
+
+
+def score(model, cfg, split: str):
+    from rocmre.evaluation.report import evaluate_dataset
+    from rocmre.modeling.runtime import ModelRuntime
+
+    data = split_data(cfg, split)
     runtime = ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
     return evaluate_dataset(runtime, data, batch_size=cfg.train.eval_batch_size)
 
@@ -136,7 +140,11 @@ def row(name: str, title: str, val, test, metrics: dict) -> dict:
     return {"variant": name, "title": title, "val": pack(val), "test": pack(test),
             "best_epoch": metrics.get("best_epoch"), "train_minutes": metrics.get("train_minutes"),
             "examples_per_second": metrics.get("examples_per_second"), "none_margin": metrics.get("none_margin"),
-            "train_records": metrics.get("train_records")}
+            "train_records": metrics.get("train_records"), "steps": metrics.get("steps")}
+
+
+def _round(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def pct(x) -> str:
@@ -152,18 +160,21 @@ def header(title: str, command: str, meta: dict) -> list[str]:
             "validation; test is only scored, never used to choose anything.", "",
             f"Data: MNRE-2 (`{meta['data']}`); records with their image: {meta['images']}. The image branch sees "
             "only these; every other record gets the learned no-image token.", "",
-            f"Budget (identical for every row): {meta['budget']}.", ""]
+            f"Budget (identical for every row): {meta['budget']}."
+            + (f" Overrides applied to every run: `{' '.join(meta['overrides'])}`." if meta["overrides"] else ""), ""]
+    + ([f"**{meta['warning']}**", ""] if meta.get("warning") else [])
 
 
 def results_table(rows: list[dict]) -> list[str]:
     out = ["| model | val micro-F1 | test Acc | test P | test R | test micro-F1 | test macro-F1 | test Hits@1 | "
-           "best epoch | train min | ex/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "best epoch | steps | train min | ex/s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         v, t = r["val"], r["test"]
         out.append(f"| {r['title']} (`{r['variant']}`) | {pct(v['micro_f1'])} | {pct(t['accuracy'])} | "
                    f"{pct(t['precision'])} | {pct(t['recall'])} | **{pct(t['micro_f1'])}** | {pct(t['macro_f1'])} | "
-                   f"{pct(t['hits_at_1'])} | {r['best_epoch'] if r['best_epoch'] is None else round(r['best_epoch'], 2)}"
-                   f" | {r['train_minutes']:.1f} | {r['examples_per_second']:.0f} |")
+                   f"{pct(t['hits_at_1'])} | {_round(r['best_epoch'])} | {r['steps']} | {r['train_minutes']:.1f} | "
+                   f"{r['examples_per_second']:.0f} |")
     return out
 
 
@@ -188,10 +199,9 @@ def mnre_benchmark(out_root: Path, results: Path, meta: dict) -> None:
             import numpy as np
 
             from rocmre.modeling.runtime import ModelRuntime
-            from rocmre.training.trainer import load_run_data
 
             runtime = ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
-            feats = runtime.featurize(load_run_data(cfg, "val").records, with_labels=False)
+            feats = runtime.featurize(split_data(cfg, "val").records, with_labels=False)
             raw = runtime.score(feats, cfg.train.eval_batch_size).raw_scores
             model.config.none_margin, _ = tune_none_margin(model, np.asarray(raw), val0.gold)
             rows.append(row("roc_type_constrained", "ROC + type-constrained retrieval (same weights)",

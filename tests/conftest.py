@@ -39,18 +39,18 @@ def tiny_run_config(model_type: str, output_dir: Path, cache_dir: Path, **model_
         "seed": 7,
         "output_dir": str(output_dir),
         "cache_dir": str(cache_dir),
-        "data": {"path": str(MNRE_ROOT), "negative_label": "None", "max_train_records": 48,
-                 "max_eval_records": 48},
+        "data": {"path": str(MNRE_ROOT), "negative_label": "None", "max_train_records": 24,
+                 "max_eval_records": 24},
         "model": {"model_type": model_type, "fusion_layers": 1, "max_length": 64, "max_crops": 1,
                   "descriptions": "mnre", **model_overrides},
-        "train": {"epochs": 1, "max_steps": 4, "batch_size": 12, "eval_batch_size": 48,
-                  "descriptions_per_relation": 1, "learning_rate": 1e-4, "head_learning_rate": 1e-3},
+        "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 24, "warmup_ratio": 0.0,
+                  "descriptions_per_relation": 1, "learning_rate": 2e-4, "head_learning_rate": 2e-3},
     })
 
 
 @pytest.fixture(scope="session")
 def tiny_roc_dir(mnre_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ROC model trained for 4 steps on 48 MNRE records: for API, CLI and service tests (not for quality)."""
+    """A ROC model trained 3 epochs (9 steps) on 24 MNRE records: for API, CLI and service tests (not quality)."""
     from rocmre.training.trainer import train
 
     out = tmp_path_factory.mktemp("tiny-roc")

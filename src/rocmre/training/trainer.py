@@ -91,6 +91,7 @@ class TrainingSummary:
     train_minutes: float
     examples_per_second: float
     steps: int
+    losses: list[float]
 
 
 def evaluate_split(runtime: ModelRuntime, dataset: RelationDataset, batch_size: int, show_progress: bool = False
@@ -112,6 +113,8 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
     set_seed(cfg.seed)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     out_dir = Path(cfg.output_dir)
@@ -159,6 +162,7 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
     desc_gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
     history: list[dict] = []
+    losses: list[float] = []
     best_f1, best_epoch, step, seen = -1.0, 0.0, 0, 0
     start = time.time()
     train_seconds = 0.0
@@ -175,6 +179,7 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
             scheduler.step()
             optimizer.zero_grad()
             step += 1
+            losses.append(float(out.loss.detach()))
             seen += batch["input_ids"].shape[0] * accelerator.num_processes
             train_seconds += time.time() - t0
             bar.update(1)
@@ -206,7 +211,8 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
                 break
     bar.close()
     train_minutes = (time.time() - start) / 60
-    summary = TrainingSummary(out_dir, best_f1, best_epoch, train_minutes, seen / max(train_seconds, 1e-9), step)
+    summary = TrainingSummary(out_dir, best_f1, best_epoch, train_minutes, seen / max(train_seconds, 1e-9), step,
+                              losses)
     if main:
         _finish(cfg, out_dir, cache_dir, val_data, history, summary, len(train_data))
     accelerator.wait_for_everyone()
@@ -237,6 +243,7 @@ def _finish(cfg: RunConfig, out_dir: Path, cache_dir: Path, val_data: RelationDa
         "train_minutes": summary.train_minutes,
         "examples_per_second": summary.examples_per_second,
         "history": history,
+        "train_loss": summary.losses,
         "train_records": n_train,
         "val_records": len(val_data),
         "machine": machine_description(),

@@ -7,6 +7,7 @@ const state = {
   tail: null,
   relations: [],
   modelType: null,
+  negativeLabel: null,
   newNames: new Set(),
 };
 
@@ -175,6 +176,7 @@ async function predict() {
 
 function renderResult(pred) {
   $("result-relation").textContent = pred.relation;
+  $("result-none").hidden = pred.relation !== state.negativeLabel;
   $("result-score").textContent = `score ${pred.score.toFixed(3)}`;
   $("result-description").textContent = pred.description || "";
   const fmt = (e) => `${e.name} (${e.type})`;
@@ -227,6 +229,7 @@ async function loadRelations() {
   const data = await api("/relations");
   state.relations = data.relations;
   state.modelType = data.model_type;
+  state.negativeLabel = data.negative_label;
   if (data.model_type !== "roc") {
     for (const id of ["new-name", "new-descriptions", "add-relation"]) $(id).disabled = true;
     const msg = $("add-message");
@@ -262,7 +265,7 @@ async function addRelation(event) {
     $("filter").value = "";
     await Promise.all([loadRelations(), health()]);
     const added = document.querySelector(`#relations details[data-name="${CSS.escape(name)}"]`);
-    if (added) added.scrollIntoView({ block: "nearest" });
+    if (added) $("relations").scrollTop = added.offsetTop - $("relations").offsetTop;
   } catch (err) {
     msg.className = "message bad";
     msg.textContent = err.message;
