@@ -154,15 +154,16 @@ def pct(x) -> str:
 def header(title: str, command: str, meta: dict) -> list[str]:
     from rocmre.evaluation.report import SCORING_NOTE
 
-    return [f"# {title}", "",
+    lines = [f"# {title}", "",
             f"Produced by `{command}` at commit `{meta['commit']}` on {meta['machine']} ({meta['date']}).", "",
             f"Scoring: {SCORING_NOTE} Negative label: `None`. Checkpoints and the None margin are chosen on "
             "validation; test is only scored, never used to choose anything.", "",
             f"Data: MNRE-2 (`{meta['data']}`); records with their image: {meta['images']}. The image branch sees "
             "only these; every other record gets the learned no-image token.", "",
+            *([f"Run from an {meta['bundle']}.", ""] if meta.get("bundle") else []),
             f"Budget (identical for every row): {meta['budget']}."
             + (f" Overrides applied to every run: `{' '.join(meta['overrides'])}`." if meta["overrides"] else ""), ""]
-    + ([f"**{meta['warning']}**", ""] if meta.get("warning") else [])
+    return lines + ([f"**{meta['warning']}**", ""] if meta.get("warning") else [])
 
 
 def results_table(rows: list[dict]) -> list[str]:
@@ -300,6 +301,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override for every run: section.key=value")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only evaluate existing models")
+    parser.add_argument("--bundle", default=None,
+                        help="a folder made by benchmarks/offline_bundle.py (data, caches, text backbone) for a "
+                             "machine without the embedded-model packages")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score only a seeded subset of val/test (smoke runs; never for results)")
     args = parser.parse_args()
@@ -310,6 +314,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
     out_root = Path(args.out_root)
+    bundle_note = ""
+    if args.bundle:
+        bundle = Path(args.bundle).resolve()
+        os.environ["ROCMRE_DATA"] = str(bundle / "data")
+        os.environ["ROCMRE_CACHE"] = str(bundle / "cache")
+        args.set = [f"model.text_backbone={bundle / 'minilm-l6'}", *args.set]
+        bundle_note = ("offline bundle from benchmarks/offline_bundle.py --fp16: minilm-l6 weights stored in fp16 "
+                       "and trained in fp32, entity types and image features precomputed by the same code")
     needed = list(dict.fromkeys(v for b in names for v in BENCHMARKS[b]))
     threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
     if not args.skip_train:
@@ -325,13 +337,16 @@ def main() -> None:
     from rocmre.training.trainer import load_run_data, machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
+    if args.bundle:
+        base.model.text_backbone = "minilm-l6"
     images = ", ".join(f"{s} {load_run_data(base, s).num_with_image}/{len(load_run_data(base, s))}"
                        for s in ("train", "val", "test"))
     t = base.train
     meta = {"commit": git_commit(), "machine": machine_description(), "torch": torch.__version__,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/suite.py " + shlex.join(sys.argv[1:]), "data": base.data.path,
-            "images": images, "overrides": args.set,
+            "images": images, "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")]
+            if args.bundle else args.set, "bundle": bundle_note,
             "budget": f"{t.epochs:g} epochs" + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
             + f", batch {t.batch_size}, lr {t.learning_rate:g} (encoder) / {t.head_learning_rate:g} (new layers), "
             f"seed {base.seed}, text backbone `{base.model.text_backbone}`, fusion layers {base.model.fusion_layers}"}

@@ -53,7 +53,7 @@ def test_prompt_writes_types_and_positions(tokenizer):
     text = tokenizer.decode(f.input_ids)
     assert "<h> [ person ] barack obama </h>" in text
     assert "<t> [ location ] berlin </t>" in text
-    assert text.startswith("[CLS] the head comes first, far apart.")
+    assert text.startswith("[CLS] the head comes first, a few words apart.")
     assert f.input_ids[f.head_index] == tokenizer.convert_tokens_to_ids(HEAD_START)
     assert f.input_ids[f.tail_index] == tokenizer.convert_tokens_to_ids(TAIL_START)
     plain = featurizer(tokenizer, 64, use_types=False, use_positions=False)([rec])[0]
@@ -122,7 +122,9 @@ def test_micro_f1_by_hand_with_the_negative_label():
     assert per["b"].precision == 1.0 and per["b"].recall == 0.5
     assert res.macro_f1 == pytest.approx(np.mean([0.4, 2 / 3]))
     # naming the wrong negative label changes the numbers: it is never guessed
-    assert micro_prf(gold, pred, "none") != (p, r, f)
+    gold2, pred2 = ["None", "None", "None", "a"], ["None", "None", "a", "a"]
+    assert micro_prf(gold2, pred2, "None") == pytest.approx((0.5, 1.0, 2 / 3))
+    assert micro_prf(gold2, pred2, "none") == pytest.approx((0.75, 0.75, 0.75))
 
 
 def test_ranking_metrics_by_hand():
@@ -143,8 +145,8 @@ def test_none_margin_is_tuned_to_maximise_f1():
 
     raw = np.array([[0.50, 0.55], [0.50, 0.52], [0.50, 0.60]])
     gold = ["None", "None", "a"]
-    margin, f1 = tune_none_margin(Stub(), raw, gold, np.array([0.0, 0.03, 0.2]))
-    assert margin == pytest.approx(0.03) and f1 == 1.0
+    margin, f1 = tune_none_margin(Stub(), raw, gold, np.array([0.0, 0.07, 0.2]))
+    assert margin == pytest.approx(0.07) and f1 == 1.0
 
 
 # -- training, saving, loading --------------------------------------------------------------------

@@ -120,3 +120,19 @@ def test_missing_image_can_be_ignored(tiny_roc_dir: Path, cache_dir: Path, pairs
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["line"] == 1 and row["has_image"] is False
     assert "1 predicted, 0 skipped" in result.stderr
+
+
+def test_descriptions_file_replaces_the_relation_set(tiny_roc_dir: Path, cache_dir: Path, pairs_file: Path,
+                                                     tmp_path: Path) -> None:
+    from rocmre.descriptions.store import RelationDescriptions
+
+    keep = ["None", "/per/per/couple", "/per/loc/place_of_residence"]
+    descriptions = tmp_path / "three.json"
+    RelationDescriptions.load(tiny_roc_dir / "descriptions.json").subset(keep).save(descriptions)
+    out = tmp_path / "preds.jsonl"
+    result = run_cli("--model", str(tiny_roc_dir), "--input", str(pairs_file), "--output", str(out), "--top-k", "10",
+                     "--descriptions", str(descriptions), "--quiet", "--cache-dir", str(cache_dir))
+    assert result.exit_code == 0, result.output
+    preds = [json.loads(line) for line in out.read_text().splitlines() if "error" not in json.loads(line)]
+    assert len(preds) == 5
+    assert all(sorted(c["relation"] for c in p["top_k"]) == sorted(keep) for p in preds)

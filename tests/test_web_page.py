@@ -126,7 +126,7 @@ def test_predict_and_add_relation(browser: webdriver.Chrome, url: str, tmp_path:
     wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, "#bars .bar-row")) == 6)
     d.execute_script("window.scrollTo(0, 0)")
     height = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(1360, min(max(height, 900), 1600))
+    d.set_window_size(1360, min(max(height + 20, 900), 2000))
     shot = tmp_path / "web_page.png"
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("ROCMRE_SAVE_SCREENSHOT") == "1":

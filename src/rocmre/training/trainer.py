@@ -183,7 +183,14 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
             seen += batch["input_ids"].shape[0] * accelerator.num_processes
             train_seconds += time.time() - t0
             bar.update(1)
-            if step % cfg.train.log_every == 0 or step == 1:
+            if step == 20 and cfg.train.max_minutes is not None:
+                # fit the schedule to the time budget, so that the learning rate still decays to zero in it
+                per_step = (time.time() - start) / step
+                affordable = int(0.9 * cfg.train.max_minutes * 60 / per_step)
+                if affordable < total_steps:
+                    total_steps = max(step + 1, affordable)
+                    bar.total = total_steps
+                    logger.warning("time budget: training shortened to %d steps", total_steps)
                 bar.set_postfix(loss=f"{out.loss.item():.4f}", ex_per_s=f"{seen / max(train_seconds, 1e-9):.1f}")
             out_of_time = cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes
             if step % eval_every == 0 or step >= total_steps or out_of_time:
