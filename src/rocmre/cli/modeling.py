@@ -23,6 +23,8 @@ def train(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_ok
     except (ValueError, OSError) as e:
         fail(f"invalid config {config}: {e}")
     summary = run_training(cfg, show_progress=not quiet)
+    if not summary.is_main_process:
+        return
     typer.echo(f"saved {summary.output_dir} (best val micro-F1 {100 * summary.best_val_f1:.2f} at epoch "
                f"{summary.best_epoch:.2f}; {summary.train_minutes:.1f} min, {summary.examples_per_second:.1f} ex/s)")
 

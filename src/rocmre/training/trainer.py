@@ -60,8 +60,13 @@ def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:
     wanted = [lab for lab in labels if lab not in cfg.data.exclude_relations]
     descriptions = RelationDescriptions.load(cfg.model.descriptions)
     missing = [lab for lab in wanted if lab not in descriptions]
-    if missing:
-        raise ValueError(f"descriptions {cfg.model.descriptions!r} lack relations of the data: {missing}")
+    if missing and cfg.model.missing_descriptions == "error":
+        raise ValueError(f"descriptions {cfg.model.descriptions!r} lack relations of the data: {missing} "
+                         "(set model.missing_descriptions=label_name to describe them by their label names)")
+    for lab in missing:
+        logger.warning("relation %s has no description in %s: using its label name", lab, cfg.model.descriptions)
+        descriptions.add(lab, [lab], provenance={"method": "label-name",
+                                                 "reason": f"no description in {cfg.model.descriptions}"})
     return descriptions.subset(wanted)
 
 
@@ -92,6 +97,8 @@ class TrainingSummary:
     examples_per_second: float
     steps: int
     losses: list[float]
+    processes: int = 1
+    is_main_process: bool = True
 
 
 def evaluate_split(runtime: ModelRuntime, dataset: RelationDataset, batch_size: int, show_progress: bool = False
@@ -110,7 +117,8 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
     """Train the model a run config describes and save the best checkpoint (by val micro-F1)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
+    # cpu=True lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes on a machine without GPUs
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
     if torch.cuda.is_available():
@@ -219,7 +227,7 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
     bar.close()
     train_minutes = (time.time() - start) / 60
     summary = TrainingSummary(out_dir, best_f1, best_epoch, train_minutes, seen / max(train_seconds, 1e-9), step,
-                              losses)
+                              losses, accelerator.num_processes, main)
     if main:
         _finish(cfg, out_dir, cache_dir, val_data, history, summary, len(train_data))
     accelerator.wait_for_everyone()
@@ -247,6 +255,7 @@ def _finish(cfg: RunConfig, out_dir: Path, cache_dir: Path, val_data: RelationDa
         "none_margin": best.config.none_margin,
         "best_epoch": summary.best_epoch,
         "steps": summary.steps,
+        "processes": summary.processes,
         "train_minutes": summary.train_minutes,
         "examples_per_second": summary.examples_per_second,
         "history": history,
