@@ -30,6 +30,8 @@ class SplitEvaluation:
     labels: list[str]
     gold: list[str]
     pred: list[str]
+    scores: np.ndarray | None = None  # (N, R) over ``score_labels``, with the None margin (not serialised)
+    score_labels: list[str] | None = None
 
     def to_dict(self) -> dict:
         return {"split": self.split, "scoring": SCORING_NOTE, "records": len(self.gold),
@@ -59,7 +61,7 @@ def evaluate_dataset(runtime: ModelRuntime, dataset: RelationDataset, batch_size
     has_image = np.array([r.has_image for r in dataset.records], dtype=bool)
     everything = np.ones(len(gold), dtype=bool)
     return SplitEvaluation(dataset.split, part(everything), part(has_image), part(~has_image), int(has_image.sum()),
-                           all_labels, gold, pred)
+                           all_labels, gold, pred, scored.scores, list(labels))
 
 
 def _pct(x: float | None) -> str:
