@@ -194,25 +194,28 @@ def mnre_benchmark(out_root: Path, results: Path, meta: dict) -> None:
     for name in BENCHMARKS["mnre"]:
         model, cfg, metrics = load_variant(out_root, name)
         rows.append(row(name, VARIANTS[name].title, score(model, cfg, "val"), score(model, cfg, "test"), metrics))
-        if name == "roc":  # type-constrained retrieval: same weights, margin re-tuned on val
+        if name == "roc":  # type-constrained retrieval: same weights, None margin re-tuned on val
+            from rocmre.modeling.runtime import ModelRuntime
             from rocmre.training.trainer import tune_none_margin
 
             model.config.type_constraint = True
-            model.config.none_margin = 0.0
-            val0 = score(model, cfg, "val")
-            import numpy as np
-
-            from rocmre.modeling.runtime import ModelRuntime
-
+            val = split_data(cfg, "val")
             runtime = ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
-            feats = runtime.featurize(split_data(cfg, "val").records, with_labels=False)
-            raw = runtime.score(feats, cfg.train.eval_batch_size).raw_scores
-            model.config.none_margin, _ = tune_none_margin(model, np.asarray(raw), val0.gold)
+            raw = runtime.score(runtime.featurize(val.records, with_labels=False), cfg.train.eval_batch_size).raw_scores
+            model.config.none_margin, _ = tune_none_margin(model, raw, [r.relation for r in val.records])
             rows.append(row("roc_type_constrained", "ROC + type-constrained retrieval (same weights)",
                             score(model, cfg, "val"), score(model, cfg, "test"),
                             {**metrics, "none_margin": model.config.none_margin}))
+    diff = next(r for r in rows if r["variant"] == "roc")["test"]["micro_f1"] - next(
+        r for r in rows if r["variant"] == "classifier")["test"]["micro_f1"]
+    payload = {**meta, "rows": rows, "roc_minus_classifier_test_micro_f1": diff}
+    write(results, "mnre", render_mnre(payload), payload)
+
+
+def render_mnre(payload: dict) -> list[str]:
+    rows, meta = payload["rows"], payload
     by = {r["variant"]: r for r in rows}
-    diff = by["roc"]["test"]["micro_f1"] - by["classifier"]["test"]["micro_f1"]
+    diff = payload["roc_minus_classifier_test_micro_f1"]
     target = by["roc"]["test"]["micro_f1"]
     lines = header("MNRE: ROC against the classification paradigm, and ablations", meta["command"], meta)
     lines += results_table(rows)
@@ -222,11 +225,53 @@ def mnre_benchmark(out_root: Path, results: Path, meta: dict) -> None:
               + ("." if target >= 0.75 else f", {100 * (0.75 - target):.2f} points short."),
               "Published BERT-base models with every image on a GPU: HVPNeT 81.85, MKGformer 81.95, I2SRM 84.12 "
               "(not comparable: they see all images; here almost every record has none).", "",
+              budget_note([r for r in rows if r["variant"] != "roc_type_constrained"], meta), "",
               "micro-F1 split by image availability (test):", "",
               "| model | with image | without image |", "| --- | --- | --- |"]
     lines += [f"| `{r['variant']}` | {pct(r['test']['micro_f1_with_image'])} | "
               f"{pct(r['test']['micro_f1_without_image'])} |" for r in rows]
-    write(results, "mnre", lines, {**meta, "rows": rows, "roc_minus_classifier_test_micro_f1": diff})
+    return lines
+
+
+def _budget_setting(meta: dict, key: str, default: float | None) -> float | None:
+    for o in meta.get("overrides", []):
+        if o.startswith(f"train.{key}="):
+            return float(o.split("=", 1)[1])
+    return default
+
+
+def budget_note(rows: list[dict], meta: dict) -> str:
+    """What each row actually trained, and whether the time budget cut it short of the epoch budget."""
+    epochs = _budget_setting(meta, "epochs", None)
+    minutes = _budget_setting(meta, "max_minutes", None)
+    parts, short = [], []
+    for r in rows:
+        per_epoch = -(-r["train_records"] // meta.get("batch_size", 32)) if r.get("train_records") else None
+        done = r["steps"] / per_epoch if per_epoch and r.get("steps") else None
+        parts.append(f"`{r['variant']}` {r.get('steps')} steps" + (f" = {done:.2f} epochs" if done else "")
+                     + f" in {r['train_minutes']:.1f} min")
+        if done is not None and epochs is not None and done < 0.98 * epochs:
+            short.append(f"`{r['variant']}`")
+    note = "Training actually done: " + "; ".join(parts) + "."
+    if short and minutes is not None:
+        note += (f" The {minutes:g}-minute cap is enforced by fitting the learning-rate schedule to the measured step "
+                 "time. Up to commit 83b3852 that estimate was taken once, over the first 20 steps, while the runs "
+                 "sharing the GPU were still starting: it was too pessimistic, so "
+                 f"{', '.join(short)} stopped short of {epochs:g} epochs without using all their minutes (the "
+                 "trainer now refreshes the estimate every 20 steps). Rows with fewer steps are under-trained "
+                 "relative to the others; read their comparison with that in mind.")
+    return note
+
+
+def render_paradigms(payload: dict) -> list[str]:
+    rows, meta = payload["rows"], payload
+    diff = payload["roc_minus_classifier_test_micro_f1"]
+    lines = header("MNRE: retrieval (ROC) against classification, same encoder and budget", meta["command"], meta)
+    lines += results_table(rows)
+    lines += ["", f"**ROC - classifier, test micro-F1: {100 * diff:+.2f} points.** Both rows use the same pair "
+              "encoder, training loop, data, seed and budget; only the head differs (relation descriptions + "
+              "InfoNCE vs a linear layer + cross-entropy).", "", budget_note(rows, meta)]
+    return lines
 
 
 def paradigms_benchmark(out_root: Path, results: Path, meta: dict) -> None:
@@ -235,12 +280,11 @@ def paradigms_benchmark(out_root: Path, results: Path, meta: dict) -> None:
         model, cfg, metrics = load_variant(out_root, name)
         rows.append(row(name, VARIANTS[name].title, score(model, cfg, "val"), score(model, cfg, "test"), metrics))
     diff = rows[0]["test"]["micro_f1"] - rows[1]["test"]["micro_f1"]
-    lines = header("MNRE: retrieval (ROC) against classification, same encoder and budget", meta["command"], meta)
-    lines += results_table(rows)
-    lines += ["", f"**ROC - classifier, test micro-F1: {100 * diff:+.2f} points.** Both rows: the same pair "
-              "encoder, loop, data, seed and epochs; only the head differs (relation descriptions + InfoNCE vs a "
-              "linear layer + cross-entropy)."]
-    write(results, "paradigms", lines, {**meta, "rows": rows, "roc_minus_classifier_test_micro_f1": diff})
+    payload = {**meta, "rows": rows, "roc_minus_classifier_test_micro_f1": diff}
+    write(results, "paradigms", render_paradigms(payload), payload)
+
+
+RENDERERS = {"paradigms": render_paradigms, "mnre": render_mnre}
 
 
 def descriptions_benchmark(out_root: Path, results: Path, meta: dict) -> None:
@@ -343,6 +387,12 @@ def zero_shot_benchmark(out_root: Path, results: Path, meta: dict) -> None:
     write(results, "zero_shot", lines, {**meta, "held_out": HELD_OUT, "before": before, "after": after})
 
 
+def default_batch_size() -> int:
+    from rocmre.training.config import RunConfig
+
+    return RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml").train.batch_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="mnre,descriptions,zero_shot", help="comma-separated benchmarks")
@@ -355,6 +405,8 @@ def main() -> None:
     parser.add_argument("--bundle", default=None,
                         help="a folder made by benchmarks/offline_bundle.py (data, caches, text backbone) for a "
                              "machine without the embedded-model packages")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the Markdown of the chosen benchmarks from their JSON (no training, no scoring)")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score only a seeded subset of val/test (smoke runs; never for results)")
     args = parser.parse_args()
@@ -364,6 +416,16 @@ def main() -> None:
     unknown = [b for b in names if b not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+    if args.render_only:
+        for b in names:
+            if b not in RENDERERS:
+                parser.error(f"--render-only supports {list(RENDERERS)}")
+            path = Path(args.results) / f"{b}.json"
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload.setdefault("batch_size", default_batch_size())
+            (Path(args.results) / f"{b}.md").write_text("\n".join(RENDERERS[b](payload)) + "\n", encoding="utf-8")
+            print(f"rendered {b}.md from {path}")
+        return
     out_root = Path(args.out_root)
     bundle_note = ""
     if args.bundle:
@@ -396,8 +458,9 @@ def main() -> None:
     meta = {"commit": git_commit(), "machine": machine_description(), "torch": torch.__version__,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/suite.py " + shlex.join(sys.argv[1:]), "data": base.data.path,
-            "images": images, "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")]
-            if args.bundle else args.set, "bundle": bundle_note,
+            "batch_size": t.batch_size, "images": images,
+            "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")] if args.bundle else args.set,
+            "bundle": bundle_note,
             "budget": f"{t.epochs:g} epochs" + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
             + f", batch {t.batch_size}, lr {t.learning_rate:g} (encoder) / {t.head_learning_rate:g} (new layers), "
             f"seed {base.seed}, text backbone `{base.model.text_backbone}`, fusion layers {base.model.fusion_layers}"}

@@ -157,6 +157,8 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
     ], weight_decay=cfg.train.weight_decay)
     steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    full_steps = total_steps
+    fit_start = time.time()
     warmup = int(cfg.train.warmup_ratio * total_steps)
 
     def schedule(step: int) -> float:
@@ -191,14 +193,17 @@ def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
             seen += batch["input_ids"].shape[0] * accelerator.num_processes
             train_seconds += time.time() - t0
             bar.update(1)
-            if step == 20 and cfg.train.max_minutes is not None:
-                # fit the schedule to the time budget, so that the learning rate still decays to zero in it
-                per_step = (time.time() - start) / step
-                affordable = int(0.9 * cfg.train.max_minutes * 60 / per_step)
-                if affordable < total_steps:
-                    total_steps = max(step + 1, affordable)
+            if cfg.train.max_minutes is not None and step >= 20 and step % 20 == 0:
+                # fit the schedule to the time budget so that the learning rate still decays to zero within it: the
+                # step time is measured from step 20 on (after warm-up) and the estimate is refreshed every 20 steps
+                if step == 20:
+                    fit_start = time.time()
+                else:
+                    per_step = (time.time() - fit_start) / (step - 20)
+                    left = 0.9 * cfg.train.max_minutes * 60 - (time.time() - start)
+                    total_steps = min(full_steps, max(step + 1, step + int(left / per_step)))
                     bar.total = total_steps
-                    logger.warning("time budget: training shortened to %d steps", total_steps)
+            if step % cfg.train.log_every == 0 or step == 1:
                 bar.set_postfix(loss=f"{out.loss.item():.4f}", ex_per_s=f"{seen / max(train_seconds, 1e-9):.1f}")
             out_of_time = cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes
             if step % eval_every == 0 or step >= total_steps or out_of_time:
