@@ -332,7 +332,7 @@ def test_training_runs_on_two_cpu_processes_with_accelerate(mnre_root, cache_dir
     cmd = [
         str(accelerate),
         "launch",
-        "--cpu",
+        "--multi_gpu",  # with no GPU present, accelerate then runs gloo processes on the CPU (MULTI_CPU)
         "--num_processes",
         "2",
         "--num_machines",
@@ -353,5 +353,6 @@ def test_training_runs_on_two_cpu_processes_with_accelerate(mnre_root, cache_dir
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     # 24 records, batch 8 per process, 2 processes: 2 steps per epoch, 16 examples per step
+    assert metrics["processes"] == 2
     assert metrics["steps"] == 2
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
