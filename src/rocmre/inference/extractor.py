@@ -81,7 +81,7 @@ class RelationExtractor:
     """A trained model with everything needed to run it on new sentences and images."""
 
     def __init__(self, model: RelationModel, cache_dir: str | Path | None = None) -> None:
-        self.model = model
+        self.model = model.eval()
         self.runtime = ModelRuntime(model, Path(cache_dir) if cache_dir else None)
 
     @classmethod

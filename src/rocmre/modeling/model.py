@@ -136,7 +136,7 @@ class RelationModel(nn.Module):
         texts_per_rel = self._description_texts(self.descriptions)
         if not self.training and per_relation is None and self._description_cache is not None:
             vecs, index, labels = self._description_cache
-            if labels == self.relation_labels:
+            if labels == self.relation_labels and vecs.device == self.description_projection.weight.device:
                 return vecs, index
         texts, index = [], []
         for r, options in enumerate(texts_per_rel):
@@ -152,7 +152,8 @@ class RelationModel(nn.Module):
         return vecs, index_t
 
     def train(self, mode: bool = True) -> RelationModel:
-        self._description_cache = None
+        if mode:  # weights are about to change: description vectors must be recomputed
+            self._description_cache = None
         return super().train(mode)
 
     # -- scoring ------------------------------------------------------------------------------
