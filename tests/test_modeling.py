@@ -356,3 +356,22 @@ def test_training_runs_on_two_cpu_processes_with_accelerate(mnre_root, cache_dir
     assert metrics["processes"] == 2
     assert metrics["steps"] == 2
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_relations_without_descriptions_fall_back_to_label_names_or_fail(tmp_path):
+    from rocmre.descriptions.store import load_builtin
+    from rocmre.training.config import RunConfig
+    from rocmre.training.trainer import relation_set
+
+    partial = load_builtin("mnre")
+    partial.remove("/per/per/alumi")
+    partial.save(tmp_path / "partial.json")
+    labels = load_builtin("mnre").labels
+    cfg = RunConfig.model_validate({"model": {"descriptions": str(tmp_path / "partial.json")}})
+    got = relation_set(cfg, labels)
+    assert got.labels == labels  # the data's label order is kept
+    assert got.texts("/per/per/alumi") == ["/per/per/alumi"]
+    assert got.relations["/per/per/alumi"].descriptions[0].provenance["method"] == "label-name"
+    cfg.model.missing_descriptions = "error"
+    with pytest.raises(ValueError, match="lack relations of the data"):
+        relation_set(cfg, labels)

@@ -36,8 +36,9 @@ class ModelConfig(BaseModel):
     # relation semantic encoder (ROC)
     descriptions: str = "mnre"
     description_mode: Literal["descriptions", "label_names"] = "descriptions"
-    # a data relation the description set lacks: stop ("error"), or describe it by its bare label name
-    missing_descriptions: Literal["error", "label_name"] = "error"
+    # a data relation the description set lacks (an LLM may fail to describe one): describe it by its bare label
+    # name, with a warning and "method": "label-name" in its provenance, or stop ("error")
+    missing_descriptions: Literal["error", "label_name"] = "label_name"
     max_descriptions: int | None = Field(None, ge=1)
     description_pooling: Literal["mean", "max"] = "mean"
     separate_description_encoder: bool = False
