@@ -66,3 +66,16 @@ def entity_name(entity: Mapping[str, Any], path: Path, line: int, field: str) ->
     if not name.strip():
         raise DataFormatError("empty entity name", path, line, f"{field}.name")
     return name
+
+
+def load_torch_index(path: Path, what: str, expected: str) -> Mapping[Any, Any]:
+    """A dict saved with ``torch.save`` (MNRE crop index, MORE object index), loaded without unpickling code."""
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise DataFormatError(f"cannot read the {what} ({type(e).__name__}: {e})", path) from None
+    if not isinstance(data, Mapping):
+        raise DataFormatError(f"expected {expected}, got {type(data).__name__}", path)
+    return data

@@ -15,7 +15,15 @@ from typing import Any, Literal
 
 from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.images import MissingImagePolicy, resolve_image
-from rocmre.data.literal import entity_name, iter_literal_lines, parse_literal, parse_span, parse_tokens, require
+from rocmre.data.literal import (
+    entity_name,
+    iter_literal_lines,
+    load_torch_index,
+    parse_literal,
+    parse_span,
+    parse_tokens,
+    require,
+)
 from rocmre.data.record import DataFormatError, Entity, RelationRecord, check_entity_span
 
 Split = Literal["train", "val", "test"]
@@ -110,18 +118,6 @@ def read_label_map(path: Path, negative_label: str | None) -> LabelSet:
     return LabelSet(labels, negative_label)
 
 
-def _load_crop_index(path: Path) -> dict[int, list[str]]:
-    import torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt pickle
-        raise DataFormatError(f"cannot read the crop index ({type(e).__name__}: {e})", path) from None
-    if not isinstance(data, dict):
-        raise DataFormatError(f"expected a dict of record index -> crop names, got {type(data).__name__}", path)
-    return data
-
-
 def _record_from_dict(d: Mapping[str, Any], path: Path, line: int) -> tuple[list[str], Entity, Entity, str, str]:
     tokens = parse_tokens(d, path, line)
     ents = []
@@ -156,7 +152,8 @@ def read_mnre(root: str | Path, split: str, *, negative_label: str | None = None
     img_dir = Path(image_dir) if image_dir is not None else base / "img_org" / split
     crop_dir = base / "img_vg" / split / "crops"
     crop_file = text_file.parent / f"mre_{split}_dict.pth"
-    crops = _load_crop_index(crop_file) if crop_file.is_file() else {}
+    crops = load_torch_index(crop_file, "crop index", "a dict of record index -> crop names") \
+        if crop_file.is_file() else {}
 
     records: list[RelationRecord] = []
     problems: list[Problem] = []

@@ -20,7 +20,15 @@ from typing import Any
 
 from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.images import MissingImagePolicy, resolve_image
-from rocmre.data.literal import entity_name, iter_literal_lines, parse_literal, parse_span, parse_tokens, require
+from rocmre.data.literal import (
+    entity_name,
+    iter_literal_lines,
+    load_torch_index,
+    parse_literal,
+    parse_span,
+    parse_tokens,
+    require,
+)
 from rocmre.data.mnre import OnError, read_label_map
 from rocmre.data.record import Box, DataFormatError, Entity, RelationRecord, check_entity_span
 
@@ -40,18 +48,6 @@ def parse_box(value: Any, path: Path, line: int | None, field: str) -> Box:
     return box  # type: ignore[return-value]
 
 
-def _load_object_index(path: Path) -> Mapping[str, Mapping[str, Any]]:
-    import torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt pickle
-        raise DataFormatError(f"cannot read the object index ({type(e).__name__}: {e})", path) from None
-    if not isinstance(data, Mapping):
-        raise DataFormatError(f"expected {{img_id: {{object: box}}}}, got {type(data).__name__}", path)
-    return data
-
-
 def read_more(root: str | Path, split: str, *, negative_label: str = "none", image_dir: str | Path | None = None,
               missing_image: MissingImagePolicy | str = "mark", on_error: OnError = "raise") -> RelationDataset:
     """Read one MORE split (``train``, ``val``/``valid``, ``test``) from the folder holding ``txt/``."""
@@ -64,7 +60,7 @@ def read_more(root: str | Path, split: str, *, negative_label: str = "none", ima
     if not text_file.is_file():
         raise FileNotFoundError(f"no MORE {split} file: {text_file}")
     ent_file = root / f"ent_{name}_dict.pth"
-    objects = _load_object_index(ent_file) if ent_file.is_file() else {}
+    objects = load_torch_index(ent_file, "object index", "{img_id: {object: box}}") if ent_file.is_file() else {}
     img_dir = Path(image_dir) if image_dir is not None else root / "img_org" / name
     policy = MissingImagePolicy(missing_image)
 
