@@ -393,7 +393,7 @@ def default_batch_size() -> int:
     return RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml").train.batch_size
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="mnre,descriptions,zero_shot", help="comma-separated benchmarks")
     parser.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
@@ -409,7 +409,7 @@ def main() -> None:
                         help="rewrite the Markdown of the chosen benchmarks from their JSON (no training, no scoring)")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score only a seeded subset of val/test (smoke runs; never for results)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     global EVAL_LIMIT
     EVAL_LIMIT = args.eval_limit
     names = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -457,7 +457,8 @@ def main() -> None:
     t = base.train
     meta = {"commit": git_commit(), "machine": machine_description(), "torch": torch.__version__,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/suite.py " + shlex.join(sys.argv[1:]), "data": base.data.path,
+            "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+            "data": base.data.path,
             "batch_size": t.batch_size, "images": images,
             "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")] if args.bundle else args.set,
             "bundle": bundle_note,

@@ -1,0 +1,11 @@
+"""The ``mnre`` benchmark alone: ``python benchmarks/mnre.py [suite options]`` (see benchmarks/suite.py)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suite import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(["--only", "mnre", *sys.argv[1:]])
