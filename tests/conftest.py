@@ -27,6 +27,12 @@ def mnre_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_root(mnre_root: Path) -> Path:
+    """The folder holding ``mnre/`` ($ROCMRE_DATA); the tests skip when MNRE is absent."""
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache folder for the whole test session (image features, entity types)."""
     return tmp_path_factory.mktemp("rocmre-cache")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import threading
 import time
@@ -26,14 +25,6 @@ def app():
     from rocmre.cli import app
 
     return app
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    root = Path(os.environ.get("ROCMRE_DATA", "/work/shared/data"))
-    if not (root / "mnre" / "RE_data" / "txt" / "ours_train.txt").is_file():
-        pytest.skip(f"MNRE not found under {root} (set ROCMRE_DATA)")
-    return root
 
 
 def invoke(app, args: list[str], **kwargs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -45,14 +44,6 @@ LABEL_COUNTS = {
 V1_RECORDS = {"train": 7824, "val": 975, "test": 1282}
 V1_NONE = {"train": 4751, "val": 580, "test": 749}
 V1_UNIQUE_IMAGES = {"train": 3996, "val": 499, "test": 675}
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    root = Path(os.environ.get("ROCMRE_DATA", "/work/shared/data"))
-    if not (root / "mnre" / "RE_data" / "txt" / "ours_train.txt").is_file():
-        pytest.skip(f"MNRE not found under {root} (set ROCMRE_DATA)")
-    return root
 
 
 @pytest.fixture(scope="module")
