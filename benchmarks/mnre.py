@@ -1,11 +1,545 @@
-"""The ``mnre`` benchmark alone: ``python benchmarks/mnre.py [suite options]`` (see benchmarks/suite.py)."""
+"""MNRE quality with error bars (issue 11): ROC and the classifier over several seeds, a paired bootstrap CI of
+their difference, and the name-replaced test set.
 
+    python benchmarks/mnre.py --jobs 3                                   # ROC + classifier, seeds 1,2,3
+    python benchmarks/mnre.py --variants roc,classifier,roc_name_swap --backbone minilm-l6,mpnet-base
+    python benchmarks/mnre.py --add-variant 'roc_t10=configs/mnre_roc.yaml;model.temperature=0.1' \
+        --variants roc,classifier,roc_t10
+    python benchmarks/mnre.py --render-only                              # Markdown again from mnre.json
+
+Every model is trained by ``python -m rocmre train --config C --set seed=S`` into
+``<out-root>/[<backbone>/]<variant>-s<S>`` (skipped when its ``metrics.json`` exists), chosen on validation by
+the trainer, then scored on val, test and the name-replaced test set (``rocmre.data.name_swap``: the committed
+construction, seed ``DEFAULT_SEED``). ROC - classifier is a paired bootstrap over test records, per seed and
+pooled over seeds. Writes ``<results>/mnre.md`` and ``mnre.json`` (whose ``summary`` is the best ROC variant by
+mean validation micro-F1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for p in (str(REPO / "src"), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
 
-from suite import main  # noqa: E402
+import suite  # noqa: E402
+
+DEFAULT_BACKBONE = "minilm-l6"
+SUMMARY_KEYS = ("backbone", "seeds", "roc_test_micro_f1_mean", "roc_test_micro_f1_std", "cls_test_micro_f1_mean",
+                "roc_minus_cls_ci95", "roc_test_macro_f1_mean", "hardware", "commit", "name_swap_test_micro_f1_mean",
+                "name_swap_drop")
+TARGETS = {"roc_test_micro_f1_mean": 68.0, "roc_minus_cls": 1.0, "roc_test_macro_f1_mean": 45.0,
+           "name_swap_drop": 3.0}
+BASELINE = "classifier"  # every ROC variant is compared with this variant of the same backbone
+
+
+@dataclass
+class BenchVariant:
+    """One row of the benchmark: a config plus overrides, trained once per seed."""
+
+    name: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    title: str = ""
+
+    @property
+    def paradigm(self) -> str:
+        """``roc`` or ``classifier``: the config's model type after the overrides."""
+        for o in reversed(self.overrides):
+            if o.startswith("model.model_type="):
+                return o.split("=", 1)[1].strip()
+        import yaml
+
+        data = yaml.safe_load((REPO / self.config).read_text(encoding="utf-8")) or {}
+        return str(data.get("model", {}).get("model_type", "roc"))
+
+
+VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
+    BenchVariant("roc", "configs/mnre_roc.yaml", [], "ROC"),
+    BenchVariant("classifier", "configs/mnre_cls.yaml", [], "classifier (same encoder, linear head)"),
+    BenchVariant("roc_name_swap", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.5"],
+                 "ROC + training-time name swapping (p=0.5)"),
+    BenchVariant("classifier_name_swap", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.5"],
+                 "classifier + training-time name swapping (p=0.5)"),
+]}
+
+
+def parse_variant(spec: str) -> BenchVariant:
+    """``NAME=CONFIG[;override;override...]`` -> a variant (``--add-variant``)."""
+    name, sep, rest = spec.partition("=")
+    parts = [p.strip() for p in rest.split(";") if p.strip()]
+    if not sep or not name.strip() or not parts:
+        raise ValueError(f"--add-variant {spec!r}: expected NAME=CONFIG[;section.key=value...]")
+    bad = [o for o in parts[1:] if "=" not in o]
+    if bad:
+        raise ValueError(f"--add-variant {spec!r}: overrides {bad} are not section.key=value")
+    return BenchVariant(name.strip(), parts[0], parts[1:], name.strip())
+
+
+def run_folder(out_root: Path, backbone: str, variant: str, seed: int) -> Path:
+    """``<out-root>/<variant>-s<seed>`` for the default backbone, ``<out-root>/<backbone>/...`` for others."""
+    base = out_root if backbone == DEFAULT_BACKBONE else out_root / backbone.replace("/", "_")
+    return base / f"{variant}-s{seed}"
+
+
+def run_overrides(v: BenchVariant, backbone: str, seed: int, bundle: Path | None) -> list[str]:
+    """The variant's overrides plus seed and backbone (the user's ``--set`` come after, in train_variant)."""
+    text_backbone = str(bundle / backbone) if bundle is not None else backbone
+    extra = [f"model.text_backbone={text_backbone}"] if bundle is not None or backbone != DEFAULT_BACKBONE else []
+    return [*v.overrides, f"seed={seed}", *extra]
+
+
+# --- aggregation (pure: tested on synthetic results) -------------------------------------------------------------
+
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (0 for one value, None for none)."""
+    if not values:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def aggregate_rows(seed_results: list[dict], variants: dict[str, BenchVariant]) -> list[dict]:
+    """One row per (backbone, variant), in first-seen order: mean +- std over seeds, in points."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in seed_results:
+        groups.setdefault((r["backbone"], r["variant"]), []).append(r)
+    rows = []
+    for (backbone, name), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+
+        def stat(get, rs=rs) -> dict:
+            return mean_std([100 * get(r) for r in rs])
+
+        v = variants.get(name)
+        rows.append({
+            "backbone": backbone, "variant": name, "paradigm": rs[0]["paradigm"],
+            "title": v.title if v else name, "seeds": [r["seed"] for r in rs],
+            "test_micro_f1": stat(lambda r: r["test"]["micro_f1"]),
+            "test_macro_f1": stat(lambda r: r["test"]["macro_f1"]),
+            "test_accuracy": stat(lambda r: r["test"]["accuracy"]),
+            "val_micro_f1": stat(lambda r: r["val"]["micro_f1"]),
+            "name_swap_micro_f1": stat(lambda r: r["name_swap"]["micro_f1"]),
+            "name_swap_drop": stat(lambda r: r["test"]["micro_f1"] - r["name_swap"]["micro_f1"]),
+            "train_minutes": mean_std([r["train_minutes"] for r in rs if r.get("train_minutes") is not None]),
+            "budget": "; ".join(dict.fromkeys(r["budget"] for r in rs)),
+            "hardware": "; ".join(dict.fromkeys(r["machine"] for r in rs if r.get("machine"))),
+        })
+    return rows
+
+
+def compare_paradigms(seed_results: list[dict], preds: dict[tuple[str, str, int], dict], negative_label: str,
+                      resamples: int, seed: int = 0) -> list[dict]:
+    """Paired bootstrap of each ROC variant minus the classifier of the same backbone, on test (per seed and
+    pooled) and on the name-replaced test (pooled); ``preds[(backbone, variant, seed)]`` holds ``gold``, ``test``
+    and ``name_swap`` label lists."""
+    from rocmre.evaluation.bootstrap import paired_bootstrap, pooled_paired_bootstrap
+
+    seeds: dict[tuple[str, str], list[int]] = {}
+    paradigm: dict[tuple[str, str], str] = {}
+    for r in seed_results:
+        seeds.setdefault((r["backbone"], r["variant"]), []).append(r["seed"])
+        paradigm[(r["backbone"], r["variant"])] = r["paradigm"]
+    out = []
+    for (backbone, name), own in seeds.items():
+        if paradigm[(backbone, name)] != "roc" or (backbone, BASELINE) not in seeds:
+            continue
+        common = sorted(set(own) & set(seeds[(backbone, BASELINE)]))
+        if not common:
+            continue
+        a = [preds[(backbone, name, s)] for s in common]
+        b = [preds[(backbone, BASELINE, s)] for s in common]
+        gold = a[0]["gold"]
+        per_seed = {str(s): paired_bootstrap(x["gold"], x["test"], y["test"], negative_label, resamples, seed).to_dict()
+                    for s, x, y in zip(common, a, b, strict=True)}
+        pooled = pooled_paired_bootstrap(gold, [x["test"] for x in a], [y["test"] for y in b], negative_label,
+                                         resamples, seed)
+        swap = pooled_paired_bootstrap(a[0]["name_swap_gold"], [x["name_swap"] for x in a],
+                                       [y["name_swap"] for y in b], negative_label, resamples, seed)
+        out.append({"backbone": backbone, "variant": name, "baseline": BASELINE, "seeds": common,
+                    "per_seed": per_seed, "pooled": pooled.to_dict(), "name_swap_pooled": swap.to_dict()})
+    return out
+
+
+def build_summary(rows: list[dict], comparisons: list[dict], commit: str) -> dict[str, Any] | None:
+    """The ``summary`` of mnre.json: the ROC row with the best mean validation micro-F1 (None without one)."""
+    roc = [r for r in rows if r["paradigm"] == "roc"]
+    if not roc:
+        return None
+    best = max(roc, key=lambda r: r["val_micro_f1"]["mean"])
+    cls = next((r for r in rows if r["backbone"] == best["backbone"] and r["variant"] == BASELINE), None)
+    comp = next((c for c in comparisons if c["backbone"] == best["backbone"] and c["variant"] == best["variant"]),
+                None)
+    summary = {
+        "backbone": best["backbone"], "seeds": best["seeds"],
+        "roc_test_micro_f1_mean": best["test_micro_f1"]["mean"], "roc_test_micro_f1_std": best["test_micro_f1"]["std"],
+        "cls_test_micro_f1_mean": cls["test_micro_f1"]["mean"] if cls else None,
+        "roc_minus_cls_ci95": [comp["pooled"]["low"], comp["pooled"]["high"]] if comp else None,
+        "roc_test_macro_f1_mean": best["test_macro_f1"]["mean"], "hardware": best["hardware"], "commit": commit,
+        "name_swap_test_micro_f1_mean": best["name_swap_micro_f1"]["mean"],
+        "name_swap_drop": best["name_swap_drop"]["mean"],
+    }
+    assert tuple(summary) == SUMMARY_KEYS
+    return summary
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+def _pm(s: dict) -> str:
+    return "-" if s.get("mean") is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def _pt(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _ci(c: dict | None) -> str:
+    return "-" if c is None else f"{c['observed']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def _variant_label(r: dict) -> str:
+    return f"{r['paradigm']} (`{r['variant']}`)" if r["variant"] not in ("roc", BASELINE) else r["paradigm"]
+
+
+def targets_lines(summary: dict | None) -> list[str]:
+    """Issue 11's targets against the summary, met or not, with the numbers."""
+    if summary is None:
+        return ["No ROC row: targets not evaluated."]
+    s = summary
+
+    def check(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines = [f"Targets (issue 11), best ROC configuration by mean validation micro-F1 (`{s['backbone']}`):", ""]
+    lines.append(f"* ROC test micro-F1 >= {TARGETS['roc_test_micro_f1_mean']:g}: {s['roc_test_micro_f1_mean']:.2f} "
+                 f"- {check(s['roc_test_micro_f1_mean'] >= TARGETS['roc_test_micro_f1_mean'])}")
+    if s["roc_minus_cls_ci95"] is not None and s["cls_test_micro_f1_mean"] is not None:
+        diff = s["roc_test_micro_f1_mean"] - s["cls_test_micro_f1_mean"]
+        lo, hi = s["roc_minus_cls_ci95"]
+        lines.append(f"* ROC - classifier >= +{TARGETS['roc_minus_cls']:g} with the 95 % CI above 0: {diff:+.2f} "
+                     f"(mean over seeds), pooled CI [{lo:+.2f}, {hi:+.2f}] - "
+                     f"{check(diff >= TARGETS['roc_minus_cls'] and lo > 0)}")
+    lines.append(f"* macro-F1 >= {TARGETS['roc_test_macro_f1_mean']:g}: {s['roc_test_macro_f1_mean']:.2f} - "
+                 f"{check(s['roc_test_macro_f1_mean'] >= TARGETS['roc_test_macro_f1_mean'])}")
+    lines.append(f"* name-replaced test micro-F1 drop <= {TARGETS['name_swap_drop']:g} points: "
+                 f"{s['name_swap_drop']:.2f} ({s['name_swap_test_micro_f1_mean']:.2f} on the name-replaced test) - "
+                 f"{check(s['name_swap_drop'] <= TARGETS['name_swap_drop'])}")
+    return lines
+
+
+def render(payload: dict) -> list[str]:
+    """mnre.md: the lead table, targets, CIs, per-seed rows, the name-replaced test set."""
+    rows, comps = payload["rows"], payload["comparisons"]
+    comp_of = {(c["backbone"], c["variant"]): c for c in comps}
+    lines = ["# MNRE: retrieval (ROC) against classification, with seeds and error bars", "",
+             f"Produced by `{payload['command']}` at commit `{payload['commit']}` on {payload['machine']} "
+             f"({payload['date']}).", ""]
+    if payload.get("warning"):
+        lines += [f"**{payload['warning']}**", ""]
+    lines += ["| backbone | paradigm | seeds | test micro-F1 | test macro-F1 | test accuracy | val micro-F1 | "
+              "name-replaced test micro-F1 | name-replaced drop | ROC - classifier, pooled 95 % CI | budget | "
+              "hardware |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        c = comp_of.get((r["backbone"], r["variant"]))
+        minutes = r["train_minutes"]["mean"]
+        budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
+        lines.append(f"| `{r['backbone']}` | {_variant_label(r)} | {len(r['seeds'])} | "
+                     f"**{_pm(r['test_micro_f1'])}** | {_pm(r['test_macro_f1'])} | {_pm(r['test_accuracy'])} | "
+                     f"{_pm(r['val_micro_f1'])} | {_pm(r['name_swap_micro_f1'])} | {_pm(r['name_swap_drop'])} | "
+                     f"{_ci(c['pooled']) if c else '-'} | {budget} | {r['hardware'] or '-'} |")
+    lines += ["", "Mean ± sample standard deviation over seeds, in points. The CI is a paired bootstrap over test "
+              f"records ({payload['resamples']:,} resamples): each resample draws records once and sums each "
+              "system's micro-F1 counts over its seeds; shown as observed difference [2.5 %, 97.5 %]. "
+              "Name-replaced drop: test micro-F1 minus name-replaced test micro-F1, per seed, averaged.", ""]
+    lines += targets_lines(payload.get("summary")) + [""]
+    lines += [f"Scoring: {payload.get('scoring', '')} Negative label: `{payload['negative_label']}`. Each model's "
+              "checkpoint and None margin were chosen on validation by the trainer; test and the name-replaced test "
+              "are only scored. The summary row is chosen by mean validation micro-F1.", "",
+              f"Data: MNRE-2 (`{payload['data']}`); records with their image: {payload['images']}.", ""]
+    if payload.get("bundle"):
+        lines += [f"Run from an {payload['bundle']}.", ""]
+    if payload.get("overrides"):
+        lines += [f"Overrides applied to every run: `{' '.join(payload['overrides'])}`.", ""]
+    lines += ["## ROC - classifier per seed (paired bootstrap over test records)", "",
+              "| backbone | ROC variant | seed | ROC - classifier [95 % CI] |", "| --- | --- | --- | --- |"]
+    for c in comps:
+        for s, res in c["per_seed"].items():
+            lines.append(f"| `{c['backbone']}` | `{c['variant']}` | {s} | {_ci(res)} |")
+        lines.append(f"| `{c['backbone']}` | `{c['variant']}` | pooled | {_ci(c['pooled'])} |")
+        lines.append(f"| `{c['backbone']}` | `{c['variant']}` | pooled, name-replaced test | "
+                     f"{_ci(c['name_swap_pooled'])} |")
+    lines += ["", "## Every run", "",
+              "| backbone | variant | seed | best epoch | val micro-F1 | test micro-F1 | test macro-F1 | "
+              "test accuracy | name-replaced micro-F1 | changed records: test -> name-replaced micro-F1 | "
+              "changed records whose prediction changed | train min | steps |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in payload["seed_results"]:
+        ns = r["name_swap"]
+        epoch = "-" if r.get("best_epoch") is None else f"{r['best_epoch']:.2f}"
+        minutes = "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f}"
+        lines.append(f"| `{r['backbone']}` | `{r['variant']}` | {r['seed']} | {epoch} | {_pt(r['val']['micro_f1'])} | "
+                     f"{_pt(r['test']['micro_f1'])} | {_pt(r['test']['macro_f1'])} | {_pt(r['test']['accuracy'])} | "
+                     f"{_pt(ns['micro_f1'])} | {_pt(ns['changed_test_micro_f1'])} -> "
+                     f"{_pt(ns['changed_micro_f1'])} | {_pt(ns['changed_prediction_rate'])} % | {minutes} | "
+                     f"{r.get('steps', '-')} |")
+    st = payload["name_swap"]
+    lines += ["", "## The name-replaced test set", "",
+              f"Built by `rocmre.data.name_swap.name_swapped_test` (seed {st['seed']}): every test record whose head "
+              "or tail name occurs as an entity name in the training split has its head and tail names replaced, at "
+              "every mention, by other names of the same entity type that never occur in the training split (neither "
+              "as an entity name nor in any training text), taken from the val and test splits' own entity names "
+              "and keeping the name's style (a Twitter handle or hashtag gets another one); the rest of the text is "
+              "untouched. Types come from the relation label's type signature (`/per/loc/...`: person, location); "
+              f"names in None records are typed by {st['negative_records_typed_by']}.", "",
+              f"{st['changed']} of {st['records']} test records changed ({st['changed_negative']} of them None "
+              f"records); {st['with_train_name']} held a training name; kept unchanged: {st['kept_untyped']} with no "
+              f"entity type, {st['kept_overlapping']} with overlapping head and tail spans, {st['kept_no_name']} with "
+              f"no replacement name. Heads replaced: {st['heads_replaced']}, tails: {st['tails_replaced']}, further "
+              f"mentions: {st['extra_mentions_replaced']}; changed records that keep a training name on an untyped "
+              f"entity: {st['still_with_train_name']}. Replacement names per type: "
+              + ", ".join(f"{k} {v}" for k, v in st["pool_sizes"].items()) + "."]
+    return lines
+
+
+# --- training and scoring ----------------------------------------------------------------------------------------
+
+def _load_run_data(cfg, split: str):
+    try:
+        from rocmre.training.setup import load_run_data
+    except ImportError:  # older layout
+        from rocmre.training.trainer import load_run_data
+    return load_run_data(cfg, split)
+
+
+def _runtime(model, cfg):
+    try:
+        from rocmre.training.setup import make_runtime
+
+        return make_runtime(model, cfg)
+    except ImportError:
+        from rocmre.modeling.runtime import ModelRuntime
+
+        return ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
+
+
+def _subset(dataset, indices: list[int]):
+    from rocmre.data import RelationDataset
+
+    return RelationDataset([dataset.records[i] for i in indices], dataset.labels, dataset.name, dataset.split,
+                           dataset.problems)
+
+
+@dataclass
+class EvalData:
+    """The scored splits, identical for every model: val, test, the name-replaced test, and its statistics."""
+
+    val: Any
+    test: Any
+    name_swap: Any
+    changed: list[int]  # indices into test / name_swap of the records whose names were replaced
+    stats: dict
+    images: str = ""  # records with their image per split (full splits)
+
+
+def eval_data(base_cfg, swap_seed: int, limit: int | None) -> EvalData:
+    """Load val / test, build the name-replaced test from the full splits; ``limit`` takes the same seeded subset
+    of test and name-replaced test (smoke runs only)."""
+    import random
+
+    from rocmre.data.name_swap import name_swapped_test
+    from rocmre.paths import default_cache_dir
+
+    train, val, test = (_load_run_data(base_cfg, s) for s in ("train", "val", "test"))
+    cache = Path(base_cfg.cache_dir) if base_cfg.cache_dir else default_cache_dir()
+    swapped, stats = name_swapped_test(train, val, test, seed=swap_seed, cache_dir=cache)
+    changed = list(stats.changed_indices)
+    if limit is not None:
+        rng = random.Random(0)
+        keep_val = sorted(rng.sample(range(len(val)), min(limit, len(val))))
+        keep = sorted(rng.sample(range(len(test)), min(limit, len(test))))
+        val, test, swapped = _subset(val, keep_val), _subset(test, keep), _subset(swapped, keep)
+        changed = [j for j, i in enumerate(keep) if i in set(stats.changed_indices)]
+    images = ", ".join(f"{d.split} {d.num_with_image}/{len(d)}" for d in (train, val, test))
+    return EvalData(val, test, swapped, changed, stats.to_dict(), images)
+
+
+def pack(result) -> dict:
+    """The scores kept per split (fractions)."""
+    return {"micro_f1": result.f1, "macro_f1": result.macro_f1, "accuracy": result.accuracy,
+            "precision": result.precision, "recall": result.recall}
+
+
+def name_swap_scores(gold: list[str], test_pred: list[str], swap_pred: list[str], changed: list[int],
+                     negative_label: str) -> dict:
+    """Micro-F1 on the changed records before / after the names were replaced, and how many predictions moved."""
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    g = [gold[i] for i in changed]
+    before = evaluate_predictions(g, [test_pred[i] for i in changed], negative_label).f1 if changed else None
+    after = evaluate_predictions(g, [swap_pred[i] for i in changed], negative_label).f1 if changed else None
+    moved = sum(test_pred[i] != swap_pred[i] for i in changed) / len(changed) if changed else None
+    return {"changed_records": len(changed), "changed_test_micro_f1": before, "changed_micro_f1": after,
+            "changed_prediction_rate": moved}
+
+
+def evaluate_run(folder: Path, data: EvalData) -> tuple[dict, dict]:
+    """Score one trained model on val, test and the name-replaced test: its per-seed result and its predictions."""
+    from rocmre.evaluation.report import evaluate_dataset
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.config import RunConfig
+
+    cfg = RunConfig.from_yaml(folder / "run_config.yaml")
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    model = RelationModel.from_pretrained(folder)
+    runtime = _runtime(model, cfg)
+    bs = cfg.train.eval_batch_size
+    val, test, swap = (evaluate_dataset(runtime, d, batch_size=bs) for d in (data.val, data.test, data.name_swap))
+    neg = model.config.negative_label
+    t = cfg.train
+    timings = metrics.get("timings") or {}
+    trainer_val = metrics.get("val") or (metrics.get("results") or {}).get("val") or {}
+    budget = (f"{t.epochs:g} epoch{'s' if t.epochs != 1 else ''}"
+              + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
+              + f", batch {t.batch_size}, lr {t.learning_rate:g} / {t.head_learning_rate:g}")
+    result = {"folder": str(folder), "paradigm": model.config.model_type, "best_epoch": metrics.get("best_epoch"),
+              "val": pack(val.overall), "test": pack(test.overall),
+              "name_swap": {**pack(swap.overall), **name_swap_scores(test.gold, test.pred, swap.pred, data.changed,
+                                                                     neg)},
+              "trainer_val_micro_f1": trainer_val.get("f1"),
+              "train_minutes": metrics.get("train_minutes", timings.get("train_minutes")),
+              "steps": metrics.get("steps"), "machine": metrics.get("machine") or timings.get("machine"),
+              "budget": budget, "negative_label": neg}
+    preds = {"gold": test.gold, "test": test.pred, "name_swap_gold": swap.gold, "name_swap": swap.pred}
+    return result, preds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="roc,classifier", help=f"comma-separated, from {list(VARIANTS)} "
+                        "and --add-variant")
+    parser.add_argument("--add-variant", action="append", default=[], metavar="NAME=CONFIG[;OVERRIDE...]",
+                        help="define a variant (then name it in --variants)")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="comma-separated text backbones")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
+    parser.add_argument("--out-root", default="runs/mnre", help="where the trained models go")
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--set", action="append", default=[], help="override for every run: section.key=value")
+    parser.add_argument("--force", action="store_true", help="retrain models that already exist")
+    parser.add_argument("--skip-train", action="store_true", help="only evaluate existing models")
+    parser.add_argument("--bundle", default=None, help="a folder made by benchmarks/offline_bundle.py (data, caches, "
+                        "text backbones as <bundle>/<backbone>)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument("--name-swap-seed", type=int, default=None, help="default: rocmre.data.name_swap's")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="score only a seeded subset of val/test (smoke runs; never for results)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite mnre.md from mnre.json")
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    if args.render_only:
+        payload = json.loads((results / "mnre.json").read_text(encoding="utf-8"))
+        (results / "mnre.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
+        print(f"rendered {results / 'mnre.md'}")
+        return
+    variants = dict(VARIANTS)
+    for spec in args.add_variant:
+        try:
+            v = parse_variant(spec)
+        except ValueError as e:
+            parser.error(str(e))
+        variants[v.name] = v
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(variants)} or define them with --add-variant")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
+    out_root = Path(args.out_root)
+    bundle = Path(args.bundle).resolve() if args.bundle else None
+    if bundle is not None:
+        os.environ["ROCMRE_DATA"] = str(bundle / "data")
+        os.environ["ROCMRE_CACHE"] = str(bundle / "cache")
+        missing = [b for b in backbones if not (bundle / b).is_dir()]
+        if missing:
+            parser.error(f"the bundle has no text backbone folder for {missing}")
+
+    jobs = [(b, n, s) for b in backbones for n in names for s in seeds]
+    if not args.skip_train:
+        threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {}
+            for b, n, s in jobs:
+                folder = run_folder(out_root, b, n, s)
+                v = variants[n]
+                run = suite.Variant(folder.name, v.config, run_overrides(v, b, s, bundle), v.title)
+                futures[(b, n, s)] = pool.submit(suite.train_variant, run, folder.parent, args.set, threads,
+                                                 args.force)
+            failed = []
+            for key, f in futures.items():
+                try:
+                    _, minutes = f.result()
+                    print(f"trained {key[0]} {key[1]} seed {key[2]} in {minutes:.1f} min", flush=True)
+                except RuntimeError as e:
+                    failed.append(str(e))
+            if failed:
+                raise SystemExit("training failed:\n" + "\n".join(failed))
+
+    import torch
+
+    from rocmre.evaluation.report import SCORING_NOTE
+    from rocmre.training.config import RunConfig
+    from rocmre.training.trainer import machine_description
+
+    base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
+    from rocmre.data.name_swap import DEFAULT_SEED
+
+    data = eval_data(base, args.name_swap_seed if args.name_swap_seed is not None else DEFAULT_SEED,
+                     args.eval_limit)
+    seed_results, preds = [], {}
+    for b, n, s in jobs:
+        folder = run_folder(out_root, b, n, s)
+        if not (folder / "metrics.json").is_file():
+            raise SystemExit(f"no trained model in {folder} (train it, or drop --skip-train)")
+        result, p = evaluate_run(folder, data)
+        if not result["machine"]:
+            result["machine"] = f"{machine_description()} (where it was scored; the run recorded none)"
+        seed_results.append({"backbone": b, "variant": n, "seed": s, **result})
+        preds[(b, n, s)] = p
+        print(f"scored {b} {n} seed {s}: test micro-F1 {100 * result['test']['micro_f1']:.2f}", flush=True)
+    neg = base.data.negative_label
+    rows = aggregate_rows(seed_results, variants)
+    comparisons = compare_paradigms(seed_results, preds, neg, args.resamples)
+    commit = suite.git_commit()
+    payload = {
+        "summary": build_summary(rows, comparisons, commit),
+        "commit": commit, "machine": machine_description(), "torch": torch.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]) if argv is None
+        else shlex.join(["python", "benchmarks/mnre.py", *argv]),
+        "data": base.data.path, "images": data.images, "negative_label": neg, "scoring": SCORING_NOTE,
+        "bundle": "offline bundle from benchmarks/offline_bundle.py" if bundle else "",
+        "overrides": args.set, "seeds": seeds, "backbones": backbones, "resamples": args.resamples,
+        "variants": {n: {"config": variants[n].config, "overrides": variants[n].overrides,
+                         "title": variants[n].title, "paradigm": variants[n].paradigm} for n in names},
+        "rows": rows, "comparisons": comparisons, "seed_results": seed_results, "name_swap": data.stats,
+    }
+    if args.eval_limit:
+        payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
+    suite.write(results, "mnre", render(payload), payload)
+
 
 if __name__ == "__main__":
-    main(["--only", "mnre", *sys.argv[1:]])
+    main()

@@ -116,20 +116,16 @@ def load_variant(out_root: Path, name: str):
 
 def split_data(cfg, split: str):
     """Every record of a split (held-out relations included), or the smoke-run subset."""
-    from rocmre.training.trainer import load_run_data
+    from rocmre.training.setup import load_run_data
 
-    cfg = cfg.model_copy(deep=True)
-    cfg.data.exclude_relations = []
-    return load_run_data(cfg, split, EVAL_LIMIT)
+    return load_run_data(cfg, split, EVAL_LIMIT, keep_excluded=True)
 
 
 def score(model, cfg, split: str):
     from rocmre.evaluation.report import evaluate_dataset
-    from rocmre.modeling.runtime import ModelRuntime
+    from rocmre.training.setup import make_runtime
 
-    data = split_data(cfg, split)
-    runtime = ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
-    return evaluate_dataset(runtime, data, batch_size=cfg.train.eval_batch_size)
+    return evaluate_dataset(make_runtime(model, cfg), split_data(cfg, split), batch_size=cfg.train.eval_batch_size)
 
 
 def row(name: str, title: str, val, test, metrics: dict) -> dict:
@@ -195,14 +191,14 @@ def mnre_benchmark(out_root: Path, results: Path, meta: dict) -> None:
         model, cfg, metrics = load_variant(out_root, name)
         rows.append(row(name, VARIANTS[name].title, score(model, cfg, "val"), score(model, cfg, "test"), metrics))
         if name == "roc":  # type-constrained retrieval: same weights, None margin re-tuned on val
-            from rocmre.modeling.runtime import ModelRuntime
-            from rocmre.training.trainer import tune_none_margin
+            from rocmre.training.setup import make_runtime
 
             model.config.type_constraint = True
             val = split_data(cfg, "val")
-            runtime = ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
-            raw = runtime.score(runtime.featurize(val.records, with_labels=False), cfg.train.eval_batch_size).raw_scores
-            model.config.none_margin, _ = tune_none_margin(model, raw, [r.relation for r in val.records])
+            runtime = make_runtime(model, cfg)
+            scored = runtime.score(runtime.featurize(val.records, with_labels=False), cfg.train.eval_batch_size)
+            model.config.none_margin, _ = runtime.decision_rule.tune_none_margin(
+                scored.scores, [r.relation for r in val.records], scored.head_types, scored.tail_types)
             rows.append(row("roc_type_constrained", "ROC + type-constrained retrieval (same weights)",
                             score(model, cfg, "val"), score(model, cfg, "test"),
                             {**metrics, "none_margin": model.config.none_margin}))
@@ -447,7 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from rocmre.training.config import RunConfig
-    from rocmre.training.trainer import load_run_data, machine_description
+    from rocmre.training.setup import load_run_data
+    from rocmre.training.trainer import machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
     if args.bundle:

@@ -162,6 +162,117 @@ def test_open_image_modes_and_errors(tmp_path):
         open_image(b"not an img!")
 
 
+def _png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width", [20000, 60000])
+def test_extreme_aspect_ratio_is_cheap(width):
+    """A tiny 20000x1 (or 60000x1) PNG is centre-cropped to 20:1 before the short side is scaled up to 224: the
+    preprocessing stays a few MB and well under a second (it cost ~4 GB and 25 s, or a MemoryError)."""
+    import resource
+    import time
+
+    from rocmre.backbones.images import MAX_ASPECT_RATIO
+    from rocmre.backbones.vision import EfficientNetLiteBackbone, clamp_aspect_ratio, resize_short_side
+
+    data = _png_bytes(width, 1)
+    assert len(data) < 1000
+    start, peak = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    image = open_image(data)
+    assert image.size == (width, 1)
+    assert clamp_aspect_ratio(image).size == (20, 1) and MAX_ASPECT_RATIO == 20.0
+    assert resize_short_side(image, 224, Image.Resampling.BICUBIC).size == (4480, 224)
+    assert resize_short_side(image.transpose(Image.Transpose.TRANSPOSE), 224, Image.Resampling.BICUBIC).size == \
+        (224, 4480)
+    x = EfficientNetLiteBackbone(torch.nn.Identity()).preprocess(image)
+    assert x.shape == (3, 224, 224)
+    assert time.perf_counter() - start < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB: under 200 MB more
+
+
+def test_aspect_clamp_keeps_the_centre_crop():
+    """Within 20:1 nothing changes; beyond it, the centre 224x224 the backbone sees is the same image content."""
+    from rocmre.backbones.vision import center_crop, resize_short_side
+
+    normal = Image.new("RGB", (300, 200), (1, 2, 3))
+    assert resize_short_side(normal, 224, Image.Resampling.BICUBIC).size == (336, 224)
+    strip = Image.new("RGB", (4000, 100), (0, 0, 255))
+    for x in range(1950, 2050):
+        for y in range(100):
+            strip.putpixel((x, y), (255, 0, 0))
+    clamped = center_crop(resize_short_side(strip, 224, Image.Resampling.NEAREST), 224, 224)
+    unclamped = center_crop(resize_short_side(strip, 224, Image.Resampling.NEAREST, max_ratio=1000), 224, 224)
+    assert clamped.size == unclamped.size == (224, 224)
+    assert clamped.tobytes() == unclamped.tobytes()
+
+
+def test_pixel_limit_refused_before_decoding(tmp_path):
+    from rocmre.backbones.images import MAX_IMAGE_PIXELS, check_image
+
+    assert MAX_IMAGE_PIXELS == 40_000_000
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_bytes(8000, 5001, "1"))  # 40.008 Mpx, 1 bit per pixel: a small file
+    with pytest.raises(ImageLoadError, match=r"big.png: the image is 8000x5001 = 40.0 megapixels, over the limit"):
+        open_image(big)
+    with pytest.raises(ImageLoadError, match="over the limit of 40 megapixels"):
+        check_image(big.read_bytes())
+    with pytest.raises(ImageLoadError, match="over the limit"):
+        open_image(Image.new("1", (8000, 5001)))
+    assert open_image(_png_bytes(8000, 5000, "1")).size == (8000, 5000)  # exactly at the limit
+
+
+def test_error_messages_name_the_source_not_a_buffer(tmp_path):
+    for source, words in [(b"", "<0 bytes>: no image data (0 bytes)"),
+                          (b"GIF89a", "<6 bytes>: not a recognised image file"),
+                          (tmp_path, f"{tmp_path}: is a directory, not an image file"),
+                          (tmp_path / "x.jpg", "x.jpg: no such file")]:
+        with pytest.raises(ImageLoadError) as info:
+            open_image(source)
+        assert words in str(info.value) and "BytesIO" not in str(info.value)
+    with pytest.raises(TypeError, match="expected a path, bytes or a PIL image"):
+        open_image(12)  # type: ignore[arg-type]
+
+
+class _CountingBackbone:
+    """Stands in for a vision backbone in cache tests: constant features, counts encoded images."""
+
+    name = "counting"
+    preprocess_id = "counting-v1"
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, images):
+        self.encoded += len(images)
+        return torch.ones(len(images), 2, 3), torch.ones(len(images), 3)
+
+
+def test_uploaded_images_stay_in_a_bounded_memory_lru(tmp_path):
+    backbone = _CountingBackbone()
+    cache = ImageFeatureCache(backbone, cache_dir=tmp_path, show_progress=False, upload_items=2)  # type: ignore[arg-type]
+    uploads = [_png_bytes(4 + i, 4) for i in range(3)]
+    for raw in uploads:
+        regions, pooled = cache.features(raw)
+        assert regions.shape == (2, 3) and pooled.shape == (3,)
+    cache.features(Image.new("RGB", (5, 5)))
+    assert not (tmp_path / "image-features").exists()  # nothing written to disk
+    assert len(cache._uploads) == 2 and backbone.encoded == 4
+    before = backbone.encoded
+    cache.features(Image.new("RGB", (5, 5)))  # the most recent: a hit
+    assert backbone.encoded == before and cache.contains(Image.new("RGB", (5, 5)))
+    cache.features(uploads[0])  # evicted: encoded again
+    assert backbone.encoded == before + 1 and not cache.contains(uploads[1])
+    path = tmp_path / "on-disk.png"
+    path.write_bytes(uploads[1])
+    cache.features(path)  # a file of a dataset is cached on disk
+    assert len(list((tmp_path / "image-features").rglob("*.safetensors"))) == 1
+    assert cache.precompute([uploads[2], b"junk"]) == {"computed": 1, "cached": 0, "failed": 1}
+    assert len(list((tmp_path / "image-features").rglob("*.safetensors"))) == 1
+
+
 # ---------------------------------------------------------------- vision
 @needs_images
 def test_efficientnet_siamese_cat(effnet):

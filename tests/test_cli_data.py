@@ -82,7 +82,7 @@ def test_stats_bad_lines(app, tmp_path):
     assert "train: not found" not in r.stdout and "val: not found" in r.stdout  # absent splits are noted
     row = next(line.split() for line in r.stdout.splitlines() if line.startswith("train "))
     assert row[1] == "2" and row[-1] == "2"
-    assert "problems (2, skipped)" in r.stdout
+    assert "problems (2: bad lines skipped" in r.stdout
     assert f"{f}:2" in r.stdout and f"{f}:3, field 'relation'" in r.stdout
     d = json.loads(invoke(app, ["data", "stats", str(tmp_path), "--skip-bad-lines", "--json"]).stdout)
     assert d["num_problems"] == 2 and d["splits"][0]["records"] == 2
@@ -113,6 +113,138 @@ def test_stats_missing_path(app, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "no MNRE train file" in r.stderr
     r = invoke(app, ["data", "stats", str(tmp_path), "--format", "xml"])
     assert r.exit_code == 2 and "unknown data format" in r.stderr
+
+
+def test_stats_counts_unreadable_images(app, tmp_path):
+    """``data stats`` checks that present images decode: a truncated or non-image file is a problem, counted as
+    without image (exit 0); with --strict-images it is an error naming the file and line (exit 1)."""
+    from PIL import Image
+
+    txt, images = tmp_path / "txt", tmp_path / "img_org" / "train"
+    txt.mkdir()
+    images.mkdir(parents=True)
+    line = {"token": ["A", "meets", "B"], "h": {"name": "A", "pos": [0, 1]}, "t": {"name": "B", "pos": [2, 3]},
+            "relation": "None"}
+    f = txt / "ours_train.txt"
+    f.write_text("\n".join(repr({**line, "img_id": name}) for name in ("ok.png", "empty.jpg", "text.jpg")) + "\n")
+    (txt / "ours_rel2id.json").write_text('{"None": 0, "/per/per/peer": 1}')
+    Image.new("RGB", (4, 4)).save(images / "ok.png")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "text.jpg").write_text("hello")
+    r = invoke(app, ["data", "stats", str(tmp_path), "--split", "train", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)["splits"][0]
+    assert (s["records"], s["with_image"], s["without_image"], s["num_problems"]) == (3, 1, 2, 2)
+    assert [p["source"] for p in s["problems"]] == [f"{f}:2", f"{f}:3"]
+    r = invoke(app, ["data", "stats", str(tmp_path), "--split", "train", "--strict-images"])
+    assert r.exit_code == 1 and r.stderr.startswith(f"error: {f}:2, field 'img_id': cannot load image ")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# --- the data folder and CLI errors ---------------------------------------------------------------------------------
+
+
+def test_default_data_dir(tmp_path, monkeypatch):
+    from rocmre.paths import default_data_dir, resolve_data_path
+
+    monkeypatch.delenv("ROCMRE_DATA", raising=False)
+    work = tmp_path / "project" / "main"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    with pytest.raises(FileNotFoundError, match=r"ROCMRE_DATA is not set and neither ./data nor ../shared/data "
+                                                r"exists; set ROCMRE_DATA to the folder"):
+        default_data_dir()
+    with pytest.raises(FileNotFoundError, match=r"dataset 'mnre/RE_data' not found .*\$ROCMRE_DATA is not set"):
+        resolve_data_path("mnre/RE_data")
+    (tmp_path / "project" / "shared" / "data" / "mnre").mkdir(parents=True)
+    assert default_data_dir() == Path("../shared/data")
+    assert resolve_data_path("mnre") == Path("../shared/data/mnre")
+    (work / "data").mkdir()
+    assert default_data_dir() == Path("data")
+    monkeypatch.setenv("ROCMRE_DATA", str(tmp_path / "project" / "shared" / "data"))
+    assert default_data_dir() == tmp_path / "project" / "shared" / "data"
+    (work / "data" / "more").mkdir()
+    assert resolve_data_path("more", data_dir=work / "data") == work / "data" / "more"
+    assert resolve_data_path(None, data_dir=work / "data") == work / "data"
+    monkeypatch.setenv("ROCMRE_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        default_data_dir()
+
+
+def test_data_dir_means_the_same_everywhere(app, data_root, tmp_path, monkeypatch):
+    """``--data-dir`` is where relative dataset paths are looked up, on ``data stats``, ``train`` and ``evaluate``;
+    a missing dataset is one line naming that folder, exit 1 (a --data-dir that is no folder: exit 2)."""
+    monkeypatch.delenv("ROCMRE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    r = invoke(app, ["data", "stats", "mnre/RE_data", "--data-dir", str(data_root), "--split", "val", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["splits"][0]["records"] == 1624
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  path: mnre/RE_data\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    for args, what in [(["data", "stats", "mnre/RE_data"], ""),
+                       (["train", "--config", str(config)], "cannot train: "),
+                       (["evaluate", "--model", str(model), "--data", "mnre/RE_data"], "cannot read the test split: ")]:
+        r = invoke(app, [*args, "--data-dir", str(empty)])
+        assert r.exit_code == (2 if not what else 1), r.output
+        err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert err[0].startswith(f"error: {what}dataset 'mnre/RE_data' not found"), r.stderr
+        assert f"the data folder {empty.resolve()}" in err[0] and "Traceback" not in r.output
+        r = invoke(app, [*args, "--data-dir", str(tmp_path / "nope")])
+        assert r.exit_code == 2 and "--data-dir" in r.stderr and "is not a folder" in r.stderr
+
+
+def test_train_user_errors_are_one_line(app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  path: mnre/RE_data\n")
+    r = invoke(app, ["train", "--config", str(config), "--set", "train.epochs=many"])
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: invalid config {config}: ")
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    bad = tmp_path / "bad"
+    (bad / "txt").mkdir(parents=True)
+    (bad / "txt" / "ours_train.txt").write_text("{'token': oops\n")
+    config.write_text(f"data:\n  path: {bad}\n")
+    r = invoke(app, ["train", "--config", str(config)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.startswith(f"error: cannot train: {bad / 'txt' / 'ours_train.txt'}:1: not a Python/JSON literal")
+
+
+def _rocmre(args: list[str], cwd: Path, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("ROCMRE_DATA", "FORCE_COLOR", "PY_COLORS")}
+    environ.update(env)
+    exe = Path(sys.executable).with_name("rocmre")
+    return subprocess.run([str(exe), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
+
+
+def test_redirected_errors_have_no_colour_codes(tmp_path):
+    """stderr that is not a terminal gets plain text: no ANSI colour codes, no box drawing, no traceback."""
+    r = _rocmre(["train", "--config", "missing.yaml"], tmp_path)
+    assert r.returncode == 2 and "missing.yaml" in r.stderr and "does not exist" in r.stderr
+    assert "\x1b[" not in r.stderr and "\u256d" not in r.stderr
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  path: nowhere/dataset\n")
+    r = _rocmre(["train", "--config", str(config)], tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: cannot train: dataset 'nowhere/dataset' not found") and "\x1b[" not in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_keeps_option_names_whole_at_80_columns(tmp_path):
+    r = _rocmre(["train", "--help"], tmp_path, COLUMNS="80")
+    assert r.returncode == 0 and max(len(line) for line in r.stdout.splitlines()) <= 80
+    for option in ("--config", "--set", "--output-dir", "--data-dir", "--quiet"):
+        assert f"{option} " in r.stdout
+    assert "\u2026" not in r.stdout and "\x1b[" not in r.stdout
+    r = _rocmre(["predict", "--help"], tmp_path, COLUMNS="80")
+    assert "--skip-bad-lines / --fail-on-bad-line" in r.stdout and "\u2026" not in r.stdout
 
 
 # --- download --------------------------------------------------------------------------------------------------------

@@ -155,14 +155,22 @@ def test_bad_tokens(tmp_path, tokens, words):
 
 
 def test_missing_image_under_error_policy(tmp_path):
+    from PIL import Image
+
     f = write_mnre(tmp_path, [rec(), rec(img_id="b.jpg")])
     (tmp_path / "img_org" / "train").mkdir(parents=True)
-    (tmp_path / "img_org" / "train" / "a.jpg").write_bytes(b"x")
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "img_org" / "train" / "a.jpg")
     ds = read_mnre(tmp_path, "train")  # default: mark
     assert [r.has_image for r in ds] == [True, False]
     with pytest.raises(DataFormatError) as e:
         read_mnre(tmp_path, "train", missing_image="error")
     assert_located(e.value, f, 2, "img_id", "'b.jpg' not found")
+    # under "error", an image that exists but does not decode stops at its line too (under "mark" it loads lazily)
+    (tmp_path / "img_org" / "train" / "a.jpg").write_bytes(b"x")
+    assert [r.has_image for r in read_mnre(tmp_path, "train")] == [True, False]
+    with pytest.raises(DataFormatError) as e:
+        read_mnre(tmp_path, "train", missing_image="error")
+    assert_located(e.value, f, 1, "img_id", str(tmp_path / "img_org" / "train" / "a.jpg"), "not a recognised image")
     with pytest.raises(ValueError):
         read_mnre(tmp_path, "train", missing_image="substitute")
 
@@ -187,8 +195,10 @@ def test_unreadable_image_under_strict_policy(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (4, 4), "red").save(img_dir / "good.png")
-    st = dataset_stats(tmp_path, ["train"])  # existence only, by default
-    assert st.split("train").with_image == 2
+    st = dataset_stats(tmp_path, ["train"])  # checked cheaply by default: a problem, counted as without image
+    s = st.split("train")
+    assert (s.with_image, s.without_image, s.unique_images_present, len(s.problems)) == (1, 2, 1, 1)
+    assert s.problems[0].source == f"{f}:2" and s.problems[0].message.endswith("(treated as missing)")
     with pytest.raises(DataFormatError) as e:
         dataset_stats(tmp_path, ["train"], strict_images=True)
     assert_located(e.value, f, 2, "img_id", str(img_dir / "bad.jpg"), "cannot load image")

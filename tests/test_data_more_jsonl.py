@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rocmre.data import Entity, RelationRecord, detect_format, load_split, read_jsonl, read_more
-from rocmre.data.jsonl import parse_jsonl_record, record_to_json
+from rocmre.data import DataFormatError, Entity, RelationRecord, detect_format, load_split, read_jsonl, read_more
+from rocmre.data.inputs import record_from_json
+from rocmre.data.jsonl import record_to_json
 from rocmre.data.more import write_label_map
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -176,7 +177,7 @@ def test_jsonl_round_trip(more_root):
     records = list(read_jsonl(FIXTURES / "jsonl" / "sample.jsonl")) + list(read_more(more_root, "train"))
     for r in records:
         obj = json.loads(json.dumps(record_to_json(r)))
-        back = parse_jsonl_record(obj, "mem.jsonl", 7, None)
+        back = record_from_json(obj, "mem.jsonl", 7, None)
         assert _fields(back) == _fields(r)
         assert back.source == "mem.jsonl:7"
 
@@ -196,14 +197,23 @@ def test_jsonl_round_trip_of_mnre(tmp_path):
 
 
 def test_jsonl_text_instead_of_tokens():
-    r = parse_jsonl_record({"text": "  Tim   Cook leads Apple ", "head": {"name": "Tim Cook", "start": 0, "end": 2},
-                            "tail": {"name": "Apple", "start": 3, "end": 4}}, "x.jsonl", 1, None)
+    r = record_from_json({"text": "  Tim   Cook leads Apple ", "head": {"name": "Tim Cook", "start": 0, "end": 2},
+                          "tail": {"name": "Apple", "start": 3, "end": 4}}, "x.jsonl", 1, None)
     assert r.tokens == ["Tim", "Cook", "leads", "Apple"] and r.relation is None
+    # token offsets of a raw text count the tokens of the one rule (words and single punctuation marks)
+    r = record_from_json({"text": "Go #Bears, said Tim Cook", "head": {"name": "Tim Cook", "start": 5, "end": 7},
+                          "tail": {"name": "Bears", "start": 2, "end": 3}}, "x.jsonl", 1, None)
+    assert r.tokens == ["Go", "#", "Bears", ",", "said", "Tim", "Cook"]
 
 
 def test_jsonl_box_tail():
-    r = parse_jsonl_record({"tokens": ["Messi", "scores"], "head": {"name": "Messi", "start": 0, "end": 1},
-                            "tail": {"name": "ball", "box": ["0.5", 0.5, 0.1, 0.1], "type": "thing"}},
-                           "x.jsonl", 1, None)
-    assert r.tail == Entity("ball", box=(0.5, 0.5, 0.1, 0.1), type="thing")
-    assert record_to_json(r)["tail"] == {"name": "ball", "box": [0.5, 0.5, 0.1, 0.1], "type": "thing"}
+    obj = {"tokens": ["Messi", "scores"], "head": {"name": "Messi", "start": 0, "end": 1},
+           "tail": {"name": "ball", "box": ["0.5", 0.5, 0.1, 0.1], "type": "object"}, "image": "missing.jpg"}
+    r = record_from_json(obj, "x.jsonl", 1, None)
+    assert r.tail == Entity("ball", box=(0.5, 0.5, 0.1, 0.1), type="object")
+    assert r.image_id == "missing.jpg" and r.image_path is None  # a listed but missing image is marked
+    assert record_to_json(r)["tail"] == {"name": "ball", "box": [0.5, 0.5, 0.1, 0.1], "type": "object"}
+    with pytest.raises(DataFormatError, match=r"x.jsonl:1, field 'tail.type': 'thing' is not one of"):
+        record_from_json({**obj, "tail": {**obj["tail"], "type": "thing"}}, "x.jsonl", 1, None)
+    with pytest.raises(DataFormatError, match=r"x.jsonl:1, field 'tail': an image-object tail \(box\) needs an image"):
+        record_from_json({k: v for k, v in obj.items() if k != "image"}, "x.jsonl", 1, None)

@@ -233,6 +233,21 @@ def test_read_examples(tmp_path: Path) -> None:
         "'img_id': 'b.jpg', 'relation': 'None', 'caption': 'ignored'}\n", encoding="utf-8")
     got = read_examples(f, ["/per/org/member_of"])
     assert got == {"/per/org/member_of": [("Messi scores for Barca", "Messi", "Barca")]}
+    # read by the MNRE reader: a bad line is named by file, line and field
+    with f.open("a", encoding="utf-8") as fh:
+        fh.write("{'token': ['a', 'b'], 'h': {'name': 'a', 'pos': [0, 1]}, 't': {'name': 'b', 'pos': [1, 2]}, "
+                 "'img_id': 'c.jpg'}\n")
+    with pytest.raises(ValueError, match=r"ours_train.txt:3, field 'relation': missing"):
+        read_examples(f, ["/per/org/member_of"])
+    with pytest.raises(ValueError, match="not an MNRE split file"):
+        read_examples(tmp_path / "examples.txt", ["/per/org/member_of"])
+
+
+def test_read_examples_from_mnre(data_root: Path) -> None:
+    got = read_examples(data_root / "mnre" / "RE_data" / "txt" / "ours_val.txt", ["/per/per/couple"], per_label=2)
+    assert list(got) == ["/per/per/couple"] and len(got["/per/per/couple"]) == 2
+    sentence, head, tail = got["/per/per/couple"][0]
+    assert head in sentence and tail in sentence
 
 
 # -- (4) unreachable endpoint ---------------------------------------------------------------------------------

@@ -135,17 +135,12 @@ def test_ranking_metrics_by_hand():
 
 
 def test_none_margin_is_tuned_to_maximise_f1():
-    from rocmre.training.trainer import tune_none_margin
-
-    class Stub:
-        relation_labels = ["None", "a"]
-
-        class config:  # noqa: N801
-            negative_label = "None"
+    from rocmre.modeling.decision import DecisionRule
 
     raw = np.array([[0.50, 0.55], [0.50, 0.52], [0.50, 0.60]])
     gold = ["None", "None", "a"]
-    margin, f1 = tune_none_margin(Stub(), raw, gold, np.array([0.0, 0.07, 0.2]))
+    rule = DecisionRule(["None", "a"], "None")
+    margin, f1 = rule.tune_none_margin(raw, gold, grid=np.array([0.0, 0.07, 0.2]))
     assert margin == pytest.approx(0.07) and f1 == 1.0
 
 
@@ -154,7 +149,7 @@ def test_none_margin_is_tuned_to_maximise_f1():
 def test_training_lowers_the_loss(fixture, request):
     folder = request.getfixturevalue(fixture)
     metrics = json.loads((folder / "metrics.json").read_text())
-    losses = metrics["train_loss"]
+    losses = metrics["results"]["train_loss"]
     assert len(losses) == 9
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
@@ -198,17 +193,14 @@ def test_evaluate_writes_reports(tiny_roc_dir, tmp_path):
 
 
 def test_type_constraint_lowers_contradicting_relations(tiny_roc_dir):
+    from rocmre.modeling.decision import DecisionRule, type_indices
     from rocmre.modeling.model import RelationModel
 
     m = RelationModel.from_pretrained(tiny_roc_dir)
     m.config.type_constraint = True
-    from rocmre.modeling.batching import TYPE_INDEX
-
     labels = m.relation_labels
-    loc = torch.tensor([TYPE_INDEX["location"]])
-    batch = {"head_type": loc, "tail_type": loc}
-    scores = torch.zeros(1, len(labels))
-    out = m.constrain_types(scores, batch)[0]
+    loc = type_indices(["location"])
+    out = DecisionRule.from_model(m).decide(np.zeros((1, len(labels))), loc, loc).scores[0]
     assert out[labels.index("/per/org/member_of")] < 0  # a person relation for a location head
     assert out[labels.index("/loc/loc/contain")] == 0
     assert out[labels.index("None")] == 0
@@ -353,7 +345,7 @@ def test_training_runs_on_two_cpu_processes_with_accelerate(mnre_root, cache_dir
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     # 24 records, batch 8 per process, 2 processes: 2 steps per epoch, 16 examples per step
-    assert metrics["processes"] == 2
+    assert metrics["timings"]["processes"] == 2
     assert metrics["steps"] == 2
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
@@ -361,7 +353,7 @@ def test_training_runs_on_two_cpu_processes_with_accelerate(mnre_root, cache_dir
 def test_relations_without_descriptions_fall_back_to_label_names_or_fail(tmp_path):
     from rocmre.descriptions.store import load_builtin
     from rocmre.training.config import RunConfig
-    from rocmre.training.trainer import relation_set
+    from rocmre.training.setup import relation_set
 
     partial = load_builtin("mnre")
     partial.remove("/per/per/alumi")

@@ -26,18 +26,19 @@ GOOD = [
     {"tokens": ["a", "man", "in", "Paris"], "head": {"name": "Paris", "start": 3, "end": 4},
      "tail": {"name": "man", "box": [0.5, 0.5, 0.4, 0.6]}, "image": "images/post.jpg"},
 ]
-# the pairs as the Python API takes them (a "text" with token offsets is split on whitespace)
+# the pairs as the Python API takes them (token offsets with a "text" count the tokens of the one tokenisation rule,
+# the same in both)
 API_PAIRS = [
     ("nadal", GOOD[0]["tokens"], GOOD[0]["head"], GOOD[0]["tail"], True),
     (None, GOOD[1]["text"], "Barack Obama", "Paris", False),
     (None, GOOD[2]["text"], (0, 12), {"name": "Paris", "type": "location"}, False),
-    (None, GOOD[3]["text"].split(), GOOD[3]["head"], GOOD[3]["tail"], False),
+    (None, GOOD[3]["text"], GOOD[3]["head"], GOOD[3]["tail"], False),
     (None, GOOD[4]["tokens"], GOOD[4]["head"], GOOD[4]["tail"], True),
 ]
 
 
 def write_input(folder: Path, image: Path) -> Path:
-    """Good lines 1, 2, 4, 6, 8; bad lines 3 (JSON), 5 (no head), 7 (absent entity), 9 (missing image); 10 blank."""
+    """Good lines 1, 2, 4, 6, 8; bad lines 3 (JSON), 5 (no head), 7 (absent entity), 9 (missing image), 10 (blank)."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     shutil.copy(image, folder / "images" / "post.jpg")
     lines = [
@@ -77,9 +78,10 @@ def test_skip_mode_writes_aligned_output(tiny_roc_dir: Path, cache_dir: Path, pa
                      "--top-k", "4", "--batch-size", "8", "--cache-dir", str(cache_dir))
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # output line i answers input line i
     errors = {r["line"]: r for r in rows if "error" in r}
-    assert set(errors) == {3, 5, 7, 9}
+    assert set(errors) == {3, 5, 7, 9, 10}
+    assert errors[10] == {"line": 10, "error": "blank line"}
     assert "invalid JSON" in errors[3]["error"]
     assert errors[5]["field"] == "head" and "missing" in errors[5]["error"]
     assert errors[7]["field"] == "head" and "Angela Merkel" in errors[7]["error"]
@@ -87,7 +89,7 @@ def test_skip_mode_writes_aligned_output(tiny_roc_dir: Path, cache_dir: Path, pa
     preds = [r for r in rows if "error" not in r]
     assert preds[0]["id"] == "nadal" and preds[0]["has_image"] and len(preds[0]["top_k"]) == 4
     assert preds[4]["tail"]["box"] == [0.5, 0.5, 0.4, 0.6]
-    assert "5 predicted, 4 skipped" in result.stderr
+    assert "5 predicted, 5 skipped" in result.stderr
     assert "pairs.jsonl:7" in result.stderr and "Angela Merkel" in result.stderr
     # the CLI gives the Python API's numbers
     expected = api_predictions(tiny_roc_dir, cache_dir, pairs_file, top_k=4, batch_size=8)

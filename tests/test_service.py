@@ -282,3 +282,166 @@ def test_classifier_server(tiny_cls_dir: Path, cache_dir: Path) -> None:
         pred = c.post("/predict", json={"text": TEXT, "head": "Barack Obama", "tail": "Paris"}).json()
         assert pred["description"] is None
         assert pred == extractor.predict(TEXT, "Barack Obama", "Paris").to_dict()
+
+
+# -- limits, protection, responsiveness (issue 12) ---------------------------------------------
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_roc_dir: Path, cache_dir: Path) -> Iterator[tuple[httpx.Client, int]]:
+    """A server with small limits and an API token; yields a client and the model's relation count."""
+    extractor = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    n = len(extractor.relations)
+    app = create_app(extractor, max_text_chars=40, max_tokens=6, max_descriptions=2, max_description_chars=60,
+                     max_relations=n + 1, api_token=TOKEN)
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=120) as c:
+        yield c, n
+
+
+def test_configurable_text_limits(limited: tuple[httpx.Client, int]) -> None:
+    c, _ = limited
+    assert c.post("/predict", json={"text": "Barack Obama visited Paris", "head": "Barack Obama",
+                                    "tail": "Paris"}).status_code == 200
+    assert_error(c.post("/predict", json={"text": TEXT, "head": "Barack Obama", "tail": "Paris"}), 413,
+                 "text: 46 characters exceeds the limit of 40 characters", "--max-text-chars")
+    assert_error(c.post("/predict", json={"text": "Obama , Paris , a , b , c", "head": "Obama", "tail": "Paris"}),
+                 413, "text: 9 tokens exceeds the limit of 6 tokens", "--max-tokens")
+    assert_error(c.post("/predict/batch", json=[{"text": "Obama in Paris", "head": "Obama", "tail": "Paris"},
+                                                {"text": TOKENS, "head": "Obama", "tail": "Paris"}]),
+                 413, "item 1: text: 46 characters exceeds")
+
+
+def test_token_protects_relations(limited: tuple[httpx.Client, int]) -> None:
+    c, n = limited
+    name, texts = "/per/org/plays_for", ["The head plays for the tail."]
+    assert_error(c.post("/relations", json={name: texts}), 401, "Authorization: Bearer <token>")
+    assert c.post("/relations", json={name: texts}).headers["www-authenticate"] == "Bearer"
+    assert_error(c.post("/relations", json={name: texts}, headers={"Authorization": "Bearer nope"}), 401,
+                 "wrong API token")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert_error(c.post("/relations", json={name: texts * 3}, headers=auth), 413,
+                 "3 descriptions exceeds the limit of 2 per relation")
+    assert_error(c.post("/relations", json={name: ["x" * 61]}, headers=auth), 413,
+                 "a description of 61 characters exceeds the limit of 60")
+    response = c.post("/relations", json={name: texts}, headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"added": [name], "relations": n + 1}
+    # one more description would make 3 for this relation; one more relation would make n + 2
+    assert_error(c.post("/relations", json={name: ["a", "b"]}, headers=auth), 413,
+                 f"relation {name!r}: 3 descriptions exceeds the limit of 2")
+    assert_error(c.post("/relations", json={"/per/per/rival": ["The head is the tail's rival."]}, headers=auth),
+                 413, f"would make {n + 2}, above the limit of {n + 1}")
+    assert_error(c.delete("/relations", params={"name": name}), 401, "API token")
+    response = c.delete("/relations", params={"name": name}, headers=auth)
+    assert response.status_code == 200 and response.json()["relations"] == n
+
+
+def test_health_answers_during_slow_work(tiny_roc_dir: Path, cache_dir: Path, image_file: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow prediction (under the model lock) and a slow image decode never block /health."""
+    import threading
+    import time
+
+    import rocmre.backbones.images as images
+
+    extractor = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    real_predict, real_open = extractor.predict_batch, images.open_image
+
+    def slow_predict(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.0)
+        return real_predict(*args, **kwargs)
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.0)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(extractor, "predict_batch", slow_predict)
+    monkeypatch.setattr(images, "open_image", slow_open)
+    body = {"text": TEXT, "head": "Barack Obama", "tail": "Paris"}
+    with serve_in_thread(create_app(extractor)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for request in ({"json": body}, {"json": {**body, "image": b64(image_file)}}):
+            results: list[int] = []
+            worker = threading.Thread(
+                target=lambda r=request, out=results: out.append(c.post("/predict", **r).status_code))
+            worker.start()
+            time.sleep(0.5)  # the request is now sleeping in the threadpool
+            start = time.perf_counter()
+            assert c.get("/health").status_code == 200
+            assert time.perf_counter() - start < 1.0
+            assert worker.is_alive()
+            worker.join(timeout=60)
+            assert results == [200]
+
+
+def test_client_disconnect_logs_no_error(url: str) -> None:
+    """A client that goes away mid-body or before the answer leaves no ERROR (traceback) in the server log."""
+    import logging
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        where = urlparse(url)
+        body = json.dumps({"text": TEXT, "head": "Barack Obama", "tail": "Paris"}).encode()
+        head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        for payload in (head + body[:10], head + body):  # mid-body; whole request, gone before the answer
+            with socket.create_connection((where.hostname, where.port)) as s:
+                s.sendall(payload)
+                time.sleep(0.3)
+        time.sleep(2.0)
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+
+
+def test_docs_work_offline(client: httpx.Client) -> None:
+    """/docs and /redoc load Swagger UI / ReDoc from this server only, and those files are there."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        assert "http://" not in html.text and "https://" not in html.text
+        urls = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert urls and all(u.startswith("/docs-assets/") for u in urls), urls
+        for u in urls:
+            response = client.get(u)
+            assert response.status_code == 200 and len(response.content) > 1000, u
+    assert "SwaggerUIBundle" in client.get("/docs").text
+
+
+def test_cli_serve_options(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rocmre serve` hands its limits and protection to the app; an empty token is refused."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setenv("ROCMRE_API_TOKEN", "from-env")
+    args = ["serve", "--model", str(tiny_roc_dir), "--cache-dir", str(cache_dir), "--port", "8123",
+            "--max-text-chars", "100", "--max-tokens", "20", "--max-descriptions", "3", "--max-description-chars",
+            "80", "--max-relations", "30", "--max-image-megapixels", "2"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    limits = served["app"].state.limits
+    assert (limits.max_text_chars, limits.max_tokens, limits.max_descriptions, limits.max_description_chars,
+            limits.max_relations, limits.max_image_pixels) == (100, 20, 3, 80, 30, 2_000_000)
+    assert served["port"] == 8123
+    with TestClient(served["app"]) as tc:
+        assert tc.post("/relations", json={"/x/y": ["The head x the tail."]}).status_code == 401
+        assert tc.head("/health").status_code == 200
+    result = CliRunner().invoke(cli_app, [*args, "--read-only"])
+    assert result.exit_code == 0 and "read-only" in result.output
+    with TestClient(served["app"]) as tc:
+        assert_error(tc.delete("/relations", params={"name": "None"}), 403, "read-only")
+    monkeypatch.setenv("ROCMRE_API_TOKEN", " ")
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code != 0 and "--api-token (or ROCMRE_API_TOKEN) is empty" in result.output

@@ -18,13 +18,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from rocmre.backbones.images import ImageLoadError, ImageSource, crop_box, describe_source, open_image
+from rocmre.backbones.images import (
+    ImageLoadError,
+    ImageSource,
+    crop_box,
+    describe_source,
+    load_error_reason,
+    open_image,
+)
 from rocmre.paths import default_cache_dir
 
 if TYPE_CHECKING:
     from rocmre.backbones.vision import VisionBackbone
 
-__all__ = ["default_cache_dir", "ImageFeatureCache", "BoxLike"]
+__all__ = ["default_cache_dir", "ImageFeatureCache", "BoxLike", "UPLOAD_ITEMS", "is_in_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +50,28 @@ def _box_text(box: BoxLike) -> str:
     return ",".join(f"{v:.4f}" for v in values)
 
 
+#: How many features of in-memory images (bytes, PIL images: uploads) are kept; they never go to disk.
+UPLOAD_ITEMS = 256
+
+
+def is_in_memory(image: ImageSource) -> bool:
+    """True for image bytes or a PIL image (an upload), False for a file path."""
+    return not isinstance(image, str | Path)
+
+
 class ImageFeatureCache:
     """Compute frozen vision features once per (image content, backbone, preprocessing, box).
 
-    Entries live in ``cache_dir/"image-features"/<backbone>/<key[:2]>/<key>.safetensors`` (written
-    atomically) and in an in-memory LRU of the ``memory_items`` most recent ones. ``hits`` counts lookups
-    served from memory or disk, ``misses`` lookups that ran the encoder. Returned tensors are shared with
-    the LRU: treat them as read-only.
+    Features of image files live in ``cache_dir/"image-features"/<backbone>/<key[:2]>/<key>.safetensors``
+    (written atomically) and in an in-memory LRU of the ``memory_items`` most recent ones. Features of in-memory
+    images (bytes or PIL images, such as uploads to the service) are never written to disk: they are kept in a
+    separate LRU of the ``upload_items`` most recent ones, so uploads cannot grow the cache without bound.
+    ``hits`` counts lookups served from memory or disk, ``misses`` lookups that ran the encoder. Returned tensors
+    are shared with the LRUs: treat them as read-only.
     """
 
     def __init__(self, backbone: VisionBackbone, cache_dir: Path | None = None, batch_size: int = 16,
-                 show_progress: bool = True, memory_items: int = 512) -> None:
+                 show_progress: bool = True, memory_items: int = 512, upload_items: int = UPLOAD_ITEMS) -> None:
         from rocmre.backbones.vision import safe_name
 
         self.backbone = backbone
@@ -62,9 +80,11 @@ class ImageFeatureCache:
         self.batch_size = max(1, int(batch_size))
         self.show_progress = show_progress
         self.memory_items = max(0, int(memory_items))
+        self.upload_items = max(0, int(upload_items))
         self.hits = 0
         self.misses = 0
         self._memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._uploads: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._path_hashes: dict[tuple[str, int, int], str] = {}
 
     # ----------------------------------------------------------------- keys
@@ -75,14 +95,14 @@ class ImageFeatureCache:
             try:
                 stat = path.stat()
             except OSError as exc:
-                raise ImageLoadError(str(image), f"{type(exc).__name__}: {exc}") from exc
+                raise ImageLoadError(str(image), load_error_reason(exc)) from exc
             memo = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
             if memo in self._path_hashes:
                 return self._path_hashes[memo], None
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                raise ImageLoadError(str(image), f"{type(exc).__name__}: {exc}") from exc
+                raise ImageLoadError(str(image), load_error_reason(exc)) from exc
             digest = hashlib.sha256(data).hexdigest()
             self._path_hashes[memo] = digest
             return digest, data
@@ -157,30 +177,55 @@ class ImageFeatureCache:
             raise
         self._remember(key, (regions, pooled))
 
-    def _compute(self, items: list[tuple[str, ImageSource | bytes, BoxLike, str]]) -> None:
-        """Decode, crop, encode and store a batch of (key, payload, box, source name)."""
+    def _remember_upload(self, key: str, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self.upload_items == 0:
+            return
+        self._uploads[key] = value
+        self._uploads.move_to_end(key)
+        while len(self._uploads) > self.upload_items:
+            self._uploads.popitem(last=False)
+
+    def _compute(self, items: list[tuple[str, ImageSource | bytes, BoxLike, str]],
+                 persist: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Decode, crop and encode a batch of (key, payload, box, source name); store the results on disk (and
+        the memory LRU) when ``persist``, else only in the LRU of uploads. Returns the features in order."""
         images = []
         for _, payload, box, name in items:
             image = open_image(payload, name=name)
             images.append(crop_box(image, tuple(box)) if box is not None else image)
         regions, pooled = self.backbone.encode(images)
         # The per-item clones happen outside inference mode, so callers may use them in autograd graphs.
+        out = []
         for i, (key, _, box, name) in enumerate(items):
-            self._store(key, regions[i].clone(), pooled[i].clone(), name, box)
+            value = (regions[i].clone(), pooled[i].clone())
+            if persist:
+                self._store(key, *value, name, box)
+            else:
+                self._remember_upload(key, value)
+            out.append(value)
+        return out
 
     # ------------------------------------------------------------------ API
     def features(self, image: ImageSource, box: BoxLike = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Region features ``(R, D)`` and pooled vector ``(D,)`` (float32, CPU) of an image or a box in it.
 
-        Raises :class:`ImageLoadError` when the image cannot be read.
+        Raises :class:`ImageLoadError` when the image cannot be read. Features of in-memory images (bytes, PIL)
+        are kept in a bounded LRU and never written to disk.
         """
         content, payload = self._read(image)
         key = self._key(content, box)
+        if key in self._uploads:
+            self._uploads.move_to_end(key)
+            self.hits += 1
+            return self._uploads[key]
         cached = self._lookup(key)
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
+        if is_in_memory(image):
+            return self._compute([(key, self._payload(image, payload), box, describe_source(image))],
+                                 persist=False)[0]
         self._compute([(key, self._payload(image, payload), box, describe_source(image))])
         value = self._lookup(key)
         if value is None:
@@ -195,17 +240,18 @@ class ImageFeatureCache:
         try:
             return Path(image).read_bytes()  # type: ignore[arg-type]
         except OSError as exc:
-            raise ImageLoadError(str(image), f"{type(exc).__name__}: {exc}") from exc
+            raise ImageLoadError(str(image), load_error_reason(exc)) from exc
 
     def contains(self, image: ImageSource, box: BoxLike = None) -> bool:
         """Whether the features of ``image`` (and ``box``) are cached (in memory or on disk)."""
         key = self.key(image, box)
-        return key in self._memory or self.path_for(key).is_file()
+        return key in self._memory or key in self._uploads or self.path_for(key).is_file()
 
     def precompute(self, sources: Iterable[ImageSource], boxes: Iterable[BoxLike] | None = None) -> dict[str, int]:
         """Compute and store the features of every source (optionally one box each) in batches.
 
-        Already cached entries are skipped; unreadable images are logged and counted, not raised.
+        Already cached entries are skipped; unreadable images are logged and counted, not raised. In-memory
+        images are encoded one by one into the LRU of uploads (never written to disk).
         Returns counts ``{"computed", "cached", "failed"}``.
         """
         sources = list(sources)
@@ -239,6 +285,16 @@ class ImageFeatureCache:
         with progress:
             for source, box in zip(sources, box_list, strict=True):
                 name = describe_source(source)
+                if is_in_memory(source):
+                    try:
+                        before = self.misses
+                        self.features(source, box)
+                        counts["computed" if self.misses > before else "cached"] += 1
+                    except (ImageLoadError, ValueError) as exc:
+                        logger.warning("%s", exc)
+                        counts["failed"] += 1
+                    progress.update(1)
+                    continue
                 try:
                     content, payload = self._read(source)
                     key = self._key(content, box)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "ImageSource", "open_image", "crop_box", "describe_source"]
+__all__ = ["ImageLoadError", "ImageSource", "MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO", "open_image", "check_image",
+           "check_image_size", "crop_box", "describe_source", "load_error_reason"]
 
 #: Anything :func:`open_image` accepts.
-ImageSource = str | Path | bytes | Image.Image
+ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
+
+#: Largest decoded image accepted (width x height). Checked from the header, before decoding, so a tiny file that
+#: would decode to gigabytes is refused cheaply; above it :class:`ImageLoadError`.
+MAX_IMAGE_PIXELS = 40_000_000
+#: Most elongated image that is resized as is. A longer side beyond ``MAX_ASPECT_RATIO`` times the shorter one is
+#: centre-cropped before resizing (see ``rocmre.backbones.vision.resize_short_side``), so a 20000x1 strip costs no
+#: more than a 20x1 one; the centre crop the backbones take is unchanged.
+MAX_ASPECT_RATIO = 20.0
 
 
 class ImageLoadError(ValueError):
@@ -46,28 +58,93 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_image_size(size: tuple[int, int], label: str) -> None:
+    """Raise :class:`ImageLoadError` for an empty image or one over :data:`MAX_IMAGE_PIXELS` pixels."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(label, f"the image is empty ({width}x{height} pixels)")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(label, f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, over "
+                                    f"the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels")
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """A readable reason for a PIL/OS error, without PIL's ``<_io.BytesIO object at 0x...>``."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image file (empty, truncated or another kind of file)"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"the image is too large to decode safely ({exc})"
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def _opened(source: str | Path | bytes | bytearray | memoryview, label: str) -> Iterator[Image.Image]:
+    """``Image.open`` of a path or bytes (header only), size-checked, with every failure an :class:`ImageLoadError`."""
+    if isinstance(source, str | Path):
+        fp: str | Path | io.BytesIO = Path(source)
+    elif isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ImageLoadError(label, "no image data (0 bytes)")
+        fp = io.BytesIO(bytes(source))
+    else:
+        raise TypeError(f"unsupported image source type {type(source).__name__}: expected a path, bytes or a PIL "
+                        "image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(label, load_error_reason(exc)) from exc
+    with image:
+        check_image_size(image.size, label)
+        try:
+            yield image
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
+            # OSError covers truncated data ("image file is truncated") and broken streams.
+            raise ImageLoadError(label, load_error_reason(exc)) from exc
+
+
 def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
     """Open ``source`` (a path, encoded image bytes or a PIL image) fully decoded as RGB.
 
-    Raises :class:`ImageLoadError` naming the file (or ``name``) when it is missing, unreadable
-    or corrupt.
+    Raises :class:`ImageLoadError` naming the file (or ``name``) when it is missing, empty, not an image,
+    truncated or corrupt, or larger than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
     """
     label = name or describe_source(source)
     if isinstance(source, Image.Image):
+        check_image_size(source.size, label)
         return _to_rgb(source)
-    try:
-        if isinstance(source, str | Path):
-            with Image.open(Path(source)) as image:
-                image.load()
-                return _to_rgb(image)
-        if isinstance(source, bytes | bytearray | memoryview):
-            with Image.open(io.BytesIO(bytes(source))) as image:
-                image.load()
-                return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        # OSError covers missing files, UnidentifiedImageError and truncated data.
-        raise ImageLoadError(label, f"{type(exc).__name__}: {exc}") from exc
-    raise TypeError(f"unsupported image source type {type(source).__name__}")
+    with _opened(source, label) as image:
+        image.load()
+        return _to_rgb(image)
+
+
+def check_image(source: str | Path | bytes, name: str | None = None, *, full: bool = False) -> tuple[int, int]:
+    """Check cheaply that ``source`` decodes; returns its (width, height) or raises :class:`ImageLoadError`.
+
+    The header is read and the size bounded; a JPEG is then decoded at 1/8 scale (truncated data fails), a PNG's
+    chunks are checksummed, other formats are decoded. ``full=True`` decodes every image at full size.
+    """
+    label = name or describe_source(source)
+    with _opened(source, label) as image:
+        size = image.size
+        if full:
+            image.load()
+        elif image.format == "JPEG":
+            image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            image.load()
+        elif image.format == "PNG":
+            image.verify()
+        else:
+            image.load()
+        return size
 
 
 def box_pixels(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:

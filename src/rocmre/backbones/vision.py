@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from rocmre.backbones.images import MAX_ASPECT_RATIO
 
 __all__ = [
     "VISION_BACKBONES",
@@ -21,6 +24,8 @@ __all__ = [
     "HFVisionBackbone",
     "load_vision_backbone",
     "safe_name",
+    "clamp_aspect_ratio",
+    "resize_short_side",
 ]
 
 DEFAULT_VISION_BACKBONE = "efficientnet-lite0"
@@ -47,8 +52,29 @@ def safe_name(name: str) -> str:
     return cleaned or "backbone"
 
 
-def resize_short_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """Resize so that the shorter side is ``size`` pixels, keeping the aspect ratio."""
+def clamp_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Centre-crop the longer side to at most ``max_ratio`` times the shorter one (no copy when within it)."""
+    width, height = image.size
+    short = max(1, min(width, height))
+    limit = max(1, math.floor(short * max_ratio))
+    if width > limit:
+        left = (width - limit) // 2
+        return image.crop((left, 0, left + limit, height))
+    if height > limit:
+        top = (height - limit) // 2
+        return image.crop((0, top, width, top + limit))
+    return image
+
+
+def resize_short_side(image: Image.Image, size: int, resample: Image.Resampling,
+                      max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Resize so that the shorter side is ``size`` pixels, keeping the aspect ratio.
+
+    An image more elongated than ``max_ratio`` is first centre-cropped to that ratio (see
+    :data:`rocmre.backbones.images.MAX_ASPECT_RATIO`), which bounds the work and memory whatever its shape; the
+    central square that a centre crop then takes is unchanged.
+    """
+    image = clamp_aspect_ratio(image, max_ratio)
     width, height = image.size
     scale = size / min(width, height)
     new = (max(size, round(width * scale)), max(size, round(height * scale)))

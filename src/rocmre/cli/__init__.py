@@ -6,7 +6,11 @@ import logging
 
 import typer
 
+from rocmre.cli.common import CONTEXT_SETTINGS
+
+# Plain (click) help and errors: nothing truncated at 80 columns, no colour or box drawing in redirected output.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None, context_settings=CONTEXT_SETTINGS,
                   help="Multimodal relation extraction by retrieval over relation descriptions (ROC).")
 
 

@@ -1,13 +1,64 @@
-"""Helpers shared by the command modules."""
+"""Helpers shared by the command modules: one-line errors, user-error handling, the data folder option."""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import typer
 
+logger = logging.getLogger("rocmre.cli")
+
+#: Settings of every command: help wraps at up to 120 columns (never below the terminal's own width).
+CONTEXT_SETTINGS = {"max_content_width": 120}
+#: Exit status of a user error found while running (bad data, missing file); 2 is for bad options.
+USER_ERROR = 1
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a one-line error to stderr and exit (no traceback)."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    """Print a one-line error to stderr and exit (no traceback).
+
+    The line is coloured only when stderr is a terminal (``typer.secho`` strips the colour otherwise).
+    """
+    one_line = " ".join(str(message).split())
+    typer.secho(f"error: {one_line}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors(context: str = "", code: int = USER_ERROR) -> Iterator[None]:
+    """Turn the errors a user can cause (bad data, bad config value, missing or unreadable file) into one line.
+
+    ``DataFormatError`` and other ``ValueError``s, ``OSError``s (missing file, permission, ...) and
+    ``ImportError``s of optional extras end in :func:`fail` with exit status ``code``, prefixed with ``context``
+    (e.g. ``"training"``). With ``rocmre -v`` the traceback is logged too.
+    """
+    try:
+        yield
+    except (ValueError, OSError, ImportError) as e:
+        logger.info("details", exc_info=True)
+        reason = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in reason:
+            reason = f"{e.filename}: {reason}"
+        fail(f"{context}: {reason}" if context else reason, code)
+
+
+def use_data_dir(data_dir: Path | None) -> None:
+    """Make ``--data-dir`` the data folder of this command: where relative dataset paths are looked up (the same
+    as setting ``$ROCMRE_DATA``). A folder that does not exist is a usage error."""
+    if data_dir is None:
+        return
+    if not data_dir.is_dir():
+        fail(f"--data-dir {data_dir} is not a folder")
+    os.environ["ROCMRE_DATA"] = str(data_dir.resolve())
+
+
+def data_dir_option() -> Path | None:
+    """The ``--data-dir`` option, the same on ``train``, ``evaluate`` and ``data stats``."""
+    return typer.Option(None, "--data-dir", file_okay=False,
+                        help="Folder where relative dataset paths are looked up (default: $ROCMRE_DATA, else ./data, "
+                             "else ../shared/data).")

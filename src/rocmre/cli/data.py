@@ -8,17 +8,16 @@ from pathlib import Path
 
 import typer
 
-from rocmre.cli.common import fail
+from rocmre.cli.common import CONTEXT_SETTINGS, data_dir_option, fail, use_data_dir, user_errors
 
-data_app = typer.Typer(no_args_is_help=True, help="Inspect and fetch datasets (MNRE, MORE, JSONL).")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=CONTEXT_SETTINGS,
+                       help="Inspect and fetch datasets (MNRE, MORE, JSONL).")
 
 
 @data_app.command("stats")
 def stats(path: str | None = typer.Argument(None, help="Dataset folder or JSONL file; relative paths are also tried "
-                                                 "under $ROCMRE_DATA (default: $ROCMRE_DATA itself)."),
-          data_dir: Path | None = typer.Option(None, "--data-dir",
-                                               help="Folder that relative paths are resolved in (default: "
-                                                    "$ROCMRE_DATA)."),
+                                                 "under the data folder (default: the data folder itself)."),
+          data_dir: Path | None = data_dir_option(),
           split: str = typer.Option("train,val,test", "--split", help="Comma-separated splits."),
           fmt: str = typer.Option("auto", "--format", help="auto, mnre, more or jsonl."),
           negative_label: str | None = typer.Option(None, "--negative-label",
@@ -26,27 +25,30 @@ def stats(path: str | None = typer.Argument(None, help="Dataset folder or JSONL 
           skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines",
                                               help="Skip bad lines and list them instead of stopping."),
           strict_images: bool = typer.Option(False, "--strict-images",
-                                             help="Decode every present image; an unreadable one is an error."),
+                                             help="Fully decode every present image; an unreadable one is an error "
+                                                  "(by default it is a problem, counted as without image)."),
           as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON.")) -> None:
     """Per split: records, records with and without their image, label counts and problems found."""
     from rocmre.data.record import DataFormatError
     from rocmre.data.stats import dataset_stats, format_stats
 
+    use_data_dir(data_dir)
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:
         fail("--split needs at least one split name")
-    try:
-        result = dataset_stats(path, splits, fmt=fmt, negative_label=negative_label, skip_bad_lines=skip_bad_lines,
-                               strict_images=strict_images, data_dir=data_dir)
-    except DataFormatError as e:
-        hint = "" if skip_bad_lines or e.line is None else " (--skip-bad-lines skips such lines)"
-        fail(f"{e}{hint}", code=1)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        typer.echo(format_stats(result))
+    with user_errors():
+        try:
+            result = dataset_stats(path, splits, fmt=fmt, negative_label=negative_label,
+                                   skip_bad_lines=skip_bad_lines, strict_images=strict_images, data_dir=data_dir)
+        except DataFormatError as e:
+            hint = "" if skip_bad_lines or e.line is None else " (--skip-bad-lines skips such lines)"
+            fail(f"{e}{hint}", code=1)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            typer.echo(format_stats(result))
 
 
 @data_app.command("download")

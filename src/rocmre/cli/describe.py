@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import random
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,27 +29,32 @@ def find_train_file(data_dir: str | Path | None) -> Path | None:
     return None
 
 
+_SPLIT_FILE = re.compile(r"(?:ours|mnre)_(train|val|valid|dev|test) ?\.txt")
+
+
 def read_examples(path: str | Path, labels: Sequence[str], per_label: int = 20,
                   seed: int = 0) -> dict[str, list[Example]]:
-    """Up to ``per_label`` (sentence, head, tail) examples per label from an MNRE-format file.
+    """Up to ``per_label`` (sentence, head, tail) examples per label from an MNRE split file.
 
-    Lines are parsed with :func:`ast.literal_eval`; a fixed-seed shuffle picks the examples.
+    The file (``ours_{split}.txt`` or ``mnre_{split}.txt``) is read by :func:`rocmre.data.mnre.read_mnre`, so a bad
+    line raises :class:`~rocmre.data.record.DataFormatError` naming it; a fixed-seed shuffle picks the examples.
     """
+    from rocmre.data.mnre import read_mnre
+
+    path = Path(path)
+    match = _SPLIT_FILE.fullmatch(path.name)
+    if match is None:
+        raise ValueError(f"{path}: not an MNRE split file (expected ours_{{train,val,test}}.txt or "
+                         "mnre_{train,val,test}.txt)")
+    dataset = read_mnre(path.parent, match.group(1))
+    if dataset.records and Path(dataset.records[0].source.rpartition(":")[0]) != path:
+        raise ValueError(f"{path}: another split file in the same folder is read first "
+                         f"({dataset.records[0].source.rpartition(':')[0]}); move one of them")
     wanted = set(labels)
     found: dict[str, list[Example]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            rec = ast.literal_eval(line)
-            rel = rec.get("relation")
-            if rel not in wanted:
-                continue
-            h, t = rec["h"]["name"], rec["t"]["name"]
-            h = " ".join(h) if isinstance(h, list) else str(h)
-            t = " ".join(t) if isinstance(t, list) else str(t)
-            found.setdefault(rel, []).append((" ".join(rec["token"]), h, t))
+    for record in dataset:
+        if record.relation in wanted:
+            found.setdefault(record.relation, []).append((record.text, record.head.name, record.tail.name))
     rng = random.Random(seed)
     out = {}
     for rel, exs in found.items():
@@ -119,7 +124,11 @@ def describe(
     pool: Mapping[str, Sequence[Example]] = {}
     train = find_train_file(data_dir)
     if examples > 0 and train is not None:
-        pool = read_examples(train, [lab for lab in labels if lab != neg], seed=seed)
+        try:
+            pool = read_examples(train, [lab for lab in labels if lab != neg], seed=seed)
+        except (ValueError, OSError) as e:  # DataFormatError is a ValueError naming the file and line
+            typer.echo(f"error: cannot read training examples: {e}", err=True)
+            raise typer.Exit(2) from None
         typer.echo(f"examples from {train} for {len(pool)} of {len(labels)} relations", err=True)
     elif examples > 0:
         typer.echo("no training data found (--data-dir / ROCMRE_DATA): prompts carry no examples", err=True)

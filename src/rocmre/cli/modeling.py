@@ -6,23 +6,24 @@ from pathlib import Path
 
 import typer
 
-from rocmre.cli.common import fail
+from rocmre.cli.common import data_dir_option, use_data_dir, user_errors
 
 
 def train(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False, help="Run config (YAML)."),
           override: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
           output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Where to save the model."),
+          data_dir: Path | None = data_dir_option(),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Train a ROC or classification model as a run config says; the best checkpoint is chosen on val."""
     from rocmre.training.config import RunConfig
     from rocmre.training.trainer import train as run_training
 
+    use_data_dir(data_dir)
     overrides = list(override) + ([f"output_dir={output_dir}"] if output_dir else [])
-    try:
+    with user_errors(f"invalid config {config}", code=2):
         cfg = RunConfig.from_yaml(config, overrides)
-    except (ValueError, OSError) as e:
-        fail(f"invalid config {config}: {e}")
-    summary = run_training(cfg, show_progress=not quiet)
+    with user_errors("cannot train"):
+        summary = run_training(cfg, show_progress=not quiet)
     if not summary.is_main_process:
         return
     typer.echo(f"saved {summary.output_dir} (best val micro-F1 {100 * summary.best_val_f1:.2f} at epoch "
@@ -32,8 +33,9 @@ def train(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_ok
 def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Model folder."),
              split: str = typer.Option("test", "--split", help="train, val or test."),
              data: str | None = typer.Option(None, "--data", help="Dataset path (default: the model's run config)."),
+             data_dir: Path | None = data_dir_option(),
              out: Path | None = typer.Option(None, "--out", help="Folder for the reports (default: the model's)."),
-             batch_size: int = typer.Option(64, "--batch-size"),
+             batch_size: int = typer.Option(64, "--batch-size", min=1),
              quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Score a model on a split: accuracy, micro P/R/F1, macro-F1, per relation, confusion matrix, Hits@k/MRR."""
     from rocmre.evaluation.report import evaluate_dataset, write_evaluation
@@ -42,16 +44,27 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
     from rocmre.training.config import RunConfig
     from rocmre.training.trainer import load_run_data
 
+    use_data_dir(data_dir)
     run_file = model / "run_config.yaml"
-    cfg = RunConfig.from_yaml(run_file) if run_file.is_file() else RunConfig()
+    with user_errors(f"invalid run config {run_file}", code=2):
+        if run_file.is_file():
+            cfg = RunConfig.from_yaml(run_file)
+        else:
+            cfg = RunConfig()
+            if data is None:
+                typer.secho(f"warning: {model} has no run_config.yaml: reading the default dataset "
+                            f"{cfg.data.path!r} (pass --data to choose)", err=True, fg=typer.colors.YELLOW)
     if data is not None:
         cfg.data.path = data
     cfg.data.exclude_relations = []  # evaluate on every record of the split
-    m = RelationModel.from_pretrained(model)
-    dataset = load_run_data(cfg, split)
-    runtime = ModelRuntime(m, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
-    ev = evaluate_dataset(runtime, dataset, batch_size, show_progress=not quiet)
-    paths = write_evaluation(ev, out or model, f"{model.name} on {split}")
+    with user_errors(f"cannot read the {split} split"):
+        dataset = load_run_data(cfg, split)
+    with user_errors(f"cannot load the model {model}"):
+        m = RelationModel.from_pretrained(model)
+    with user_errors(f"cannot evaluate on {split}"):
+        runtime = ModelRuntime(m, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
+        ev = evaluate_dataset(runtime, dataset, batch_size, show_progress=not quiet)
+        paths = write_evaluation(ev, out or model, f"{model.name} on {split}")
     r = ev.overall
     typer.echo(f"{split}: {len(ev.gold)} records ({ev.n_with_image} with image) accuracy {100 * r.accuracy:.2f} "
                f"P {100 * r.precision:.2f} R {100 * r.recall:.2f} micro-F1 {100 * r.f1:.2f} "

@@ -8,6 +8,8 @@ import typer
 
 from rocmre.cli.common import fail
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
 
 def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Model folder."),
           host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
@@ -15,6 +17,21 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
           max_request_mb: float = typer.Option(10.0, "--max-request-mb", min=0.001,
                                                help="Largest request body accepted (413 above)."),
           max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most pairs in one /predict/batch call."),
+          max_text_chars: int = typer.Option(2000, "--max-text-chars", min=1,
+                                             help="Longest text, in characters (413 above)."),
+          max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens in a text (413 above)."),
+          max_descriptions: int = typer.Option(16, "--max-descriptions", min=1,
+                                               help="Most descriptions per relation via POST /relations."),
+          max_description_chars: int = typer.Option(500, "--max-description-chars", min=1,
+                                                    help="Longest description accepted by POST /relations."),
+          max_relations: int = typer.Option(100, "--max-relations", min=1,
+                                            help="Most relations the model may hold after POST /relations."),
+          max_image_megapixels: float = typer.Option(40.0, "--max-image-megapixels", min=0.001,
+                                                     help="Largest uploaded image, in millions of pixels."),
+          api_token: str | None = typer.Option(None, "--api-token", envvar="ROCMRE_API_TOKEN",
+                                               help="Require 'Authorization: Bearer TOKEN' for POST/DELETE "
+                                                    "/relations (env ROCMRE_API_TOKEN)."),
+          read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /relations (403)."),
           descriptions: Path | None = typer.Option(None, "--descriptions", exists=True, dir_okay=False,
                                                    help="Relation descriptions replacing the model's set."),
           cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
@@ -29,13 +46,24 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
         fail(f"serving needs the 'serve' extra (pip install 'rocmre[serve]'): {e}")
     from rocmre.inference.extractor import RelationExtractor
 
+    if api_token is not None and not api_token.strip():
+        fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
-    app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch)
+    app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch,
+                     max_text_chars=max_text_chars, max_tokens=max_tokens, max_descriptions=max_descriptions,
+                     max_description_chars=max_description_chars, max_relations=max_relations,
+                     max_image_pixels=int(max_image_megapixels * 1e6), api_token=api_token, read_only=read_only)
     typer.echo(f"serving {model} ({extractor.model.config.model_type}, {len(extractor.relations)} relations) on "
                f"http://{host}:{port}  (API docs: /docs)", err=True)
+    if read_only:
+        typer.echo("relations are read-only (--read-only)", err=True)
+    elif api_token is None:
+        where = "anyone on this machine" if host in LOOPBACK else f"ANYONE who can reach {host}:{port}"
+        typer.echo(f"note: {where} can add and delete relations; set --api-token or --read-only to prevent it",
+                   err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

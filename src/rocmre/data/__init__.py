@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.images import MissingImagePolicy
+from rocmre.data.inputs import PairInput, pair_from_json, pair_to_record, tokenize
 from rocmre.data.jsonl import read_jsonl
 from rocmre.data.mnre import read_mnre
 from rocmre.data.more import read_more
 from rocmre.data.record import DataFormatError, Entity, RelationRecord
+from rocmre.paths import resolve_data_path as _resolve
 
 __all__ = [
-    "DataFormatError", "Entity", "LabelSet", "MissingImagePolicy", "Problem", "RelationDataset", "RelationRecord",
-    "detect_format", "load_split", "read_jsonl", "read_mnre", "read_more", "resolve_data_path",
+    "DataFormatError", "Entity", "LabelSet", "MissingImagePolicy", "PairInput", "Problem", "RelationDataset",
+    "RelationRecord", "detect_format", "load_split", "pair_from_json", "pair_to_record", "read_jsonl", "read_mnre",
+    "read_more", "resolve_data_path", "tokenize",
 ]
 
 
-def resolve_data_path(path: str | Path | None) -> Path:
-    """An explicit path, else ``$ROCMRE_DATA``; relative paths are tried as given, then under ``$ROCMRE_DATA``."""
-    env = os.environ.get("ROCMRE_DATA")
-    if path is None:
-        if not env:
-            raise FileNotFoundError("no data path given: pass --data-dir or set ROCMRE_DATA to a local copy")
-        return Path(env)
-    p = Path(path)
-    if not p.exists() and env and not p.is_absolute() and (Path(env) / p).exists():
-        return Path(env) / p
-    return p
+def resolve_data_path(path: str | Path | None, data_dir: str | Path | None = None) -> Path:
+    """An explicit path, else the data folder (``data_dir``, ``$ROCMRE_DATA``, ``./data`` or ``../shared/data``);
+    relative paths are tried as given, then under the data folder (see :func:`rocmre.paths.resolve_data_path`)."""
+    return _resolve(path, data_dir)
 
 
 def detect_format(path: Path) -> str:
@@ -40,14 +35,23 @@ def detect_format(path: Path) -> str:
     return "mnre"
 
 
-def load_split(path: str | Path, split: str = "train", fmt: str = "auto", **kwargs) -> RelationDataset:
-    """Read ``split`` of the dataset at ``path`` (a JSONL file is its own split)."""
+def load_split(path: str | Path, split: str = "train", fmt: str = "auto", *, require_records: bool = False,
+               **kwargs) -> RelationDataset:
+    """Read ``split`` of the dataset at ``path`` (a JSONL file is its own split).
+
+    ``require_records=True`` raises :class:`DataFormatError` naming the split and its file when the split has no
+    records (see :meth:`RelationDataset.require_nonempty`).
+    """
     p = resolve_data_path(path)
     fmt = detect_format(p) if fmt == "auto" else fmt
     if fmt == "jsonl":
-        return read_jsonl(p, **kwargs)
-    if fmt == "more":
-        return read_more(p, split, **kwargs)
-    if fmt == "mnre":
-        return read_mnre(p, split, **kwargs)
-    raise ValueError(f"unknown data format {fmt!r}; expected auto, mnre, more or jsonl")
+        dataset = read_jsonl(p, **kwargs)
+    elif fmt == "more":
+        dataset = read_more(p, split, **kwargs)
+    elif fmt == "mnre":
+        dataset = read_mnre(p, split, **kwargs)
+    else:
+        raise ValueError(f"unknown data format {fmt!r}; expected auto, mnre, more or jsonl")
+    if require_records:
+        dataset.require_nonempty(split if fmt != "jsonl" else None, source=dataset.source or str(p))
+    return dataset

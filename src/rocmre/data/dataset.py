@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rocmre.data.record import DataFormatError, RelationRecord
 
@@ -52,20 +53,22 @@ class Problem:
 
 @dataclass
 class RelationDataset(Sequence[RelationRecord]):
-    """The records of one split, in file order."""
+    """The records of one split, in file order; ``source`` is the file they were read from (when known)."""
 
     records: list[RelationRecord]
     labels: LabelSet | None = None
     name: str = ""
     split: str = ""
     problems: list[Problem] = field(default_factory=list)
+    source: str = ""
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return RelationDataset(self.records[i], self.labels, self.name, self.split, list(self.problems))
+            return RelationDataset(self.records[i], self.labels, self.name, self.split, list(self.problems),
+                                   self.source)
         return self.records[i]
 
     def __iter__(self) -> Iterator[RelationRecord]:
@@ -81,7 +84,26 @@ class RelationDataset(Sequence[RelationRecord]):
     def filter(self, keep) -> RelationDataset:
         """Records for which ``keep(record)`` is true (each record carries its own image reference)."""
         return RelationDataset([r for r in self.records if keep(r)], self.labels, self.name, self.split,
-                               list(self.problems))
+                               list(self.problems), self.source)
+
+    def require_nonempty(self, split: str | None = None, source: str | Path | None = None) -> RelationDataset:
+        """Return ``self``, or raise :class:`DataFormatError` saying which split of which file has no records.
+
+        ``split`` and ``source`` default to the dataset's own; the message counts the bad lines that were skipped.
+        """
+        if self.records:
+            return self
+        split = split or self.split
+        where = str(source or self.source or "")
+        if not where and self.problems:
+            where = self.problems[0].source.rpartition(":")[0] or self.problems[0].source
+        what = f"the {split} split" if split else "the data file"
+        if self.problems:
+            n = len(self.problems)
+            detail = f": {n} bad line{'s' if n != 1 else ''} skipped (first: {self.problems[0].message})"
+        else:
+            detail = ": the file holds no records (nothing to train or evaluate on)"
+        raise DataFormatError(f"{what} has no records{detail}", where or self.name or None)
 
     def check_labels(self, on_error: str = "raise") -> None:
         """Raise if a record's relation is not in the label set; with ``on_error="skip"`` drop such records

@@ -19,15 +19,28 @@ def resolve_image(image_dir: Path | None, image_id: str | None, policy: MissingI
                   path: str | Path, line: int, field: str = "img_id") -> Path | None:
     """The image file for ``image_id`` under ``image_dir``, or None (never a substitute image).
 
-    Only existence is checked here (images load lazily); a file that exists but cannot be decoded
-    is reported when it is loaded.
+    Under ``mark`` only existence is checked here (images load lazily; one that cannot be decoded is counted and
+    treated as missing when it is loaded). Under ``error`` the image is also checked to decode (cheaply, see
+    :func:`rocmre.backbones.images.check_image`), so an unreadable one stops with its file, line and field.
     """
     if image_id is None:
         return None
     if image_dir is not None:
         candidate = image_dir / image_id
         if candidate.is_file():
+            if policy is MissingImagePolicy.ERROR:
+                check_readable(candidate, path=path, line=line, field=field)
             return candidate
     if policy is MissingImagePolicy.ERROR:
         raise DataFormatError(f"image {image_id!r} not found in {image_dir}", path, line, field)
     return None
+
+
+def check_readable(image: Path, *, path: str | Path, line: int | None, field: str = "img_id") -> None:
+    """Raise :class:`DataFormatError` at ``path:line`` (naming ``image``) when ``image`` does not decode."""
+    from rocmre.backbones.images import ImageLoadError, check_image
+
+    try:
+        check_image(image)
+    except ImageLoadError as e:
+        raise DataFormatError(str(e), path, line, field) from None

@@ -1,14 +1,21 @@
-"""rocmre's own JSON Lines format, for users' data.
+"""rocmre's own JSON Lines format, for users' data (training files and ``rocmre predict`` input).
 
 One JSON object per line::
 
-    {"tokens": ["Obama", "visits", "Paris"],          # or "text": "Obama visits Paris" (split on whitespace)
+    {"tokens": ["Obama", "visits", "Paris"],          # or "text": "Obama visits Paris" (see below)
      "head": {"name": "Obama", "start": 0, "end": 1, "type": "person"},      # type is optional
      "tail": {"name": "Paris", "start": 2, "end": 3},
      "image": "images/1.jpg",                          # optional; relative to the JSONL file's folder
      "relation": "/per/loc/place_of_residence"}        # optional at prediction time
 
-An image-object tail (as in MORE) gives ``"box": [cx, cy, w, h]`` (normalised) instead of start/end.
+A raw ``text`` is tokenised by :func:`rocmre.data.inputs.tokenize`, the one rule used everywhere (training files,
+``rocmre predict``, the Python API, the service): words and single punctuation marks (``\\w+|[^\\w\\s]``), so
+``"#Bears fans"`` is ``["#", "Bears", "fans"]``. Token offsets (``start``/``end``) given with a ``text`` refer to
+these tokens. An entity may also be a name string to locate (it must occur once), ``{"char_start", "char_end"}``
+character offsets into ``text``, or, for the tail, an image object ``{"name", "box": [cx, cy, w, h]}``
+(normalised; it needs an ``image``). ``head_type``/``tail_type`` and an entity's ``type`` are among
+:data:`rocmre.data.entity_types.ENTITY_TYPES`; ``id`` is passed through to predictions. The parsing lives in
+:mod:`rocmre.data.inputs` (:func:`~rocmre.data.inputs.pair_from_json`). A UTF-8 byte-order mark is ignored.
 """
 
 from __future__ import annotations
@@ -20,75 +27,33 @@ from typing import Any
 
 from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.images import MissingImagePolicy
+from rocmre.data.inputs import record_from_json
 from rocmre.data.mnre import OnError
-from rocmre.data.more import parse_box
-from rocmre.data.record import DataFormatError, Entity, RelationRecord, check_entity_span
+from rocmre.data.record import DataFormatError, Entity, RelationRecord
 
 
-def parse_jsonl_entity(d: Mapping[str, Any], key: str, tokens: list[str], path: Path | str, line: int) -> Entity:
-    ent = d.get(key)
-    if not isinstance(ent, Mapping):
-        raise DataFormatError("missing or not an object", path, line, key)
-    name = ent.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise DataFormatError("missing or empty", path, line, f"{key}.name")
-    etype = ent.get("type")
-    if etype is not None and not isinstance(etype, str):
-        raise DataFormatError("must be a string", path, line, f"{key}.type")
-    if "box" in ent:
-        return Entity(name, type=etype or "object", box=parse_box(ent["box"], Path(path), line, f"{key}.box"))
-    start, end = ent.get("start"), ent.get("end")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
-        raise DataFormatError("needs integer 'start' and 'end' token offsets (or a 'box')", path, line, key)
-    entity = Entity(name, start, end, etype)
-    check_entity_span(tokens, entity, path=path, line=line, field_name=key)
-    return entity
+class BlankLine(DataFormatError):
+    """A blank line, reported by :func:`iter_jsonl` with ``blank_lines=True``."""
 
 
-def parse_jsonl_record(d: Mapping[str, Any], path: Path | str, line: int, base_dir: Path | None,
-                       policy: MissingImagePolicy = MissingImagePolicy.MARK) -> RelationRecord:
-    """One record from a parsed JSON object."""
-    if "tokens" in d:
-        tokens = d["tokens"]
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise DataFormatError("must be a list of strings", path, line, "tokens")
-    elif isinstance(d.get("text"), str):
-        tokens = d["text"].split()
-    else:
-        raise DataFormatError("missing: give 'tokens' or 'text'", path, line, "tokens")
-    if not tokens:
-        raise DataFormatError("empty token list", path, line, "tokens")
-    head = parse_jsonl_entity(d, "head", tokens, path, line)
-    if head.is_object:
-        raise DataFormatError("the head must be a text span", path, line, "head")
-    tail = parse_jsonl_entity(d, "tail", tokens, path, line)
-    relation = d.get("relation")
-    if relation is not None and not isinstance(relation, str):
-        raise DataFormatError("must be a string", path, line, "relation")
-    image = d.get("image")
-    image_path = None
-    if image is not None:
-        if not isinstance(image, str):
-            raise DataFormatError("must be a path string", path, line, "image")
-        candidate = Path(image) if Path(image).is_absolute() or base_dir is None else base_dir / image
-        if candidate.is_file():
-            image_path = candidate
-        elif policy is MissingImagePolicy.ERROR:
-            raise DataFormatError(f"image not found: {candidate}", path, line, "image")
-    return RelationRecord(tokens, head, tail, relation, image, image_path, [], f"{path}:{line}")
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Mapping[str, Any] | DataFormatError]]:
-    """(line number, parsed object or the error for that line), streaming."""
+def iter_jsonl(path: str | Path, *, blank_lines: bool = False
+               ) -> Iterator[tuple[int, Mapping[str, Any] | DataFormatError]]:
+    """(line number, parsed object or the error for that line), streaming. Blank lines are passed over, or, with
+    ``blank_lines=True``, reported as a ``"blank line"`` error (so that every input line gets an answer)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
+                if blank_lines:
+                    yield lineno, BlankLine("blank line", path, lineno)
                 continue
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
                 yield lineno, DataFormatError(f"invalid JSON ({e.msg} at column {e.colno})", path, lineno)
+                continue
+            except RecursionError:
+                yield lineno, DataFormatError("invalid JSON (nested too deeply)", path, lineno)
                 continue
             if not isinstance(obj, dict):
                 yield lineno, DataFormatError(f"expected an object, got {type(obj).__name__}", path, lineno)
@@ -108,7 +73,7 @@ def read_jsonl(path: str | Path, *, negative_label: str = "None", labels: list[s
         try:
             if isinstance(obj, DataFormatError):
                 raise obj
-            records.append(parse_jsonl_record(obj, path, lineno, path.parent, policy))
+            records.append(record_from_json(obj, path, lineno, path.parent, policy))
         except DataFormatError as e:
             if on_error == "raise":
                 raise
@@ -117,13 +82,13 @@ def read_jsonl(path: str | Path, *, negative_label: str = "None", labels: list[s
         seen = {r.relation for r in records if r.relation is not None}
         labels = [negative_label, *sorted(seen - {negative_label})]
     dataset = RelationDataset(records, LabelSet(list(labels), negative_label), name=path.stem,
-                              split=path.stem, problems=problems)
+                              split=path.stem, problems=problems, source=str(path))
     dataset.check_labels(on_error)
     return dataset
 
 
 def record_to_json(record: RelationRecord) -> dict[str, Any]:
-    """The JSONL object for a record (the inverse of :func:`parse_jsonl_record`)."""
+    """The JSONL object for a record (the inverse of :func:`rocmre.data.inputs.record_from_json`)."""
 
     def ent(e: Entity) -> dict[str, Any]:
         out: dict[str, Any] = {"name": e.name}
@@ -138,6 +103,8 @@ def record_to_json(record: RelationRecord) -> dict[str, Any]:
     obj: dict[str, Any] = {"tokens": record.tokens, "head": ent(record.head), "tail": ent(record.tail)}
     if record.image_path is not None:
         obj["image"] = str(record.image_path)
+    elif record.image_id:
+        obj["image"] = record.image_id  # the image the record names, though its file is missing
     if record.relation is not None:
         obj["relation"] = record.relation
     return obj

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,19 @@ from rocmre.data.record import DataFormatError, Entity, RelationRecord, check_en
 Split = Literal["train", "val", "test"]
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "dev": "val", "test": "test"}
 OnError = Literal["raise", "skip"]
+
+
+BOM = "\ufeff"
+
+
+def iter_data_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped text) of each non-blank line; a UTF-8 byte-order mark is ignored."""
+    for lineno, text in iter_literal_lines(path):
+        if lineno == 1 and text.startswith(BOM):
+            text = text.lstrip(BOM).strip()
+            if not text:
+                continue
+        yield lineno, text
 
 
 def normalise_split(split: str) -> str:
@@ -81,7 +94,7 @@ def read_label_map(path: Path, negative_label: str | None) -> LabelSet:
     (as the field) and its line.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
 
     def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -158,7 +171,7 @@ def read_mnre(root: str | Path, split: str, *, negative_label: str | None = None
     records: list[RelationRecord] = []
     problems: list[Problem] = []
     n_lines = 0
-    for lineno, text in iter_literal_lines(text_file):
+    for lineno, text in iter_data_lines(text_file):
         index = n_lines  # the crop index counts records in file order
         n_lines += 1
         try:
@@ -183,7 +196,7 @@ def read_mnre(root: str | Path, split: str, *, negative_label: str | None = None
         labels = read_label_map(map_file, negative_label)
     else:
         labels = _labels_from_release(base, text_file, records, negative_label)
-    dataset = RelationDataset(records, labels, name="mnre", split=split, problems=problems)
+    dataset = RelationDataset(records, labels, name="mnre", split=split, problems=problems, source=str(text_file))
     dataset.check_labels(on_error)
     return dataset
 
@@ -195,7 +208,7 @@ def _labels_from_release(base: Path, text_file: Path, records: list[RelationReco
     for sibling in text_file.parent.glob("*.txt"):
         if sibling == text_file:
             continue
-        for lineno, text in iter_literal_lines(sibling):
+        for lineno, text in iter_data_lines(sibling):
             try:
                 rel = parse_literal(text, sibling, lineno).get("relation")
             except DataFormatError:

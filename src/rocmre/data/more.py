@@ -22,14 +22,13 @@ from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.images import MissingImagePolicy, resolve_image
 from rocmre.data.literal import (
     entity_name,
-    iter_literal_lines,
     load_torch_index,
     parse_literal,
     parse_span,
     parse_tokens,
     require,
 )
-from rocmre.data.mnre import OnError, read_label_map
+from rocmre.data.mnre import OnError, iter_data_lines, read_label_map
 from rocmre.data.record import Box, DataFormatError, Entity, RelationRecord, check_entity_span
 
 MORE_SPLITS = {"train": "train", "val": "valid", "valid": "valid", "dev": "valid", "test": "test"}
@@ -66,7 +65,7 @@ def read_more(root: str | Path, split: str, *, negative_label: str = "none", ima
 
     records: list[RelationRecord] = []
     problems: list[Problem] = []
-    for lineno, text in iter_literal_lines(text_file):
+    for lineno, text in iter_data_lines(text_file):
         try:
             records.append(_parse_record(text, text_file, lineno, objects, ent_file, img_dir, policy))
         except DataFormatError as e:
@@ -80,7 +79,7 @@ def read_more(root: str | Path, split: str, *, negative_label: str = "none", ima
         seen = {r.relation for r in records if r.relation}
         labels = LabelSet([negative_label, *sorted(seen - {negative_label})], negative_label)
     dataset = RelationDataset(records, labels, name="more", split=MORE_SPLITS[split].replace("valid", "val"),
-                              problems=problems)
+                              problems=problems, source=str(text_file))
     dataset.check_labels(on_error)
     return dataset
 

@@ -87,34 +87,44 @@ def _read(root: Path, fmt: str, split: str, kwargs: dict[str, Any]) -> RelationD
     return read_jsonl(root if root.is_file() else _jsonl_file(root, split), **kwargs)
 
 
-def _check_images(ds: RelationDataset, on_error: str) -> set[Path]:
-    """Decode every present image; return the unreadable ones (recorded as problems, or raised)."""
-    from rocmre.backbones.images import ImageLoadError, open_image
+def _check_images(ds: RelationDataset, *, strict: bool, on_error: str) -> set[Path]:
+    """Check that every present image decodes; return the unreadable ones.
+
+    By default the check is cheap (header, size bound, JPEG at 1/8 scale, PNG checksums: see
+    :func:`rocmre.backbones.images.check_image`) and an unreadable image is a problem, counted and treated as
+    missing. With ``strict`` every image is fully decoded and an unreadable one raises :class:`DataFormatError`
+    naming the file and line, unless ``on_error="skip"``, which records it as a problem.
+    """
+    from rocmre.backbones.images import ImageLoadError, check_image
 
     bad: set[Path] = set()
-    checked: set[Path] = set()
+    checked: dict[Path, str | None] = {}
     for r in ds.records:
         if r.image_path is None:
             continue
-        if r.image_path in checked:
+        if r.image_path not in checked:
+            try:
+                check_image(r.image_path, full=strict)
+                checked[r.image_path] = None
+            except ImageLoadError as e:
+                checked[r.image_path] = str(e)
+        reason = checked[r.image_path]
+        if reason is None:
             continue
-        checked.add(r.image_path)
-        try:
-            open_image(r.image_path)
-        except ImageLoadError as e:
-            path, _, line = r.source.rpartition(":")
-            err = DataFormatError(str(e), path or r.source, int(line) if line.isdigit() else None, "img_id")
-            if on_error == "raise":
-                raise err from None
-            bad.add(r.image_path)
-            ds.problems.append(Problem(r.source, str(err)))
+        path, _, line = r.source.rpartition(":")
+        err = DataFormatError(reason, path or r.source, int(line) if line.isdigit() else None, "img_id")
+        if strict and on_error == "raise":
+            raise err
+        bad.add(r.image_path)
+        ds.problems.append(Problem(r.source, f"{err} (treated as missing)"))
     return bad
 
 
 def split_stats(ds: RelationDataset, split: str, source: str = "", *, strict_images: bool = False,
                 on_error: str = "raise") -> SplitStats:
-    """Count one read split; with ``strict_images`` an image that cannot be decoded counts as absent."""
-    bad = _check_images(ds, on_error) if strict_images else set()
+    """Count one read split. Every present image is checked to decode; an unreadable one counts as absent and is
+    a problem (with ``strict_images``: fully decoded, and an error unless ``on_error="skip"``)."""
+    bad = _check_images(ds, strict=strict_images, on_error=on_error)
     with_image = [r for r in ds.records if r.image_path is not None and r.image_path not in bad]
     counts = Counter(r.relation for r in ds.records if r.relation is not None)
     labels = list(ds.labels.labels) if ds.labels is not None else []
@@ -142,19 +152,16 @@ def _source_of(root: Path, fmt: str, split: str) -> str:
 def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] = DEFAULT_SPLITS, *,
                   fmt: str = "auto", negative_label: str | None = None, skip_bad_lines: bool = False,
                   strict_images: bool = False, data_dir: str | Path | None = None) -> DatasetStats:
-    """Read each split of the dataset at ``path`` (or relative to ``data_dir``, default ``$ROCMRE_DATA``).
+    """Read each split of the dataset at ``path`` (relative paths are also looked up in ``data_dir``, default the
+    data folder: ``$ROCMRE_DATA``, ``./data`` or ``../shared/data``; no path means the data folder itself).
 
     Bad lines raise :class:`DataFormatError` unless ``skip_bad_lines``, which skips and records them as problems.
-    ``strict_images`` decodes every present image; one that fails is an error (or a problem when skipping).
+    Every present image is checked to decode; an unreadable one is a problem and counts as absent.
+    ``strict_images`` fully decodes every present image; one that fails is an error (or a problem when skipping).
     A split whose file is absent is reported with ``missing`` set; if every split is absent,
     :class:`FileNotFoundError` is raised.
     """
-    if data_dir is not None:
-        root = Path(data_dir) if path is None else Path(path)
-        if path is not None and not root.exists() and not root.is_absolute():
-            root = Path(data_dir) / root
-    else:
-        root = resolve_data_path(path)
+    root = resolve_data_path(path, data_dir)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist. Point rocmre at a local copy with a path, --data-dir "
                                 "or the ROCMRE_DATA variable (or run `rocmre data download mnre --to DIR`).")
@@ -216,7 +223,7 @@ def format_stats(stats: DatasetStats, max_problems: int = 20) -> str:
                         [[lab, *(f"{s.label_counts.get(lab, 0):,}" for s in present)] for lab in all_labels])
     problems = [(s.split, p) for s in present for p in s.problems]
     if problems:
-        lines += ["", f"problems ({len(problems)}, skipped):"]
+        lines += ["", f"problems ({len(problems)}: bad lines skipped, unreadable images treated as missing):"]
         for split, p in problems[:max_problems]:
             msg = p.message if p.message.startswith(p.source) else f"{p.source}: {p.message}"
             lines.append(f"  [{split}] {msg}")

@@ -86,19 +86,6 @@ class RelationDescriptions:
         return RelationDescriptions({lab: self.relations[lab] for lab in labels}, name=self.name,
                                     negative_label=self.negative_label)
 
-    def first_only(self, n: int = 1) -> RelationDescriptions:
-        """A copy keeping the first ``n`` descriptions of each relation."""
-        return RelationDescriptions(
-            {k: RelationEntry(v.descriptions[:n], v.head_types, v.tail_types) for k, v in self.relations.items()},
-            name=self.name, negative_label=self.negative_label)
-
-    def label_names_only(self) -> RelationDescriptions:
-        """A copy whose only 'description' per relation is its bare label name (an ablation)."""
-        return RelationDescriptions(
-            {k: RelationEntry([Description(k, {"method": "label-name"})], v.head_types, v.tail_types)
-             for k, v in self.relations.items()},
-            name=self.name, negative_label=self.negative_label)
-
     # -- editing ------------------------------------------------------------------------------
     def add(self, label: str, texts: Iterable[str | Description], *, head_types: Iterable[str] = (),
             tail_types: Iterable[str] = (), provenance: Mapping[str, Any] | None = None) -> None:

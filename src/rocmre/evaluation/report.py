@@ -41,12 +41,11 @@ class SplitEvaluation:
 
 def evaluate_dataset(runtime: ModelRuntime, dataset: RelationDataset, batch_size: int = 64,
                      show_progress: bool = False) -> SplitEvaluation:
-    """Score every record of ``dataset`` with the model and compute all metrics."""
+    """Score every record of ``dataset`` through the model's decision rule and compute all metrics."""
     model = runtime.model
     labels = model.relation_labels
-    feats = runtime.featurize(dataset.records, with_labels=False, show_progress=show_progress)
-    scored = runtime.score(feats, batch_size, show_progress, desc=f"evaluating {dataset.split}")
-    pred = [labels[i] for i in scored.scores.argmax(1)]
+    decisions = runtime.decide_records(dataset.records, batch_size, show_progress, desc=f"evaluating {dataset.split}")
+    pred = decisions.predictions
     gold = [r.relation for r in dataset.records]
     is_roc = model.config.model_type == "roc"
     neg = model.config.negative_label
@@ -56,12 +55,12 @@ def evaluate_dataset(runtime: ModelRuntime, dataset: RelationDataset, batch_size
     def part(mask: np.ndarray) -> EvaluationResult:
         idx = np.nonzero(mask)[0]
         return evaluate_predictions([gold[i] for i in idx], [pred[i] for i in idx], neg, all_labels,
-                                    scored.scores[idx] if is_roc else None, labels if is_roc else None)
+                                    decisions.scores[idx] if is_roc else None, labels if is_roc else None)
 
     has_image = np.array([r.has_image for r in dataset.records], dtype=bool)
     everything = np.ones(len(gold), dtype=bool)
     return SplitEvaluation(dataset.split, part(everything), part(has_image), part(~has_image), int(has_image.sum()),
-                           all_labels, gold, pred, scored.scores, list(labels))
+                           all_labels, gold, pred, decisions.scores, list(labels))
 
 
 def _pct(x: float | None) -> str:

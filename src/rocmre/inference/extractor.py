@@ -2,43 +2,36 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from rocmre.data.entity_types import ENTITY_TYPES
-from rocmre.data.record import Entity, RelationRecord, entity_tokens_match
+from rocmre.data.inputs import (
+    TOKEN_PATTERN,
+    EntityInput,
+    EntityNotFoundError,
+    ImageInput,
+    PairInput,
+    TextInput,
+    as_pair,
+    pair_to_record,
+    positive_int,
+    resolve_entity,
+    tokenize,
+)
+from rocmre.data.record import Entity, RelationRecord
 from rocmre.descriptions.store import Description, RelationDescriptions
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime
 
-TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
-
-TextInput = str | Sequence[str]
-EntityInput = str | tuple[int, int] | Sequence[int] | Mapping[str, Any]
-ImageInput = str | Path | bytes | Image.Image | None
-
-
-class EntityNotFoundError(ValueError):
-    """The head or tail cannot be located in the text, or is ambiguous; ``candidates`` lists the options."""
-
-    def __init__(self, message: str, candidates: list[Any] | None = None) -> None:
-        self.candidates = candidates or []
-        super().__init__(message)
-
-
-def tokenize(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Words and punctuation, as MNRE tokenises tweets, with character offsets."""
-    tokens, offsets = [], []
-    for m in TOKEN_PATTERN.finditer(text):
-        tokens.append(m.group())
-        offsets.append(m.span())
-    return tokens, offsets
+__all__ = [
+    "TOKEN_PATTERN", "EntityInput", "EntityNotFoundError", "ImageInput", "PairInput", "Prediction",
+    "RelationCandidate", "RelationExtractor", "TextInput", "resolve_entity", "tokenize",
+]
 
 
 @dataclass
@@ -62,19 +55,6 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class PairInput:
-    """One input to :meth:`RelationExtractor.predict_batch`."""
-
-    text: TextInput
-    head: EntityInput
-    tail: EntityInput
-    image: ImageInput = None
-    head_type: str | None = None
-    tail_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RelationExtractor:
@@ -111,23 +91,21 @@ class RelationExtractor:
     def add_relations(self, relations: Mapping[str, Sequence[str] | Mapping[str, Any]],
                       provenance: Mapping[str, Any] | None = None) -> list[str]:
         """Add relations (or descriptions to existing ones) without retraining: ``{name: [descriptions...]}`` or
-        ``{name: {"descriptions": [...], "head_types": [...], "tail_types": [...]}}``. Returns the new names."""
+        ``{name: {"descriptions": [...], "head_types": [...], "tail_types": [...]}}``. Returns the new names.
+
+        Names and descriptions must be non-empty strings; the negative label cannot be given descriptions (it is
+        decided by the model's None margin, not retrieved). Nothing changes when any entry is invalid.
+        """
+        parsed = _parse_relations(relations, self.model.config.negative_label)
         current = self.model.descriptions
         updated = RelationDescriptions(dict(current.relations), name=current.name,
                                        negative_label=current.negative_label)
         updated.relations = {k: type(v)(list(v.descriptions), list(v.head_types), list(v.tail_types))
                              for k, v in current.relations.items()}
         added = []
-        for name, spec in relations.items():
-            if isinstance(spec, Mapping):
-                texts, head_types, tail_types = spec.get("descriptions", []), spec.get("head_types", ()), \
-                    spec.get("tail_types", ())
-            else:
-                texts, head_types, tail_types = spec, (), ()
-            if isinstance(texts, str):
-                texts = [texts]
+        for name, (texts, head_types, tail_types) in parsed.items():
             prov = dict(provenance or {"method": "hand", "added_at_inference": True})
-            updated.add(name, [Description(str(t), dict(prov)) for t in texts], head_types=head_types,
+            updated.add(name, [Description(t, dict(prov)) for t in texts], head_types=head_types,
                         tail_types=tail_types)
             if name not in current:
                 added.append(name)
@@ -150,63 +128,63 @@ class RelationExtractor:
                 top_k: int = 3, head_type: str | None = None, tail_type: str | None = None) -> Prediction:
         """The relation from ``head`` to ``tail``.
 
-        ``text`` is a string or a token list. ``head``/``tail`` are an entity string (must occur exactly once),
-        a ``(start, end)`` span (characters for a string, tokens for a token list), or a dict with ``name`` and
-        ``start``/``end`` (token) or ``char_start``/``char_end``; a tail may instead be an image object
-        ``{"name": ..., "box": [cx, cy, w, h]}``. ``image`` is a path, bytes, a PIL image or None. Entity
-        types are tagged automatically unless given.
+        ``text`` is a string (tokenised by :func:`rocmre.data.inputs.tokenize`) or a token list. ``head``/``tail``
+        are an entity string (must occur exactly once), a ``(start, end)`` span (characters for a string, tokens
+        for a token list), or a dict with ``name`` and ``start``/``end`` (token) or ``char_start``/``char_end``;
+        a tail may instead be an image object ``{"name": ..., "box": [cx, cy, w, h]}`` (needs an image).
+        ``image`` is a path, bytes, a bytearray, a uint8 numpy array, a PIL image or None. Entity types are
+        tagged automatically unless given. ``top_k`` (an int >= 1) alternatives are listed. Bad input raises a
+        ``ValueError`` or ``TypeError`` naming the argument (see :mod:`rocmre.data.inputs`).
         """
         return next(self.predict_batch([PairInput(text, head, tail, image, head_type, tail_type)], top_k=top_k))
 
     def predict_batch(self, items: Iterable[PairInput | Mapping[str, Any]], batch_size: int = 32, top_k: int = 3,
                       show_progress: bool = False, total: int | None = None) -> Iterator[Prediction]:
-        """Predictions for many inputs, in order; batches internally and streams its results."""
+        """Predictions for many inputs, in order; batches internally and streams its results.
+
+        ``top_k`` and ``batch_size`` are checked now (ints >= 1); each item when its batch is formed.
+        """
+        top_k = positive_int(top_k, "top_k")
+        batch_size = positive_int(batch_size, "batch_size")
+        return self._stream(items, batch_size, top_k, show_progress, total)
+
+    def _stream(self, items: Iterable[PairInput | Mapping[str, Any]], batch_size: int, top_k: int,
+                show_progress: bool, total: int | None) -> Iterator[Prediction]:
         buffer: list[PairInput] = []
         bar = tqdm(total=total, desc="predicting", disable=not show_progress, unit="pair")
-        for item in items:
-            buffer.append(item if isinstance(item, PairInput) else PairInput(**item))
-            if len(buffer) >= batch_size:
+        try:
+            for item in items:
+                buffer.append(as_pair(item))
+                if len(buffer) >= batch_size:
+                    yield from self._predict_chunk(buffer, top_k)
+                    bar.update(len(buffer))
+                    buffer = []
+            if buffer:
                 yield from self._predict_chunk(buffer, top_k)
                 bar.update(len(buffer))
-                buffer = []
-        if buffer:
-            yield from self._predict_chunk(buffer, top_k)
-            bar.update(len(buffer))
-        bar.close()
+        finally:
+            bar.close()
 
-    def to_record(self, item: PairInput) -> RelationRecord:
-        """Resolve an input's text, entities and types into a record (raises on bad input)."""
-        if isinstance(item.text, str):
-            tokens, offsets = tokenize(item.text)
-            char_text = item.text
-        else:
-            tokens, offsets, char_text = [str(t) for t in item.text], None, None
-        if not tokens:
-            raise ValueError("the text is empty")
-        head = resolve_entity(item.head, tokens, offsets, char_text, "head", item.head_type)
-        tail = resolve_entity(item.tail, tokens, offsets, char_text, "tail", item.tail_type)
-        if head.is_object:
-            raise ValueError("the head must be a text span")
-        return RelationRecord(tokens, head, tail)
+    def to_record(self, item: PairInput | Mapping[str, Any]) -> RelationRecord:
+        """Resolve an input's text, entities, types and image into a record (raises on bad input; see
+        :func:`rocmre.data.inputs.pair_to_record`)."""
+        return pair_to_record(item)
 
     def _predict_chunk(self, items: list[PairInput], top_k: int) -> list[Prediction]:
         records = [self.to_record(it) for it in items]
         feats = self.runtime.featurize(records, with_labels=False)
         for f, it in zip(feats, items, strict=True):
             f.image = it.image if it.image is None or isinstance(it.image, bytes | Image.Image) else Path(it.image)
-        scored = self.runtime.score(feats, batch_size=len(feats))
-        labels = self.relations
+        decisions = self.runtime.decide(feats, batch_size=len(feats), records=records)  # the one decision path
         descs = self.describe_relations()
         out = []
         for i, (rec, f) in enumerate(zip(records, feats, strict=True)):
-            row = scored.scores[i]
-            order = row.argsort()[::-1][: max(1, top_k)]
             cands = []
-            for j in order:
+            for c in decisions.top_k(i, top_k):
                 text = None
-                if scored.best_description is not None and descs[labels[j]]:
-                    text = descs[labels[j]][int(scored.best_description[i, j])]
-                cands.append(RelationCandidate(labels[j], float(row[j]), text))
+                if c.description_index is not None and descs[c.label]:
+                    text = descs[c.label][c.description_index]
+                cands.append(RelationCandidate(c.label, c.score, text))
             best = cands[0]
             out.append(Prediction(best.relation, best.score, best.description, cands,
                                   _entity_info(rec.head, rec.tokens, f.head_type),
@@ -223,66 +201,37 @@ def _entity_info(e: Entity, tokens: list[str], etype: str) -> dict[str, Any]:
     return info
 
 
-def resolve_entity(spec: EntityInput, tokens: list[str], offsets: list[tuple[int, int]] | None,
-                   text: str | None, role: str, etype: str | None) -> Entity:
-    """An :class:`Entity` from an entity string, a span or a dict (see :meth:`RelationExtractor.predict`)."""
-    if etype is not None and etype not in ENTITY_TYPES:
-        raise ValueError(f"{role}_type {etype!r} is not one of {ENTITY_TYPES}")
-    if isinstance(spec, Mapping):
-        if "box" in spec:
-            from rocmre.data.more import parse_box
-
-            box = parse_box(spec["box"], Path(f"<{role}>"), None, "box")
-            return Entity(str(spec.get("name", "object")), box=box, type=etype or spec.get("type") or "object")
-        etype = etype or spec.get("type")
-        if "char_start" in spec:
-            return resolve_entity((int(spec["char_start"]), int(spec["char_end"])), tokens, offsets, text, role, etype)
-        if "start" in spec:
-            start, end = int(spec["start"]), int(spec["end"])
-            return _token_entity(tokens, start, end, role, etype, spec.get("name"))
-        if "name" in spec:
-            return resolve_entity(str(spec["name"]), tokens, offsets, text, role, etype)
-        raise ValueError(f"{role}: give 'name', 'start'/'end', 'char_start'/'char_end' or 'box'")
-    if isinstance(spec, str):
-        return _find_entity(spec, tokens, offsets, text, role, etype)
-    if isinstance(spec, Sequence) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
-        start, end = int(spec[0]), int(spec[1])
-        if offsets is None:
-            return _token_entity(tokens, start, end, role, etype, None)
-        covered = [i for i, (s, e) in enumerate(offsets) if s < end and start < e]
-        if not covered or offsets[covered[0]][0] != start or offsets[covered[-1]][1] != end:
-            raise EntityNotFoundError(f"{role}: character span [{start}, {end}) does not fall on token boundaries")
-        return Entity(text[start:end] if text else " ".join(tokens[covered[0]:covered[-1] + 1]),
-                      covered[0], covered[-1] + 1, etype)
-    raise TypeError(f"{role}: unsupported entity specification {spec!r}")
-
-
-def _token_entity(tokens: list[str], start: int, end: int, role: str, etype: str | None, name: str | None) -> Entity:
-    if not (0 <= start < end <= len(tokens)):
-        raise EntityNotFoundError(f"{role}: token span [{start}, {end}) is out of range for {len(tokens)} tokens")
-    covered = " ".join(tokens[start:end])
-    if name is not None and not entity_tokens_match(tokens[start:end], name):
-        raise EntityNotFoundError(f"{role}: token span [{start}, {end}) covers {covered!r}, not {name!r}")
-    return Entity(name or covered, start, end, etype)
-
-
-def _find_entity(name: str, tokens: list[str], offsets: list[tuple[int, int]] | None, text: str | None,
-                 role: str, etype: str | None) -> Entity:
-    wanted = tokenize(name)[0] if offsets is not None else name.split()
-    if not wanted:
-        raise EntityNotFoundError(f"{role}: empty entity string")
-    hits = [i for i in range(len(tokens) - len(wanted) + 1) if tokens[i:i + len(wanted)] == wanted]
-    if not hits:
-        lower = [t.lower() for t in wanted]
-        hits = [i for i in range(len(tokens) - len(wanted) + 1)
-                if [t.lower() for t in tokens[i:i + len(wanted)]] == lower]
-    if not hits:
-        candidates = sorted({t for t in tokens if t[:1].isupper()})
-        raise EntityNotFoundError(f"{role} {name!r} does not occur in the text; capitalised words there: "
-                                  f"{candidates}", candidates)
-    if len(hits) > 1:
-        spans = [(i, i + len(wanted)) for i in hits]
-        raise EntityNotFoundError(f"{role} {name!r} occurs {len(hits)} times (token spans {spans}): pass a span",
-                                  spans)
-    i = hits[0]
-    return Entity(name, i, i + len(wanted), etype)
+def _parse_relations(relations: Any, negative_label: str) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """``{name: (descriptions, head_types, tail_types)}`` from :meth:`RelationExtractor.add_relations`' argument."""
+    if not isinstance(relations, Mapping):
+        raise TypeError(f"relations must be a dict of name -> descriptions, got {type(relations).__name__}")
+    out: dict[str, tuple[list[str], list[str], list[str]]] = {}
+    for name, spec in relations.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"relation names must be non-empty strings, got {name!r}")
+        if name == negative_label:
+            raise ValueError(f"{name!r} is the negative label: it is decided by the None margin and cannot be given "
+                             "descriptions")
+        if isinstance(spec, Mapping):
+            unknown = sorted(str(k) for k in spec if k not in ("descriptions", "head_types", "tail_types"))
+            if unknown:
+                raise ValueError(f"relation {name!r}: unknown key(s) {unknown}; accepted: descriptions, head_types, "
+                                 "tail_types")
+            texts, head_types, tail_types = spec.get("descriptions", []), spec.get("head_types", ()), \
+                spec.get("tail_types", ())
+        else:
+            texts, head_types, tail_types = spec, (), ()
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence) or not texts:
+            raise ValueError(f"relation {name!r}: give at least one description (a non-empty string)")
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"relation {name!r}: descriptions must be strings, got {type(t).__name__}")
+            if not t.strip():
+                raise ValueError(f"relation {name!r}: empty description")
+        for key, types in (("head_types", head_types), ("tail_types", tail_types)):
+            if isinstance(types, str) or not isinstance(types, Sequence):
+                raise TypeError(f"relation {name!r}: {key} must be a list of entity types")
+        out[name] = (list(texts), list(head_types), list(tail_types))
+    return out

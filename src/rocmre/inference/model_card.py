@@ -12,9 +12,36 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
+def portable_path(path: str | Path | None, base: str | Path | None = None) -> str | None:
+    """``path`` without the training machine's folders: a relative path as written; an absolute one relative to
+    ``base`` (the model folder) or to the data folder when it lies inside them, else only its last two parts
+    (``mnre/RE_data``)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    from rocmre.paths import find_data_dir
+
+    data_dir = find_data_dir()
+    for root in (base, data_dir):
+        if root is None:
+            continue
+        try:
+            return p.relative_to(Path(root).resolve()).as_posix() or "."
+        except ValueError:
+            continue
+    return Path(*p.parts[-2:]).as_posix() if len(p.parts) > 2 else p.name
+
+
 def write_model_card(directory: str | Path) -> Path:
-    """Write ``README.md`` into a model folder from its config, run config and metrics."""
+    """Write ``README.md`` into a model folder from its config, run config and metrics.
+
+    No absolute path of the machine that trained it is written: the folder is named by its own name, the dataset
+    by :func:`portable_path`.
+    """
     directory = Path(directory)
+    name = directory.resolve().name
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     metrics_file = directory / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
@@ -34,7 +61,8 @@ def write_model_card(directory: str | Path) -> Path:
     ]
     if run:
         data = run.get("data", {})
-        lines.append(f"- trained on `{data.get('path')}` split `{data.get('train_split')}`, selected on "
+        lines.append(f"- trained on `{portable_path(data.get('path'), directory)}` split "
+                     f"`{data.get('train_split')}`, selected on "
                      f"`{data.get('val_split')}` (seed {run.get('seed')}); the full run config is `run_config.yaml`")
     if metrics:
         val = metrics.get("val", {})
@@ -57,11 +85,11 @@ def write_model_card(directory: str | Path) -> Path:
         "",
         "```python",
         "from rocmre import RelationExtractor",
-        f"m = RelationExtractor.from_pretrained({str(directory)!r})",
+        f"m = RelationExtractor.from_pretrained({name!r})  # this folder",
         "m.predict(\"Barack Obama visited Paris\", head=\"Barack Obama\", tail=\"Paris\", image=None, top_k=3)",
         "```",
         "",
-        f"`rocmre evaluate --model {directory} --split test` scores it; `rocmre predict --model {directory} "
+        f"`rocmre evaluate --model {name} --split test` scores it; `rocmre predict --model {name} "
         "--input pairs.jsonl --output preds.jsonl` predicts in batch.",
         "",
     ]

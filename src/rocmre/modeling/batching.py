@@ -16,13 +16,18 @@ TYPE_INDEX = {t: i for i, t in enumerate(ENTITY_TYPES)}
 
 
 class ImageFeatureSource(Protocol):
-    """Anything that gives (regions (R, D), pooled (D,)) for an image file, optionally cropped to a box."""
+    """Anything that gives (regions (R, D), pooled (D,)) for an image, optionally cropped to a box, or ``None``
+    for an image it could not read and treats as missing (it raises instead when that is an error)."""
 
-    def features(self, image: Path, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def features(self, image: Path | bytes, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
 
 class PairCollator:
-    """Pads token ids and gathers image features; the result is a dict of tensors."""
+    """Pads token ids and gathers image features; the result is a dict of tensors.
+
+    An image the feature source cannot read (it returns ``None``) is treated as missing: the record gets the
+    no-image token, a crop is masked out, an object box gets no visual feature.
+    """
 
     def __init__(self, pad_token_id: int, images: ImageFeatureSource | None, vision_dim: int, num_regions: int,
                  use_image: bool) -> None:
@@ -32,10 +37,13 @@ class PairCollator:
         self.num_regions = num_regions
         self.use_image = use_image
 
-    def _image(self, path: Path | None, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _image(self, path: Path | bytes | None, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         if path is None or self.images is None:
             return None
-        regions, pooled = self.images.features(path, box)
+        feats = self.images.features(path, box)
+        if feats is None:  # unreadable: treated as missing
+            return None
+        regions, pooled = feats
         return regions.float(), pooled.float()
 
     def __call__(self, items: Sequence[PairFeatures]) -> dict[str, torch.Tensor]:

@@ -42,6 +42,9 @@ class ModelConfig(BaseModel):
     max_descriptions: int | None = Field(None, ge=1)
     description_pooling: Literal["mean", "max"] = "mean"
     separate_description_encoder: bool = False
+    # a frozen copy of the pretrained text encoder describes the relations (only the projection trains): the
+    # description space stays anchored to the sentence encoder, and description states are computed once
+    freeze_description_encoder: bool = False
     description_max_length: int = Field(48, ge=8)
     # contrastive retrieval
     temperature: float = Field(0.05, gt=0.0)

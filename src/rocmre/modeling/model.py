@@ -8,7 +8,6 @@ trained with InfoNCE), the classifier applies a linear layer and cross-entropy.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ class RelationModelOutput:
     """What a forward pass returns."""
 
     logits: torch.Tensor  # (B, R): the scores training uses (ROC: cosine / temperature)
-    scores: torch.Tensor  # (B, R): ROC: cosine similarity after type constraints; classifier: logits
+    scores: torch.Tensor  # (B, R): ROC: cosine similarity; classifier: logits (decisions: modeling/decision.py)
     pair_embeddings: torch.Tensor  # (B, D)
     loss: torch.Tensor | None = None
     best_description: torch.Tensor | None = None  # (B, R) index of each relation's best-matching description
@@ -73,7 +72,10 @@ class RelationModel(nn.Module):
         hidden = self.encoder.hidden
         self.descriptions = descriptions
         if config.model_type == "roc":
-            self.description_encoder = copy.deepcopy(text_model) if config.separate_description_encoder else None
+            separate = config.separate_description_encoder or config.freeze_description_encoder
+            self.description_encoder = copy.deepcopy(text_model) if separate else None
+            if config.freeze_description_encoder:  # anchored to the pretrained sentence space: never trained
+                self.description_encoder.requires_grad_(False)
             self.description_projection = nn.Linear(hidden, config.pair_dim)
             self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)),
                                                         requires_grad=config.learnable_temperature)
@@ -81,6 +83,8 @@ class RelationModel(nn.Module):
         else:
             self.classifier = nn.Linear(config.pair_dim, len(config.labels))
         self._description_cache: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+        # pooled encoder states of description texts, reused between refreshes (see ``forward``)
+        self._pooled_states: dict[str, torch.Tensor] = {}
 
     # -- relation set -------------------------------------------------------------------------
     @property
@@ -121,23 +125,73 @@ class RelationModel(nn.Module):
     def encode_pairs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(batch)
 
-    def encode_descriptions(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised description vectors (M, D)."""
+    def _pooled(self, texts: list[str]) -> torch.Tensor:
+        """Mean-pooled encoder states (M, H) of description texts (with gradients unless the tower is frozen)."""
         device = self.description_projection.weight.device
+        frozen = self.config.freeze_description_encoder
+        if frozen:
+            self._encode_frozen(texts)
+            return torch.stack([self._pooled_states[t] for t in texts]).to(device)
+        model = self.description_encoder if self.description_encoder is not None else self.encoder.text_model
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.description_max_length,
                              return_tensors="pt").to(device)
-        model = self.description_encoder if self.description_encoder is not None else self.encoder.text_model
         hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        return F.normalize(self.description_projection(mean_pool(hidden, enc["attention_mask"])), dim=-1)
+        pooled = mean_pool(hidden, enc["attention_mask"]).float()
+        if self.training:  # kept for steps that do not refresh the descriptions (train.description_refresh_steps)
+            for t, v in zip(texts, pooled.detach(), strict=True):
+                self._pooled_states[t] = v
+        return pooled
 
-    def description_vectors(self, per_relation: int | None = None, generator: torch.Generator | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors (M, D), relation index (M,)). In training, ``per_relation`` samples that many per relation."""
+    @torch.no_grad()
+    def _encode_frozen(self, texts: list[str]) -> None:
+        """Pooled states of the frozen description tower for every description of the relation set (and
+        ``texts``), computed once in a fixed order and batch layout so that results do not depend on call order."""
+        wanted = [t for options in self._description_texts(self.descriptions) for t in options] + list(texts)
+        missing = list(dict.fromkeys(t for t in wanted if t not in self._pooled_states))
+        if not missing:
+            return
+        device = self.description_projection.weight.device
+        was_training = self.description_encoder.training
+        self.description_encoder.eval()
+        for start in range(0, len(missing), 64):
+            chunk = missing[start:start + 64]
+            enc = self.tokenizer(chunk, padding=True, truncation=True,
+                                 max_length=self.config.description_max_length, return_tensors="pt").to(device)
+            hidden = self.description_encoder(input_ids=enc["input_ids"],
+                                              attention_mask=enc["attention_mask"]).last_hidden_state
+            for t, v in zip(chunk, mean_pool(hidden.float(), enc["attention_mask"]), strict=True):
+                self._pooled_states[t] = v.cpu()
+        self.description_encoder.train(was_training)
+
+    def encode_descriptions(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised description vectors (M, D)."""
+        pooled = self._pooled(texts).to(self.description_projection.weight.dtype)
+        return F.normalize(self.description_projection(pooled), dim=-1)
+
+    def description_vectors(self, per_relation: int | None = None, generator: torch.Generator | None = None,
+                            refresh: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors (M, D), relation index (M,)). In training, ``per_relation`` samples that many per relation.
+
+        With ``refresh=False`` (training only) the description encoder is not run: the pooled states kept from
+        earlier steps are reused and only the projection is trained on this step (``train.description_refresh_steps``).
+        """
         texts_per_rel = self._description_texts(self.descriptions)
         if not self.training and per_relation is None and self._description_cache is not None:
             vecs, index, labels = self._description_cache
             if labels == self.relation_labels and vecs.device == self.description_projection.weight.device:
                 return vecs, index
+        if self.training and not refresh and self._pooled_states:
+            texts, index = [], []
+            for r, options in enumerate(texts_per_rel):
+                kept = [t for t in options if t in self._pooled_states]
+                texts += kept
+                index += [r] * len(kept)
+            if len(set(index)) == len(texts_per_rel):
+                device = self.description_projection.weight.device
+                pooled = torch.stack([self._pooled_states[t] for t in texts]).to(device)
+                vecs = F.normalize(self.description_projection(pooled.to(self.description_projection.weight.dtype)),
+                                   dim=-1)
+                return vecs, torch.tensor(index, device=device)
         texts, index = [], []
         for r, options in enumerate(texts_per_rel):
             if per_relation is not None and len(options) > per_relation:
@@ -154,47 +208,46 @@ class RelationModel(nn.Module):
     def train(self, mode: bool = True) -> RelationModel:
         if mode:  # weights are about to change: description vectors must be recomputed
             self._description_cache = None
-        return super().train(mode)
+        super().train(mode)
+        if self.config.model_type == "roc" and self.config.freeze_description_encoder:
+            self.description_encoder.eval()  # frozen: no dropout either
+        elif mode is False and not self.config.freeze_description_encoder:
+            self._pooled_states = {}
+        return self
 
     # -- scoring ------------------------------------------------------------------------------
     def relation_similarity(self, pairs: torch.Tensor, desc: torch.Tensor, index: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosine similarity of each pair to each relation (B, R), and each relation's best description (B, R)."""
+        """Cosine similarity of each pair to each relation (B, R), and each relation's best description (B, R).
+
+        ``index`` maps each description row to its relation and is grouped (a relation's rows are contiguous).
+        Vectorised over relations, so scoring against thousands of relations costs one matrix product.
+        """
         n_rel = len(self.relation_labels)
+        bsz = pairs.shape[0]
         sims = pairs @ desc.T  # (B, M)
-        scores = torch.empty(pairs.shape[0], n_rel, device=pairs.device, dtype=sims.dtype)
-        best = torch.empty(pairs.shape[0], n_rel, dtype=torch.long, device=pairs.device)
-        for r in range(n_rel):
-            cols = (index == r).nonzero().squeeze(1)
-            if self.config.description_pooling == "mean":
-                centre = F.normalize(desc[cols].mean(0), dim=-1)
-                scores[:, r] = pairs @ centre
-            else:
-                scores[:, r] = sims[:, cols].max(1).values
-            best[:, r] = sims[:, cols].argmax(1)
+        if self.config.description_pooling == "mean":
+            centres = torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype).index_add(0, index, desc)
+            scores = pairs @ F.normalize(centres, dim=-1).T
+        else:
+            scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
+                1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
+        with torch.no_grad():
+            group_max = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
+                1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
+            first = torch.zeros(n_rel, dtype=torch.long, device=pairs.device).scatter_reduce(
+                0, index, torch.arange(len(index), device=pairs.device), reduce="amin", include_self=False)
+            local = torch.arange(len(index), device=pairs.device) - first[index]  # position within its relation
+            is_max = sims >= group_max.gather(1, index.expand(bsz, -1))
+            big = torch.full_like(local, len(index)).expand(bsz, -1)
+            best = torch.full((bsz, n_rel), len(index), dtype=torch.long, device=pairs.device).scatter_reduce(
+                1, index.expand(bsz, -1), torch.where(is_max, local.expand(bsz, -1), big), reduce="amin",
+                include_self=False)
         return scores, best
 
-    def constrain_types(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Type-constrained retrieval: lower the score of relations whose signature contradicts the tagged types."""
-        if not self.config.type_constraint or self.config.model_type != "roc":
-            return scores
-        ok = self.type_compatibility().to(scores.device)  # (R, 2, T)
-        head_ok = ok[:, 0, :][:, batch["head_type"]].T  # (B, R)
-        tail_ok = ok[:, 1, :][:, batch["tail_type"]].T
-        return scores - self.config.type_penalty * ((~head_ok).to(scores.dtype) + (~tail_ok).to(scores.dtype))
-
-    def apply_none_margin(self, scores: torch.Tensor, margin: float | None = None) -> torch.Tensor:
-        """Add the (validation-tuned) margin to the negative relation's score."""
-        margin = self.config.none_margin if margin is None else margin
-        if not margin or self.config.negative_label not in self.relation_labels:
-            return scores
-        neg = self.relation_labels.index(self.config.negative_label)
-        scores = scores.clone()
-        scores[..., neg] += margin
-        return scores
-
     def forward(self, batch: dict[str, torch.Tensor], descriptions_per_relation: int | None = None,
-                generator: torch.Generator | None = None) -> RelationModelOutput:
+                generator: torch.Generator | None = None, refresh_descriptions: bool = True) -> RelationModelOutput:
+        """Scores of each pair over the relations; with ``labels`` in the batch, the training loss too."""
         pairs = self.encode_pairs(batch)
         labels = batch.get("labels")
         if self.classifier is not None:
@@ -202,7 +255,9 @@ class RelationModel(nn.Module):
             loss = F.cross_entropy(logits, labels) if labels is not None else None
             return RelationModelOutput(logits, logits, pairs, loss)
         pairs_n = F.normalize(pairs, dim=-1)
-        desc, index = self.description_vectors(descriptions_per_relation if self.training else None, generator)
+        desc, index = self.description_vectors(descriptions_per_relation if self.training else None, generator,
+                                               refresh=refresh_descriptions)
+        pairs_n = pairs_n.to(desc.dtype)
         cosine, best = self.relation_similarity(pairs_n, desc, index)
         inv_t = self.log_inverse_temperature.exp().clamp(max=100.0)
         logits = cosine * inv_t
@@ -212,7 +267,7 @@ class RelationModel(nn.Module):
             if self.config.pair_pair_weight > 0:
                 loss = loss + self.config.pair_pair_weight * supervised_contrastive(
                     pairs_n, labels, self.config.pair_pair_temperature)
-        return RelationModelOutput(logits, self.constrain_types(cosine, batch), pairs_n, loss, best)
+        return RelationModelOutput(logits, cosine, pairs_n, loss, best)
 
     # -- building, saving, loading ------------------------------------------------------------
     @classmethod
@@ -284,8 +339,3 @@ def vision_shape(name: str) -> tuple[int, int]:
 
     vb = load_vision_backbone(name)
     return vb.feature_dim, vb.num_regions
-
-
-def load_metrics(directory: str | Path) -> dict:
-    path = Path(directory) / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

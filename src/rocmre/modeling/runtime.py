@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rocmre.data.images import MissingImagePolicy
 from rocmre.data.record import Box, RelationRecord
 from rocmre.modeling.batching import PairCollator
+from rocmre.modeling.decision import DecisionRule, Decisions, SecondStageScorer, type_indices
 from rocmre.modeling.features import PairFeatures, PairFeaturizer, TypeCache
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.prompting import PromptOptions
@@ -78,20 +78,25 @@ class ImageFeatures:
 
 
 @dataclass
-class ScoredBatch:
-    """Scores of N records over the model's R relations."""
+class ModelScores:
+    """What the model says about N records over its R relations, before any decision rule."""
 
-    scores: np.ndarray  # (N, R), after type constraints and the None margin
-    raw_scores: np.ndarray  # (N, R), without the None margin
+    scores: np.ndarray  # (N, R): ROC cosine similarity, classifier logits
     best_description: np.ndarray | None  # (N, R) index of the best-matching description of each relation
+    head_types: np.ndarray  # (N,) entity-type indices (rocmre.data.entity_types.ENTITY_TYPES)
+    tail_types: np.ndarray
 
 
 class ModelRuntime:
     """A model with everything needed to run it on records."""
 
     def __init__(self, model: RelationModel, cache_dir: Path | None = None,
-                 missing_image: MissingImagePolicy | str = "mark") -> None:
+                 missing_image: MissingImagePolicy | str = "mark", second_stage: SecondStageScorer | None = None,
+                 rerank_top_k: int = 5, precision: str = "fp32") -> None:
         self.model = model
+        self.second_stage = second_stage  # the decision rule's hook for a re-ranker (modeling/decision.py)
+        self.rerank_top_k = rerank_top_k
+        self.precision = precision  # "fp32" or "bf16" (autocast) for scoring
         cfg = model.config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.featurizer = PairFeaturizer(
@@ -130,26 +135,56 @@ class ModelRuntime:
         self.images.cache.show_progress = show_progress
         return self.images.cache.precompute(sources, boxes)
 
+    @property
+    def decision_rule(self) -> DecisionRule:
+        """The model's decision rule (type prior, tuned None margin, optional second stage)."""
+        return DecisionRule.from_model(self.model, self.second_stage, self.rerank_top_k)
+
     @torch.inference_mode()
     def score(self, features: Sequence[PairFeatures], batch_size: int = 64, show_progress: bool = False,
-              desc: str = "scoring") -> ScoredBatch:
-        """Scores of every feature over the model's relations."""
+              desc: str = "scoring") -> ModelScores:
+        """The model's scores of every feature over its relations (batches are grouped by length)."""
         model = self.model
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        loader = DataLoader(list(features), batch_size=batch_size, shuffle=False, collate_fn=self.collator)
-        scores, raw, best = [], [], []
-        for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(batch)
-            raw.append(out.scores.float().cpu())
-            scores.append(model.apply_none_margin(out.scores).float().cpu())
+        features = list(features)
+        order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # less padding
+        n_rel = len(model.relation_labels)
+        scores = np.zeros((len(features), n_rel), dtype=np.float32)
+        best = None
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False, unit="batch"):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in self.collator([features[i] for i in idx]).items()}
+            with self.autocast(device):
+                out = model(batch)
+            scores[idx] = out.scores.float().cpu().numpy()
             if out.best_description is not None:
-                best.append(out.best_description.cpu())
+                if best is None:
+                    best = np.zeros((len(features), n_rel), dtype=np.int64)
+                best[idx] = out.best_description.cpu().numpy()
         model.train(was_training)
-        if not scores:
-            n_rel = len(model.relation_labels)
-            return ScoredBatch(np.zeros((0, n_rel)), np.zeros((0, n_rel)), None)
-        return ScoredBatch(torch.cat(scores).numpy(), torch.cat(raw).numpy(),
-                           torch.cat(best).numpy() if best else None)
+        return ModelScores(scores, best, type_indices([f.head_type for f in features]),
+                           type_indices([f.tail_type for f in features]))
+
+    def autocast(self, device: torch.device):
+        """bf16 autocast when the model's inference precision asks for it, else a no-op context."""
+        import contextlib
+
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def decide(self, features: Sequence[PairFeatures], batch_size: int = 64, show_progress: bool = False,
+               records: Sequence[RelationRecord] | None = None, desc: str = "scoring") -> Decisions:
+        """Score ``features`` and decide through the model's one decision rule."""
+        scored = self.score(features, batch_size, show_progress, desc)
+        return self.decision_rule.decide(scored.scores, scored.head_types, scored.tail_types,
+                                         scored.best_description, records)
+
+    def decide_records(self, records: Sequence[RelationRecord], batch_size: int = 64, show_progress: bool = False,
+                       desc: str = "scoring") -> Decisions:
+        """Featurise records, score them and decide (the path validation, evaluation and prediction share)."""
+        feats = self.featurize(records, with_labels=False, show_progress=show_progress)
+        return self.decide(feats, batch_size, show_progress, records, desc)

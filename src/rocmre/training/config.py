@@ -32,7 +32,9 @@ class TrainConfig(BaseModel):
 
     epochs: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
-    max_minutes: float | None = Field(None, gt=0)  # stop (and keep the best checkpoint) past this wall time
+    # a wall-clock budget, converted ONCE at the start into a step budget (from timed steps) and stored with the
+    # checkpoints, so that a resumed run replays the same schedule
+    max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-5, gt=0)  # the pretrained text encoder
@@ -43,7 +45,18 @@ class TrainConfig(BaseModel):
     descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
     tune_none_margin: bool = True
     evaluations_per_epoch: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
+    # CPUs), else fp32; the chosen value is recorded in metrics.json
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
+    inference_precision: Literal["fp32", "bf16", "auto"] = "fp32"  # validation, evaluation and prediction
+    # batches of similar lengths (less padding): shuffled chunks of 50 batches, each sorted by length, then the
+    # batches shuffled; the order still depends only on the seed and the epoch
+    group_by_length: bool = False
+    # ROC: run the description encoder every N steps; in between only the projection trains, over the pooled
+    # description states kept from the last refresh (1 = every step, the original recipe)
+    description_refresh_steps: int = Field(1, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
+    keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)
 
 

@@ -1,95 +1,98 @@
 """The training loop (Hugging Face Accelerate): the same code runs on a CPU, a GPU, or ``accelerate launch``.
 
-The checkpoint is chosen on validation micro-F1; the None margin is tuned on validation only. The test split
-is never read here.
+:class:`Trainer` checkpoints and resumes. Every ``train.checkpoint_every`` steps and at every evaluation it writes
+``OUTPUT_DIR/checkpoints/checkpoint-N/`` (model, optimizer, scheduler, RNG states, data position, best-so-far,
+history), into a temporary folder that is then renamed, keeping the newest ``train.keep_checkpoints``; the best
+weights so far live in ``checkpoints/best/``. ``rocmre train --resume OUTPUT_DIR`` continues from the newest
+checkpoint and replays exactly the schedule of an uninterrupted run: a time budget is converted into a step
+budget once, at the start, and stored. The model folder itself (``config.json`` last) is written only when
+training ends, so an interrupted run never leaves a folder ``from_pretrained`` accepts as a finished model.
+
+The checkpoint and the None margin are chosen on validation micro-F1; the test split is never read here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import platform
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from rocmre.data import RelationDataset, load_split
-from rocmre.descriptions.store import RelationDescriptions
+from rocmre.data import RelationDataset
 from rocmre.evaluation.metrics import evaluate_predictions
-from rocmre.modeling.model import RelationModel
+from rocmre.modeling.features import PairFeatures
+from rocmre.modeling.model import CONFIG_NAME, WEIGHTS_NAME, RelationModel
 from rocmre.modeling.runtime import ModelRuntime
-from rocmre.paths import default_cache_dir
 from rocmre.training.config import RunConfig
+from rocmre.training.setup import (
+    build_model,
+    load_run_data,
+    make_runtime,
+    require_records,
+    resolve_precision,
+)
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+STATE_NAME = "trainer_state.json"
+#: files of a finished model folder that a fresh run removes first (``config.json`` first: it marks a model)
+MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, "descriptions.json", "metrics.json", "run_config.yaml", "README.md")
+
 
 def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def load_run_data(cfg: RunConfig, split: str, limit: int | None = None) -> RelationDataset:
-    """A split as the run config says: format, negative label, held-out relations, seeded subset."""
-    d = cfg.data
-    kwargs = {"negative_label": d.negative_label, "missing_image": d.missing_image, "on_error": d.on_error}
-    dataset = load_split(d.path, split, d.format, **kwargs)
-    if d.exclude_relations:
-        unknown = [r for r in d.exclude_relations if dataset.labels is not None and r not in dataset.labels]
-        if unknown:
-            raise ValueError(f"exclude_relations names labels the data does not have: {unknown}")
-        dataset = dataset.filter(lambda r: r.relation not in d.exclude_relations)
-    if limit is not None and len(dataset) > limit:
-        rng = random.Random(cfg.seed)
-        keep = sorted(rng.sample(range(len(dataset)), limit))
-        dataset = RelationDataset([dataset.records[i] for i in keep], dataset.labels, dataset.name, dataset.split,
-                                  dataset.problems)
-    return dataset
+@dataclass
+class TrainerState:
+    """Everything about a run's progress that a checkpoint stores (besides tensors and RNG states)."""
 
+    step: int = 0
+    epoch: int = 0  # the epoch in progress
+    batch_in_epoch: int = 0  # batches of that epoch already trained (this process's share)
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    best_val_f1: float = -1.0
+    best_step: int = 0
+    best_epoch: float = 0.0
+    best_none_margin: float = 0.0
+    examples_seen: int = 0
+    history: list[dict] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)  # how a time budget became total_steps
+    timings: dict[str, float] = field(default_factory=lambda: {"train_seconds": 0.0, "wall_seconds": 0.0})
 
-def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:
-    """The descriptions of the run's relations (the data's labels less the held-out ones)."""
-    wanted = [lab for lab in labels if lab not in cfg.data.exclude_relations]
-    descriptions = RelationDescriptions.load(cfg.model.descriptions)
-    missing = [lab for lab in wanted if lab not in descriptions]
-    if missing and cfg.model.missing_descriptions == "error":
-        raise ValueError(f"descriptions {cfg.model.descriptions!r} lack relations of the data: {missing} "
-                         "(set model.missing_descriptions=label_name to describe them by their label names)")
-    for lab in missing:
-        logger.warning("relation %s has no description in %s: using its label name", lab, cfg.model.descriptions)
-        descriptions.add(lab, [lab], provenance={"method": "label-name",
-                                                 "reason": f"no description in {cfg.model.descriptions}"})
-    return descriptions.subset(wanted)
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
 
-
-def tune_none_margin(model: RelationModel, raw_scores: np.ndarray, gold: list[str],
-                     grid: np.ndarray | None = None) -> tuple[float, float]:
-    """The margin added to the negative relation's score that maximises micro-F1 (validation only)."""
-    labels = model.relation_labels
-    neg = labels.index(model.config.negative_label)
-    scale = float(np.std(raw_scores)) or 1.0
-    grid = grid if grid is not None else np.linspace(-1.0, 1.0, 41) * scale
-    best = (0.0, -1.0)
-    for m in sorted(grid, key=abs):  # ties go to the smallest margin
-        s = raw_scores.copy()
-        s[:, neg] += m
-        pred = [labels[i] for i in s.argmax(1)]
-        f1 = evaluate_predictions(gold, pred, model.config.negative_label).f1
-        if f1 > best[1] + 1e-12:
-            best = (float(m), f1)
-    return best
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        return cls(**json.loads(text))
 
 
 @dataclass
 class TrainingSummary:
+    """What :meth:`Trainer.train` returns."""
+
     output_dir: Path
     best_val_f1: float
     best_epoch: float
@@ -99,186 +102,462 @@ class TrainingSummary:
     losses: list[float]
     processes: int = 1
     is_main_process: bool = True
+    resumed_from: str | None = None
 
 
-def evaluate_split(runtime: ModelRuntime, dataset: RelationDataset, batch_size: int, show_progress: bool = False
-                   ) -> dict:
-    feats = runtime.featurize(dataset.records, with_labels=False)
-    scored = runtime.score(feats, batch_size, show_progress)
-    labels = runtime.model.relation_labels
-    pred = [labels[i] for i in scored.scores.argmax(1)]
-    gold = [r.relation for r in dataset.records]
-    result = evaluate_predictions(gold, pred, runtime.model.config.negative_label, labels,
-                                  scored.scores if runtime.model.config.model_type == "roc" else None, labels)
-    return {"result": result, "raw_scores": scored.raw_scores, "gold": gold, "pred": pred}
+class TrainerCallback:
+    """Hooks into the loop (as in Hugging Face ``TrainerCallback``); override what you need."""
+
+    def on_step_end(self, trainer: Trainer, state: TrainerState) -> None:
+        """After every optimiser step."""
+
+    def on_evaluate(self, trainer: Trainer, state: TrainerState, val_f1: float) -> None:
+        """After every validation."""
+
+    def on_save(self, trainer: Trainer, state: TrainerState, checkpoint: Path) -> None:
+        """After a checkpoint folder is complete (renamed into place)."""
 
 
-def train(cfg: RunConfig, show_progress: bool = True) -> TrainingSummary:
-    """Train the model a run config describes and save the best checkpoint (by val micro-F1)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None
+                  ) -> list[list[int]]:
+    """The batches of one epoch: a permutation that depends only on (seed, epoch); with ``lengths``, grouped
+    by length (chunks of 50 batches sorted by length, then the batches shuffled)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
+    if lengths is not None:
+        chunk = 50 * batch_size
+        perm = [i for s in range(0, n, chunk) for i in sorted(perm[s:s + chunk], key=lambda j: -lengths[j])]
+    batches = [perm[s:s + batch_size] for s in range(0, n, batch_size)]
+    if lengths is not None:
+        order = torch.randperm(len(batches), generator=gen).tolist()
+        batches = [batches[i] for i in order]
+    return batches
 
-    # cpu=True lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes on a machine without GPUs
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    main = accelerator.is_main_process
+
+def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder of a run, or ``None``."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    found = []
+    for p in root.glob("checkpoint-*") if root.is_dir() else []:
+        suffix = p.name.removeprefix("checkpoint-")
+        if p.is_dir() and suffix.isdigit() and (p / STATE_NAME).is_file():
+            found.append((int(suffix), p))
+    return max(found)[1] if found else None
+
+
+def _rng_state(desc_gen: torch.Generator) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "descriptions": desc_gen.get_state()}
     if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
-    set_seed(cfg.seed)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    out_dir = Path(cfg.output_dir)
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    train_data = load_run_data(cfg, cfg.data.train_split, cfg.data.max_train_records)
-    val_data = load_run_data(cfg, cfg.data.val_split, cfg.data.max_eval_records)
-    if train_data.labels is None:
-        raise ValueError("the training data has no label set")
-    model_cfg = cfg.model.model_copy(deep=True)
-    model_cfg.negative_label = cfg.data.negative_label
-    if model_cfg.model_type == "roc":
-        descriptions = relation_set(cfg, train_data.labels.labels)
-    else:
-        model_cfg.labels = [lab for lab in train_data.labels.labels if lab not in cfg.data.exclude_relations]
-        descriptions = None
-    model = RelationModel.build(model_cfg, descriptions, cache_dir=cache_dir)
-    runtime = ModelRuntime(model, cache_dir, cfg.data.missing_image)
-    if main:
-        logger.info("train %d records (%d with image), val %d (%d with image)", len(train_data),
-                    train_data.num_with_image, len(val_data), val_data.num_with_image)
-        runtime.precompute_images(list(train_data) + list(val_data), show_progress)
-    accelerator.wait_for_everyone()
-    train_feats = runtime.featurize(train_data.records, show_progress=show_progress and main)
 
-    loader = DataLoader(train_feats, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=runtime.collator,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    backbone_params = [p for n, p in model.named_parameters() if _is_backbone(n) and p.requires_grad]
-    head_params = [p for n, p in model.named_parameters() if not _is_backbone(n) and p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": backbone_params, "lr": cfg.train.learning_rate},
-        {"params": head_params, "lr": cfg.train.head_learning_rate},
-    ], weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
-    total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    full_steps = total_steps
-    fit_start = time.time()
-    warmup = int(cfg.train.warmup_ratio * total_steps)
+def _set_rng_state(state: dict[str, Any], desc_gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    desc_gen.set_state(state["descriptions"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    eval_every = max(1, steps_per_epoch // cfg.train.evaluations_per_epoch)
-    desc_gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
-    history: list[dict] = []
-    losses: list[float] = []
-    best_f1, best_epoch, step, seen = -1.0, 0.0, 0, 0
-    start = time.time()
-    train_seconds = 0.0
-    bar = tqdm(total=total_steps, desc="training", disable=not (show_progress and main), dynamic_ncols=True)
-    done = False
-    while not done:
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put a completed folder in place of ``final`` (the old one is renamed away first, then removed)."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Trainer:
+    """Trains the model a :class:`RunConfig` describes; ``train(resume_from_checkpoint=...)`` resumes."""
+
+    def __init__(self, cfg: RunConfig, show_progress: bool = True,
+                 callbacks: list[TrainerCallback] | None = None) -> None:
+        self.cfg = cfg
+        self.show_progress = show_progress
+        self.callbacks = list(callbacks or [])
+        self.output_dir = Path(cfg.output_dir)
+        self.checkpoint_dir = self.output_dir / CHECKPOINTS_DIR
+        self.state = TrainerState()
+        self._n_train = 0
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _prepare_output(self, resume: Path | None) -> None:
+        if resume is None:
+            stale = [self.output_dir / f for f in MODEL_FILES if (self.output_dir / f).exists()]
+            if stale or self.checkpoint_dir.exists():
+                logger.warning("%s holds an earlier run: its model files and checkpoints are replaced",
+                               self.output_dir)
+            for f in stale:  # config.json first: the folder stops being a model before anything else goes
+                f.unlink()
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            shutil.rmtree(self.output_dir / "text_encoder", ignore_errors=True)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    def _resolve_resume(self, resume_from_checkpoint: bool | str | Path | None) -> Path | None:
+        if resume_from_checkpoint in (None, False):
+            return None
+        if resume_from_checkpoint is True:
+            found = find_latest_checkpoint(self.output_dir)
+        else:
+            path = Path(resume_from_checkpoint)
+            found = path if (path / STATE_NAME).is_file() else find_latest_checkpoint(path)
+        if found is None:
+            where = self.output_dir if resume_from_checkpoint is True else resume_from_checkpoint
+            raise FileNotFoundError(f"no checkpoint to resume from in {where} (looked for "
+                                    f"{CHECKPOINTS_DIR}/checkpoint-N/{STATE_NAME})")
+        return found
+
+    def _features(self, runtime: ModelRuntime, data: RelationDataset, main: bool) -> list[PairFeatures]:
+        return runtime.featurize(data.records, show_progress=self.show_progress and main)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: bool | str | Path | None = None) -> TrainingSummary:
+        """Train (or resume: ``True`` for the newest checkpoint of ``output_dir``, or a checkpoint folder) and
+        write the finished model folder."""
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        cfg = self.cfg
+        resume = self._resolve_resume(resume_from_checkpoint)
+        # cpu=True lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes without GPUs
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.accelerator = accelerator
+        main = accelerator.is_main_process
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
+        set_seed(cfg.seed)
+        if main:
+            self._prepare_output(resume)
+        accelerator.wait_for_everyone()
+
+        train_data = load_run_data(cfg, cfg.data.train_split, cfg.data.max_train_records)
+        val_data = load_run_data(cfg, cfg.data.val_split, cfg.data.max_eval_records)
+        require_records(train_data, cfg, cfg.data.train_split)
+        require_records(val_data, cfg, cfg.data.val_split)
+        self._n_train = len(train_data)
+        if train_data.labels is None:
+            raise ValueError("the training data has no label set")
+        model = build_model(cfg, train_data.labels.labels)
+        runtime = make_runtime(model, cfg)
+        self.runtime = runtime
+        if main:
+            logger.info("train %d records (%d with image), val %d (%d with image)", len(train_data),
+                        train_data.num_with_image, len(val_data), val_data.num_with_image)
+            runtime.precompute_images(list(train_data) + list(val_data), self.show_progress)
+        accelerator.wait_for_everyone()
+        train_feats = self._features(runtime, train_data, main)
+        val_feats = runtime.featurize(val_data.records, with_labels=False)
+        val_gold = [r.relation for r in val_data.records]
+
+        precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
+        self.precision = "fp16" if precision == "fp16" else precision
+        model = model.to(accelerator.device)
+        backbone = [p for n, p in model.named_parameters() if _is_backbone(n) and p.requires_grad]
+        head = [p for n, p in model.named_parameters() if not _is_backbone(n) and p.requires_grad]
+        optimizer = torch.optim.AdamW([{"params": backbone, "lr": cfg.train.learning_rate},
+                                       {"params": head, "lr": cfg.train.head_learning_rate}],
+                                      weight_decay=cfg.train.weight_decay)
+        world = accelerator.num_processes
+        n_batches = math.ceil(len(train_feats) / cfg.train.batch_size)
+        steps_per_epoch = math.ceil(n_batches / world)  # every process the same number (the first batches repeat)
+        lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
+        desc_gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+
+        state = TrainerState(steps_per_epoch=steps_per_epoch)
+        if resume is not None:
+            state = TrainerState.from_json((resume / STATE_NAME).read_text(encoding="utf-8"))
+            if state.steps_per_epoch != steps_per_epoch:
+                raise ValueError(f"{resume} was written for {state.steps_per_epoch} steps per epoch, this run has "
+                                 f"{steps_per_epoch}: the data or the batch size changed")
+        else:
+            state.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+            state.budget = {"epochs": cfg.train.epochs, "max_steps": cfg.train.max_steps,
+                            "max_minutes": cfg.train.max_minutes}
+            if cfg.train.max_minutes is not None:
+                self._fit_time_budget(state, model, train_feats, val_feats, runtime, desc_gen)
+        self.state = state
+        total_steps = state.total_steps
+        warmup = int(cfg.train.warmup_ratio * total_steps)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        if resume is not None:
+            model.load_state_dict(load_file(str(resume / WEIGHTS_NAME)))
+            optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+            scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
+            rng_file = resume / f"rng_state_{accelerator.process_index}.pt"
+            _set_rng_state(torch.load(rng_file, weights_only=False), desc_gen)
+            logger.info("resumed from %s at step %d", resume, state.step)
+        wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.model = model
+
+        eval_every = max(1, steps_per_epoch // cfg.train.evaluations_per_epoch)
+        refresh_every = cfg.train.description_refresh_steps
+        bar = tqdm(total=total_steps, initial=state.step, desc="training", dynamic_ncols=True,
+                   disable=not (self.show_progress and main))
+        start = time.time()
+        wall_before = state.timings.get("wall_seconds", 0.0)
+        train_before = state.timings.get("train_seconds", 0.0)
+        train_seconds = 0.0
+        wrapped.train()
+        while state.step < total_steps:
+            batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths)
+            padded = batches + batches[: steps_per_epoch * world - len(batches)]
+            mine = padded[accelerator.process_index::world]
+            for b in mine[state.batch_in_epoch:]:
+                t0 = time.time()
+                batch = {k: v.to(accelerator.device) for k, v in runtime.collator([train_feats[i] for i in b]).items()}
+                with self._autocast():
+                    out = wrapped(batch, descriptions_per_relation=cfg.train.descriptions_per_relation,
+                                  generator=desc_gen, refresh_descriptions=state.step % refresh_every == 0)
+                accelerator.backward(out.loss)
+                accelerator.clip_grad_norm_(wrapped.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                state.step += 1
+                state.batch_in_epoch += 1
+                loss = float(out.loss.detach())
+                state.losses.append(loss)
+                state.examples_seen += len(b) * world
+                train_seconds += time.time() - t0
+                bar.update(1)
+                if state.step % cfg.train.log_every == 0 or state.step == 1:
+                    speed = state.examples_seen / max(train_before + train_seconds, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{speed:.1f}")
+                for cb in self.callbacks:
+                    cb.on_step_end(self, state)
+                if state.batch_in_epoch >= len(mine):
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                evaluate_now = state.step % eval_every == 0 or state.step >= total_steps
+                if evaluate_now:
+                    self._evaluate(runtime, val_feats, val_gold, state, loss, bar)
+                    wrapped.train()
+                if evaluate_now or (cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0):
+                    state.timings = {"train_seconds": train_before + train_seconds,
+                                     "wall_seconds": wall_before + time.time() - start}
+                    self._save_checkpoint(model, optimizer, scheduler, desc_gen, state)
+                if state.step >= total_steps:
+                    break
+        bar.close()
+        state.timings = {"train_seconds": train_before + train_seconds,
+                         "wall_seconds": wall_before + time.time() - start}
+        summary = TrainingSummary(self.output_dir, state.best_val_f1, state.best_epoch,
+                                  state.timings["wall_seconds"] / 60,
+                                  state.examples_seen / max(state.timings["train_seconds"], 1e-9), state.step,
+                                  state.losses, world, main, str(resume) if resume else None)
+        if main:
+            self._finish(val_data, val_feats, state)
+        accelerator.wait_for_everyone()
+        return summary
+
+    def _autocast(self):
+        device = self.accelerator.device
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(device_type=device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _fit_time_budget(self, state: TrainerState, model: RelationModel, feats: list[PairFeatures],
+                         val_feats: list[PairFeatures], runtime: ModelRuntime, desc_gen: torch.Generator) -> None:
+        """Convert ``max_minutes`` into a step budget once, from timed forward/backward passes (no update; RNG
+        states restored), and store how in ``state.budget``."""
+        cfg = self.cfg
+        rng = _rng_state(desc_gen)
+        bs = cfg.train.batch_size
+        batch = {k: v.to(self.accelerator.device) for k, v in runtime.collator(feats[:bs]).items()}
         model.train()
-        for batch in loader:
+        times = []
+        for _ in range(3):
             t0 = time.time()
-            out = model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation, generator=desc_gen)
-            accelerator.backward(out.loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            losses.append(float(out.loss.detach()))
-            seen += batch["input_ids"].shape[0] * accelerator.num_processes
-            train_seconds += time.time() - t0
-            bar.update(1)
-            if cfg.train.max_minutes is not None and step >= 20 and step % 20 == 0:
-                # fit the schedule to the time budget so that the learning rate still decays to zero within it: the
-                # step time is measured from step 20 on (after warm-up) and the estimate is refreshed every 20 steps
-                if step == 20:
-                    fit_start = time.time()
-                else:
-                    per_step = (time.time() - fit_start) / (step - 20)
-                    left = 0.9 * cfg.train.max_minutes * 60 - (time.time() - start)
-                    total_steps = min(full_steps, max(step + 1, step + int(left / per_step)))
-                    bar.total = total_steps
-            if step % cfg.train.log_every == 0 or step == 1:
-                bar.set_postfix(loss=f"{out.loss.item():.4f}", ex_per_s=f"{seen / max(train_seconds, 1e-9):.1f}")
-            out_of_time = cfg.train.max_minutes is not None and (time.time() - start) / 60 > cfg.train.max_minutes
-            if step % eval_every == 0 or step >= total_steps or out_of_time:
-                epoch = step / steps_per_epoch
-                if main:
-                    val = evaluate_split(runtime, val_data, cfg.train.eval_batch_size)
-                    f1 = val["result"].f1
-                    if cfg.train.tune_none_margin:  # validation only: the margin travels with the checkpoint
-                        runtime.model.config.none_margin, f1 = tune_none_margin(runtime.model, val["raw_scores"],
-                                                                                val["gold"])
-                    history.append({"step": step, "epoch": round(epoch, 3), "loss": float(out.loss.item()),
-                                    "val_micro_f1": f1, "none_margin": runtime.model.config.none_margin})
-                    logger.info("step %d epoch %.2f val micro-F1 %.4f", step, epoch, f1)
-                    bar.write(f"step {step} (epoch {epoch:.2f}): val micro-F1 {100 * f1:.2f}, "
-                              f"acc {100 * val['result'].accuracy:.2f}")
-                    if f1 > best_f1:
-                        best_f1, best_epoch = f1, epoch
-                        runtime.model.save_pretrained(out_dir)
-                accelerator.wait_for_everyone()
-                model.train()
-            if out_of_time and main:
-                logger.warning("time budget of %.1f minutes reached at step %d", cfg.train.max_minutes, step)
-            if step >= total_steps or out_of_time:
-                done = True
-                break
-    bar.close()
-    train_minutes = (time.time() - start) / 60
-    summary = TrainingSummary(out_dir, best_f1, best_epoch, train_minutes, seen / max(train_seconds, 1e-9), step,
-                              losses, accelerator.num_processes, main)
-    if main:
-        _finish(cfg, out_dir, cache_dir, val_data, history, summary, len(train_data))
-    accelerator.wait_for_everyone()
-    return summary
+            with self._autocast():
+                out = model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation,
+                            generator=torch.Generator().manual_seed(0))
+            out.loss.backward()
+            times.append(time.time() - t0)
+        model.zero_grad(set_to_none=True)
+        model._pooled_states = {} if not cfg.model.freeze_description_encoder else model._pooled_states
+        t0 = time.time()
+        runtime.score(val_feats[: cfg.train.eval_batch_size], cfg.train.eval_batch_size)
+        eval_batch_s = time.time() - t0
+        _set_rng_state(rng, desc_gen)
+        step_s = min(times[1:])
+        per_eval = eval_batch_s * math.ceil(len(val_feats) / cfg.train.eval_batch_size)
+        evals_per_step = cfg.train.evaluations_per_epoch / state.steps_per_epoch
+        affordable = int(0.9 * cfg.train.max_minutes * 60 / (step_s + evals_per_step * per_eval))
+        state.budget.update(estimated_step_seconds=step_s, estimated_eval_seconds=per_eval,
+                            steps_from_time_budget=affordable, epoch_steps=state.total_steps)
+        state.total_steps = max(1, min(state.total_steps, affordable))
+        logger.info("time budget %.1f min -> %d steps (%.3f s a step)", cfg.train.max_minutes, state.total_steps,
+                    step_s)
+
+    def _evaluate(self, runtime: ModelRuntime, val_feats: list[PairFeatures], gold: list[str], state: TrainerState,
+                  loss: float, bar: tqdm) -> None:
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
+        model = self.model
+        scored = runtime.score(val_feats, self.cfg.train.eval_batch_size)
+        rule = runtime.decision_rule
+        if self.cfg.train.tune_none_margin:  # validation only: the margin travels with the checkpoint
+            margin, f1 = rule.tune_none_margin(scored.scores, gold, scored.head_types, scored.tail_types)
+        else:
+            margin = 0.0
+            pred = rule.decide(scored.scores, scored.head_types, scored.tail_types, none_margin=0.0).predictions
+            f1 = evaluate_predictions(gold, pred, model.config.negative_label).f1
+        epoch = state.step / state.steps_per_epoch
+        state.history.append({"step": state.step, "epoch": round(epoch, 3), "loss": loss, "val_micro_f1": f1,
+                              "none_margin": margin})
+        bar.write(f"step {state.step} (epoch {epoch:.2f}): val micro-F1 {100 * f1:.2f}")
+        if f1 > state.best_val_f1:
+            state.best_val_f1, state.best_step, state.best_epoch, state.best_none_margin = f1, state.step, epoch, margin
+            self._write_atomic(self.checkpoint_dir / BEST_DIR,
+                               lambda d: save_file(_state_dict(model), str(d / WEIGHTS_NAME)))
+        for cb in self.callbacks:
+            cb.on_evaluate(self, state, f1)
+        self.accelerator.wait_for_everyone()
+
+    def _write_atomic(self, final: Path, write: Callable[[Path], None]) -> None:
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        _replace_dir(tmp, final)
+
+    def _save_checkpoint(self, model: RelationModel, optimizer, scheduler, desc_gen: torch.Generator,
+                         state: TrainerState) -> None:
+        """``checkpoints/checkpoint-N``: written into a temporary folder, then renamed; the newest N kept."""
+        acc = self.accelerator
+        final = self.checkpoint_dir / f"checkpoint-{state.step}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(desc_gen), tmp / f"rng_state_{acc.process_index}.pt")
+        if not self.cfg.model.freeze_description_encoder:
+            model._pooled_states = {}  # description states are not saved: both paths recompute them
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_file(_state_dict(model), str(tmp / WEIGHTS_NAME))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / STATE_NAME).write_text(state.to_json(), encoding="utf-8")
+            _replace_dir(tmp, final)
+            kept = sorted((p for p in self.checkpoint_dir.glob("checkpoint-*")
+                           if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()),
+                          key=lambda p: int(p.name.removeprefix("checkpoint-")))
+            for old in kept[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            for cb in self.callbacks:
+                cb.on_save(self, state, final)
+        acc.wait_for_everyone()
+
+    def _finish(self, val_data: RelationDataset, val_feats: list[PairFeatures], state: TrainerState) -> None:
+        """Load the best weights, score them on val, and write the model folder atomically (``config.json``
+        last), with metrics (results apart from timings), the run config and a model card."""
+        model = self.model
+        model.load_state_dict(load_file(str(self.checkpoint_dir / BEST_DIR / WEIGHTS_NAME)))
+        model.config.none_margin = state.best_none_margin
+        runtime = self.runtime
+        scored = runtime.score(val_feats, self.cfg.train.eval_batch_size)
+        rule = runtime.decision_rule
+        decisions = rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description)
+        at_zero = rule.decide(scored.scores, scored.head_types, scored.tail_types, none_margin=0.0)
+        gold = [r.relation for r in val_data.records]
+        neg = model.config.negative_label
+        val = evaluate_predictions(gold, decisions.predictions, neg, model.relation_labels,
+                                   decisions.scores if model.config.model_type == "roc" else None,
+                                   model.relation_labels)
+        metrics = {
+            "results": {
+                "val": val.to_dict(),
+                "val_micro_f1_at_zero_margin": evaluate_predictions(gold, at_zero.predictions, neg).f1,
+                "none_margin": state.best_none_margin,
+                "best_step": state.best_step,
+                "best_epoch": state.best_epoch,
+                "steps": state.step,
+                "total_steps": state.total_steps,
+                "budget": state.budget,
+                "history": state.history,
+                "train_loss": state.losses,
+                "train_records": self._n_train,
+                "val_records": len(val_data),
+                "precision": self.precision,
+            },
+            "timings": {
+                "train_minutes": state.timings["wall_seconds"] / 60,
+                "optimizer_seconds": state.timings["train_seconds"],
+                "examples_per_second": state.examples_seen / max(state.timings["train_seconds"], 1e-9),
+                "processes": self.accelerator.num_processes,
+                "machine": machine_description(),
+                "torch": torch.__version__,
+            },
+        }
+        # flat keys kept for readers of earlier metrics files
+        for key in ("none_margin", "best_epoch", "steps", "history", "train_records", "val_records"):
+            metrics[key] = metrics["results"][key]
+        metrics["val"] = metrics["results"]["val"]
+        metrics["train_minutes"] = metrics["timings"]["train_minutes"]
+        metrics["examples_per_second"] = metrics["timings"]["examples_per_second"]
+
+        def write(folder: Path) -> None:
+            from rocmre.inference.model_card import write_model_card
+
+            model.save_pretrained(folder)
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            (folder / "run_config.yaml").write_text(self.cfg.to_yaml(), encoding="utf-8")
+            write_model_card(folder)
+
+        tmp = self.output_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        # move every file in, config.json last: until then the folder is not a model
+        for src in sorted(tmp.rglob("*"), key=lambda p: (p.name == CONFIG_NAME, str(p))):
+            if src.is_dir():
+                continue
+            dest = self.output_dir / src.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train(cfg: RunConfig, show_progress: bool = True, resume_from_checkpoint: bool | str | Path | None = None,
+          callbacks: list[TrainerCallback] | None = None) -> TrainingSummary:
+    """Train the model a run config describes (see :class:`Trainer`)."""
+    return Trainer(cfg, show_progress, callbacks).train(resume_from_checkpoint)
 
 
 def _is_backbone(name: str) -> bool:
     return name.startswith(("encoder.text_model.", "description_encoder."))
 
 
-def _finish(cfg: RunConfig, out_dir: Path, cache_dir: Path, val_data: RelationDataset, history: list[dict],
-            summary: TrainingSummary, n_train: int) -> None:
-    """Reload the best checkpoint, score it on val, write metrics, run config and model card."""
-    from rocmre.inference.model_card import write_model_card
-
-    best = RelationModel.from_pretrained(out_dir)
-    runtime = ModelRuntime(best, cache_dir, cfg.data.missing_image)
-    val = evaluate_split(runtime, val_data, cfg.train.eval_batch_size)
-    labels = best.relation_labels
-    untuned_f1 = evaluate_predictions(val["gold"], [labels[i] for i in val["raw_scores"].argmax(1)],
-                                      best.config.negative_label).f1
-    metrics = {
-        "val": val["result"].to_dict(),
-        "val_micro_f1_at_zero_margin": untuned_f1,
-        "none_margin": best.config.none_margin,
-        "best_epoch": summary.best_epoch,
-        "steps": summary.steps,
-        "processes": summary.processes,
-        "train_minutes": summary.train_minutes,
-        "examples_per_second": summary.examples_per_second,
-        "history": history,
-        "train_loss": summary.losses,
-        "train_records": n_train,
-        "val_records": len(val_data),
-        "machine": machine_description(),
-        "torch": torch.__version__,
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "run_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    write_model_card(out_dir)
-
-
 def machine_description() -> str:
+    """The hardware a run used, in words."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA), {platform.machine()}"
-    import os
-
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
            f"{torch.get_num_threads()}"
+
+
+def iter_checkpoints(output_dir: str | Path) -> Iterator[Path]:
+    """The complete checkpoint folders of a run, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    found = sorted((int(p.name.removeprefix("checkpoint-")), p) for p in root.glob("checkpoint-*")
+                   if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit() and (p / STATE_NAME).is_file())
+    yield from (p for _, p in found)

@@ -1,0 +1,348 @@
+"""Load on `rocmre serve` over loopback: correctness under concurrency, latency and server memory.
+
+    python benchmarks/serve_load.py --model runs/smoke_serve [--requests 1000] [--concurrency 200]
+
+Starts `rocmre serve` on the model folder (nothing is trained here) on 127.0.0.1, builds distinct valid entity
+pairs from MNRE test sentences, answers each once sequentially (the reference), then sends them all at the given
+concurrency twice: once alone (baseline) and once with one slow request (a text at the server's character limit)
+sent among them. Every concurrent answer must be identical to the sequential one and no request may fail. Reports
+p50/p95/p99 latency, the slow request's latency and its effect on the others, and the server's RSS before and after.
+Writes benchmarks/results/serve_load.json (with a top-level "summary") and serve_load.md; exits 1 on any error or
+mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+Request = dict[str, Any]
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of this checkout (``unknown`` outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def working_tree_dirty() -> bool | None:
+    """Whether tracked files differ from HEAD (the numbers then come from uncommitted code on top of it)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                             text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.stdout.strip())
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB (psutil, else /proc)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2 ** 20
+    except ImportError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"cannot read the memory of process {pid}")
+
+
+def mnre_pairs(data: str, n: int, max_tokens: int) -> list[Request]:
+    """``n`` distinct valid /predict bodies (token text, token spans) from MNRE test sentences."""
+    from rocmre.data import load_split
+
+    dataset = load_split(data, "test")
+    seen: set[tuple] = set()
+    out: list[Request] = []
+    for rec in dataset.records:
+        if rec.head.is_object or rec.tail.is_object or len(rec.tokens) > max_tokens:
+            continue
+        (hs, he), (ts, te) = rec.head.span, rec.tail.span
+        if hs < te and ts < he:  # same or overlapping spans: not a valid pair for the service
+            continue
+        key = (tuple(rec.tokens), hs, he, ts, te)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({"text": list(rec.tokens), "head": {"start": hs, "end": he}, "tail": {"start": ts, "end": te},
+                    "top_k": 3})
+        if len(out) == n:
+            return out
+    raise SystemExit(f"only {len(out)} distinct valid pairs in the MNRE test split; asked for {n}")
+
+
+def slow_request(base: Request, max_chars: int) -> Request:
+    """A text of exactly ``max_chars`` characters: ``base``'s sentence, then filler words; entities by characters."""
+    tokens: list[str] = base["text"]
+    sentence = " ".join(tokens)
+    starts = [sum(len(t) + 1 for t in tokens[:i]) for i in range(len(tokens) + 1)]
+
+    def chars(span: dict[str, int]) -> dict[str, int]:
+        return {"char_start": starts[span["start"]], "char_end": starts[span["end"]] - 1}
+
+    filler = " and then the crowd cheered again"
+    text = sentence + (filler * (max_chars // len(filler) + 1))
+    text = text[:max_chars].rstrip()
+    text = text + "." * (max_chars - len(text))
+    return {"text": text, "head": chars(base["head"]), "tail": chars(base["tail"]), "top_k": 3}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50_ms": round(qs[49], 1), "p95_ms": round(qs[94], 1), "p99_ms": round(qs[98], 1),
+            "mean_ms": round(statistics.fmean(values), 1), "max_ms": round(max(values), 1)}
+
+
+async def sequential(url: str, bodies: list[Request], timeout: float) -> tuple[list[Any], list[float]]:
+    import httpx
+
+    answers, times = [], []
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+        for body in bodies:
+            start = time.perf_counter()
+            r = await client.post("/predict", json=body)
+            times.append((time.perf_counter() - start) * 1000)
+            answers.append(r.json() if r.status_code == 200 else {"status": r.status_code, "text": r.text})
+    return answers, times
+
+
+async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout: float,
+                     slow: tuple[int, Request] | None) -> dict[str, Any]:
+    """All ``bodies`` with at most ``concurrency`` in flight; ``slow`` = (position, body) is sent among them."""
+    import httpx
+
+    order: list[tuple[str, int, Request]] = [("pair", i, b) for i, b in enumerate(bodies)]
+    if slow is not None:
+        order.insert(slow[0], ("slow", 0, slow[1]))
+    gate = asyncio.Semaphore(concurrency)
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+
+        async def one(kind: str, i: int, body: Request) -> None:
+            async with gate:
+                sent = time.perf_counter()
+                try:
+                    r = await client.post("/predict", json=body)
+                    answer: Any = r.json() if r.status_code == 200 else None
+                    error = None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:200]}"
+                except (httpx.HTTPError, ValueError) as e:
+                    answer, error = None, f"{type(e).__name__}: {e}"
+                results[kind, i] = {"sent": sent, "done": time.perf_counter(), "answer": answer, "error": error}
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(kind, i, body) for kind, i, body in order))
+        wall = time.perf_counter() - start
+    return {"results": results, "wall_s": wall}
+
+
+def analyse(run: dict[str, Any], reference: list[Any], slow_reference: Any) -> dict[str, Any]:
+    results = run["results"]
+    pairs = [results["pair", i] for i in range(len(reference))]
+    latencies = [(r["done"] - r["sent"]) * 1000 for r in pairs]
+    errors = [r["error"] for r in pairs if r["error"]]
+    mismatches = sum(1 for r, ref in zip(pairs, reference, strict=True) if not r["error"] and r["answer"] != ref)
+    out: dict[str, Any] = {"requests": len(pairs), "errors": len(errors), "mismatches": mismatches,
+                           "wall_s": round(run["wall_s"], 1), "throughput_rps": round(len(pairs) / run["wall_s"], 1),
+                           **percentiles(latencies), "first_errors": errors[:5]}
+    if ("slow", 0) in results:
+        s = results["slow", 0]
+        out["slow"] = {"latency_ms": round((s["done"] - s["sent"]) * 1000, 1), "error": s["error"],
+                       "identical_to_sequential": s["answer"] == slow_reference}
+        # the others in flight or queued when the slow one ran: sent before it finished, done after it was sent
+        overlapping = [(r["done"] - r["sent"]) * 1000 for r in pairs if r["sent"] < s["done"] and r["done"] > s["sent"]]
+        out["slow"]["overlapping_requests"] = len(overlapping)
+        out["slow"]["overlapping_p50_ms"] = round(statistics.median(overlapping), 1) if overlapping else None
+    return out
+
+
+def start_server(model: Path, port: int, max_text_chars: int, cache_dir: str, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "rocmre", "serve", "--model", str(model), "--host", "127.0.0.1", "--port",
+           str(port), "--max-text-chars", str(max_text_chars), "--cache-dir", cache_dir, "--log-level", "warning"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("ROCMRE_API_TOKEN", None)
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode} before answering /health")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the server did not answer /health within {timeout} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="A trained model folder (nothing is trained).")
+    parser.add_argument("--data", default="mnre/RE_data", help="MNRE (relative to $ROCMRE_DATA is fine).")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--max-text-chars", type=int, default=2000, help="The server's text limit; the slow "
+                        "request has exactly this many characters.")
+    parser.add_argument("--slow-at", type=int, default=100, help="Position of the slow request among the others.")
+    parser.add_argument("--timeout", type=float, default=300.0, help="Per-request timeout, seconds.")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    if not (args.model / "config.json").is_file():
+        raise SystemExit(f"{args.model} is not a model folder (no config.json); train one first, e.g. "
+                         "rocmre train --config configs/smoke_roc.yaml --output-dir runs/smoke_serve")
+
+    from rocmre.service.app import free_port
+
+    bodies = mnre_pairs(args.data, args.requests, max_tokens=200)
+    slow = slow_request(bodies[0], args.max_text_chars)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args.results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rocmre-serve-load-") as tmp:
+        log = Path(tmp) / "server.log"
+        proc = start_server(args.model, port, args.max_text_chars, str(Path(tmp) / "cache"), log)
+        try:
+            wait_healthy(url, proc, timeout=180)
+            asyncio.run(sequential(url, bodies[:3], args.timeout))  # warm-up (lazy imports, description vectors)
+            rss_before = rss_mb(proc.pid)
+            t0 = time.perf_counter()
+            reference, seq_times = asyncio.run(sequential(url, bodies, args.timeout))
+            (slow_reference,), (slow_alone_ms,) = asyncio.run(sequential(url, [slow], args.timeout))
+            seq_wall = time.perf_counter() - t0
+            baseline = analyse(asyncio.run(concurrent(url, bodies, args.concurrency, args.timeout, None)),
+                               reference, slow_reference)
+            main_run = analyse(asyncio.run(concurrent(url, bodies, args.concurrency, args.timeout,
+                                                      (args.slow_at, slow))), reference, slow_reference)
+            rss_after = rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server_log = log.read_text(errors="replace")
+    bad_reference = sum(1 for a in reference if "status" in a)
+    log_errors = [line for line in server_log.splitlines() if line.startswith("ERROR") or "Traceback" in line]
+
+    summary = {"requests": main_run["requests"], "concurrency": args.concurrency, "errors": main_run["errors"],
+               "mismatches": main_run["mismatches"], "p50_ms": main_run["p50_ms"], "p95_ms": main_run["p95_ms"],
+               "p99_ms": main_run["p99_ms"], "rss_mb_before": round(rss_before, 1),
+               "rss_mb_after": round(rss_after, 1), "commit": git_commit()}
+    command = "python benchmarks/serve_load.py " + shlex.join(sys.argv[1:])
+    report = {
+        "summary": summary,
+        "command": command,
+        "working_tree_dirty": working_tree_dirty(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": str(args.model),
+        "max_text_chars": args.max_text_chars,
+        "slow_at": args.slow_at,
+        "sequential": {"requests": len(bodies), "errors": bad_reference, "wall_s": round(seq_wall, 1),
+                       **percentiles(seq_times), "slow_request_alone_ms": round(slow_alone_ms, 1)},
+        "concurrent_with_slow_request": main_run,
+        "concurrent_baseline_without_slow_request": baseline,
+        "slow_request_effect": {
+            "slow_latency_alone_ms": round(slow_alone_ms, 1),
+            "slow_latency_under_load_ms": main_run["slow"]["latency_ms"],
+            "p50_delta_ms": round(main_run["p50_ms"] - baseline["p50_ms"], 1),
+            "p95_delta_ms": round(main_run["p95_ms"] - baseline["p95_ms"], 1),
+            "p99_delta_ms": round(main_run["p99_ms"] - baseline["p99_ms"], 1),
+        },
+        "server_log_errors": log_errors[:10],
+    }
+    (args.results / "serve_load.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.results / "serve_load.md").write_text(markdown(report), encoding="utf-8")
+    print(json.dumps(summary, indent=2))
+    failed = (main_run["errors"] or main_run["mismatches"] or baseline["errors"] or baseline["mismatches"]
+              or bad_reference or main_run["slow"]["error"] or not main_run["slow"]["identical_to_sequential"]
+              or log_errors)
+    if failed:
+        print("FAILED: errors, mismatches or server log errors (see serve_load.json)", file=sys.stderr)
+        sys.exit(1)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    s, m, b, q = (r["summary"], r["concurrent_with_slow_request"], r["concurrent_baseline_without_slow_request"],
+                  r["sequential"])
+    e = r["slow_request_effect"]
+    mc = r["machine"]
+    row = "| {name} | {requests} | {errors} | {mismatches} | {p50_ms} | {p95_ms} | {p99_ms} | {mean_ms} | {max_ms} | " \
+          "{wall_s} |"
+    lines = [
+        "# `rocmre serve` under load (loopback)",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Commit: `{s['commit']}`{' (with uncommitted changes)' if r['working_tree_dirty'] else ''}, "
+        f"{r['date']}  ",
+        f"Machine: {mc['cpu']}, {mc['cores']} cores, Python {mc['python']}, {mc['platform']}; client and server "
+        "on the same machine.  ",
+        f"Model: `{r['model']}`; server text limit {r['max_text_chars']} characters; one model lock (requests are "
+        "answered one at a time).",
+        "",
+        f"{s['requests']} distinct valid pairs from MNRE test sentences, sent at concurrency {s['concurrency']}: "
+        f"**{s['errors']} errors, {s['mismatches']} answers differing from the sequential answer**. Server RSS "
+        f"{s['rss_mb_before']} MB before the load, {s['rss_mb_after']} MB after it.",
+        "",
+        "| run | requests | errors | mismatches | p50 ms | p95 ms | p99 ms | mean ms | max ms | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        row.format(name="sequential (reference)", mismatches="-", **q),
+        row.format(name=f"concurrency {s['concurrency']}, no slow request", **b),
+        row.format(name=f"concurrency {s['concurrency']}, one slow request among them", **m),
+        "",
+        f"Throughput: {b['throughput_rps']} req/s without the slow request, {m['throughput_rps']} req/s with it.",
+        "",
+        f"**The slow request** ({r['max_text_chars']} characters, sent after the first {r['slow_at']} of them): "
+        f"{e['slow_latency_alone_ms']} ms alone, {e['slow_latency_under_load_ms']} ms under load (it waits in the "
+        f"queue like the others); identical to its sequential answer: {m['slow']['identical_to_sequential']}. "
+        f"Its effect on the others: p50 {e['p50_delta_ms']:+} ms, p95 {e['p95_delta_ms']:+} ms, p99 "
+        f"{e['p99_delta_ms']:+} ms against the run without it; the {m['slow']['overlapping_requests']} requests in "
+        f"flight or queued while it ran had a median latency of {m['slow']['overlapping_p50_ms']} ms. It holds "
+        f"the model lock about {round(e['slow_latency_alone_ms'] - q['p50_ms'])} ms longer than a typical request "
+        "does, so each request queued behind it waits that much longer; the percentile deltas between the two "
+        "concurrent runs also carry the run-to-run noise of the machine (other processes included).",
+        "",
+        f"Server log ERROR lines / tracebacks: {len(r['server_log_errors'])}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The one decision path: from a model's scores to the answer.
+
+Every caller (training-time validation, None-margin tuning, ``rocmre evaluate``, :class:`RelationExtractor`, the
+CLI and the service) turns scores into relations through :class:`DecisionRule`, so they cannot disagree. In order:
+
+1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
+   ``type_penalty`` per contradicted side;
+2. **None margin**: the validation-tuned margin is added to the negative relation's score;
+3. **second stage** (optional): a :class:`SecondStageScorer` re-scores each record's top ``rerank_top_k``
+   candidates (for example a cross-encoder over the marked text and each candidate's description); its scores
+   replace the first-stage scores of those candidates, and may only reorder them (the other relations keep their
+   scores, shifted below the re-ranked block);
+4. **ranking**: the answer is the highest-scoring relation; :meth:`Decisions.top_k` lists alternatives with the
+   best-matching description of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from rocmre.data.entity_types import ENTITY_TYPES
+
+
+class SecondStageScorer(Protocol):
+    """A re-ranker plugged into :class:`DecisionRule`.
+
+    Called with the records (or ``None`` when only scores are available), the relation labels, each record's
+    candidate relation indices ``(N, k)`` in first-stage order, and their first-stage scores ``(N, k)``; returns
+    new scores ``(N, k)`` for those candidates (higher is better).
+    """
+
+    def __call__(self, records: Sequence[Any] | None, labels: list[str], candidates: np.ndarray,
+                 scores: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class RankedRelation:
+    """One candidate answer for one record."""
+
+    index: int
+    label: str
+    score: float
+    description_index: int | None = None
+
+
+@dataclass
+class Decisions:
+    """The decided answers for N records over R relations."""
+
+    labels: list[str]
+    negative_label: str
+    model_scores: np.ndarray  # (N, R) what the model gave (ROC: cosine similarity; classifier: logits)
+    scores: np.ndarray  # (N, R) after the type prior, the None margin and the second stage
+    best_description: np.ndarray | None = None  # (N, R) index of each relation's best-matching description
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def indices(self) -> np.ndarray:
+        """(N,) index of the answer of each record."""
+        if not len(self):
+            return np.zeros(0, dtype=np.int64)
+        return self.scores.argmax(1)
+
+    @property
+    def predictions(self) -> list[str]:
+        """The answer of each record."""
+        return [self.labels[i] for i in self.indices]
+
+    def top_k(self, i: int, k: int) -> list[RankedRelation]:
+        """The ``k`` best relations of record ``i``, best first (ties broken by relation order)."""
+        row = self.scores[i]
+        order = np.argsort(-row, kind="stable")[: max(1, k)]
+        return [RankedRelation(int(j), self.labels[j], float(row[j]),
+                               None if self.best_description is None else int(self.best_description[i, j]))
+                for j in order]
+
+
+def type_indices(types: Sequence[str]) -> np.ndarray:
+    """Entity-type names to indices into :data:`ENTITY_TYPES` (unknown names map to ``unknown``)."""
+    index = {t: i for i, t in enumerate(ENTITY_TYPES)}
+    return np.array([index.get(t, index["unknown"]) for t in types], dtype=np.int64)
+
+
+class DecisionRule:
+    """Turns model scores into answers; see the module docstring for the order of the steps."""
+
+    def __init__(self, labels: Sequence[str], negative_label: str, *, none_margin: float = 0.0,
+                 type_constraint: bool = False, type_penalty: float = 0.2,
+                 type_compatibility: np.ndarray | None = None, second_stage: SecondStageScorer | None = None,
+                 rerank_top_k: int = 5) -> None:
+        self.labels = list(labels)
+        self.negative_label = negative_label
+        self.none_margin = float(none_margin)
+        self.type_constraint = type_constraint
+        self.type_penalty = float(type_penalty)
+        self.type_compatibility = type_compatibility  # (R, 2, T) bool
+        self.second_stage = second_stage
+        self.rerank_top_k = rerank_top_k
+        if type_constraint and type_compatibility is None:
+            raise ValueError("type_constraint needs the relations' type compatibility table")
+
+    @classmethod
+    def from_model(cls, model: Any, second_stage: SecondStageScorer | None = None,
+                   rerank_top_k: int = 5) -> DecisionRule:
+        """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin)."""
+        cfg = model.config
+        constrained = bool(cfg.type_constraint and cfg.model_type == "roc")
+        return cls(model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
+                   type_constraint=constrained, type_penalty=cfg.type_penalty,
+                   type_compatibility=model.type_compatibility().numpy() if constrained else None,
+                   second_stage=second_stage, rerank_top_k=rerank_top_k)
+
+    # -- the steps ----------------------------------------------------------------------------
+    def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
+                     tail_types: np.ndarray | None) -> np.ndarray:
+        """Model scores with the type prior applied (no margin)."""
+        scores = np.asarray(model_scores, dtype=np.float64).copy()
+        if self.type_constraint and len(scores):
+            if head_types is None or tail_types is None:
+                raise ValueError("type-constrained decisions need the records' entity types")
+            ok = self.type_compatibility  # (R, 2, T)
+            head_bad = ~ok[:, 0, :][:, head_types].T  # (N, R)
+            tail_bad = ~ok[:, 1, :][:, tail_types].T
+            scores -= self.type_penalty * (head_bad.astype(np.float64) + tail_bad.astype(np.float64))
+        return scores
+
+    def _with_margin(self, scores: np.ndarray, margin: float) -> np.ndarray:
+        if margin and self.negative_label in self.labels:
+            scores = scores.copy()
+            scores[:, self.labels.index(self.negative_label)] += margin
+        return scores
+
+    def _rerank(self, scores: np.ndarray, records: Sequence[Any] | None) -> np.ndarray:
+        k = min(self.rerank_top_k, scores.shape[1])
+        if self.second_stage is None or not len(scores) or k < 1:
+            return scores
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+        first = np.take_along_axis(scores, top, axis=1)
+        new = np.asarray(self.second_stage(records, self.labels, top, first), dtype=np.float64)
+        if new.shape != top.shape:
+            raise ValueError(f"the second-stage scorer returned shape {new.shape}, expected {top.shape}")
+        # the re-ranked block stays above every other relation: shift the rest below its minimum
+        rest = np.ones_like(scores, dtype=bool)
+        np.put_along_axis(rest, top, False, axis=1)
+        rest_max = np.where(rest, scores, -np.inf).max(1, keepdims=True)
+        shift = np.where(np.isfinite(rest_max), rest_max - new.min(1, keepdims=True) + 1e-6, 0.0)
+        out = np.where(rest, scores - np.maximum(shift, 0.0), scores)
+        np.put_along_axis(out, top, new, axis=1)
+        return out
+
+    def decide(self, model_scores: np.ndarray, head_types: np.ndarray | None = None,
+               tail_types: np.ndarray | None = None, best_description: np.ndarray | None = None,
+               records: Sequence[Any] | None = None, none_margin: float | None = None) -> Decisions:
+        """The answers for ``model_scores`` (N, R); ``none_margin`` overrides the rule's margin (tuning only)."""
+        margin = self.none_margin if none_margin is None else float(none_margin)
+        scores = self._with_margin(self.prior_scores(model_scores, head_types, tail_types), margin)
+        scores = self._rerank(scores, records)
+        return Decisions(self.labels, self.negative_label, np.asarray(model_scores), scores, best_description,
+                         {"none_margin": margin, "type_constraint": self.type_constraint,
+                          "second_stage": type(self.second_stage).__name__ if self.second_stage else None})
+
+    def tune_none_margin(self, model_scores: np.ndarray, gold: Sequence[str], head_types: np.ndarray | None = None,
+                         tail_types: np.ndarray | None = None, grid: np.ndarray | None = None
+                         ) -> tuple[float, float]:
+        """The None margin that maximises micro-F1 on ``gold`` (validation only): (margin, micro-F1).
+
+        Every candidate margin goes through :meth:`decide`, so the tuned answer is the one predictions give.
+        Ties go to the margin closest to zero.
+        """
+        from rocmre.evaluation.metrics import evaluate_predictions
+
+        prior = self.prior_scores(model_scores, head_types, tail_types)
+        scale = float(np.std(prior)) or 1.0
+        grid = grid if grid is not None else np.linspace(-1.0, 1.0, 41) * scale
+        best = (0.0, -1.0)
+        for m in sorted(np.asarray(grid, dtype=np.float64).tolist(), key=abs):
+            pred = self.decide(model_scores, head_types, tail_types, none_margin=m).predictions
+            f1 = evaluate_predictions(list(gold), pred, self.negative_label).f1
+            if f1 > best[1] + 1e-12:
+                best = (float(m), f1)
+        return best

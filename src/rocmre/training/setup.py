@@ -1,0 +1,101 @@
+"""Run setup shared by training, ``rocmre evaluate``, the benchmarks and the speed measurements: data as a run
+config says, the relation set, a fresh model, and a runtime to score with."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from rocmre.data import RelationDataset, load_split
+from rocmre.descriptions.store import RelationDescriptions
+from rocmre.modeling.model import RelationModel
+from rocmre.modeling.runtime import ModelRuntime
+from rocmre.paths import default_cache_dir
+from rocmre.training.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run_cache_dir(cfg: RunConfig) -> Path:
+    """The run's cache folder (image features, entity types): ``cache_dir``, else the default."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+def load_run_data(cfg: RunConfig, split: str, limit: int | None = None, *,
+                  keep_excluded: bool = False) -> RelationDataset:
+    """A split as the run config says: format, negative label, held-out relations removed (unless
+    ``keep_excluded``), and a seeded subset of ``limit`` records."""
+    d = cfg.data
+    dataset = load_split(d.path, split, d.format, negative_label=d.negative_label, missing_image=d.missing_image,
+                         on_error=d.on_error)
+    if d.exclude_relations and not keep_excluded:
+        unknown = [r for r in d.exclude_relations if dataset.labels is not None and r not in dataset.labels]
+        if unknown:
+            raise ValueError(f"data.exclude_relations names labels the data does not have: {unknown}")
+        dataset = dataset.filter(lambda r: r.relation not in d.exclude_relations)
+    if limit is not None and len(dataset) > limit:
+        rng = random.Random(cfg.seed)
+        keep = sorted(rng.sample(range(len(dataset)), limit))
+        dataset = RelationDataset([dataset.records[i] for i in keep], dataset.labels, dataset.name, dataset.split,
+                                  dataset.problems)
+    return dataset
+
+
+def require_records(dataset: RelationDataset, cfg: RunConfig, split: str) -> None:
+    """A clear error when a split the run needs has no records (instead of a failure deep inside torch)."""
+    if len(dataset) == 0:
+        raise ValueError(f"the {split!r} split of {cfg.data.path!r} has no records"
+                         + (" left after data.exclude_relations" if cfg.data.exclude_relations else ""))
+
+
+def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:
+    """The descriptions of the run's relations (the data's labels less the held-out ones)."""
+    wanted = [lab for lab in labels if lab not in cfg.data.exclude_relations]
+    descriptions = RelationDescriptions.load(cfg.model.descriptions)
+    missing = [lab for lab in wanted if lab not in descriptions]
+    if missing and cfg.model.missing_descriptions == "error":
+        raise ValueError(f"descriptions {cfg.model.descriptions!r} lack relations of the data: {missing} "
+                         "(set model.missing_descriptions=label_name to describe them by their label names)")
+    for lab in missing:
+        logger.warning("relation %s has no description in %s: using its label name", lab, cfg.model.descriptions)
+        descriptions.add(lab, [lab], provenance={"method": "label-name",
+                                                 "reason": f"no description in {cfg.model.descriptions}"})
+    return descriptions.subset(wanted)
+
+
+def build_model(cfg: RunConfig, labels: list[str]) -> RelationModel:
+    """A fresh model for the run: ROC over the relation set's descriptions, or a classifier over ``labels``."""
+    model_cfg = cfg.model.model_copy(deep=True)
+    model_cfg.negative_label = cfg.data.negative_label
+    if model_cfg.model_type == "roc":
+        return RelationModel.build(model_cfg, relation_set(cfg, labels), cache_dir=run_cache_dir(cfg))
+    model_cfg.labels = [lab for lab in labels if lab not in cfg.data.exclude_relations]
+    return RelationModel.build(model_cfg, None, cache_dir=run_cache_dir(cfg))
+
+
+def make_runtime(model: RelationModel, cfg: RunConfig) -> ModelRuntime:
+    """A runtime for ``model`` with the run's cache folder, image policy and inference precision."""
+    return ModelRuntime(model, run_cache_dir(cfg), cfg.data.missing_image,
+                        precision=resolve_precision(cfg.train.inference_precision))
+
+
+def resolve_precision(setting: str) -> str:
+    """``auto`` -> ``bf16`` where the hardware computes bfloat16 natively (CUDA, or a CPU with AVX512-BF16 or AMX),
+    else ``fp32``. Detected, never assumed."""
+    if setting != "auto":
+        return setting
+    return "bf16" if bf16_supported() else "fp32"
+
+
+def bf16_supported() -> bool:
+    """Whether this machine computes bfloat16 natively (so autocast pays instead of emulating it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))

@@ -1,0 +1,164 @@
+"""The one decision path, and a Trainer that checkpoints, resumes and replays exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_run_config
+from safetensors.torch import load_file
+
+# -- the decision rule ----------------------------------------------------------------------------
+
+
+def test_decision_rule_orders_steps_and_top_k():
+    from rocmre.modeling.decision import DecisionRule
+
+    rule = DecisionRule(["None", "a", "b"], "None", none_margin=0.1)
+    d = rule.decide(np.array([[0.50, 0.55, 0.2], [0.1, 0.2, 0.9]]))
+    assert d.predictions == ["None", "b"]  # 0.60 > 0.55 once the margin is added
+    top = d.top_k(0, 2)
+    assert [c.label for c in top] == ["None", "a"] and top[0].score == pytest.approx(0.6)
+    assert d.model_scores[0, 0] == pytest.approx(0.5)  # the model's own score is kept apart
+    assert len(d.top_k(1, 0)) == 1  # at least one candidate
+
+
+def test_second_stage_scorer_reranks_only_the_top_k():
+    from rocmre.modeling.decision import DecisionRule
+
+    calls = []
+
+    def prefer_last(records, labels, candidates, scores):
+        calls.append(candidates.copy())
+        return np.tile(np.arange(candidates.shape[1], dtype=float), (len(candidates), 1))  # reverse the order
+
+    rule = DecisionRule(["None", "a", "b", "c"], "None", second_stage=prefer_last, rerank_top_k=2)
+    d = rule.decide(np.array([[0.9, 0.8, 0.1, 0.0]]))
+    assert calls[0].tolist() == [[0, 1]]
+    assert d.predictions == ["a"]  # the second stage swapped the top two
+    assert d.scores[0, 2] < d.scores[0, 0]  # the rest stays below the re-ranked block
+    assert [c.label for c in d.top_k(0, 4)] == ["a", "None", "b", "c"]
+
+
+def test_validation_evaluate_and_predict_batch_agree(tiny_roc_dir, mnre_root, cache_dir):
+    """The same records through the validation loop's path, `rocmre evaluate`'s and `predict_batch`'s."""
+    from rocmre.data import read_mnre
+    from rocmre.evaluation.report import evaluate_dataset
+    from rocmre.inference.extractor import PairInput, RelationExtractor
+
+    ex = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    ex.model.config.none_margin = 0.05  # a non-zero margin must be applied identically everywhere
+    data = read_mnre(mnre_root, "val")
+    data.records = [r for r in data.records if not r.has_image][:24]
+    # the validation loop: runtime.score + the model's rule
+    scored = ex.runtime.score(ex.runtime.featurize(data.records, with_labels=False), 8)
+    val = ex.runtime.decision_rule.decide(scored.scores, scored.head_types, scored.tail_types)
+    ev = evaluate_dataset(ex.runtime, data, batch_size=8)
+    pairs = [PairInput(r.tokens, r.head.span, r.tail.span) for r in data.records]
+    preds = list(ex.predict_batch(pairs, batch_size=5, top_k=1))
+    assert val.predictions == ev.pred == [p.relation for p in preds]
+    np.testing.assert_allclose(val.scores, ev.scores, atol=1e-5)
+    got = np.array([p.score for p in preds])
+    np.testing.assert_allclose(got, val.scores.max(1), atol=1e-5)
+
+
+# -- the trainer ----------------------------------------------------------------------------------
+def _config(out: Path, cache_dir: Path, **train):
+    cfg = tiny_run_config("roc", out, cache_dir)
+    cfg.train.epochs = 2
+    cfg.train.checkpoint_every = 2
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())["results"]
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from conftest import tiny_run_config
+from rocmre.training.config import RunConfig
+from rocmre.training.trainer import Trainer, TrainerCallback
+
+class KillAfterFirstSave(TrainerCallback):
+    def on_save(self, trainer, state, checkpoint):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = RunConfig.from_yaml({config!r})
+Trainer(cfg, show_progress=False, callbacks=[KillAfterFirstSave()]).train()
+"""
+
+
+def test_killed_training_resumes_to_the_same_result(mnre_root, cache_dir, tmp_path):
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.trainer import find_latest_checkpoint, train
+
+    full = _config(tmp_path / "full", cache_dir)
+    train(full, show_progress=False)
+    again = _config(tmp_path / "again", cache_dir)
+    train(again, show_progress=False)
+    wa, wb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "again" /
+                                                                                   "model.safetensors"))
+    assert all((wa[k] == wb[k]).all() for k in wa)  # same seed, same weights
+
+    cut = _config(tmp_path / "cut", cache_dir)
+    (tmp_path / "cut.yaml").write_text(cut.to_yaml())
+    script = KILLER.format(tests=str(Path(__file__).parent), config=str(tmp_path / "cut.yaml"))
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert find_latest_checkpoint(tmp_path / "cut").name == "checkpoint-2"
+    # an interrupted run is not a model
+    assert not (tmp_path / "cut" / "config.json").exists()
+    with pytest.raises(FileNotFoundError, match="not a rocmre model folder"):
+        RelationModel.from_pretrained(tmp_path / "cut")
+
+    summary = train(cut, show_progress=False, resume_from_checkpoint=True)
+    assert summary.resumed_from.endswith("checkpoint-2")
+    assert _results(tmp_path / "cut") == _results(tmp_path / "full")
+    wc = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all((wa[k] == wc[k]).all() for k in wa)
+    # the newest two checkpoints are kept
+    kept = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    assert kept == ["best", "checkpoint-4", "checkpoint-6"]
+
+
+def test_time_budget_becomes_a_stored_step_budget(mnre_root, cache_dir, tmp_path):
+    from rocmre.training.trainer import train
+
+    cfg = _config(tmp_path / "budget", cache_dir, max_minutes=0.15, checkpoint_every=None)
+    cfg.train.epochs = 200
+    summary = train(cfg, show_progress=False)
+    budget = _results(tmp_path / "budget")["budget"]
+    assert budget["max_minutes"] == 0.15 and budget["estimated_step_seconds"] > 0
+    assert summary.steps == _results(tmp_path / "budget")["total_steps"] == max(1, budget["steps_from_time_budget"])
+    assert summary.steps < 600 == budget["epoch_steps"]
+
+
+def test_resume_without_checkpoints_is_a_clear_error(tmp_path, cache_dir):
+    from rocmre.training.trainer import Trainer
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        Trainer(_config(tmp_path / "none", cache_dir)).train(resume_from_checkpoint=True)
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch():
+    from rocmre.training.trainer import epoch_batches
+
+    a = epoch_batches(100, 8, seed=3, epoch=1)
+    assert a == epoch_batches(100, 8, seed=3, epoch=1) and a != epoch_batches(100, 8, seed=3, epoch=2)
+    assert sorted(i for b in a for i in b) == list(range(100))
+    lengths = [i % 17 for i in range(100)]
+    g = epoch_batches(100, 8, seed=3, epoch=1, lengths=lengths)
+    assert sorted(i for b in g for i in b) == list(range(100))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in g])
+    assert spread < np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a])

@@ -1,0 +1,170 @@
+"""benchmarks/mnre.py: aggregation, bootstrap comparison, summary and rendering on synthetic per-seed results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "mnre.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("mnre_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mnre_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+LABELS = ["None", "/per/per/peer", "/per/org/member_of"]
+
+
+def predictions(gold: list[str], accuracy: float, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [g if rng.random() < accuracy else rng.choice(LABELS) for g in gold]
+
+
+def synthetic(bench, roc_acc: float = 0.9, cls_acc: float = 0.6):
+    """Two backbones x (roc, classifier) x seeds 1-3: per-seed results and predictions, scored for real."""
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    rng = random.Random(0)
+    gold = [rng.choice(LABELS) for _ in range(400)]
+    changed = list(range(0, 400, 3))
+    results, preds = [], {}
+    for b, backbone in enumerate(("minilm-l6", "mpnet-base")):
+        for v, (variant, paradigm, acc) in enumerate((("roc", "roc", roc_acc), ("classifier", "classifier", cls_acc))):
+            for seed in (1, 2, 3):
+                k = 1000 * (4 * b + 2 * v) + 10 * seed
+                test = predictions(gold, acc, k)
+                swap = [p if i not in changed else predictions([g], acc - 0.2, k + i)[0]
+                        for i, (g, p) in enumerate(zip(gold, test, strict=True))]
+                val = predictions(gold, min(1.0, acc + (0.05 if backbone == "mpnet-base" else 0)), k + 1)
+
+                def pack(pred):
+                    r = evaluate_predictions(gold, pred, "None")
+                    return {"micro_f1": r.f1, "macro_f1": r.macro_f1, "accuracy": r.accuracy,
+                            "precision": r.precision, "recall": r.recall}
+
+                results.append({"backbone": backbone, "variant": variant, "seed": seed, "paradigm": paradigm,
+                                "folder": "x", "best_epoch": 3.0 + seed, "val": pack(val), "test": pack(test),
+                                "name_swap": {**pack(swap), **bench.name_swap_scores(gold, test, swap, changed,
+                                                                                     "None")},
+                                "train_minutes": 2.0 * seed, "steps": 100, "machine": "NVIDIA H100 (CUDA), x86_64",
+                                "budget": "6 epochs, batch 32, lr 5e-05 / 0.0005", "negative_label": "None"})
+                preds[(backbone, variant, seed)] = {"gold": gold, "test": test, "name_swap_gold": gold,
+                                                    "name_swap": swap}
+    return results, preds
+
+
+def test_mean_std(bench) -> None:
+    assert bench.mean_std([]) == {"mean": None, "std": None}
+    assert bench.mean_std([2.0]) == {"mean": 2.0, "std": 0.0}
+    s = bench.mean_std([1.0, 2.0, 3.0])
+    assert s["mean"] == pytest.approx(2.0) and s["std"] == pytest.approx(1.0)
+
+
+def test_variants_and_folders(bench, tmp_path: Path) -> None:
+    v = bench.parse_variant("roc_t10=configs/mnre_roc.yaml;model.temperature=0.1;train.epochs=8")
+    assert (v.name, v.config, v.overrides) == ("roc_t10", "configs/mnre_roc.yaml",
+                                                ["model.temperature=0.1", "train.epochs=8"])
+    assert v.paradigm == "roc" and bench.VARIANTS["classifier"].paradigm == "classifier"
+    assert bench.VARIANTS["roc_name_swap"].overrides == ["data.name_swap_prob=0.5"]
+    for bad in ("roc_t10", "x=", "x=configs/mnre_roc.yaml;notanoverride"):
+        with pytest.raises(ValueError):
+            bench.parse_variant(bad)
+    assert bench.run_folder(tmp_path, "minilm-l6", "roc", 2) == tmp_path / "roc-s2"
+    assert bench.run_folder(tmp_path, "mpnet-base", "roc", 2) == tmp_path / "mpnet-base" / "roc-s2"
+    roc = bench.VARIANTS["roc"]
+    assert bench.run_overrides(roc, "minilm-l6", 3, None) == ["seed=3"]
+    assert bench.run_overrides(roc, "mpnet-base", 3, None) == ["seed=3", "model.text_backbone=mpnet-base"]
+    assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == ["seed=1", "model.text_backbone=/b/minilm-l6"]
+
+
+def test_aggregate_rows(bench) -> None:
+    results, _ = synthetic(bench)
+    rows = bench.aggregate_rows(results, bench.VARIANTS)
+    assert [(r["backbone"], r["variant"]) for r in rows] == [
+        ("minilm-l6", "roc"), ("minilm-l6", "classifier"), ("mpnet-base", "roc"), ("mpnet-base", "classifier")]
+    r = rows[0]
+    mine = [x for x in results if x["backbone"] == "minilm-l6" and x["variant"] == "roc"]
+    f1s = [100 * x["test"]["micro_f1"] for x in mine]
+    assert r["seeds"] == [1, 2, 3] and r["test_micro_f1"]["mean"] == pytest.approx(sum(f1s) / 3)
+    drops = [100 * (x["test"]["micro_f1"] - x["name_swap"]["micro_f1"]) for x in mine]
+    assert r["name_swap_drop"]["mean"] == pytest.approx(sum(drops) / 3) and r["name_swap_drop"]["mean"] > 0
+    assert r["train_minutes"]["mean"] == pytest.approx(4.0) and r["hardware"] == "NVIDIA H100 (CUDA), x86_64"
+    assert r["budget"] == "6 epochs, batch 32, lr 5e-05 / 0.0005"
+
+
+def test_comparisons_and_summary(bench) -> None:
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    results, preds = synthetic(bench)
+    comps = bench.compare_paradigms(results, preds, "None", resamples=500)
+    assert [(c["backbone"], c["variant"]) for c in comps] == [("minilm-l6", "roc"), ("mpnet-base", "roc")]
+    c = comps[0]
+    assert c["seeds"] == [1, 2, 3] and set(c["per_seed"]) == {"1", "2", "3"}
+    p = preds
+    gold = p[("minilm-l6", "roc", 1)]["gold"]
+    one = 100 * (evaluate_predictions(gold, p[("minilm-l6", "roc", 1)]["test"], "None").f1
+                 - evaluate_predictions(gold, p[("minilm-l6", "classifier", 1)]["test"], "None").f1)
+    assert c["per_seed"]["1"]["observed"] == pytest.approx(one)
+    assert c["pooled"]["low"] > 0 and c["name_swap_pooled"]["resamples"] == 500
+    rows = bench.aggregate_rows(results, bench.VARIANTS)
+    summary = bench.build_summary(rows, comps, "abc123")
+    assert tuple(summary) == bench.SUMMARY_KEYS
+    assert summary["backbone"] == "mpnet-base"  # the better mean val micro-F1
+    mp = next(r for r in rows if r["backbone"] == "mpnet-base" and r["variant"] == "roc")
+    assert summary["roc_test_micro_f1_mean"] == mp["test_micro_f1"]["mean"]
+    assert summary["roc_minus_cls_ci95"] == [comps[1]["pooled"]["low"], comps[1]["pooled"]["high"]]
+    assert summary["commit"] == "abc123" and summary["seeds"] == [1, 2, 3]
+    assert summary["name_swap_drop"] == pytest.approx(mp["name_swap_drop"]["mean"])
+    json.dumps(summary)
+    assert bench.build_summary([r for r in rows if r["paradigm"] != "roc"], comps, "x") is None
+    only_roc = [r for r in results if r["variant"] == "roc"]
+    assert bench.compare_paradigms(only_roc, preds, "None", resamples=10) == []
+
+
+def test_name_swap_scores(bench) -> None:
+    gold = ["None", "/per/per/peer", "/per/per/peer", "None"]
+    test = ["None", "/per/per/peer", "/per/per/peer", "None"]
+    swap = ["None", "None", "/per/per/peer", "None"]
+    s = bench.name_swap_scores(gold, test, swap, [1, 2], "None")
+    assert s == {"changed_records": 2, "changed_test_micro_f1": 1.0, "changed_micro_f1": pytest.approx(2 / 3),
+                 "changed_prediction_rate": 0.5}
+    assert bench.name_swap_scores(gold, test, swap, [], "None")["changed_micro_f1"] is None
+
+
+def test_render_and_render_only(bench, tmp_path: Path) -> None:
+    results, preds = synthetic(bench)
+    rows = bench.aggregate_rows(results, bench.VARIANTS)
+    comps = bench.compare_paradigms(results, preds, "None", resamples=200)
+    stats = {"seed": 2025, "records": 400, "with_train_name": 200, "changed": 134, "changed_negative": 40,
+             "heads_replaced": 120, "tails_replaced": 130, "extra_mentions_replaced": 3, "kept_untyped": 60,
+             "kept_overlapping": 1, "kept_no_name": 0, "still_with_train_name": 5,
+             "negative_records_typed_by": "training labels", "pool_sizes": {"person": 10, "location": 5}}
+    payload = {"summary": bench.build_summary(rows, comps, "abc"), "commit": "abc", "machine": "NVIDIA H100",
+               "date": "2025-01-01 00:00 UTC", "command": "python benchmarks/mnre.py", "data": "mnre/RE_data",
+               "images": "train 1/10", "negative_label": "None", "scoring": "micro-F1.", "bundle": "",
+               "overrides": [], "seeds": [1, 2, 3], "backbones": ["minilm-l6", "mpnet-base"], "resamples": 200,
+               "rows": rows, "comparisons": comps, "seed_results": results, "name_swap": stats}
+    lines = bench.render(payload)
+    text = "\n".join(lines)
+    table = [ln for ln in lines if ln.startswith("| `")]
+    lead = table[:4]
+    assert lines[4].startswith("| backbone | paradigm | seeds | test micro-F1")
+    assert lead[0].startswith("| `minilm-l6` | roc | 3 | **") and " ± " in lead[0]
+    assert "[+" in lead[0] and lead[1].count(" - |") >= 1  # the classifier row has no CI
+    assert "NVIDIA H100 (CUDA), x86_64" in lead[0] and "6 epochs" in lead[0]
+    assert "Targets (issue 11)" in text and "ROC test micro-F1 >= 68" in text
+    assert "| `minilm-l6` | `roc` | pooled |" in text and "134 of 400 test records changed" in text
+    assert sum(ln.startswith("| `minilm-l6` | `classifier` | ") for ln in lines) == 3  # per-seed rows
+    (tmp_path / "mnre.json").write_text(json.dumps(payload), encoding="utf-8")
+    bench.main(["--render-only", "--results", str(tmp_path)])
+    assert (tmp_path / "mnre.md").read_text(encoding="utf-8") == text + "\n"
