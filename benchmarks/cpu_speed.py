@@ -1,19 +1,26 @@
-"""How fast rocmre trains and predicts on this machine's CPU (default: the full ROC config on MNRE).
+"""How fast rocmre trains and predicts on this machine's CPU, lever by lever (issue: speed on 2 cores).
 
-    python benchmarks/cpu_speed.py [--config configs/mnre_roc.yaml] [--steps 30]
+    python benchmarks/cpu_speed.py                                  # step timings, prediction, 10k retrieval
+    python benchmarks/cpu_speed.py --fast-run runs/speed_fast --fp32-run runs/speed_fp32   # + full trainings
 
-Measures training steps (forward, backward, optimiser) on real MNRE batches, scoring throughput on val, and
-single-pair prediction latency; projects the full training time from them (epochs x steps + one val pass per
-epoch). Writes benchmarks/results/cpu_speed.md and .json.
+Measured in one process (so ratios compare like with like): training steps (forward, backward, AdamW, exactly
+the Trainer's step) for the classifier and ROC under each speed lever, validation scoring, ``predict_batch``
+against the bare text encoder's forward on the same tokenised inputs, single-pair latency, and scoring against
+10,000 relations. The full trainings are real ``rocmre train`` runs whose ``metrics.json`` is read (train them
+first with ``--train`` or point at finished ones); without an fp32 run, its time is projected and marked so.
+Writes benchmarks/results/cpu_speed.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,98 +30,307 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+#: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows)
+LEVERS = {
+    "fp32 (canonical before this change)": ["train.mixed_precision=no", "train.group_by_length=false",
+                                            "train.description_refresh_steps=1"],
+    "bf16 autocast": ["train.mixed_precision=bf16", "train.group_by_length=false",
+                      "train.description_refresh_steps=1"],
+    "bf16 + length-grouped batches": ["train.mixed_precision=bf16", "train.group_by_length=true",
+                                      "train.description_refresh_steps=1"],
+    "bf16 + length-grouped + descriptions every 8 steps": ["train.mixed_precision=bf16", "train.group_by_length=true",
+                                                           "train.description_refresh_steps=8"],
+}
+FP32 = next(iter(LEVERS))
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "mnre_roc.yaml"))
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
-    args = parser.parse_args()
 
-    import os
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
+    """Seconds per training step (the Trainer's step: batches as configured, autocast, clip, AdamW)."""
+    import contextlib
 
     import torch
-    from suite import git_commit
-    from torch.utils.data import DataLoader
 
-    from rocmre.inference.extractor import RelationExtractor
-    from rocmre.modeling.model import RelationModel
-    from rocmre.modeling.runtime import ModelRuntime
-    from rocmre.training.config import RunConfig
-    from rocmre.training.trainer import load_run_data, relation_set
+    from rocmre.training.setup import resolve_precision
+    from rocmre.training.trainer import epoch_batches
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    cfg = RunConfig.from_yaml(args.config)
-    train = load_run_data(cfg, "train")
-    val = load_run_data(cfg, "val")
-    model = RelationModel.build(cfg.model.model_copy(update={"negative_label": cfg.data.negative_label}),
-                                relation_set(cfg, train.labels.labels) if cfg.model.model_type == "roc" else None)
-    runtime = ModelRuntime(model)
-    runtime.precompute_images(list(train) + list(val), show_progress=False)
-    bs = cfg.train.batch_size
-    feats = runtime.featurize(train.records[: bs * (args.steps + 3)])
-    loader = DataLoader(feats, batch_size=bs, shuffle=False, collate_fn=runtime.collator)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
+    lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
+    batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, 0, lengths)[: steps + 3]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
+    precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
+    gen = torch.Generator().manual_seed(0)
     model.train()
     times = []
-    for i, batch in enumerate(loader):
+    for i, b in enumerate(batches):
         t0 = time.perf_counter()
-        out = model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation)
+        batch = runtime.collator([train_feats[j] for j in b])
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with ctx:
+            out = model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation, generator=gen,
+                        refresh_descriptions=i % cfg.train.description_refresh_steps == 0)
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         opt.zero_grad()
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
-    train_eps = bs / step_s
+    return times
 
-    val_feats = runtime.featurize(val.records)
+
+def run_metrics(folder: str | None) -> dict | None:
+    if not folder:
+        return None
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: train it first (--train) or give a finished run")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def train_full(config: str, out: str, overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "rocmre", "train", "--config", config, "--output-dir", out, "--quiet"]
+    for o in overrides:
+        cmd += ["--set", o]
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--roc-config", default=str(REPO / "configs" / "mnre_roc.yaml"))
+    parser.add_argument("--cls-config", default=str(REPO / "configs" / "mnre_cls.yaml"))
+    parser.add_argument("--steps", type=int, default=24, help="timed training steps per row (after 3 warm-up)")
+    parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
+    parser.add_argument("--fp32-run", default=None, help="a finished run of --roc-config with the fp32 lever")
+    parser.add_argument("--train", action="store_true", help="train the missing full runs first (long)")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from suite import git_commit
+
+    from rocmre.inference.extractor import PairInput, RelationExtractor
+    from rocmre.training.config import RunConfig
+    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime
+
+    if args.train:
+        if args.fast_run and not (Path(args.fast_run) / "metrics.json").is_file():
+            train_full(args.roc_config, args.fast_run, [])
+        if args.fp32_run and not (Path(args.fp32_run) / "metrics.json").is_file():
+            train_full(args.roc_config, args.fp32_run, LEVERS[FP32])
+    threads = torch.get_num_threads()
+    roc_cfg = RunConfig.from_yaml(args.roc_config)
+    train = load_run_data(roc_cfg, "train")
+    val = load_run_data(roc_cfg, "val")
+    test = load_run_data(roc_cfg, "test")
+    res: dict = {"raw": {}}
+
+    # -- prediction (first, so that the peak memory read afterwards is prediction's) --------------
+    model = build_model(roc_cfg, train.labels.labels)
+    ex = RelationExtractor(model)
+    records = [r for r in test.records if not r.has_image][:256]
+    pairs = [PairInput(r.tokens, r.head.span, r.tail.span) for r in records]
+    list(ex.predict_batch(pairs, batch_size=32))  # warm-up: entity types, description vectors
+    feats = ex.runtime.featurize([ex.to_record(p) for p in pairs], with_labels=False)
+    text_model = model.encoder.text_model
+    pad = model.tokenizer.pad_token_id
+
+    def bare_encoder() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for s in range(0, len(feats), 32):
+                chunk = [f.input_ids for f in feats[s:s + 32]]
+                n = max(map(len, chunk))
+                ids = torch.tensor([c + [pad] * (n - len(c)) for c in chunk])
+                mask = (ids != pad).long()
+                text_model(input_ids=ids, attention_mask=mask)
+        return len(feats) / (time.perf_counter() - t0)
+
+    def batch_predict() -> float:
+        t0 = time.perf_counter()
+        list(ex.predict_batch(pairs, batch_size=32))
+        return len(pairs) / (time.perf_counter() - t0)
+
+    bare = statistics.median(bare_encoder() for _ in range(3))
+    full = statistics.median(batch_predict() for _ in range(3))
+    text = "Rafael Nadal gets engaged to girlfriend of 14 years , Mery Perello"
+    ex.predict(text, "Rafael Nadal", "Mery Perello")
+    lat = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        ex.predict(text, "Rafael Nadal", "Mery Perello")
+        lat.append(1000 * (time.perf_counter() - t0))
+    # 10,000 relations: the description vectors are computed once (reported apart); each call then scores all
+    many = {f"/synthetic/relation_{i}": [f"The head is linked to the tail by synthetic relation number {i}."]
+            for i in range(10_000 - len(ex.relations))}
+    t0 = time.perf_counter()
+    ex.add_relations(many)
+    list(ex.predict_batch(pairs[:32], batch_size=32))
+    encode_10k_s = time.perf_counter() - t0
+    full_10k = statistics.median(batch_predict() for _ in range(3))
+    lat10k = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        ex.predict(text, "Rafael Nadal", "Mery Perello")
+        lat10k.append(1000 * (time.perf_counter() - t0))
+    ex.remove_relations(list(many))
+    predict_peak = peak_rss_mb()
+    res["raw"]["prediction"] = {
+        "pairs": len(pairs), "bare_encoder_pairs_per_s": bare, "predict_batch_pairs_per_s": full,
+        "single_predict_ms": lat, "predict_batch_10k_pairs_per_s": full_10k, "single_predict_10k_ms": lat10k,
+        "relations_10k": len(ex.relations) + len(many), "encode_10k_descriptions_s": encode_10k_s,
+    }
+
+    # -- training steps, lever by lever -----------------------------------------------------------
+    rows = {}
+    sample = np.random.default_rng(0).choice(len(train), size=32 * (args.steps + 3), replace=False)
+    for paradigm, config in (("roc", args.roc_config), ("classifier", args.cls_config)):
+        for lever, overrides in LEVERS.items():
+            if paradigm == "classifier" and "descriptions" in lever:
+                continue
+            cfg = RunConfig.from_yaml(config, overrides)
+            torch.manual_seed(0)
+            model = build_model(cfg, train.labels.labels)
+            runtime = make_runtime(model, cfg)
+            feats = runtime.featurize([train.records[i] for i in sorted(sample)])
+            times = time_steps(cfg, feats, model, runtime, args.steps)
+            rows[f"{paradigm} | {lever}"] = {"paradigm": paradigm, "lever": lever, "overrides": overrides,
+                                             "step_s_median": statistics.median(times), "step_s": times}
+            print(f"{paradigm:10s} {lever:55s} {statistics.median(times):.3f} s/step", flush=True)
+            del model, runtime
+    res["raw"]["training_steps"] = rows
+    train_peak_steps = peak_rss_mb()
+
+    # -- validation scoring -----------------------------------------------------------------------
+    cfg = RunConfig.from_yaml(args.roc_config)
+    model = build_model(cfg, train.labels.labels)
+    runtime = make_runtime(model, cfg)
+    val_feats = runtime.featurize(val.records, with_labels=False)
     t0 = time.perf_counter()
     runtime.score(val_feats, cfg.train.eval_batch_size)
     val_s = time.perf_counter() - t0
 
-    steps_per_epoch = -(-len(train) // bs)
-    projected_min = (cfg.train.epochs * (steps_per_epoch * step_s + val_s)) / 60
-
-    extractor = RelationExtractor(model)
-    text = "Rafael Nadal gets engaged to girlfriend of 14 years , Mery Perello"
-    extractor.predict(text, "Rafael Nadal", "Mery Perello")
-    lat = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        extractor.predict(text, "Rafael Nadal", "Mery Perello")
-        lat.append(time.perf_counter() - t0)
-
-    res = {
-        "command": "python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:]),
-        "commit": git_commit(), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-        "config": str(Path(args.config).relative_to(REPO)) if Path(args.config).is_relative_to(REPO) else args.config,
-        "train_step_seconds_median": step_s, "train_examples_per_second": train_eps,
-        "val_scoring_seconds": val_s, "val_records": len(val), "val_examples_per_second": len(val) / val_s,
-        "steps_per_epoch": steps_per_epoch, "epochs": cfg.train.epochs,
-        "projected_full_training_minutes": projected_min,
-        "predict_latency_ms_median": 1000 * statistics.median(lat),
+    fast_key = f"roc | {_lever_of(cfg)}"
+    steps_per_epoch = -(-len(train) // cfg.train.batch_size)
+    epochs = cfg.train.epochs
+    fp32_step = rows[f"roc | {FP32}"]["step_s_median"]
+    projected_fp32 = epochs * (steps_per_epoch * fp32_step + val_s) / 60
+    fast = run_metrics(args.fast_run)
+    fp32 = run_metrics(args.fp32_run)
+    fast_min = fast["timings"]["train_minutes"] if fast else None
+    fp32_min = fp32["timings"]["train_minutes"] if fp32 else projected_fp32
+    delta = (100 * (fast["results"]["val"]["f1"] - fp32["results"]["val"]["f1"])) if fast and fp32 else None
+    cls_key = f"classifier | {_lever_of(RunConfig.from_yaml(args.cls_config), cls=True)}"
+    pred = res["raw"]["prediction"]
+    res["summary"] = {
+        "full_training_minutes": fast_min,
+        "fp32_full_training_minutes": fp32_min,
+        "val_micro_f1_delta_fast_vs_fp32": delta,
+        "roc_over_cls_step": rows[fast_key]["step_s_median"] / rows[cls_key]["step_s_median"],
+        "predict_over_bare_encoder": pred["predict_batch_pairs_per_s"] / pred["bare_encoder_pairs_per_s"],
+        "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]),
+        "retrieval_10k_overhead": pred["predict_batch_pairs_per_s"] / pred["predict_batch_10k_pairs_per_s"] - 1,
+        "train_peak_rss_mb": fast["timings"].get("peak_rss_mb") if fast else train_peak_steps,
+        "predict_peak_rss_mb": predict_peak,
+        "commit": git_commit(),
     }
+    res["notes"] = {
+        "fp32_full_training_minutes": "measured (rocmre train, metrics.json)" if fp32 else
+        "PROJECTED from the fp32 step time x steps + validation passes (no fp32 run given)",
+        "train_peak_rss_mb": "from the full fast run's metrics.json" if fast else
+        "peak of this benchmark process after the step timings (no full run given)",
+        "fast_config": fast_key, "classifier_row": cls_key,
+    }
+    res.update({
+        "command": "python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, torch threads {threads}, "
+                   f"bf16 native: {bf16_supported()}",
+        "torch": torch.__version__, "val_scoring_seconds": val_s, "val_records": len(val),
+        "steps_per_epoch": steps_per_epoch, "epochs": epochs,
+        "projected_fp32_full_training_minutes": projected_fp32,
+        "fast_run": args.fast_run, "fp32_run": args.fp32_run,
+        "fast_run_val_micro_f1": fast["results"]["val"]["f1"] if fast else None,
+        "fp32_run_val_micro_f1": fp32["results"]["val"]["f1"] if fp32 else None,
+    })
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu_speed.json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = [
-        "# Speed on a CPU", "",
-        f"Produced by `{res['command']}` at commit `{res['commit']}` on {res['machine']} ({res['date']}); "
-        f"config `{res['config']}`. Medians over {len(times)} training steps after 3 warm-up steps.", "",
-        "| measure | value |", "| --- | --- |",
-        f"| training step (batch {bs}: forward, backward, AdamW) | {step_s:.2f} s ({train_eps:.1f} examples/s) |",
-        f"| scoring val ({len(val)} records) | {val_s:.1f} s ({len(val) / val_s:.0f} examples/s) |",
-        f"| one epoch ({steps_per_epoch} steps) + one val pass | {(steps_per_epoch * step_s + val_s) / 60:.1f} min |",
-        f"| full training, {cfg.train.epochs:g} epochs (projected from the above) | {projected_min:.1f} min |",
-        f"| `RelationExtractor.predict` on one sentence, no image | {res['predict_latency_ms_median']:.0f} ms |",
-        "", "The projection multiplies measured step and scoring times; other processes on the machine slow "
-        "every figure here.",
+    (out / "cpu_speed.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    (out / "cpu_speed.md").write_text(render(res) + "\n", encoding="utf-8")
+    print(render(res))
+
+
+def _lever_of(cfg, cls: bool = False) -> str:
+    """The LEVERS row a config matches (classifiers ignore the description lever)."""
+    t = cfg.train
+    for name, overrides in LEVERS.items():
+        want = dict(o.split("=", 1) for o in overrides)
+        prec = {"no": "no", "bf16": "bf16", "auto": "bf16"}.get(t.mixed_precision, t.mixed_precision)
+        if want["train.mixed_precision"] != prec or want["train.group_by_length"] != str(t.group_by_length).lower():
+            continue
+        if cls or int(want["train.description_refresh_steps"]) == t.description_refresh_steps:
+            return name
+    raise SystemExit(f"the config's speed settings match no measured lever: {t}")
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def render(res: dict) -> str:
+    s = res["summary"]
+    pred = res["raw"]["prediction"]
+    lines = ["# Speed on 2 CPU cores", "",
+             f"Produced by `{res['command']}` at commit `{s['commit']}` on {res['machine']} ({res['date']}), "
+             f"torch {res['torch']}. Training-step rows: median of timed steps (after 3 warm-up steps) on the same "
+             "random MNRE train batches, each row a fresh model; every figure comes from one process, so ratios "
+             "compare like with like. Other load on the machine slows every figure.", "",
+             "## Summary (targets from the speed issue)", "",
+             "| measure | value | target |", "| --- | --- | --- |"]
+    rows = [
+        ("full ROC training, fast config, 6 epochs (`full_training_minutes`)",
+         f"{_fmt(s['full_training_minutes'], '.1f')} min", "<= 20"),
+        (f"the same in fp32 (`fp32_full_training_minutes`; {res['notes']['fp32_full_training_minutes']})",
+         f"{_fmt(s['fp32_full_training_minutes'], '.1f')} min", ""),
+        ("val micro-F1, fast - fp32 (points)", _fmt(s["val_micro_f1_delta_fast_vs_fp32"], "+.2f"), "within 0.5"),
+        (f"ROC step / classifier step (`{res['notes']['fast_config']}` vs `{res['notes']['classifier_row']}`)",
+         f"{s['roc_over_cls_step']:.2f}x", "<= 1.10x"),
+        ("`predict_batch` / bare text encoder forward (batch 32, same inputs)",
+         f"{s['predict_over_bare_encoder']:.2f}x", ">= 0.95x"),
+        ("single `predict`, text only, p50", f"{s['single_predict_ms_p50']:.1f} ms", "<= 15 ms"),
+        ("10,000 relations vs 23: extra time per pair in `predict_batch`",
+         f"{100 * s['retrieval_10k_overhead']:+.1f} %", "<= 5 %"),
+        (f"peak memory, training (`train_peak_rss_mb`; {res['notes']['train_peak_rss_mb']})",
+         f"{_fmt(s['train_peak_rss_mb'], '.0f')} MB", "report"),
+        ("peak memory, prediction incl. 10k relations", f"{s['predict_peak_rss_mb']:.0f} MB", "report"),
     ]
-    (out / "cpu_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += [
+             "", "## Training step by lever (batch 32)", "",
+             "| paradigm | lever | s / step | examples / s | vs fp32 ROC |", "| --- | --- | --- | --- | --- |"]
+    fp32 = res["raw"]["training_steps"][f"roc | {FP32}"]["step_s_median"]
+    for r in res["raw"]["training_steps"].values():
+        lines.append(f"| {r['paradigm']} | {r['lever']} (`{' '.join(r['overrides'])}`) | {r['step_s_median']:.3f} | "
+                     f"{32 / r['step_s_median']:.1f} | {fp32 / r['step_s_median']:.2f}x |")
+    lines += ["", "## Raw timings", "",
+              f"- validation scoring: {res['val_records']} records in {res['val_scoring_seconds']:.1f} s",
+              f"- {res['steps_per_epoch']} steps per epoch, {res['epochs']:g} epochs; fp32 projection "
+              f"{res['projected_fp32_full_training_minutes']:.1f} min",
+              f"- full runs: fast `{res['fast_run']}` (val micro-F1 {_fmt(res['fast_run_val_micro_f1'], '.4f')}), "
+              f"fp32 `{res['fp32_run']}` (val micro-F1 {_fmt(res['fp32_run_val_micro_f1'], '.4f')})",
+              f"- prediction on {pred['pairs']} test pairs without images: bare encoder "
+              f"{pred['bare_encoder_pairs_per_s']:.1f} pairs/s, `predict_batch` "
+              f"{pred['predict_batch_pairs_per_s']:.1f} pairs/s, with {pred['relations_10k']} relations "
+              f"{pred['predict_batch_10k_pairs_per_s']:.1f} pairs/s "
+              f"(their description vectors took {pred['encode_10k_descriptions_s']:.1f} s, once)",
+              f"- single predict (ms, 50 calls): p50 {statistics.median(pred['single_predict_ms']):.1f}, p90 "
+              f"{sorted(pred['single_predict_ms'])[44]:.1f}; with 10k relations p50 "
+              f"{statistics.median(pred['single_predict_10k_ms']):.1f}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

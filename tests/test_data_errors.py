@@ -355,10 +355,10 @@ def test_jsonl_errors(tmp_path):
         ("{'tokens': []}", None, "invalid JSON"),
         ("[1, 2]", None, "expected an object"),
         (json.dumps({**good, "tokens": []}), "tokens", "empty token list"),
-        (json.dumps({k: v for k, v in good.items() if k != "tokens"}), "tokens", "give 'tokens' or 'text'"),
+        (json.dumps({k: v for k, v in good.items() if k != "tokens"}), "text", "give 'text' (a string) or 'tokens'"),
         (json.dumps({**good, "head": {"name": "A", "box": [0.5, 0.5, 0.1, 0.1]}}), "head", "must be a text span"),
-        (json.dumps({**good, "tail": {"name": "B", "start": 1, "end": 3}}), "tail.pos", "not the entity name"),
-        (json.dumps({**good, "tail": {"name": "B", "start": 2}}), "tail", "integer 'start' and 'end'"),
+        (json.dumps({**good, "tail": {"name": "B", "start": 1, "end": 3}}), "tail", "covers 'likes B', not 'B'"),
+        (json.dumps({**good, "tail": {"name": "B", "start": 2}}), "tail", "'start' is given without 'end'"),
         (json.dumps({**good, "relation": 3}), "relation", "must be a string"),
         (json.dumps({**good, "image": "nope.jpg"}), "image", "image not found"),
     ]

@@ -162,3 +162,38 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     assert sorted(i for b in g for i in b) == list(range(100))
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in g])
     assert spread < np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a])
+
+
+def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, tmp_path):
+    """bf16 autocast, length-grouped batches, descriptions refreshed every 2 steps, a frozen description tower and
+    name-swap augmentation together: the run finishes and says what it used."""
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.trainer import train
+
+    cfg = _config(tmp_path / "switches", cache_dir, mixed_precision="bf16", group_by_length=True,
+                  description_refresh_steps=2, inference_precision="bf16", checkpoint_every=None)
+    cfg.model.freeze_description_encoder = True
+    cfg.data.name_swap_prob = 0.5
+    train(cfg, show_progress=False)
+    results = _results(tmp_path / "switches")
+    assert results["precision"] == "bf16" and len(results["train_loss"]) == 6
+    m = RelationModel.from_pretrained(tmp_path / "switches")
+    assert m.config.freeze_description_encoder
+    assert not any(p.requires_grad for p in m.description_encoder.parameters())
+
+
+def test_name_swap_epoch_features_are_seeded(mnre_root, cache_dir, tmp_path):
+    from rocmre.training.setup import build_model, load_run_data, make_runtime
+    from rocmre.training.trainer import Trainer
+
+    cfg = _config(tmp_path / "swap", cache_dir)
+    cfg.data.name_swap_prob = 1.0
+    data = load_run_data(cfg, "train", 24)
+    model = build_model(cfg, data.labels.labels)
+    runtime = make_runtime(model, cfg)
+    base = runtime.featurize(data.records)
+    t = Trainer(cfg)
+    e0 = t._epoch_features(runtime, data, base, 0)
+    assert [f.input_ids for f in e0] == [f.input_ids for f in t._epoch_features(runtime, data, base, 0)]
+    assert sum(a.input_ids != b.input_ids for a, b in zip(base, e0, strict=True)) > 0
+    assert [f.label for f in e0] == [f.label for f in base]

@@ -32,7 +32,7 @@ API_CASES = json.loads((CORPUS / "api.json").read_text(encoding="utf-8"))
 JSONL_CASES = json.loads((CORPUS / "jsonl_predict.json").read_text(encoding="utf-8"))
 EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError, "EntityNotFoundError": EntityNotFoundError}
 TWEET = "Go #Bears! Mike Smith (@MSmith) scored at Soldier Field"
-TWEET_TOKENS = ["Go", "#", "Bears", "!", "Mike", "Smith", "(", "@", "MSmith", ")", "scored", "at", "Soldier", "Field"]
+TWEET_TOKENS = ["Go", "#", "Bears", "!", "Mike", "Smith", "(", "@MSmith", ")", "scored", "at", "Soldier", "Field"]
 
 
 @pytest.fixture(scope="module")

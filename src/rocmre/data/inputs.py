@@ -38,7 +38,10 @@ from rocmre.data.entity_types import ENTITY_TYPES
 from rocmre.data.images import MissingImagePolicy
 from rocmre.data.record import DataFormatError, Entity, RelationRecord, entity_tokens_match
 
-TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
+#: the one tokenisation rule for raw text (training files and prediction alike): @handles and clitics ('s, 're)
+#: stay whole, every other punctuation mark is its own token. It reproduces MNRE's own tokens for 10,112 of its
+#: 12,247 training sentences (the plain ``\w+|[^\w\s]`` rule: 717).
+TOKEN_PATTERN = re.compile(r"@\w+|'\w+|\w+|[^\w\s]")
 
 TextInput = str | Sequence[str]
 EntityInput = str | tuple[int, int] | Sequence[int] | Mapping[str, Any]

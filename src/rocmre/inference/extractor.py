@@ -25,8 +25,9 @@ from rocmre.data.inputs import (
 )
 from rocmre.data.record import Entity, RelationRecord
 from rocmre.descriptions.store import Description, RelationDescriptions
+from rocmre.modeling.decision import SecondStageScorer
 from rocmre.modeling.model import RelationModel
-from rocmre.modeling.runtime import ModelRuntime
+from rocmre.modeling.runtime import ModelRuntime, thread_policy
 
 __all__ = [
     "TOKEN_PATTERN", "EntityInput", "EntityNotFoundError", "ImageInput", "PairInput", "Prediction",
@@ -60,9 +61,16 @@ class Prediction:
 class RelationExtractor:
     """A trained model with everything needed to run it on new sentences and images."""
 
-    def __init__(self, model: RelationModel, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, model: RelationModel, cache_dir: str | Path | None = None, *,
+                 second_stage: SecondStageScorer | None = None, rerank_top_k: int = 5,
+                 precision: str = "fp32") -> None:
+        """``second_stage`` plugs a re-ranker into the decision path (see :mod:`rocmre.modeling.decision`);
+        ``precision="bf16"`` scores under bfloat16 autocast (faster where the CPU supports it; changes scores
+        slightly, so it is opt-in)."""
         self.model = model.eval()
-        self.runtime = ModelRuntime(model, Path(cache_dir) if cache_dir else None)
+        # new prediction inputs are typed in memory only: the entity-type cache file is never rewritten per call
+        self.runtime = ModelRuntime(model, Path(cache_dir) if cache_dir else None, second_stage=second_stage,
+                                    rerank_top_k=rerank_top_k, precision=precision, persist_types=False)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: str | Path | RelationDescriptions | None = None,
@@ -175,7 +183,8 @@ class RelationExtractor:
         feats = self.runtime.featurize(records, with_labels=False)
         for f, it in zip(feats, items, strict=True):
             f.image = it.image if it.image is None or isinstance(it.image, bytes | Image.Image) else Path(it.image)
-        decisions = self.runtime.decide(feats, batch_size=len(feats), records=records)  # the one decision path
+        with thread_policy(len(feats)):
+            decisions = self.runtime.decide(feats, batch_size=len(feats), records=records)  # the one decision path
         descs = self.describe_relations()
         out = []
         for i, (rec, f) in enumerate(zip(records, feats, strict=True)):

@@ -34,8 +34,13 @@ class PairFeatures:
 class TypeCache:
     """Entity types per (tokens, spans), cached on disk so taggers run once per record."""
 
-    def __init__(self, tagger_name: str, cache_dir: Path | None) -> None:
+    #: entries tagged in memory without being persisted (prediction inputs) are bounded to this many
+    MAX_VOLATILE = 50_000
+
+    def __init__(self, tagger_name: str, cache_dir: Path | None, persist: bool = True) -> None:
         self.tagger_name = tagger_name
+        self.persist = persist  # False on the prediction path: new inputs never rewrite the cache file
+        self._volatile: list[str] = []
         self.path = cache_dir / "entity-types" / f"{tagger_name}.json" if cache_dir is not None else None
         self.table: dict[str, list[str]] = {}
         if self.path is not None and self.path.is_file():
@@ -67,8 +72,15 @@ class TypeCache:
                 results = [tagger.tag(t, s) for t, s in tqdm(batch, desc="tagging entities", disable=not show_progress)]
             for i, r in zip(todo, results, strict=True):
                 self.table[keys[i]] = list(r)
-            self._dirty = True
-            self.save()
+            if self.persist:
+                self._dirty = True
+                self.save()
+            else:
+                out = [self.table[k] for k in keys]
+                self._volatile.extend(keys[i] for i in todo)
+                while len(self._volatile) > self.MAX_VOLATILE:
+                    self.table.pop(self._volatile.pop(0), None)
+                return out
         return [self.table[k] for k in keys]
 
     def save(self) -> None:

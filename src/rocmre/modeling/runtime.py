@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,17 +65,38 @@ class ImageFeatures:
         self.unreadable: set[str] = set()
 
     def features(self, image: Path | bytes, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        from rocmre.backbones.images import ImageLoadError
+        from rocmre.backbones.images import ImageLoadError, describe_source
 
         try:
             return self.cache.features(image, box)
-        except ImageLoadError as e:
+        except (ImageLoadError, TypeError) as e:
             if self.policy is MissingImagePolicy.ERROR:
                 raise
-            if str(image) not in self.unreadable:
+            name = describe_source(image)
+            if name not in self.unreadable:
                 logger.warning("unreadable image treated as missing: %s", e)
-            self.unreadable.add(str(image))
+                if len(self.unreadable) < 10_000:
+                    self.unreadable.add(name)
             return None
+
+
+#: inputs up to this many are scored on one thread: for a single short pair, thread start-up and synchronisation
+#: cost more than a second core saves (measured by benchmarks/cpu_speed.py)
+SINGLE_THREAD_MAX_ITEMS = 4
+
+
+@contextlib.contextmanager
+def thread_policy(n_items: int) -> Iterator[None]:
+    """Run small requests on one CPU thread and batches on all of them (no effect on a GPU)."""
+    if n_items > SINGLE_THREAD_MAX_ITEMS or torch.cuda.is_available():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -92,7 +114,7 @@ class ModelRuntime:
 
     def __init__(self, model: RelationModel, cache_dir: Path | None = None,
                  missing_image: MissingImagePolicy | str = "mark", second_stage: SecondStageScorer | None = None,
-                 rerank_top_k: int = 5, precision: str = "fp32") -> None:
+                 rerank_top_k: int = 5, precision: str = "fp32", persist_types: bool = True) -> None:
         self.model = model
         self.second_stage = second_stage  # the decision rule's hook for a re-ranker (modeling/decision.py)
         self.rerank_top_k = rerank_top_k
@@ -102,7 +124,7 @@ class ModelRuntime:
         self.featurizer = PairFeaturizer(
             model.tokenizer, max_length=cfg.max_length,
             prompt=PromptOptions(use_types=cfg.use_types, use_positions=cfg.use_positions),
-            type_cache=TypeCache(cfg.entity_tagger, self.cache_dir), use_crops=cfg.use_crops,
+            type_cache=TypeCache(cfg.entity_tagger, self.cache_dir, persist=persist_types), use_crops=cfg.use_crops,
             max_crops=cfg.max_crops)
         self.images = ImageFeatures(cfg.vision_backbone, self.cache_dir, MissingImagePolicy(missing_image)) \
             if cfg.use_image else None
@@ -170,8 +192,6 @@ class ModelRuntime:
 
     def autocast(self, device: torch.device):
         """bf16 autocast when the model's inference precision asks for it, else a no-op context."""
-        import contextlib
-
         if self.precision == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

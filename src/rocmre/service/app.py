@@ -275,8 +275,8 @@ def clean_message(message: object) -> str:
     return _OBJECT_REPR.sub("the uploaded image", str(message))
 
 
-def parse_json(raw: bytes | str, what: str) -> Any:
-    """Parse a JSON document, or a 400 naming ``what`` and what is accepted."""
+def parse_json(raw: bytes | str, what: str, accepted: str = "send application/json") -> Any:
+    """Parse a JSON document, or a 400 naming ``what`` and what is ``accepted``."""
     if isinstance(raw, str):
         raw = raw.encode()
     if json_too_deep(raw):
@@ -285,8 +285,7 @@ def parse_json(raw: bytes | str, what: str) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-        raise HTTPException(400, f"{what} is not valid JSON ({reason}); send application/json or "
-                                 "multipart/form-data") from None
+        raise HTTPException(400, f"{what} is not valid JSON ({reason}); {accepted}") from None
     except RecursionError:
         raise HTTPException(400, f"{what}: nested too deeply") from None
 
@@ -338,6 +337,11 @@ def check_image(raw: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
+        if err.get("type") == "json_invalid":  # FastAPI's own parse (e.g. /predict/batch)
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            parts.append(f"the body is not valid JSON ({reason}) at character {err.get('loc', ('', '?'))[-1]}; "
+                         "send application/json")
+            continue
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body" and x not in _UNION_TAGS)
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         parts.append(f"{loc or 'body'}: {msg}")
@@ -522,7 +526,7 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
             form = await request.form()
             fields: Any = {}
             if "request" in form:
-                fields = parse_json(str(form["request"]), "request")
+                fields = parse_json(str(form["request"]), "request", "give the PredictRequest as a JSON object")
                 if not isinstance(fields, dict):
                     raise HTTPException(400, "request: must be a JSON object")
             for key in ("text", "head", "tail", "head_type", "tail_type", "top_k"):
@@ -537,7 +541,7 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
             elif isinstance(upload, str) and upload:
                 fields["image"] = upload
         else:
-            fields = parse_json(await request.body(), "the body")
+            fields = parse_json(await request.body(), "the body", "send application/json or multipart/form-data")
         req = validate(PredictRequest, fields)
         check_request(req, limits)
         if upload_bytes is not None:
@@ -617,7 +621,8 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
         if model_type != "roc":
             raise HTTPException(400, "this is a classification model: its label set is fixed, relations cannot "
                                      "be added (use a ROC model)")
-        body = validate(RelationsBody, parse_json(await request.body(), "the body"))
+        body = validate(RelationsBody, parse_json(await request.body(), "the body",
+                                                  'send a JSON object {"relation name": ["description", ...]}'))
         if not body:
             raise HTTPException(422, "give at least one relation: {name: [descriptions]}")
         for name, texts in body.items():

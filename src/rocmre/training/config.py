@@ -23,6 +23,9 @@ class DataConfig(BaseModel):
     max_train_records: int | None = Field(None, ge=1)  # a seeded random subset, for quick runs
     max_eval_records: int | None = Field(None, ge=1)
     exclude_relations: list[str] = Field(default_factory=list)  # held out of training entirely (zero-shot)
+    # training augmentation against memorised names: each epoch, each training record's head and tail names are
+    # replaced with this probability by random same-type names of the training split (seeded by seed and epoch)
+    name_swap_prob: float = Field(0.0, ge=0.0, le=1.0)
     missing_image: Literal["mark", "error"] = "mark"
     on_error: Literal["raise", "skip"] = "raise"
 

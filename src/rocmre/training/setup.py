@@ -38,15 +38,16 @@ def load_run_data(cfg: RunConfig, split: str, limit: int | None = None, *,
         rng = random.Random(cfg.seed)
         keep = sorted(rng.sample(range(len(dataset)), limit))
         dataset = RelationDataset([dataset.records[i] for i in keep], dataset.labels, dataset.name, dataset.split,
-                                  dataset.problems)
+                                  dataset.problems, source=dataset.source)
     return dataset
 
 
 def require_records(dataset: RelationDataset, cfg: RunConfig, split: str) -> None:
     """A clear error when a split the run needs has no records (instead of a failure deep inside torch)."""
-    if len(dataset) == 0:
-        raise ValueError(f"the {split!r} split of {cfg.data.path!r} has no records"
-                         + (" left after data.exclude_relations" if cfg.data.exclude_relations else ""))
+    if len(dataset) == 0 and cfg.data.exclude_relations:
+        raise ValueError(f"the {split!r} split of {cfg.data.path!r} has no records left after "
+                         f"data.exclude_relations")
+    dataset.require_nonempty(split)
 
 
 def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:

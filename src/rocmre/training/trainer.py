@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import random
+import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -219,6 +220,28 @@ class Trainer:
     def _features(self, runtime: ModelRuntime, data: RelationDataset, main: bool) -> list[PairFeatures]:
         return runtime.featurize(data.records, show_progress=self.show_progress and main)
 
+    def _epoch_features(self, runtime: ModelRuntime, data: RelationDataset, base: list[PairFeatures],
+                        epoch: int) -> list[PairFeatures]:
+        """The epoch's training features: ``base``, or with ``data.name_swap_prob`` the records whose entity names
+        were swapped this epoch re-featurised (depends only on the seed and the epoch, so resuming replays it)."""
+        prob = self.cfg.data.name_swap_prob
+        if prob <= 0:
+            return base
+        from rocmre.data.name_swap import swap_entity_names, train_name_pool
+
+        if getattr(self, "_swap_pool", None) is None:
+            self._swap_pool = train_name_pool(data, self.cfg.data.negative_label)
+            self._swap_types = runtime.featurizer.entity_types(data.records)
+        rng = random.Random(self.cfg.seed * 1_000_003 + 7919 * (epoch + 1))
+        swapped = [swap_entity_names(r, rng, self._swap_pool, prob, types=t)
+                   for r, t in zip(data.records, self._swap_types, strict=True)]
+        changed = [i for i, (a, b) in enumerate(zip(data.records, swapped, strict=True)) if a is not b]
+        feats = list(base)
+        for i, f in zip(changed, runtime.featurize([swapped[i] for i in changed]), strict=True):
+            feats[i] = f
+        logger.info("epoch %d: entity names swapped in %d of %d training records", epoch, len(changed), len(base))
+        return feats
+
     # -- the loop -----------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: bool | str | Path | None = None) -> TrainingSummary:
         """Train (or resume: ``True`` for the newest checkpoint of ``output_dir``, or a checkpoint folder) and
@@ -314,12 +337,15 @@ class Trainer:
         train_seconds = 0.0
         wrapped.train()
         while state.step < total_steps:
+            epoch_feats = self._epoch_features(runtime, train_data, train_feats, state.epoch)
+            if cfg.train.group_by_length:
+                lengths = [len(f.input_ids) for f in epoch_feats]
             batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths)
             padded = batches + batches[: steps_per_epoch * world - len(batches)]
             mine = padded[accelerator.process_index::world]
             for b in mine[state.batch_in_epoch:]:
                 t0 = time.time()
-                batch = {k: v.to(accelerator.device) for k, v in runtime.collator([train_feats[i] for i in b]).items()}
+                batch = {k: v.to(accelerator.device) for k, v in runtime.collator([epoch_feats[i] for i in b]).items()}
                 with self._autocast():
                     out = wrapped(batch, descriptions_per_relation=cfg.train.descriptions_per_relation,
                                   generator=desc_gen, refresh_descriptions=state.step % refresh_every == 0)
@@ -504,6 +530,7 @@ class Trainer:
                 "optimizer_seconds": state.timings["train_seconds"],
                 "examples_per_second": state.examples_seen / max(state.timings["train_seconds"], 1e-9),
                 "processes": self.accelerator.num_processes,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "machine": machine_description(),
                 "torch": torch.__version__,
             },
