@@ -33,13 +33,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 #: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows)
 LEVERS = {
     "fp32 (canonical before this change)": ["train.mixed_precision=no", "train.group_by_length=false",
-                                            "train.description_refresh_steps=1"],
+                                            "train.description_refresh_steps=1", "train.fused_optimizer=false"],
     "bf16 autocast": ["train.mixed_precision=bf16", "train.group_by_length=false",
-                      "train.description_refresh_steps=1"],
+                      "train.description_refresh_steps=1", "train.fused_optimizer=false"],
     "bf16 + length-grouped batches": ["train.mixed_precision=bf16", "train.group_by_length=true",
-                                      "train.description_refresh_steps=1"],
-    "bf16 + length-grouped + descriptions every 8 steps": ["train.mixed_precision=bf16", "train.group_by_length=true",
-                                                           "train.description_refresh_steps=8"],
+                                      "train.description_refresh_steps=1", "train.fused_optimizer=false"],
+    "bf16 + length-grouped + fused AdamW": ["train.mixed_precision=bf16", "train.group_by_length=true",
+                                            "train.description_refresh_steps=1", "train.fused_optimizer=true"],
+    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": [
+        "train.mixed_precision=bf16", "train.group_by_length=true", "train.description_refresh_steps=8",
+        "train.fused_optimizer=true"],
 }
 FP32 = next(iter(LEVERS))
 
@@ -60,7 +63,8 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
 
     lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
     batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, 0, lengths)[: steps + 3]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+                            **({"fused": True} if cfg.train.fused_optimizer else {}))
     precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
     gen = torch.Generator().manual_seed(0)
     model.train()
@@ -179,6 +183,8 @@ def main() -> None:
         lat10k.append(1000 * (time.perf_counter() - t0))
     ex.remove_relations(list(many))
     predict_peak = peak_rss_mb()
+    print(f"bare encoder {bare:.1f} pairs/s, predict_batch {full:.1f} pairs/s, 10k {full_10k:.1f} pairs/s, "
+          f"single p50 {statistics.median(lat):.1f} ms", flush=True)
     res["raw"]["prediction"] = {
         "pairs": len(pairs), "bare_encoder_pairs_per_s": bare, "predict_batch_pairs_per_s": full,
         "single_predict_ms": lat, "predict_batch_10k_pairs_per_s": full_10k, "single_predict_10k_ms": lat10k,
@@ -271,6 +277,8 @@ def _lever_of(cfg, cls: bool = False) -> str:
         want = dict(o.split("=", 1) for o in overrides)
         prec = {"no": "no", "bf16": "bf16", "auto": "bf16"}.get(t.mixed_precision, t.mixed_precision)
         if want["train.mixed_precision"] != prec or want["train.group_by_length"] != str(t.group_by_length).lower():
+            continue
+        if want["train.fused_optimizer"] != str(t.fused_optimizer).lower():
             continue
         if cls or int(want["train.description_refresh_steps"]) == t.description_refresh_steps:
             return name

@@ -61,6 +61,12 @@ def main() -> None:
             for p in ([r.image_path] if r.image_path else []) + ([] if args.no_crops else r.crop_paths[:3]):
                 images.features(p)
         print(f"{name}: {len(data)} records typed, {data.num_with_image} with image")
+    # the name-replaced test set of benchmarks/mnre.py: its new texts are typed here too
+    from rocmre.data.name_swap import name_swapped_test
+
+    swapped, _ = name_swapped_test(splits["train"], splits["val"], splits["test"], cache_dir=cache)
+    featurizer.entity_types(swapped.records, show_progress=True)
+    # name-swap augmentation during training passes the original records' types, so nothing else needs tagging
     if args.fp16:
         for f in (cache / "image-features").rglob("*.safetensors"):
             save_file({k: v.half() for k, v in load_file(str(f)).items()}, str(f))

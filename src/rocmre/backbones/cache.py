@@ -324,8 +324,3 @@ class ImageFeatureCache:
             flush()
             progress.update(done)
         return counts
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Lookup counters: ``{"hits", "misses"}``."""
-        return {"hits": self.hits, "misses": self.misses}

@@ -6,24 +6,41 @@ from pathlib import Path
 
 import typer
 
-from rocmre.cli.common import data_dir_option, use_data_dir, user_errors
+from rocmre.cli.common import data_dir_option, fail, use_data_dir, user_errors
 
 
-def train(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False, help="Run config (YAML)."),
+def train(config: Path | None = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                             help="Run config (YAML)."),
           override: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
           output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Where to save the model."),
+          resume: Path | None = typer.Option(None, "--resume", file_okay=False,
+                                             help="Continue an interrupted run from the newest checkpoint in this "
+                                                  "output folder (its run_config.yaml is used)."),
           data_dir: Path | None = data_dir_option(),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
-    """Train a ROC or classification model as a run config says; the best checkpoint is chosen on val."""
+    """Train a ROC or classification model as a run config says; the best checkpoint is chosen on val.
+
+    Checkpoints go to OUTPUT_DIR/checkpoints/ (every evaluation, and every train.checkpoint_every steps); the
+    model folder is written only when training ends. `--resume OUTPUT_DIR` continues an interrupted run exactly.
+    """
     from rocmre.training.config import RunConfig
+    from rocmre.training.trainer import CHECKPOINTS_DIR, RUN_CONFIG_NAME
     from rocmre.training.trainer import train as run_training
 
     use_data_dir(data_dir)
+    if resume is not None:
+        saved = resume / CHECKPOINTS_DIR / RUN_CONFIG_NAME
+        if config is None and not saved.is_file():
+            fail(f"{resume} has no {CHECKPOINTS_DIR}/{RUN_CONFIG_NAME}: it holds no run to resume", code=2)
+        config = config or saved
+        override = [*override, f"output_dir={resume}"]
+    elif config is None:
+        fail("give --config RUN.yaml (or --resume OUTPUT_DIR)", code=2)
     overrides = list(override) + ([f"output_dir={output_dir}"] if output_dir else [])
     with user_errors(f"invalid config {config}", code=2):
         cfg = RunConfig.from_yaml(config, overrides)
     with user_errors("cannot train"):
-        summary = run_training(cfg, show_progress=not quiet)
+        summary = run_training(cfg, show_progress=not quiet, resume_from_checkpoint=True if resume else None)
     if not summary.is_main_process:
         return
     typer.echo(f"saved {summary.output_dir} (best val micro-F1 {100 * summary.best_val_f1:.2f} at epoch "
@@ -40,9 +57,8 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
     """Score a model on a split: accuracy, micro P/R/F1, macro-F1, per relation, confusion matrix, Hits@k/MRR."""
     from rocmre.evaluation.report import evaluate_dataset, write_evaluation
     from rocmre.modeling.model import RelationModel
-    from rocmre.modeling.runtime import ModelRuntime
     from rocmre.training.config import RunConfig
-    from rocmre.training.trainer import load_run_data
+    from rocmre.training.setup import load_run_data, make_runtime
 
     use_data_dir(data_dir)
     run_file = model / "run_config.yaml"
@@ -56,13 +72,12 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
                             f"{cfg.data.path!r} (pass --data to choose)", err=True, fg=typer.colors.YELLOW)
     if data is not None:
         cfg.data.path = data
-    cfg.data.exclude_relations = []  # evaluate on every record of the split
     with user_errors(f"cannot read the {split} split"):
-        dataset = load_run_data(cfg, split)
+        dataset = load_run_data(cfg, split, keep_excluded=True)  # every record of the split
     with user_errors(f"cannot load the model {model}"):
         m = RelationModel.from_pretrained(model)
     with user_errors(f"cannot evaluate on {split}"):
-        runtime = ModelRuntime(m, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
+        runtime = make_runtime(m, cfg)
         ev = evaluate_dataset(runtime, dataset, batch_size, show_progress=not quiet)
         paths = write_evaluation(ev, out or model, f"{model.name} on {split}")
     r = ev.overall

@@ -23,24 +23,11 @@ class LabelSet:
         if self.negative_label not in self.labels:
             raise ValueError(f"negative label {self.negative_label!r} is not among the labels {self.labels}")
 
-    def index(self, label: str) -> int:
-        try:
-            return self.labels.index(label)
-        except ValueError:
-            raise KeyError(f"unknown relation label {label!r}") from None
-
     def __len__(self) -> int:
         return len(self.labels)
 
     def __contains__(self, label: object) -> bool:
         return label in self.labels
-
-    def to_dict(self) -> dict:
-        return {"labels": self.labels, "negative_label": self.negative_label}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LabelSet:
-        return cls(list(data["labels"]), data["negative_label"])
 
 
 @dataclass

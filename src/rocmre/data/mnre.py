@@ -26,7 +26,6 @@ from rocmre.data.literal import (
 )
 from rocmre.data.record import DataFormatError, Entity, RelationRecord, check_entity_span
 
-Split = Literal["train", "val", "test"]
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "dev": "val", "test": "test"}
 OnError = Literal["raise", "skip"]
 

@@ -196,12 +196,12 @@ class RelationExtractor:
                 cands.append(RelationCandidate(c.label, c.score, text))
             best = cands[0]
             out.append(Prediction(best.relation, best.score, best.description, cands,
-                                  _entity_info(rec.head, rec.tokens, f.head_type),
-                                  _entity_info(rec.tail, rec.tokens, f.tail_type), f.image is not None))
+                                  _entity_info(rec.head, f.head_type),
+                                  _entity_info(rec.tail, f.tail_type), f.image is not None))
         return out
 
 
-def _entity_info(e: Entity, tokens: list[str], etype: str) -> dict[str, Any]:
+def _entity_info(e: Entity, etype: str) -> dict[str, Any]:
     info: dict[str, Any] = {"name": e.name, "type": etype}
     if e.is_object:
         info["box"] = list(e.box or ())

@@ -199,7 +199,10 @@ class RelationModel(nn.Module):
                 options = [options[i] for i in sorted(pick)]
             texts += options
             index += [r] * len(options)
-        vecs = self.encode_descriptions(texts)
+        if self.training:
+            vecs = self.encode_descriptions(texts)
+        else:  # thousands of relations: encode in chunks so memory stays flat
+            vecs = torch.cat([self.encode_descriptions(texts[s:s + 256]) for s in range(0, len(texts), 256)])
         index_t = torch.tensor(index, device=vecs.device)
         if not self.training and per_relation is None:
             self._description_cache = (vecs.detach(), index_t, list(self.relation_labels))

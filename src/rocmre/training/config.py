@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rocmre.modeling.config import ModelConfig
 
@@ -58,9 +58,18 @@ class TrainConfig(BaseModel):
     # ROC: run the description encoder every N steps; in between only the projection trains, over the pooled
     # description states kept from the last refresh (1 = every step, the original recipe)
     description_refresh_steps: int = Field(1, ge=1)
+    # AdamW's fused kernel (one pass over all parameters; on 2 CPU cores the step's optimiser part drops from about
+    # 80 to 30 ms); same algorithm, rounding differs from the per-parameter loop
+    fused_optimizer: bool = False
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML reads a bare ``no`` as false: take it as ``"no"``."""
+        return "no" if value is False else value
 
 
 class RunConfig(BaseModel):

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 STATE_NAME = "trainer_state.json"
+RUN_CONFIG_NAME = "run_config.yaml"  # also kept in checkpoints/, so that `rocmre train --resume DIR` needs no config
 #: files of a finished model folder that a fresh run removes first (``config.json`` first: it marks a model)
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, "descriptions.json", "metrics.json", "run_config.yaml", "README.md")
 
@@ -202,6 +203,8 @@ class Trainer:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             shutil.rmtree(self.output_dir / "text_encoder", ignore_errors=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            (self.checkpoint_dir / RUN_CONFIG_NAME).write_text(self.cfg.to_yaml(), encoding="utf-8")
 
     def _resolve_resume(self, resume_from_checkpoint: bool | str | Path | None) -> Path | None:
         if resume_from_checkpoint in (None, False):
@@ -288,7 +291,8 @@ class Trainer:
         head = [p for n, p in model.named_parameters() if not _is_backbone(n) and p.requires_grad]
         optimizer = torch.optim.AdamW([{"params": backbone, "lr": cfg.train.learning_rate},
                                        {"params": head, "lr": cfg.train.head_learning_rate}],
-                                      weight_decay=cfg.train.weight_decay)
+                                      weight_decay=cfg.train.weight_decay,
+                                      **({"fused": True} if cfg.train.fused_optimizer else {}))
         world = accelerator.num_processes
         n_batches = math.ceil(len(train_feats) / cfg.train.batch_size)
         steps_per_epoch = math.ceil(n_batches / world)  # every process the same number (the first batches repeat)
