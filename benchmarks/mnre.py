@@ -530,7 +530,10 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]) if argv is None
         else shlex.join(["python", "benchmarks/mnre.py", *argv]),
         "data": base.data.path, "images": data.images, "negative_label": neg, "scoring": SCORING_NOTE,
-        "bundle": "offline bundle from benchmarks/offline_bundle.py" if bundle else "",
+        "bundle": ("offline bundle from benchmarks/offline_bundle.py"
+                   + ("" if (Path(bundle) / "data" / "mnre" / "RE_data" / "img_vg").is_dir() else
+                      " made with --no-crops (the visual-grounding crops of the 107 records with an image are left "
+                      "out, to fit the GPU machine's 64 MiB transfer)")) if bundle else "",
         "overrides": args.set, "seeds": seeds, "backbones": backbones, "resamples": args.resamples,
         "variants": {n: {"config": variants[n].config, "overrides": variants[n].overrides,
                          "title": variants[n].title, "paradigm": variants[n].paradigm} for n in names},
