@@ -197,3 +197,34 @@ def test_name_swap_epoch_features_are_seeded(mnre_root, cache_dir, tmp_path):
     assert [f.input_ids for f in e0] == [f.input_ids for f in t._epoch_features(runtime, data, base, 0)]
     assert sum(a.input_ids != b.input_ids for a, b in zip(base, e0, strict=True)) > 0
     assert [f.label for f in e0] == [f.label for f in base]
+
+
+def test_prediction_precision_follows_the_validated_run(tiny_roc_dir, tmp_path, cache_dir):
+    import shutil
+
+    import torch
+    import yaml
+
+    from rocmre.inference.extractor import RelationExtractor
+    from rocmre.modeling.runtime import thread_policy
+    from rocmre.training.setup import resolve_precision
+
+    assert RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir).runtime.precision == "fp32"
+    copy = tmp_path / "bf16"
+    shutil.copytree(tiny_roc_dir, copy)
+    run = yaml.safe_load((copy / "run_config.yaml").read_text())
+    run["train"]["inference_precision"] = "bf16"
+    (copy / "run_config.yaml").write_text(yaml.safe_dump(run))
+    ex = RelationExtractor.from_pretrained(copy, cache_dir=cache_dir)
+    assert ex.runtime.precision == "bf16"
+    p = ex.predict("Rafael Nadal gets engaged to Mery Perello", "Rafael Nadal", "Mery Perello")
+    assert p.relation in ex.relations
+    with pytest.raises(ValueError, match="precision must be"):
+        RelationExtractor.from_pretrained(copy, precision="int8")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
+    before = torch.get_num_threads()
+    with thread_policy(1):
+        assert torch.get_num_threads() == (before if torch.cuda.is_available() else 1)
+    assert torch.get_num_threads() == before
+    with thread_policy(64):
+        assert torch.get_num_threads() == before

@@ -103,6 +103,9 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                                                    "or 'ignore' (predict from the text)."),
             cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
             device: str = typer.Option("cpu", "--device"),
+            precision: str | None = typer.Option(None, "--precision",
+                                                 help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
+                                                      "(default: what the model was validated with)."),
             quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Predict the relation of every pair in a JSONL file: one output line per input line, in order."""
     from rocmre.inference.extractor import RelationExtractor
@@ -110,7 +113,8 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     if missing_image not in ("error", "ignore"):
         fail(f"--missing-image must be 'error' or 'ignore', not {missing_image!r}")
     try:
-        extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir)
+        extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
+                                                      precision=precision)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
 

@@ -36,6 +36,9 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
                                                    help="Relation descriptions replacing the model's set."),
           cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
           device: str = typer.Option("cpu", "--device"),
+          precision: str | None = typer.Option(None, "--precision",
+                                               help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
+                                                    "(default: what the model was validated with)."),
           log_level: str = typer.Option("info", "--log-level")) -> None:
     """Serve a model over HTTP: POST /predict, /predict/batch, GET/POST /relations, /health, a web page at /."""
     try:
@@ -49,7 +52,8 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     if api_token is not None and not api_token.strip():
         fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
     try:
-        extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir)
+        extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
+                                                      precision=precision)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch,

@@ -76,7 +76,12 @@ class Decisions:
     def top_k(self, i: int, k: int) -> list[RankedRelation]:
         """The ``k`` best relations of record ``i``, best first (ties broken by relation order)."""
         row = self.scores[i]
-        order = np.argsort(-row, kind="stable")[: max(1, k)]
+        k = max(1, min(k, len(row)))
+        if k < len(row):  # thousands of relations: partition first, then sort only the k best
+            part = np.argpartition(-row, k - 1)[:k]
+            order = part[np.lexsort((part, -row[part]))]
+        else:
+            order = np.argsort(-row, kind="stable")
         return [RankedRelation(int(j), self.labels[j], float(row[j]),
                                None if self.best_description is None else int(self.best_description[i, j]))
                 for j in order]

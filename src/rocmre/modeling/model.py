@@ -83,6 +83,7 @@ class RelationModel(nn.Module):
         else:
             self.classifier = nn.Linear(config.pair_dim, len(config.labels))
         self._description_cache: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+        self._centre_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # eval: relation centres of the cache
         # pooled encoder states of description texts, reused between refreshes (see ``forward``)
         self._pooled_states: dict[str, torch.Tensor] = {}
 
@@ -230,8 +231,14 @@ class RelationModel(nn.Module):
         bsz = pairs.shape[0]
         sims = pairs @ desc.T  # (B, M)
         if self.config.description_pooling == "mean":
-            centres = torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype).index_add(0, index, desc)
-            scores = pairs @ F.normalize(centres, dim=-1).T
+            cached = self._centre_cache
+            if not self.training and cached is not None and cached[0] is desc:
+                centres = cached[1]
+            else:
+                centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
+                                      .index_add(0, index, desc), dim=-1)
+                self._centre_cache = None if self.training else (desc, centres.detach())
+            scores = pairs @ centres.T.to(pairs.dtype)
         else:
             scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
                 1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
