@@ -121,7 +121,8 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     def report(e: DataFormatError) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(typer.style(f"skipped {e}", fg=typer.colors.YELLOW), file=sys.stderr)
+        message = f"skipped {e}"
+        tqdm.write(typer.style(message, fg=typer.colors.YELLOW) if sys.stderr.isatty() else message, file=sys.stderr)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -68,6 +68,7 @@ class RelationExtractor:
         ``precision="bf16"`` scores under bfloat16 autocast (faster where the CPU supports it; changes scores
         slightly, so it is opt-in)."""
         self.model = model.eval()
+        self.source_dir: Path | None = None  # the model folder it was loaded from (see save_pretrained)
         # new prediction inputs are typed in memory only: the entity-type cache file is never rewritten per call
         self.runtime = ModelRuntime(model, Path(cache_dir) if cache_dir else None, second_stage=second_stage,
                                     rerank_top_k=rerank_top_k, precision=precision, persist_types=False)
@@ -89,13 +90,24 @@ class RelationExtractor:
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {precision!r}")
         if descriptions is not None and not isinstance(descriptions, RelationDescriptions):
             descriptions = RelationDescriptions.load(descriptions)
-        return cls(RelationModel.from_pretrained(directory, descriptions, device), cache_dir,
-                   precision=resolve_precision(precision))
+        extractor = cls(RelationModel.from_pretrained(directory, descriptions, device), cache_dir,
+                        precision=resolve_precision(precision))
+        extractor.source_dir = Path(directory)
+        return extractor
 
     def save_pretrained(self, directory: str | Path) -> None:
+        """The model folder (with the current relation set); the training record of the folder it was loaded
+        from (``metrics.json``, ``run_config.yaml``) is carried over, so ``rocmre evaluate`` keeps its config."""
+        import shutil
+
         from rocmre.inference.model_card import write_model_card
 
+        directory = Path(directory)
         self.model.save_pretrained(directory)
+        source = self.source_dir
+        for name in ("metrics.json", "run_config.yaml"):
+            if source is not None and (source / name).is_file() and source.resolve() != directory.resolve():
+                shutil.copy2(source / name, directory / name)
         write_model_card(directory)
 
     # -- relations ----------------------------------------------------------------------------

@@ -325,7 +325,9 @@ class RelationModel(nn.Module):
 
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{directory} is not a rocmre model folder (no {CONFIG_NAME})")
+            hint = (f": it holds the checkpoints of an unfinished training; continue it with `rocmre train --resume "
+                    f"{directory}`") if (directory / "checkpoints").is_dir() else ""
+            raise FileNotFoundError(f"{directory} is not a rocmre model folder (no {CONFIG_NAME}){hint}")
         config = ModelConfig.model_validate_json((directory / CONFIG_NAME).read_text(encoding="utf-8"))
         tokenizer = AutoTokenizer.from_pretrained(directory / TEXT_ENCODER_DIR)
         text_model = AutoModel.from_config(AutoConfig.from_pretrained(directory / TEXT_ENCODER_DIR))
