@@ -88,6 +88,47 @@ def predict_file(extractor: RelationExtractor, input_path: Path, output, *, top_
     return counts["predicted"], counts["skipped"]
 
 
+def load_relations_file(path: Path) -> dict[str, Any]:
+    """The relations of a ``--relations`` file, for :meth:`RelationExtractor.add_relations`.
+
+    A JSON object ``{name: [descriptions]}`` or ``{name: {"descriptions": [...], "examples": [...], "head_types":
+    [...], "tail_types": [...]}}`` (examples as ``rocmre predict`` input lines; an example's ``image`` is relative
+    to the file's folder), or a rocmre descriptions file (``"format": "rocmre-descriptions/1"``). Errors name the
+    file (:class:`DataFormatError`).
+    """
+    from rocmre.descriptions.store import FORMAT, RelationDescriptions
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"not valid JSON: {e.msg}", path, e.lineno, None) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataFormatError(f"cannot read it: {e}", path, None, None) from None
+    if not isinstance(data, dict) or not data:
+        raise DataFormatError('expected a non-empty JSON object {"relation name": ["description", ...]} or '
+                              '{"relation name": {"descriptions": [...], "examples": [...]}}', path, None, None)
+    if data.get("format") == FORMAT:
+        store = RelationDescriptions.from_dict(data, str(path))
+        return {name: {"descriptions": e.texts, "examples": e.examples, "head_types": e.head_types,
+                       "tail_types": e.tail_types}
+                for name, e in store.relations.items() if name != store.negative_label}
+    out: dict[str, Any] = {}
+    for name, spec in data.items():
+        if isinstance(spec, dict) and isinstance(spec.get("examples"), list):
+            examples = []
+            for i, ex in enumerate(spec["examples"]):
+                image = ex.get("image") if isinstance(ex, dict) else None
+                if isinstance(image, str) and image.strip() and not Path(image).is_absolute():
+                    ex = ex | {"image": str(path.parent / image)}
+                examples.append(ex)
+                if isinstance(image, str) and image.strip() and not Path(ex["image"]).is_file():
+                    raise DataFormatError(f"image not found: {ex['image']}", path, None,
+                                          f"{name}.examples[{i}].image")
+            spec = spec | {"examples": examples}
+        out[name] = spec
+    return out
+
+
 def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Model folder."),
             input_path: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False,
                                             help="Entity pairs, one JSON object a line (see rocmre.data.jsonl)."),
@@ -98,6 +139,11 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                                                 help="Skip (and count) a bad line, or stop at it."),
             descriptions: Path | None = typer.Option(None, "--descriptions", exists=True, dir_okay=False,
                                                      help="Relation descriptions replacing the model's set."),
+            relations: Path | None = typer.Option(None, "--relations", exists=True, dir_okay=False,
+                                                  help="Relations to add before predicting (ROC): a JSON object "
+                                                       "{name: [descriptions]} or {name: {descriptions, examples, "
+                                                       "head_types, tail_types}}; descriptions may use {head} and "
+                                                       "{tail}."),
             missing_image: str = typer.Option("error", "--missing-image",
                                               help="A listed image that does not exist: 'error' (a bad line) "
                                                    "or 'ignore' (predict from the text)."),
@@ -112,11 +158,22 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
 
     if missing_image not in ("error", "ignore"):
         fail(f"--missing-image must be 'error' or 'ignore', not {missing_image!r}")
+    new_relations = None
+    if relations is not None:
+        try:
+            new_relations = load_relations_file(relations)
+        except DataFormatError as e:  # names the file
+            fail(str(e))
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
+    if new_relations is not None:
+        try:
+            extractor.add_relations(new_relations)
+        except (ValueError, TypeError) as e:
+            fail(f"{relations}: {e}")
 
     def report(e: DataFormatError) -> None:
         from tqdm.auto import tqdm

@@ -20,11 +20,19 @@ File format (JSON, ``"format": "rocmre-descriptions/1"``)::
 ``head_types`` / ``tail_types`` are entity types from :data:`rocmre.data.entity_types.ENTITY_TYPES`
 (an empty list means "any type"). Provenance says how a text was produced: ``method`` is ``"hand"`` or
 ``"llm"``; LLM texts also record ``backend``, ``model``, ``prompt_version`` and whether they were ``edited``.
+
+A description may be a **template** naming the pair's entities, ``"{head} is married to {tail}."``: at prediction
+time it is filled with each pair's mentions before it is encoded (only ``{head}`` and ``{tail}`` are placeholders).
+A relation may also carry labelled **examples** (optional ``"examples"``: a list of pair objects in the input
+format of ``rocmre predict``, e.g. ``{"text": "...", "head": "...", "tail": "..."}``; an ``image`` is a file path):
+the model scores pairs against their mean pair vector too (``model.prototype_weight``). Files without
+``examples`` load as before.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,9 +40,46 @@ from pathlib import Path
 from typing import Any
 
 from rocmre.data.entity_types import ENTITY_TYPES
+from rocmre.data.inputs import PairInput, PairInputError, as_pair
 from rocmre.data.record import DataFormatError
 
 FORMAT = "rocmre-descriptions/1"
+#: the placeholders a description template may use
+PLACEHOLDERS = ("head", "tail")
+#: the keys an example may have (a pair as ``rocmre predict`` reads it; ``tokens`` is a token-list ``text``)
+EXAMPLE_KEYS = ("text", "tokens", "head", "tail", "image", "head_type", "tail_type", "id")
+_BRACED = re.compile(r"\{([^{}]*)\}")
+
+
+def is_template(text: str) -> bool:
+    """Whether a description names the pair's entities (``{head}`` or ``{tail}``)."""
+    return "{head}" in text or "{tail}" in text
+
+
+def check_template(text: str) -> None:
+    """``ValueError`` unless every brace in ``text`` is one of the placeholders ``{head}`` / ``{tail}``."""
+    bad = [m.group(0) for m in _BRACED.finditer(text) if m.group(1) not in PLACEHOLDERS]
+    if bad:
+        raise ValueError(f"unknown placeholder {bad[0]}: a description template may use only {{head}} and {{tail}}")
+    if "{" in _BRACED.sub("", text) or "}" in _BRACED.sub("", text):
+        raise ValueError("unbalanced brace: a description template may use only the placeholders {head} and {tail}")
+
+
+def fill_template(text: str, head: str, tail: str) -> str:
+    """A template with its placeholders replaced by the pair's head and tail mentions."""
+    return text.replace("{head}", head).replace("{tail}", tail)
+
+
+def example_to_pair(example: Mapping[str, Any]) -> PairInput:
+    """A stored example as a :class:`~rocmre.data.inputs.PairInput` (``tokens`` wins over ``text``, as in JSONL
+    files); ``PairInputError`` for unknown keys or missing fields."""
+    unknown = sorted(str(k) for k in example if k not in EXAMPLE_KEYS)
+    if unknown:
+        raise PairInputError(None, f"unknown field(s) {unknown} in an example; accepted: {', '.join(EXAMPLE_KEYS)}")
+    fields = {k: v for k, v in example.items() if k not in ("tokens", "id")}
+    if "tokens" in example:
+        fields["text"] = example["tokens"]
+    return as_pair(fields)
 
 
 @dataclass
@@ -48,6 +93,8 @@ class RelationEntry:
     descriptions: list[Description]
     head_types: list[str] = field(default_factory=list)
     tail_types: list[str] = field(default_factory=list)
+    #: labelled pairs (JSON objects in ``rocmre predict``'s input format) whose mean pair vector is a prototype
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def texts(self) -> list[str]:
@@ -88,20 +135,25 @@ class RelationDescriptions:
 
     # -- editing ------------------------------------------------------------------------------
     def add(self, label: str, texts: Iterable[str | Description], *, head_types: Iterable[str] = (),
-            tail_types: Iterable[str] = (), provenance: Mapping[str, Any] | None = None) -> None:
-        """Add a relation, or append descriptions to an existing one."""
+            tail_types: Iterable[str] = (), provenance: Mapping[str, Any] | None = None,
+            examples: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Add a relation, or append descriptions (and examples) to an existing one.
+
+        ``examples`` are stored as given (JSON objects; :meth:`RelationExtractor.add_relations` checks them)."""
         descs = [t if isinstance(t, Description) else Description(str(t), dict(provenance or {"method": "hand"}))
                  for t in texts]
         descs = [d for d in descs if d.text.strip()]
-        if not descs:
+        examples = [dict(e) for e in examples]
+        if not descs and (label not in self.relations or not examples):
             raise ValueError(f"relation {label!r} needs at least one non-empty description")
         for t in (*head_types, *tail_types):
             if t not in ENTITY_TYPES:
                 raise ValueError(f"unknown entity type {t!r}; expected one of {ENTITY_TYPES}")
         if label in self.relations:
             self.relations[label].descriptions.extend(descs)
+            self.relations[label].examples.extend(examples)
         else:
-            self.relations[label] = RelationEntry(descs, list(head_types), list(tail_types))
+            self.relations[label] = RelationEntry(descs, list(head_types), list(tail_types), examples)
 
     def remove(self, label: str) -> None:
         if label not in self.relations:
@@ -119,7 +171,7 @@ class RelationDescriptions:
                     "head_types": e.head_types,
                     "tail_types": e.tail_types,
                     "descriptions": [{"text": d.text, "provenance": d.provenance} for d in e.descriptions],
-                }
+                } | ({"examples": e.examples} if e.examples else {})
                 for label, e in self.relations.items()
             },
         }
@@ -146,14 +198,27 @@ class RelationDescriptions:
                 if not isinstance(d, Mapping) or not str(d.get("text", "")).strip():
                     raise DataFormatError("each description needs a non-empty 'text'", source, None,
                                           f"{where}.descriptions[{i}]")
+                if is_template(str(d["text"])):
+                    try:
+                        check_template(str(d["text"]))
+                    except ValueError as e:
+                        raise DataFormatError(str(e), source, None, f"{where}.descriptions[{i}]") from None
                 descs.append(Description(str(d["text"]).strip(), dict(d.get("provenance") or {"method": "hand"})))
             for key in ("head_types", "tail_types"):
                 for t in entry.get(key, []) or []:
                     if t not in ENTITY_TYPES:
                         raise DataFormatError(f"unknown entity type {t!r}; expected one of {ENTITY_TYPES}",
                                               source, None, f"{where}.{key}")
+            examples = entry.get("examples", []) or []
+            if not isinstance(examples, list):
+                raise DataFormatError("must be a list of example objects", source, None, f"{where}.examples")
+            for i, ex in enumerate(examples):
+                if not isinstance(ex, Mapping):
+                    raise DataFormatError("an example is an object with text (or tokens), head and tail", source,
+                                          None, f"{where}.examples[{i}]")
             out.relations[label] = RelationEntry(descs, list(entry.get("head_types", []) or []),
-                                                 list(entry.get("tail_types", []) or []))
+                                                 list(entry.get("tail_types", []) or []),
+                                                 [dict(ex) for ex in examples])
         if out.negative_label is not None and out.negative_label not in out.relations:
             raise DataFormatError(f"negative label {out.negative_label!r} has no descriptions", source, None,
                                   "negative_label")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import json
+import os
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,15 @@ from rocmre.data.inputs import (
     tokenize,
 )
 from rocmre.data.record import Entity, RelationRecord
-from rocmre.descriptions.store import Description, RelationDescriptions
+from rocmre.descriptions.store import (
+    Description,
+    RelationDescriptions,
+    RelationEntry,
+    check_template,
+    example_to_pair,
+    fill_template,
+    is_template,
+)
 from rocmre.modeling.decision import SecondStageScorer
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime, thread_policy
@@ -72,6 +82,7 @@ class RelationExtractor:
         # new prediction inputs are typed in memory only: the entity-type cache file is never rewritten per call
         self.runtime = ModelRuntime(model, Path(cache_dir) if cache_dir else None, second_stage=second_stage,
                                     rerank_top_k=rerank_top_k, precision=precision, persist_types=False)
+        model.example_runtime = self.runtime  # relation examples are featurised like prediction inputs
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: str | Path | RelationDescriptions | None = None,
@@ -120,28 +131,51 @@ class RelationExtractor:
         d = self.model.descriptions
         return {r: (d.texts(r) if r in d else []) for r in self.relations}
 
+    def relation_examples(self) -> dict[str, list[dict[str, Any]]]:
+        """Each relation's labelled examples (empty for most; see :meth:`add_relations`)."""
+        d = self.model.descriptions
+        return {r: ([dict(e) for e in d.relations[r].examples] if r in d else []) for r in self.relations}
+
     def add_relations(self, relations: Mapping[str, Sequence[str] | Mapping[str, Any]],
                       provenance: Mapping[str, Any] | None = None) -> list[str]:
-        """Add relations (or descriptions to existing ones) without retraining: ``{name: [descriptions...]}`` or
-        ``{name: {"descriptions": [...], "head_types": [...], "tail_types": [...]}}``. Returns the new names.
+        """Add relations (or descriptions and examples to existing ones) without retraining. Returns the new names.
 
-        Names and descriptions must be non-empty strings; the negative label cannot be given descriptions (it is
-        decided by the model's None margin, not retrieved). Nothing changes when any entry is invalid.
+        ``{name: [descriptions...]}`` or ``{name: {"descriptions": [...], "examples": [...], "head_types": [...],
+        "tail_types": [...]}}``:
+
+        * a description may be a template with ``{head}`` / ``{tail}``, filled with each pair's mentions when it is
+          scored (``"{head} plays for {tail}."``); no other placeholder is accepted;
+        * ``examples`` are labelled pairs in the input format of :meth:`predict_batch` (dicts with ``text`` or
+          ``tokens``, ``head``, ``tail``, optional ``image`` as a file path, ``head_type``/``tail_type``). The
+          relation then also scores pairs against the mean of its examples' pair vectors (a prototype):
+          ``(1 - w) * description score + w * prototype score``, ``w = model.config.prototype_weight``. Examples
+          are saved with the model (``save_pretrained``); image paths are stored absolute.
+
+        Names and descriptions must be non-empty strings (an existing relation may be given only examples); the
+        negative label cannot be given descriptions (it is decided by the model's None margin, not retrieved). A
+        bad entry raises ``ValueError``/``TypeError`` naming the relation (and the description or example index);
+        nothing changes then.
         """
-        parsed = _parse_relations(relations, self.model.config.negative_label)
         current = self.model.descriptions
-        updated = RelationDescriptions(dict(current.relations), name=current.name,
-                                       negative_label=current.negative_label)
-        updated.relations = {k: type(v)(list(v.descriptions), list(v.head_types), list(v.tail_types))
+        parsed = _parse_relations(relations, self.model.config.negative_label, current.labels)
+        updated = RelationDescriptions(name=current.name, negative_label=current.negative_label)
+        updated.relations = {k: RelationEntry(list(v.descriptions), list(v.head_types), list(v.tail_types),
+                                              [dict(e) for e in v.examples])
                              for k, v in current.relations.items()}
         added = []
-        for name, (texts, head_types, tail_types) in parsed.items():
+        for name, (texts, head_types, tail_types, examples) in parsed.items():
             prov = dict(provenance or {"method": "hand", "added_at_inference": True})
             updated.add(name, [Description(t, dict(prov)) for t in texts], head_types=head_types,
-                        tail_types=tail_types)
+                        tail_types=tail_types, examples=examples)
             if name not in current:
                 added.append(name)
         self.model.set_descriptions(updated)
+        if any(examples for *_, examples in parsed.values()):
+            try:  # prototypes now: the first prediction is not slowed down, and a failure changes nothing
+                self.model.prototype_vectors()
+            except Exception:
+                self.model.set_descriptions(current)
+                raise
         return added
 
     def remove_relations(self, names: Iterable[str]) -> None:
@@ -219,6 +253,8 @@ class RelationExtractor:
                 if c.description_index is not None and by_name and c.label in store:
                     texts = store.texts(c.label)
                     text = texts[c.description_index] if c.description_index < len(texts) else None
+                    if text is not None and is_template(text):  # the template as it was scored: filled
+                        text = fill_template(text, rec.head.name, rec.tail.name)
                 cands.append(RelationCandidate(c.label, c.score, text))
             best = cands[0]
             out.append(Prediction(best.relation, best.score, best.description, cands,
@@ -251,37 +287,83 @@ def _entity_info(e: Entity, etype: str) -> dict[str, Any]:
     return info
 
 
-def _parse_relations(relations: Any, negative_label: str) -> dict[str, tuple[list[str], list[str], list[str]]]:
-    """``{name: (descriptions, head_types, tail_types)}`` from :meth:`RelationExtractor.add_relations`' argument."""
+def _parse_relations(relations: Any, negative_label: str, existing: Collection[str] = ()
+                     ) -> dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]]]]:
+    """``{name: (descriptions, head_types, tail_types, examples)}`` from :meth:`RelationExtractor.add_relations`'
+    argument, every description template and example checked."""
     if not isinstance(relations, Mapping):
         raise TypeError(f"relations must be a dict of name -> descriptions, got {type(relations).__name__}")
-    out: dict[str, tuple[list[str], list[str], list[str]]] = {}
+    out: dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]]]] = {}
     for name, spec in relations.items():
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"relation names must be non-empty strings, got {name!r}")
         if name == negative_label:
             raise ValueError(f"{name!r} is the negative label: it is decided by the None margin and cannot be given "
                              "descriptions")
+        examples: Any = ()
         if isinstance(spec, Mapping):
-            unknown = sorted(str(k) for k in spec if k not in ("descriptions", "head_types", "tail_types"))
+            unknown = sorted(str(k) for k in spec if k not in RELATION_KEYS)
             if unknown:
-                raise ValueError(f"relation {name!r}: unknown key(s) {unknown}; accepted: descriptions, head_types, "
-                                 "tail_types")
+                raise ValueError(f"relation {name!r}: unknown key(s) {unknown}; accepted: {', '.join(RELATION_KEYS)}")
             texts, head_types, tail_types = spec.get("descriptions", []), spec.get("head_types", ()), \
                 spec.get("tail_types", ())
+            examples = spec.get("examples", ()) or ()
         else:
             texts, head_types, tail_types = spec, (), ()
         if isinstance(texts, str):
             texts = [texts]
-        if not isinstance(texts, Sequence) or not texts:
+        if not isinstance(texts, Sequence) or (not texts and not (examples and name in existing)):
             raise ValueError(f"relation {name!r}: give at least one description (a non-empty string)")
-        for t in texts:
+        for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"relation {name!r}: descriptions must be strings, got {type(t).__name__}")
             if not t.strip():
                 raise ValueError(f"relation {name!r}: empty description")
+            try:
+                check_template(t)
+            except ValueError as e:
+                raise ValueError(f"relation {name!r}, description {i}: {e}") from None
         for key, types in (("head_types", head_types), ("tail_types", tail_types)):
             if isinstance(types, str) or not isinstance(types, Sequence):
                 raise TypeError(f"relation {name!r}: {key} must be a list of entity types")
-        out[name] = (list(texts), list(head_types), list(tail_types))
+        if isinstance(examples, str | Mapping) or not isinstance(examples, Sequence):
+            raise TypeError(f"relation {name!r}: examples must be a list of pairs (dicts with text, head, tail)")
+        out[name] = (list(texts), list(head_types), list(tail_types),
+                     [_checked_example(ex, name, i) for i, ex in enumerate(examples)])
     return out
+
+
+#: the keys of a relation given as a dict to :meth:`RelationExtractor.add_relations`
+RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples")
+
+
+def _checked_example(example: Any, relation: str, i: int) -> dict[str, Any]:
+    """An example as the JSON object stored with the model, resolved once to check it (the one input parser)."""
+    where = f"relation {relation!r}, example {i}"
+    if isinstance(example, PairInput):
+        example = {k: v for k, v in (("text", example.text), ("head", example.head), ("tail", example.tail),
+                                     ("image", example.image), ("head_type", example.head_type),
+                                     ("tail_type", example.tail_type)) if v is not None}
+    if not isinstance(example, Mapping):
+        raise TypeError(f"{where}: expected a dict with text (or tokens), head and tail, got "
+                        f"{type(example).__name__}")
+    example = dict(example)
+    image = example.get("image")
+    if image is not None:
+        if not isinstance(image, str | os.PathLike) or not str(image).strip():
+            raise TypeError(f"{where}: image: examples are saved with the model, so an example's image must be a "
+                            f"file path, got {type(image).__name__}")
+        if not Path(image).is_file():
+            raise ValueError(f"{where}: image: file not found: {image}")
+        example["image"] = str(Path(image).resolve())
+    try:
+        example = json.loads(json.dumps(example))  # tuples become lists; only JSON values can be saved
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{where}: examples are saved as JSON: {e}") from None
+    try:
+        pair_to_record(example_to_pair(example))
+    except TypeError as e:
+        raise TypeError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return example

@@ -51,6 +51,9 @@ class ModelConfig(BaseModel):
     learnable_temperature: bool = True
     pair_pair_weight: float = Field(0.0, ge=0.0)
     pair_pair_temperature: float = Field(0.1, gt=0.0)
+    # few-shot relations (prediction only): a relation added with labelled examples scores
+    # (1 - w) * description score + w * cosine to the mean of its examples' normalised pair vectors
+    prototype_weight: float = Field(0.5, ge=0.0, le=1.0)
     type_constraint: bool = False
     type_penalty: float = Field(0.2, ge=0.0)
     none_margin: float = 0.0

@@ -8,9 +8,13 @@ trained with InfoNCE), the classifier applies a linear layer and cross-entropy.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +22,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rocmre.data.entity_types import ENTITY_TYPES
-from rocmre.descriptions.store import RelationDescriptions
+from rocmre.descriptions.store import RelationDescriptions, example_to_pair, fill_template, is_template
 from rocmre.modeling.config import ModelConfig
 from rocmre.modeling.fusion import MultimodalPairEncoder
+from rocmre.modeling.prompting import MARKERS
 
 KNOWN_VISION_SHAPES = {"efficientnet-lite0": (1280, 49)}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 DESCRIPTIONS_NAME = "descriptions.json"
 TEXT_ENCODER_DIR = "text_encoder"
+#: filled description templates kept encoded at prediction time (the oldest are dropped beyond this)
+MAX_FILLED_TEXTS = 4096
+_TYPE_PROMPT = re.compile(r"\[\s*(?:" + "|".join(ENTITY_TYPES) + r")\s*\]")
 
 
 @dataclass
@@ -86,6 +94,14 @@ class RelationModel(nn.Module):
         self._centre_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # eval: relation centres of the cache
         # pooled encoder states of description texts, reused between refreshes (see ``forward``)
         self._pooled_states: dict[str, torch.Tensor] = {}
+        # prediction only: vectors of filled description templates, few-shot prototypes per relation
+        # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
+        self._filled_vectors: dict[str, torch.Tensor] = {}
+        self._prototypes: dict[str, tuple[str, torch.Tensor]] = {}
+        self._template_cache: tuple[torch.Tensor, list[tuple[int, list[str]]]] | None = None
+        #: featurises relation examples for prototypes (a ModelRuntime; RelationExtractor sets its own,
+        #: otherwise one is made on first use)
+        self.example_runtime: Any = None
 
     # -- relation set -------------------------------------------------------------------------
     @property
@@ -212,6 +228,8 @@ class RelationModel(nn.Module):
     def train(self, mode: bool = True) -> RelationModel:
         if mode:  # weights are about to change: description vectors must be recomputed
             self._description_cache = None
+            self._filled_vectors = {}
+            self._prototypes = {}
         super().train(mode)
         if self.config.model_type == "roc" and self.config.freeze_description_encoder:
             self.description_encoder.eval()  # frozen: no dropout either
@@ -269,6 +287,9 @@ class RelationModel(nn.Module):
                                                refresh=refresh_descriptions)
         pairs_n = pairs_n.to(desc.dtype)
         cosine, best = self.relation_similarity(pairs_n, desc, index)
+        if not self.training:  # prediction only: description templates, then few-shot prototypes
+            cosine, best = self._template_scores(batch, pairs_n, desc, cosine, best)
+            cosine = self._with_prototypes(pairs_n, cosine)
         inv_t = self.log_inverse_temperature.exp().clamp(max=100.0)
         logits = cosine * inv_t
         loss = None
@@ -278,6 +299,140 @@ class RelationModel(nn.Module):
                 loss = loss + self.config.pair_pair_weight * supervised_contrastive(
                     pairs_n, labels, self.config.pair_pair_temperature)
         return RelationModelOutput(logits, cosine, pairs_n, loss, best)
+
+    # -- prediction: description templates and few-shot prototypes -----------------------------
+    def entity_names(self, batch: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
+        """(head, tail) mention of each pair, read back from its marked input ids as the tokenizer writes them
+        (lower-cased by an uncased one); the type prompt between a marker and the mention is left out."""
+        marker_ids = self.tokenizer.convert_tokens_to_ids(list(MARKERS))
+        head_end, tail_end = marker_ids[1], marker_ids[3]
+        skip = set(marker_ids)
+        names = []
+        for row, mask, h, t in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(),
+                                   batch["head_index"].tolist(), batch["tail_index"].tolist(), strict=True):
+            row = row[:sum(mask)]
+
+            def mention(start: int, end_id: int, row: list[int] = row) -> str:
+                end = row.index(end_id, start + 1) if end_id in row[start + 1:] else len(row)
+                text = self.tokenizer.decode([i for i in row[start + 1:end] if i not in skip],
+                                             skip_special_tokens=True)
+                return " ".join(_TYPE_PROMPT.sub(" ", text).split())
+
+            names.append((mention(h, head_end), mention(t, tail_end)))
+        return names
+
+    def _template_relations(self, desc: torch.Tensor) -> list[tuple[int, list[str]]]:
+        """(relation index, its description texts) of every relation with a template, cached per vector set."""
+        cached = self._template_cache
+        if cached is not None and cached[0] is desc:
+            return cached[1]
+        found: list[tuple[int, list[str]]] = []
+        if self.config.description_mode != "label_names":
+            found = [(r, texts) for r, texts in enumerate(self._description_texts(self.descriptions))
+                     if any(is_template(t) for t in texts)]
+        self._template_cache = (desc, found)
+        return found
+
+    def _encode_filled(self, texts: list[str]) -> torch.Tensor:
+        """Description vectors (N, D) of prediction-time texts (filled templates), kept for repeated texts."""
+        cache = self._filled_vectors
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            device = self.description_projection.weight.device
+            model = self.description_encoder if self.description_encoder is not None else self.encoder.text_model
+            with torch.inference_mode(False), torch.no_grad():
+                for start in range(0, len(missing), 256):
+                    chunk = missing[start:start + 256]
+                    enc = self.tokenizer(chunk, padding=True, truncation=True,
+                                         max_length=self.config.description_max_length, return_tensors="pt").to(device)
+                    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                    pooled = mean_pool(hidden.float(), enc["attention_mask"])
+                    vecs = F.normalize(self.description_projection(pooled.to(self.description_projection.weight.dtype)),
+                                       dim=-1)
+                    cache.update(zip(chunk, vecs, strict=True))
+            wanted = set(texts)
+            for old in list(cache)[:max(0, len(cache) - MAX_FILLED_TEXTS)]:
+                if old not in wanted:
+                    del cache[old]
+        return torch.stack([cache[t] for t in texts])
+
+    def _template_scores(self, batch: Mapping[str, torch.Tensor], pairs: torch.Tensor, desc: torch.Tensor,
+                         cosine: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of the relations with description templates, each filled with every pair's mentions (eval)."""
+        templated = self._template_relations(desc)
+        if not templated:
+            return cosine, best
+        names = self.entity_names(batch)
+        cosine, best = cosine.clone(), best.clone()
+        for r, texts in templated:
+            filled = [fill_template(t, h, tl) if is_template(t) else t for h, tl in names for t in texts]
+            vecs = self._encode_filled(filled).to(pairs.dtype).view(len(names), len(texts), -1)  # (B, n, D)
+            sims = torch.einsum("bnd,bd->bn", vecs, pairs)
+            if self.config.description_pooling == "mean":
+                cosine[:, r] = (F.normalize(vecs.sum(1), dim=-1) * pairs).sum(-1).to(cosine.dtype)
+            else:
+                cosine[:, r] = sims.max(1).values.to(cosine.dtype)
+            best[:, r] = sims.argmax(1)
+        return cosine, best
+
+    def prototype_vectors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(prototypes (R, D), mask (R,)): for each relation with examples, the mean of its examples' normalised
+        pair vectors (normalised again), computed in eval mode without gradients and kept until the examples or
+        the weights change; ``None`` when no relation has examples (ROC only)."""
+        if self.config.model_type != "roc":
+            return None
+        labels = self.relation_labels
+        entries = self.descriptions.relations
+        wanted = [(r, label, entries[label].examples) for r, label in enumerate(labels)
+                  if label in entries and entries[label].examples]
+        if not wanted:
+            return None
+        device = self.description_projection.weight.device
+        vectors, kept = [], {}
+        for _, label, examples in wanted:
+            key = json.dumps(examples, sort_keys=True, default=str)
+            cached = self._prototypes.get(label)
+            if cached is None or cached[0] != key:
+                cached = (key, self._prototype(examples))
+            kept[label] = cached
+            vectors.append(cached[1].to(device))
+        self._prototypes = kept  # removed relations drop theirs
+        index = torch.tensor([r for r, _, _ in wanted], device=device)
+        rows = torch.zeros(len(labels), vectors[0].shape[-1], device=device).index_copy(0, index, torch.stack(vectors))
+        mask = torch.zeros(len(labels), dtype=torch.bool, device=device).index_fill(0, index, True)
+        return rows, mask
+
+    def _prototype(self, examples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """The normalised mean of the examples' normalised pair vectors (fp32, eval mode, no gradients)."""
+        from rocmre.data.inputs import pair_to_record
+
+        if self.example_runtime is None:
+            from rocmre.modeling.runtime import ModelRuntime
+
+            self.example_runtime = ModelRuntime(self, persist_types=False)
+        runtime = self.example_runtime
+        device = self.description_projection.weight.device
+        was_training = self.encoder.training
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+            records = [pair_to_record(example_to_pair(e)) for e in examples]
+            batch = {k: v.to(device) for k, v in runtime.collator(runtime.featurize(records, with_labels=False))
+                     .items()}
+            self.encoder.eval()  # no dropout
+            try:
+                z = F.normalize(self.encode_pairs(batch).float(), dim=-1)
+            finally:
+                self.encoder.train(was_training)
+        return F.normalize(z.mean(0), dim=-1)
+
+    def _with_prototypes(self, pairs: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval)."""
+        weight = self.config.prototype_weight
+        proto = self.prototype_vectors() if weight > 0 else None
+        if proto is None:
+            return cosine
+        rows, mask = proto
+        proto_scores = (pairs @ rows.T.to(pairs.dtype)).to(cosine.dtype)
+        return torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
 
     # -- building, saving, loading ------------------------------------------------------------
     @classmethod

@@ -40,6 +40,7 @@ DEFAULT_MAX_TOKENS = 512
 DEFAULT_MAX_DESCRIPTIONS = 16
 DEFAULT_MAX_DESCRIPTION_CHARS = 500
 DEFAULT_MAX_RELATIONS = 100
+DEFAULT_MAX_EXAMPLES = 32
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MAX_JSON_DEPTH = 32
 MAX_RELATION_NAME_CHARS = 200
@@ -98,7 +99,7 @@ EntitySpec = Annotated[
     Discriminator(_entity_kind, custom_error_type="entity_spec",
                   custom_error_message="an entity is a string that occurs in the text, or an object with 'name', "
                                        "'start'/'end', 'char_start'/'char_end' or 'box'")]
-_UNION_TAGS = {"mention", "entity"}
+_UNION_TAGS = {"mention", "entity", "description-list", "relation-object"}
 
 
 class PredictRequest(BaseModel):
@@ -137,6 +138,7 @@ class PredictResponse(BaseModel):
 class RelationInfo(BaseModel):
     name: str
     descriptions: list[str]
+    examples: int = Field(0, description="Labelled examples the relation was added with (few-shot prototype).")
 
 
 class RelationsResponse(BaseModel):
@@ -162,7 +164,50 @@ class ErrorResponse(BaseModel):
     candidates: list[Any] | None = None
 
 
-RelationsBody = TypeAdapter(dict[str, list[str]])
+class RelationExample(BaseModel):
+    """A labelled pair of a relation (the fields of a PredictRequest, without image and top_k)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | list[str] = Field(..., description="The sentence, or its tokens.")
+    head: EntitySpec
+    tail: EntitySpec
+    head_type: EntityType | None = None
+    tail_type: EntityType | None = None
+
+    def to_example(self) -> dict[str, Any]:
+        def spec(e: str | EntityRef) -> Any:
+            return e.to_spec() if isinstance(e, EntityRef) else e
+
+        return {"text": self.text, "head": spec(self.head), "tail": spec(self.tail)} | {
+            k: v for k, v in (("head_type", self.head_type), ("tail_type", self.tail_type)) if v is not None}
+
+
+class RelationSpec(BaseModel):
+    """A relation to add: descriptions (templates with {head}/{tail} allowed), labelled examples, type signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    descriptions: list[str] = Field(default_factory=list)
+    examples: list[RelationExample] = Field(default_factory=list)
+    head_types: list[EntityType] = Field(default_factory=list)
+    tail_types: list[EntityType] = Field(default_factory=list)
+
+
+def _relation_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "description-list"
+    if isinstance(value, dict | RelationSpec):
+        return "relation-object"
+    return None
+
+
+RelationValue = Annotated[
+    Annotated[list[str], Tag("description-list")] | Annotated[RelationSpec, Tag("relation-object")],
+    Discriminator(_relation_kind, custom_error_type="relation_spec",
+                  custom_error_message="a relation is a list of descriptions, or an object with 'descriptions', "
+                                       "'examples', 'head_types', 'tail_types'")]
+RelationsBody = TypeAdapter(dict[str, RelationValue])
 
 
 @dataclass(frozen=True)
@@ -177,6 +222,7 @@ class Limits:
     max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS
     max_relations: int = DEFAULT_MAX_RELATIONS
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_examples: int = DEFAULT_MAX_EXAMPLES
 
 
 # -- request guard: body size and JSON nesting -------------------------------------------------
@@ -426,17 +472,18 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
                max_tokens: int = DEFAULT_MAX_TOKENS, max_descriptions: int = DEFAULT_MAX_DESCRIPTIONS,
                max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS, max_relations: int = DEFAULT_MAX_RELATIONS,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, api_token: str | None = None,
-               read_only: bool = False) -> FastAPI:
+               read_only: bool = False, max_examples: int = DEFAULT_MAX_EXAMPLES) -> FastAPI:
     """A FastAPI app serving ``extractor``; model calls run in a threadpool, one at a time.
 
-    The ``max_*`` arguments bound what one request may ask (413/422 above them). ``api_token`` makes
+    The ``max_*`` arguments bound what one request may ask (413/422 above them; ``max_examples``: labelled
+    examples per relation in ``POST /relations``). ``api_token`` makes
     POST/DELETE /relations require ``Authorization: Bearer <token>`` (401 otherwise); ``read_only`` refuses them
     (403). Without either, anyone who can reach the port can change the relation set.
     """
     import asyncio
 
     limits = Limits(max_request_bytes, max_batch_size, max_text_chars, max_tokens, max_descriptions,
-                    max_description_chars, max_relations, max_image_pixels)
+                    max_description_chars, max_relations, max_image_pixels, max_examples)
     app = FastAPI(title="rocmre", version=__version__, docs_url=None, redoc_url=None,
                   description="Multimodal relation extraction by retrieval over relation descriptions (ROC).")
     model_lock = threading.Lock()
@@ -570,8 +617,10 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
 
     def relations_response() -> RelationsResponse:
         described = extractor.describe_relations()
+        examples = extractor.relation_examples()
         return RelationsResponse(model_type=model_type, negative_label=negative_label,
-                                 relations=[RelationInfo(name=n, descriptions=d) for n, d in described.items()])
+                                 relations=[RelationInfo(name=n, descriptions=d, examples=len(examples.get(n, [])))
+                                            for n, d in described.items()])
 
     bearer = HTTPBearer(auto_error=False, description="The server's API token (--api-token / ROCMRE_API_TOKEN).")
 
@@ -593,18 +642,28 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
         """Every relation the model retrieves from, with its descriptions (empty for a classifier)."""
         return await locked(relations_response)
 
-    def add_checked(clean: dict[str, list[str]]) -> list[str]:
+    def add_checked(clean: dict[str, Any]) -> list[str]:
         current = extractor.describe_relations()
+        current_examples = extractor.relation_examples()
         new = [n for n in clean if n not in current]
         if len(current) + len(new) > limits.max_relations:
             raise HTTPException(413, f"adding {len(new)} relations would make {len(current) + len(new)}, above the "
                                      f"limit of {limits.max_relations} (see --max-relations)")
-        for name, texts in clean.items():
+        for name, spec in clean.items():
+            texts = spec["descriptions"] if isinstance(spec, dict) else spec
             total = len(current.get(name, [])) + len(texts)
             if total > limits.max_descriptions:
                 raise HTTPException(413, f"relation {name!r}: {total} descriptions exceeds the limit of "
                                          f"{limits.max_descriptions} per relation (see --max-descriptions)")
-        added = extractor.add_relations(clean)
+            n_examples = len(current_examples.get(name, [])) + (len(spec["examples"]) if isinstance(spec, dict)
+                                                                else 0)
+            if n_examples > limits.max_examples:
+                raise HTTPException(413, f"relation {name!r}: {n_examples} examples exceeds the limit of "
+                                         f"{limits.max_examples} per relation")
+        try:
+            added = extractor.add_relations(clean)
+        except (ValueError, TypeError) as e:  # a bad template or an example whose entities cannot be resolved
+            raise HTTPException(422, clean_message(e)) from None
         with contextlib.suppress(AttributeError, TypeError):  # encode the new set now, not on the next predict
             import torch
 
@@ -612,19 +671,47 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
                 extractor.model.description_vectors()
         return added
 
+    relation_schema = {"oneOf": [
+        {"type": "array", "items": {"type": "string"}, "description": "Descriptions."},
+        {"type": "object", "additionalProperties": False, "properties": {
+            "descriptions": {"type": "array", "items": {"type": "string"},
+                             "description": "Descriptions; {head} and {tail} are filled with each pair's entities."},
+            "examples": {"type": "array", "maxItems": limits.max_examples, "items": {
+                "type": "object", "required": ["text", "head", "tail"],
+                "description": "A labelled pair: text, head, tail as in /predict, optional head_type/tail_type "
+                               "(no image)."}},
+            "head_types": {"type": "array", "items": {"type": "string"}},
+            "tail_types": {"type": "array", "items": {"type": "string"}}}}]}
+
     @app.post("/relations", response_model=AddRelationsResponse, responses=write_doc, tags=["relations"],
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
-                  "example": {"/per/org/plays_for": ["The head is an athlete who plays for the tail, a team."]}}}}}})
+                  "type": "object", "additionalProperties": relation_schema,
+                  "example": {"/per/org/plays_for": {
+                      "descriptions": ["{head} is an athlete who plays for {tail}, a sports team."],
+                      "examples": [{"text": "Lionel Messi scored for Inter Miami", "head": "Lionel Messi",
+                                    "tail": "Inter Miami"}]}}}}}}})
     async def add_relations(request: Request, _: None = Depends(may_write)) -> AddRelationsResponse:  # noqa: B008
-        """Add relations (or descriptions to existing ones) without retraining: ``{name: [descriptions]}``."""
+        """Add relations (or descriptions and examples to existing ones) without retraining:
+        ``{name: [descriptions]}`` or ``{name: {"descriptions": [...], "examples": [...], "head_types": [...],
+        "tail_types": [...]}}``. Descriptions may be templates with ``{head}``/``{tail}``; examples are labelled
+        pairs (text, head, tail as in /predict, no image) whose mean pair vector the relation is also scored
+        against."""
         if model_type != "roc":
             raise HTTPException(400, "this is a classification model: its label set is fixed, relations cannot "
                                      "be added (use a ROC model)")
-        body = validate(RelationsBody, parse_json(await request.body(), "the body",
-                                                  'send a JSON object {"relation name": ["description", ...]}'))
-        if not body:
+        raw = validate(RelationsBody, parse_json(await request.body(), "the body",
+                                                 'send a JSON object {"relation name": ["description", ...]}'))
+        if not raw:
             raise HTTPException(422, "give at least one relation: {name: [descriptions]}")
+        body: dict[str, list[str]] = {}
+        examples: dict[str, list[RelationExample]] = {}
+        specs: dict[str, RelationSpec] = {}
+        for name, value in raw.items():
+            if isinstance(value, RelationSpec):
+                specs[name] = value
+                body[name], examples[name] = value.descriptions, value.examples
+            else:
+                body[name], examples[name] = value, []
         for name, texts in body.items():
             if not name.strip():
                 raise HTTPException(422, "a relation name is empty")
@@ -634,16 +721,31 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
             if name.strip().casefold() == negative_label.casefold():
                 raise HTTPException(422, f"{name.strip()!r} is the negative label (the answer when no relation "
                                          "holds): it cannot be added or described; choose another name")
-            if not texts or not all(t.strip() for t in texts):
+            # an existing relation may be given only examples (add_relations refuses them for a new one)
+            if (not texts and not examples[name]) or not all(t.strip() for t in texts):
                 raise HTTPException(422, f"relation {name!r}: give at least one non-empty description")
             if len(texts) > limits.max_descriptions:
                 raise HTTPException(413, f"relation {name!r}: {len(texts)} descriptions exceeds the limit of "
                                          f"{limits.max_descriptions} per relation (see --max-descriptions)")
-            longest = max(len(t) for t in texts)
+            longest = max((len(t) for t in texts), default=0)
             if longest > limits.max_description_chars:
                 raise HTTPException(413, f"relation {name!r}: a description of {longest:,} characters exceeds the "
                                          f"limit of {limits.max_description_chars:,} (see --max-description-chars)")
-        clean = {name.strip(): [t.strip() for t in texts] for name, texts in body.items()}
+            if len(examples[name]) > limits.max_examples:
+                raise HTTPException(413, f"relation {name!r}: {len(examples[name])} examples exceeds the limit of "
+                                         f"{limits.max_examples} per relation")
+            for i, ex in enumerate(examples[name]):
+                try:
+                    check_request(PredictRequest(text=ex.text, head=ex.head, tail=ex.tail), limits)
+                except HTTPException as e:
+                    raise HTTPException(e.status_code, f"relation {name!r}, example {i}: {e.detail}") from None
+        clean: dict[str, Any] = {}
+        for name, texts in body.items():
+            descriptions = [t.strip() for t in texts]
+            spec = specs.get(name)
+            clean[name.strip()] = descriptions if spec is None else {
+                "descriptions": descriptions, "examples": [ex.to_example() for ex in spec.examples],
+                "head_types": list(spec.head_types), "tail_types": list(spec.tail_types)}
         added = await locked(add_checked, clean)
         return AddRelationsResponse(added=added, relations=len(extractor.relations))
 

@@ -211,8 +211,11 @@ function renderRelations() {
     const details = el("details", { class: state.newNames.has(r.name) ? "new" : "" });
     details.dataset.name = r.name;
     const n = r.descriptions.length;
+    const k = r.examples || 0;
+    const counts = (n ? `${n} description${n === 1 ? "" : "s"}` : "label only") +
+      (k ? ` · ${k} example${k === 1 ? "" : "s"}` : "");
     details.append(el("summary", {}, el("span", { class: "name", text: r.name }),
-      el("span", { class: "n", text: n ? `${n} description${n === 1 ? "" : "s"}` : "label only" })));
+      el("span", { class: "n", text: counts })));
     if (n) {
       const list = el("ul");
       for (const d of r.descriptions) list.append(el("li", { text: d }));
@@ -231,13 +234,32 @@ async function loadRelations() {
   state.modelType = data.model_type;
   state.negativeLabel = data.negative_label;
   if (data.model_type !== "roc") {
-    for (const id of ["new-name", "new-descriptions", "add-relation"]) $(id).disabled = true;
+    for (const id of ["new-name", "new-descriptions", "new-examples", "add-relation"]) $(id).disabled = true;
     const msg = $("add-message");
     msg.textContent = "This is a classification model: its label set is fixed.";
     msg.className = "message bad";
     msg.hidden = false;
   }
   renderRelations();
+}
+
+// Examples: one JSON object per line ({"text": ..., "head": ..., "tail": ...}); blank lines are skipped.
+function parseExamples(value) {
+  const examples = [];
+  value.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let obj;
+    try {
+      obj = JSON.parse(line);
+    } catch (err) {
+      throw new Error(`Example line ${i + 1} is not valid JSON: ${err.message}`);
+    }
+    if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
+      throw new Error(`Example line ${i + 1}: give an object with text, head and tail.`);
+    }
+    examples.push(obj);
+  });
+  return examples;
 }
 
 async function addRelation(event) {
@@ -251,10 +273,18 @@ async function addRelation(event) {
     msg.textContent = "Give a name and at least one description.";
     return;
   }
+  let examples;
+  try {
+    examples = parseExamples($("new-examples").value);
+  } catch (err) {
+    msg.className = "message bad";
+    msg.textContent = err.message;
+    return;
+  }
   try {
     const out = await api("/relations", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ [name]: descriptions }),
+      body: JSON.stringify({ [name]: examples.length ? { descriptions, examples } : descriptions }),
     });
     state.newNames.add(name);
     msg.className = "message";
@@ -262,6 +292,7 @@ async function addRelation(event) {
       : `Added ${descriptions.length} description(s) to ${name}.`;
     $("new-name").value = "";
     $("new-descriptions").value = "";
+    $("new-examples").value = "";
     $("filter").value = "";
     await Promise.all([loadRelations(), health()]);
     const added = document.querySelector(`#relations details[data-name="${CSS.escape(name)}"]`);
