@@ -71,3 +71,17 @@ def tiny_cls_dir(mnre_root: Path, cache_dir: Path, tmp_path_factory: pytest.Temp
     out = tmp_path_factory.mktemp("tiny-cls")
     train(tiny_run_config("classifier", out, cache_dir), show_progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def extractor(tiny_roc_dir: Path, cache_dir: Path):
+    """The tiny ROC model behind the Python API (one per test module: tests may add relations to it)."""
+    from rocmre.inference.extractor import RelationExtractor
+
+    return RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def image_file(mnre_root: Path) -> Path:
+    """A real MNRE image."""
+    return next(iter(sorted((mnre_root / "img_org" / "test").glob("*.jpg"))))

@@ -18,15 +18,6 @@ NEW_DESCRIPTIONS = ["The head is an athlete who plays for the tail, a sports tea
                     "The head is on the roster of the tail team."]
 
 
-@pytest.fixture(scope="module")
-def extractor(tiny_roc_dir: Path, cache_dir: Path) -> RelationExtractor:
-    return RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-
-
-@pytest.fixture(scope="module")
-def image_file(mnre_root: Path) -> Path:
-    """A real MNRE image."""
-    return next(iter(sorted((mnre_root / "img_org" / "test").glob("*.jpg"))))
 
 
 def assert_same(a: Prediction, b: Prediction, exact: bool = True) -> None:

@@ -35,14 +35,6 @@ TWEET = "Go #Bears! Mike Smith (@MSmith) scored at Soldier Field"
 TWEET_TOKENS = ["Go", "#", "Bears", "!", "Mike", "Smith", "(", "@MSmith", ")", "scored", "at", "Soldier", "Field"]
 
 
-@pytest.fixture(scope="module")
-def extractor(tiny_roc_dir: Path, cache_dir: Path) -> RelationExtractor:
-    return RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-
-
-@pytest.fixture(scope="module")
-def image_file(mnre_root: Path) -> Path:
-    return next(iter(sorted((mnre_root / "img_org" / "test").glob("*.jpg"))))
 
 
 # -- one tokenisation rule, identical features -----------------------------------------------------------------------
