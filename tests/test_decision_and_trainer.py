@@ -128,7 +128,7 @@ def test_killed_training_resumes_to_the_same_result(mnre_root, cache_dir, tmp_pa
     wc = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all((wa[k] == wc[k]).all() for k in wa)
     # the newest two checkpoints are kept
-    kept = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir() if p.is_dir())
     assert kept == ["best", "checkpoint-4", "checkpoint-6"]
 
 

@@ -52,7 +52,7 @@ def test_jsonl_text_and_predict_give_identical_features(extractor: RelationExtra
     (tmp_path / "images").mkdir()
     shutil.copy(image_file, tmp_path / "images" / "post.jpg")
     line = {"text": TWEET, "head": {"name": "Mike Smith", "start": 4, "end": 6},
-            "tail": {"name": "Soldier Field", "start": 12, "end": 14}, "image": "images/post.jpg",
+            "tail": {"name": "Soldier Field", "start": 11, "end": 13}, "image": "images/post.jpg",
             "relation": "/per/loc/place_of_residence"}
     (tmp_path / "train.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
     (from_file,) = read_jsonl(tmp_path / "train.jsonl")
@@ -67,7 +67,7 @@ def test_jsonl_text_and_predict_give_identical_features(extractor: RelationExtra
                                                                                             f_api.tail_type)
     # and predict() reports the same mentions
     pred = extractor.predict(TWEET, "Mike Smith", "Soldier Field", image=tmp_path / "images" / "post.jpg")
-    assert (pred.head["start"], pred.head["end"], pred.tail["start"], pred.tail["end"]) == (4, 6, 12, 14)
+    assert (pred.head["start"], pred.head["end"], pred.tail["start"], pred.tail["end"]) == (4, 6, 11, 13)
 
 
 def test_jsonl_with_bom_loads(tmp_path: Path) -> None:

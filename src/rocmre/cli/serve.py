@@ -26,6 +26,8 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
                                                     help="Longest description accepted by POST /relations."),
           max_relations: int = typer.Option(100, "--max-relations", min=1,
                                             help="Most relations the model may hold after POST /relations."),
+          max_examples: int = typer.Option(32, "--max-examples", min=0,
+                                           help="Most labelled examples per relation in POST /relations."),
           max_image_megapixels: float = typer.Option(40.0, "--max-image-megapixels", min=0.001,
                                                      help="Largest uploaded image, in millions of pixels."),
           api_token: str | None = typer.Option(None, "--api-token", envvar="ROCMRE_API_TOKEN",
@@ -59,6 +61,7 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch,
                      max_text_chars=max_text_chars, max_tokens=max_tokens, max_descriptions=max_descriptions,
                      max_description_chars=max_description_chars, max_relations=max_relations,
+                     max_examples=max_examples,
                      max_image_pixels=int(max_image_megapixels * 1e6), api_token=api_token, read_only=read_only)
     typer.echo(f"serving {model} ({extractor.model.config.model_type}, {len(extractor.relations)} relations) on "
                f"http://{host}:{port}  (API docs: /docs)", err=True)
