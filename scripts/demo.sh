@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: installs rocmre, trains ROC on MNRE briefly (a fixed 400-step budget, under 10 minutes on 2 idle
+# The main job: installs rocmre, trains ROC on MNRE briefly (a fixed 500-step budget, about 6 minutes on 2 idle
 # CPU cores), evaluates it on the test split and shows test sentences with their gold and predicted relations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +31,5 @@ for r, p in zip(shown, preds, strict=True):
         print(f"     matched: {p.description!r}")
 PY
 echo
-echo "This quick model trains 400 steps; the full training (6 epochs, about 30 min on 2 cores) reaches about"
+echo "This quick model trains 500 steps; the full training (6 epochs, about 32 min on 2 cores) reaches about"
 echo "63 test micro-F1 (benchmarks/results/mnre.md): .venv/bin/rocmre train --config configs/mnre_roc.yaml"

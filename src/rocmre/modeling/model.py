@@ -225,6 +225,12 @@ class RelationModel(nn.Module):
             self._description_cache = (vecs.detach(), index_t, list(self.relation_labels))
         return vecs, index_t
 
+    def forget_description_states(self) -> None:
+        """Drop the pooled description states kept between refreshes (a frozen tower's states stay: they never
+        change)."""
+        if not self.config.freeze_description_encoder:
+            self._pooled_states = {}
+
     def train(self, mode: bool = True) -> RelationModel:
         if mode:  # weights are about to change: description vectors must be recomputed
             self._description_cache = None

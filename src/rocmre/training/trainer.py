@@ -420,7 +420,7 @@ class Trainer:
             out.loss.backward()
             times.append(time.time() - t0)
         model.zero_grad(set_to_none=True)
-        model._pooled_states = {} if not cfg.model.freeze_description_encoder else model._pooled_states
+        model.forget_description_states()
         t0 = time.time()
         runtime.score(val_feats[: cfg.train.eval_batch_size], cfg.train.eval_batch_size)
         eval_batch_s = time.time() - t0
@@ -479,8 +479,7 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         torch.save(_rng_state(desc_gen), tmp / f"rng_state_{acc.process_index}.pt")
-        if not self.cfg.model.freeze_description_encoder:
-            model._pooled_states = {}  # description states are not saved: both paths recompute them
+        model.forget_description_states()  # not saved: an uninterrupted and a resumed run both recompute them
         acc.wait_for_everyone()
         if acc.is_main_process:
             save_file(_state_dict(model), str(tmp / WEIGHTS_NAME))
