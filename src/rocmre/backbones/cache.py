@@ -131,12 +131,7 @@ class ImageFeatureCache:
 
     # -------------------------------------------------------------- storage
     def _remember(self, key: str, value: tuple[torch.Tensor, torch.Tensor]) -> None:
-        if self.memory_items == 0:
-            return
-        self._memory[key] = value
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
+        _lru_put(self._memory, key, value, self.memory_items)
 
     def _lookup(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if key in self._memory:
@@ -178,12 +173,7 @@ class ImageFeatureCache:
         self._remember(key, (regions, pooled))
 
     def _remember_upload(self, key: str, value: tuple[torch.Tensor, torch.Tensor]) -> None:
-        if self.upload_items == 0:
-            return
-        self._uploads[key] = value
-        self._uploads.move_to_end(key)
-        while len(self._uploads) > self.upload_items:
-            self._uploads.popitem(last=False)
+        _lru_put(self._uploads, key, value, self.upload_items)
 
     def _compute(self, items: list[tuple[str, ImageSource | bytes, BoxLike, str]],
                  persist: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -324,3 +314,13 @@ class ImageFeatureCache:
             flush()
             progress.update(done)
         return counts
+
+
+def _lru_put(store: OrderedDict, key: str, value: object, limit: int) -> None:
+    """Insert ``key`` as the most recent entry of ``store`` and drop the oldest beyond ``limit`` (0: keep none)."""
+    if limit == 0:
+        return
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > limit:
+        store.popitem(last=False)

@@ -138,13 +138,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[
 
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete ``checkpoint-N`` folder of a run, or ``None``."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    found = []
-    for p in root.glob("checkpoint-*") if root.is_dir() else []:
-        suffix = p.name.removeprefix("checkpoint-")
-        if p.is_dir() and suffix.isdigit() and (p / STATE_NAME).is_file():
-            found.append((int(suffix), p))
-    return max(found)[1] if found else None
+    found = list(iter_checkpoints(output_dir))
+    return found[-1] if found else None
 
 
 def _rng_state(desc_gen: torch.Generator) -> dict[str, Any]:
@@ -220,9 +215,6 @@ class Trainer:
                                     f"{CHECKPOINTS_DIR}/checkpoint-N/{STATE_NAME})")
         return found
 
-    def _features(self, runtime: ModelRuntime, data: RelationDataset, main: bool) -> list[PairFeatures]:
-        return runtime.featurize(data.records, show_progress=self.show_progress and main)
-
     def _epoch_features(self, runtime: ModelRuntime, data: RelationDataset, base: list[PairFeatures],
                         epoch: int) -> list[PairFeatures]:
         """The epoch's training features: ``base``, or with ``data.name_swap_prob`` the records whose entity names
@@ -280,12 +272,12 @@ class Trainer:
                         train_data.num_with_image, len(val_data), val_data.num_with_image)
             runtime.precompute_images(list(train_data) + list(val_data), self.show_progress)
         accelerator.wait_for_everyone()
-        train_feats = self._features(runtime, train_data, main)
+        train_feats = runtime.featurize(train_data.records, show_progress=self.show_progress and main)
         val_feats = runtime.featurize(val_data.records, with_labels=False)
         val_gold = [r.relation for r in val_data.records]
 
         precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
-        self.precision = "fp16" if precision == "fp16" else precision
+        self.precision = precision
         model = model.to(accelerator.device)
         backbone = [p for n, p in model.named_parameters() if _is_backbone(n) and p.requires_grad]
         head = [p for n, p in model.named_parameters() if not _is_backbone(n) and p.requires_grad]
@@ -487,9 +479,7 @@ class Trainer:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / STATE_NAME).write_text(state.to_json(), encoding="utf-8")
             _replace_dir(tmp, final)
-            kept = sorted((p for p in self.checkpoint_dir.glob("checkpoint-*")
-                           if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()),
-                          key=lambda p: int(p.name.removeprefix("checkpoint-")))
+            kept = list(iter_checkpoints(self.output_dir))
             for old in kept[: -self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
             for cb in self.callbacks:
