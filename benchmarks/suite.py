@@ -10,8 +10,8 @@ Benchmarks (each writes benchmarks/results/<name>.md and .json):
 * ``descriptions``: ROC with (i) bare label names, (ii) one description per relation, (iii) N curated
   descriptions, (iv) N descriptions from the local LLM backend, unedited.
 * ``paradigms``: ROC and the classifier only (e.g. with a different budget than ``mnre``).
-* ``zero_shot``: ROC trained with 4 relations held out of training entirely, evaluated before and after
-  their descriptions are added at inference time.
+
+New relations without retraining (three folds of held-out relations) are ``benchmarks/zero_shot.py``.
 
 Every model is chosen on validation (checkpoint and None margin); test is only scored.
 """
@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO / "src"))
 
 EVAL_LIMIT: int | None = None  # --eval-limit, for smoke runs of this script only
 
-HELD_OUT = ["/per/loc/place_of_residence", "/per/per/alternate_names", "/per/per/couple", "/misc/loc/held_on"]
 
 
 @dataclass
@@ -60,14 +59,11 @@ VARIANTS = {v.name: v for v in [
     Variant("roc_llm_descriptions", "configs/mnre_roc.yaml",
             ["model.descriptions=mnre_smollm2", "model.missing_descriptions=label_name"],
             "ROC with SmolLM2-135M descriptions, unedited"),
-    Variant("roc_zero_shot", "configs/mnre_roc.yaml", ["data.exclude_relations=" + json.dumps(HELD_OUT)],
-            "ROC trained without 4 relations"),
 ]}
 
 BENCHMARKS = {
     "ablations": ["roc", "classifier", "roc_no_types", "roc_no_positions", "roc_label_names", "roc_no_image"],
     "descriptions": ["roc_label_names", "roc_one_description", "roc", "roc_llm_descriptions"],
-    "zero_shot": ["roc_zero_shot"],
     "paradigms": ["roc", "classifier"],
 }
 
@@ -298,91 +294,6 @@ def descriptions_benchmark(out_root: Path, results: Path, meta: dict) -> None:
     write(results, "descriptions", lines, {**meta, "rows": rows})
 
 
-def zero_shot_benchmark(out_root: Path, results: Path, meta: dict) -> None:
-    from rocmre.descriptions.store import load_builtin
-    from rocmre.evaluation.metrics import evaluate_predictions
-
-    model, cfg, metrics = load_variant(out_root, "roc_zero_shot")
-    neg = model.config.negative_label
-
-    def summary(ev) -> dict:
-        held = [i for i, g in enumerate(ev.gold) if g in HELD_OUT]
-        rest = [i for i, g in enumerate(ev.gold) if g not in HELD_OUT]
-        held_ev = evaluate_predictions([ev.gold[i] for i in held], [ev.pred[i] for i in held], neg)
-        rest_ev = evaluate_predictions([ev.gold[i] for i in rest], [ev.pred[i] for i in rest], neg)
-        labels = ev.score_labels
-        ranks_all, ranks_pos = [], []  # rank of the gold relation among all relations / among non-None ones
-        for i in held:
-            row = ev.scores[i]
-            g = labels.index(ev.gold[i]) if ev.gold[i] in labels else None
-            if g is None:
-                ranks_all.append(None)
-                ranks_pos.append(None)
-                continue
-            ranks_all.append(int((row > row[g]).sum()) + 1)
-            pos = [j for j, lab in enumerate(labels) if lab != neg]
-            ranks_pos.append(int((row[pos] > row[g]).sum()) + 1)
-
-        def hits(ranks, k):
-            return sum(r is not None and r <= k for r in ranks) / max(1, len(ranks))
-
-        per = {}
-        for rel in HELD_OUT:
-            idx = [i for i in held if ev.gold[i] == rel]
-            sel = [ranks_pos[held.index(i)] for i in idx]
-            per[rel] = {"test_pairs": len(idx), "hits_at_1": sum(ev.pred[i] == rel for i in idx) / max(1, len(idx)),
-                        "hits_at_1_among_relations": hits(sel, 1)}
-        return {"rank_hits_at_1": hits(ranks_all, 1), "rank_hits_at_3": hits(ranks_all, 3),
-                "mrr": sum(1 / r for r in ranks_all if r) / max(1, len(ranks_all)),
-                "hits_at_1_among_relations": hits(ranks_pos, 1), "hits_at_3_among_relations": hits(ranks_pos, 3),
-                "held_out_pairs": len(held), "held_out_hits_at_1": sum(ev.pred[i] == ev.gold[i] for i in held)
-                / max(1, len(held)), "held_out_micro_f1": held_ev.f1, "held_out_precision": held_ev.precision,
-                "held_out_recall": held_ev.recall, "remaining_micro_f1": rest_ev.f1,
-                "all_micro_f1": ev.overall.f1, "per_relation": per}
-
-    before = summary(score(model, cfg, "test"))
-    curated = load_builtin("mnre")
-    from rocmre.inference.extractor import RelationExtractor
-
-    extractor = RelationExtractor(model)
-    extractor.add_relations({rel: {"descriptions": curated.texts(rel), "head_types": curated.relations[rel].head_types,
-                                   "tail_types": curated.relations[rel].tail_types} for rel in HELD_OUT})
-    after = summary(score(model, cfg, "test"))
-    lines = header("New relations without retraining (ROC on MNRE)", meta["command"], meta)
-    lines += [f"ROC was trained with these relations held out of training entirely (their training and validation "
-              f"records removed, and absent from the relation set): {', '.join(f'`{r}`' for r in HELD_OUT)}. Their "
-              "curated descriptions were then added with `RelationExtractor.add_relations` - no retraining. The None "
-              "margin stays as tuned on validation before the relations were added.", "",
-              "| | before adding | after adding |", "| --- | --- | --- |",
-              f"| Hits@1 on the {after['held_out_pairs']} held-out test pairs | {pct(before['held_out_hits_at_1'])} | "
-              f"**{pct(after['held_out_hits_at_1'])}** |",
-              f"| micro-F1 on the held-out test pairs | {pct(before['held_out_micro_f1'])} | "
-              f"**{pct(after['held_out_micro_f1'])}** |",
-              f"| gold relation ranked first among all relations (no None margin) | {pct(before['rank_hits_at_1'])} | "
-              f"{pct(after['rank_hits_at_1'])} |",
-              f"| gold relation in the top 3 of all relations | {pct(before['rank_hits_at_3'])} | "
-              f"{pct(after['rank_hits_at_3'])} |",
-              f"| MRR of the gold relation | {pct(before['mrr'])} | {pct(after['mrr'])} |",
-              f"| gold relation ranked first among the non-None relations | "
-              f"{pct(before['hits_at_1_among_relations'])} | {pct(after['hits_at_1_among_relations'])} |",
-              f"| gold relation in the top 3 of the non-None relations | {pct(before['hits_at_3_among_relations'])} | "
-              f"{pct(after['hits_at_3_among_relations'])} |",
-              f"| micro-F1 on the remaining test records | {pct(before['remaining_micro_f1'])} | "
-              f"{pct(after['remaining_micro_f1'])} |",
-              f"| micro-F1 on all test records | {pct(before['all_micro_f1'])} | {pct(after['all_micro_f1'])} |", "",
-              "| held-out relation | test pairs | Hits@1 after adding | first among non-None relations |",
-              "| --- | --- | --- | --- |"]
-    lines += [f"| `{rel}` | {after['per_relation'][rel]['test_pairs']} | "
-              f"{pct(after['per_relation'][rel]['hits_at_1'])} | "
-              f"{pct(after['per_relation'][rel]['hits_at_1_among_relations'])} |" for rel in HELD_OUT]
-    lines += ["", "A classification head cannot do this at all: its label set is fixed by its output layer, so a "
-              "relation unseen in training can never be predicted (`RelationExtractor.add_relations` raises "
-              "`TypeError` on a classifier model).", "",
-              f"Training: {metrics['train_minutes']:.1f} min, best epoch {metrics['best_epoch']:.2f}, val micro-F1 "
-              f"(without the held-out relations) {pct(metrics['val']['f1'])}."]
-    write(results, "zero_shot", lines, {**meta, "held_out": HELD_OUT, "before": before, "after": after})
-
-
 def default_batch_size() -> int:
     from rocmre.training.config import RunConfig
 
@@ -391,7 +302,7 @@ def default_batch_size() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="ablations,descriptions,zero_shot", help="comma-separated benchmarks "
+    parser.add_argument("--only", default="ablations,descriptions", help="comma-separated benchmarks "
                         "(the seeded ROC-vs-classifier benchmark is benchmarks/mnre.py)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
     parser.add_argument("--out-root", default="runs/bench", help="where the trained models go")
@@ -467,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         meta["warning"] = f"smoke run: val/test limited to {EVAL_LIMIT} records; not a result"
     results = Path(args.results)
     for b in names:
-        {"ablations": mnre_benchmark, "descriptions": descriptions_benchmark, "zero_shot": zero_shot_benchmark,
+        {"ablations": mnre_benchmark, "descriptions": descriptions_benchmark,
          "paradigms": paradigms_benchmark}[b](
             out_root, results, meta)
 

@@ -1,11 +1,700 @@
-"""The ``zero_shot`` benchmark alone: ``python benchmarks/zero_shot.py [suite options]`` (see benchmarks/suite.py)."""
+"""New relations without retraining (issue 10): three folds of five held-out relations, added by description
+(zero-shot) and with five labelled examples (5-shot), against a types-only and a frozen-sentence-encoder baseline.
 
+    python benchmarks/zero_shot.py --jobs 3                                  # every fold, variant `roc`
+    python benchmarks/zero_shot.py --variants roc,roc_frozen_descriptions --reranker --set train.epochs=2
+    python benchmarks/zero_shot.py --render-only                             # Markdown again from the JSON
+
+For each fold and variant a model is trained by ``python -m rocmre train`` with the fold's relations in
+``data.exclude_relations`` (their train and val records removed, not relabelled None) into
+``<out-root>/<variant>-<fold>``. Its test (and val) pairs are scored before and after the held-out relations are
+added through ``RelationExtractor.add_relations`` (curated descriptions and type signatures), then again with 5
+seeded training examples each (their prototypes). With ``--reranker`` a cross-encoder re-ranker
+(``rocmre.modeling.reranker``) is trained per fold on the seen relations and each row is also scored with it as the
+decision path's second stage. Writes ``<results>/zero_shot.{md,json}``; the JSON's ``summary`` is the row with the
+best mean validation generalised top-1 (selected on validation, reported on test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-from suite import main  # noqa: E402
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for p in (str(REPO / "src"), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import suite  # noqa: E402
+
+#: the issue's folds: five relations each, chosen so that entity types alone cannot tell them apart
+FOLDS: dict[str, list[str]] = {
+    "A": ["/per/per/couple", "/per/per/peer", "/per/per/alternate_names", "/per/loc/place_of_residence",
+          "/per/loc/place_of_birth"],
+    "B": ["/per/misc/present_in", "/per/misc/nationality", "/per/misc/awarded", "/per/org/member_of",
+          "/misc/misc/part_of"],
+    "C": ["/org/org/subsidiary", "/org/org/alternate_names", "/org/loc/locate_at", "/loc/loc/contain",
+          "/misc/loc/held_on"],
+}
+SHOTS = 5
+SUMMARY_KEYS = ("folds", "unseen_only_top1", "generalized_top1", "five_shot_generalized_top1", "seen_micro_f1_drop",
+                "types_only_unseen_only_top1", "commit")
+TARGETS = {"unseen_only_top1": 0.80, "over_types_only": 0.10, "generalized_top1": 0.40,
+           "five_shot_generalized_top1": 0.60, "seen_micro_f1_drop": 1.0}
+RERANK_TOP_K = 5
+
+
+@dataclass
+class ZeroShotVariant:
+    """A training recipe, trained once per fold with the fold's relations held out."""
+
+    name: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    title: str = ""
+
+
+VARIANTS: dict[str, ZeroShotVariant] = {v.name: v for v in [
+    ZeroShotVariant("roc", "configs/mnre_roc.yaml", [], "ROC (canonical config)"),
+    ZeroShotVariant("roc_frozen_descriptions", "configs/mnre_roc.yaml", ["model.freeze_description_encoder=true"],
+                    "ROC, description tower frozen (anchored to the pretrained sentence space)"),
+]}
+
+
+# --- metrics (pure: tested on synthetic scores) ------------------------------------------------------------------
+
+def top1(scores: np.ndarray, gold: Sequence[str], labels: Sequence[str], candidates: Sequence[str]) -> list[bool]:
+    """Per record: is the gold relation the best-scoring of ``candidates`` (columns of ``scores`` by ``labels``)?"""
+    cols = [list(labels).index(c) for c in candidates]
+    best = np.asarray(scores)[:, cols].argmax(1) if len(scores) else np.zeros(0, dtype=int)
+    return [candidates[b] == g for b, g in zip(best.tolist(), gold, strict=True)]
+
+
+def types_only(head_types: Sequence[str], tail_types: Sequence[str], gold: Sequence[str],
+               candidates: Sequence[str], signatures: dict[str, tuple[Sequence[str], Sequence[str]]]) -> list[float]:
+    """Expected top-1 per record of picking, uniformly at random, one of the ``candidates`` whose head/tail type
+    signature fits the tagged types (all candidates when none fits). Exact expectation, so no seed is involved."""
+    out = []
+    for h, t, g in zip(head_types, tail_types, gold, strict=True):
+        def fits(rel: str, h: str = h, t: str = t) -> bool:
+            heads, tails = signatures[rel]
+            return (not heads or h in heads or h == "unknown") and (not tails or t in tails or t == "unknown")
+
+        pool = [c for c in candidates if fits(c)] or list(candidates)
+        out.append(1.0 / len(pool) if g in pool else 0.0)
+    return out
+
+
+def mean(xs: Sequence[float]) -> float | None:
+    return float(statistics.fmean(xs)) if len(xs) else None
+
+
+def held_out_metrics(scores: np.ndarray, labels: Sequence[str], gold: Sequence[str], pred: Sequence[str],
+                     held_out: Sequence[str], negative_label: str) -> dict[str, Any]:
+    """Unseen-only and generalised top-1 (first-stage scores, no None margin) and the full decision's micro-F1 on
+    the pairs whose gold relation is held out, overall and per relation."""
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    idx = [i for i, g in enumerate(gold) if g in held_out]
+    g_h = [gold[i] for i in idx]
+    s_h = np.asarray(scores)[idx]
+    relations = [lab for lab in labels if lab != negative_label]
+    unseen = top1(s_h, g_h, labels, list(held_out))
+    general = top1(s_h, g_h, labels, relations)
+    per_relation = {}
+    for r in held_out:
+        sel = [j for j, g in enumerate(g_h) if g == r]
+        per_relation[r] = {"pairs": len(sel), "unseen_only_top1": mean([unseen[j] for j in sel]),
+                           "generalized_top1": mean([general[j] for j in sel])}
+    return {"pairs": len(idx), "unseen_only_top1": mean(unseen), "generalized_top1": mean(general),
+            "held_out_micro_f1": evaluate_predictions(g_h, [pred[i] for i in idx], negative_label).f1 if idx else None,
+            "per_relation": per_relation}
+
+
+def seen_micro_f1(gold: Sequence[str], pred: Sequence[str], held_out: Sequence[str], negative_label: str) -> float:
+    """Micro-F1 on the records whose gold relation is not held out."""
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    idx = [i for i, g in enumerate(gold) if g not in held_out]
+    return evaluate_predictions([gold[i] for i in idx], [pred[i] for i in idx], negative_label).f1
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+ROW_METRICS = ("unseen_only_top1", "generalized_top1", "held_out_micro_f1", "seen_micro_f1_drop",
+               "val_unseen_only_top1", "val_generalized_top1")
+
+
+def aggregate(fold_rows: list[dict]) -> list[dict]:
+    """One row per (row name) over folds: mean and std of each metric, in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for r in fold_rows:
+        groups.setdefault(r["row"], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        out.append({"row": name, "title": rs[0]["title"], "kind": rs[0]["kind"], "variant": rs[0].get("variant"),
+                    "folds": [r["fold"] for r in rs], "budget": rs[0].get("budget", "-"),
+                    **{m: mean_std([r.get(m) for r in rs]) for m in ROW_METRICS}})
+    return out
+
+
+def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | None]:
+    """The contract of issue 10 for the trained row with the best mean validation generalised top-1."""
+    zero = [r for r in rows if r["kind"] == "zero-shot" and r["val_generalized_top1"]["mean"] is not None]
+    types_row = next((r for r in rows if r["kind"] == "types-only"), None)
+    if not zero or types_row is None:
+        return None, None
+    best = max(zero, key=lambda r: r["val_generalized_top1"]["mean"])
+    shot = next((r for r in rows if r["kind"] == "5-shot" and r["row"] == best["row"] + " + 5-shot"), None)
+    summary = {"folds": best["folds"], "unseen_only_top1": best["unseen_only_top1"]["mean"],
+               "generalized_top1": best["generalized_top1"]["mean"],
+               "five_shot_generalized_top1": shot["generalized_top1"]["mean"] if shot else None,
+               "seen_micro_f1_drop": best["seen_micro_f1_drop"]["mean"],
+               "types_only_unseen_only_top1": types_row["unseen_only_top1"]["mean"], "commit": commit}
+    assert tuple(summary) == SUMMARY_KEYS
+    return summary, best["row"]
+
+
+# --- data --------------------------------------------------------------------------------------------------------
+
+def example_of(record) -> dict[str, Any]:
+    """A training record as an ``add_relations`` example (the input format of ``predict_batch``)."""
+    def entity(e) -> dict[str, Any]:
+        if e.is_object:
+            return {"name": e.name, "box": list(e.box)}
+        return {"name": e.name, "start": e.start, "end": e.end}
+
+    ex: dict[str, Any] = {"tokens": list(record.tokens), "head": entity(record.head), "tail": entity(record.tail)}
+    if record.image_path is not None and Path(record.image_path).is_file():
+        ex["image"] = str(record.image_path)
+    return ex
+
+
+def sample_shots(train_records: Sequence, relations: Sequence[str], shots: int, seed: int) -> dict[str, list[dict]]:
+    """``shots`` examples per relation drawn (seeded by relation name) from its training records."""
+    out = {}
+    for r in relations:
+        pool = [rec for rec in train_records if rec.relation == r]
+        rng = random.Random(f"{seed}:{r}")
+        out[r] = [example_of(rec) for rec in rng.sample(pool, min(shots, len(pool)))]
+    return out
+
+
+@dataclass
+class SplitData:
+    records: list
+    gold: list[str]
+
+
+def load_splits(cfg, limit: int | None) -> dict[str, SplitData]:
+    from rocmre.training.setup import load_run_data
+
+    out = {}
+    for split in ("train", "val", "test"):
+        ds = load_run_data(cfg, split, None if split == "train" else limit, keep_excluded=True)
+        out[split] = SplitData(list(ds.records), [r.relation for r in ds.records])
+    return out
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+def exclude_override(fold: str) -> str:
+    return "data.exclude_relations=" + json.dumps(FOLDS[fold])
+
+
+def train_fold(v: ZeroShotVariant, fold: str, out_root: Path, extra: list[str], threads: int,
+               force: bool) -> tuple[str, float]:
+    run = suite.Variant(f"{v.name}-{fold}", v.config, [*v.overrides, exclude_override(fold)], v.title)
+    return suite.train_variant(run, out_root, extra, threads, force)
+
+
+def train_reranker_fold(fold: str, out_root: Path, base_cfg_args: list[str], threads: int, force: bool,
+                        reranker_sets: list[str]) -> tuple[str, float]:
+    """Train the fold's cross-encoder re-ranker in a subprocess (this script with ``--train-reranker FOLD``)."""
+    out = out_root / f"reranker-{fold}"
+    if (out / "config.json").is_file() and not force:
+        return out.name, 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--train-reranker", fold, "--out-root", str(out_root),
+           *[a for s in base_cfg_args for a in ("--set", s)],
+           *[a for s in reranker_sets for a in ("--reranker-set", s)]]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    start = time.time()
+    with open(out / "train.log", "w") as log:
+        log.write(shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training the re-ranker of fold {fold} failed; see {out / 'train.log'}")
+    return out.name, (time.time() - start) / 60
+
+
+def reranker_config(sets: list[str]):
+    from rocmre.modeling.reranker import RerankerConfig
+
+    values: dict[str, Any] = {}
+    for s in sets:
+        key, _, raw = s.partition("=")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return RerankerConfig(**values)
+
+
+def run_reranker_training(fold: str, out_root: Path, sets: list[str], reranker_sets: list[str]) -> None:
+    """``--train-reranker FOLD``: the re-ranker of one fold, trained on its seen relations' training records."""
+    from rocmre.modeling.reranker import train_reranker
+    from rocmre.training.config import RunConfig
+    from rocmre.training.setup import load_run_data, relation_set
+
+    cfg = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", [*sets, exclude_override(fold)])
+    train = load_run_data(cfg, "train")
+    descriptions = relation_set(cfg, train.labels or sorted({r.relation for r in train.records}))
+    rcfg = reranker_config(reranker_sets)
+    if cfg.model.text_backbone != "minilm-l6" and "text_backbone" not in {s.split("=")[0] for s in reranker_sets}:
+        rcfg.text_backbone = cfg.model.text_backbone  # the bundle's copy of the same weights
+    start = time.time()
+    reranker = train_reranker(list(train.records), descriptions, rcfg, negative_label=cfg.data.negative_label,
+                              show_progress=False)
+    out = out_root / f"reranker-{fold}"
+    reranker.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({"fold": fold, "minutes": (time.time() - start) / 60,
+                                                   "records": len(train.records)}, indent=2) + "\n")
+
+
+# --- scoring -----------------------------------------------------------------------------------------------------
+
+def frozen_encoder_rows(backbone: str, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
+    """The untrained sentence encoder: cosine between each sentence and the centre of each relation's curated
+    descriptions (no markers, no training), per fold."""
+    import torch
+    import torch.nn.functional as F
+
+    from rocmre.backbones.text import load_text_backbone
+
+    bb = load_text_backbone(backbone)
+
+    @torch.inference_mode()
+    def encode(texts: list[str]) -> torch.Tensor:
+        vecs = []
+        for s in range(0, len(texts), 128):
+            enc = bb.tokenizer(texts[s:s + 128], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = bb.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            vecs.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+        return torch.cat(vecs) if vecs else torch.zeros(0, 1)
+
+    labels = [lab for lab in descriptions.labels if lab != negative_label]
+    centres = torch.stack([F.normalize(encode(descriptions.texts(lab)).mean(0), dim=-1) for lab in labels])
+    out: dict[str, dict] = {}
+    for split in ("val", "test"):
+        idx = [i for i, g in enumerate(data[split].gold) if any(g in f for f in FOLDS.values())]
+        sents = encode([" ".join(data[split].records[i].tokens) for i in idx])
+        scores = (sents @ centres.T).numpy()
+        gold = [data[split].gold[i] for i in idx]
+        for fold, held in FOLDS.items():
+            sel = [j for j, g in enumerate(gold) if g in held]
+            g = [gold[j] for j in sel]
+            out.setdefault(fold, {})[split] = {
+                "unseen_only_top1": mean(top1(scores[sel], g, labels, held)),
+                "generalized_top1": mean(top1(scores[sel], g, labels, labels)),
+                "per_relation": {r: mean(top1(scores[[s for s, gg in zip(sel, g, strict=True) if gg == r]],
+                                              [r] * g.count(r), labels, held)) for r in held}}
+    return out
+
+
+def types_only_rows(data: dict[str, SplitData], type_of: dict[str, tuple[list[str], list[str]]],
+                    signatures: dict) -> dict:
+    out: dict[str, dict] = {}
+    for split in ("val", "test"):
+        heads, tails = type_of[split]
+        for fold, held in FOLDS.items():
+            idx = [i for i, g in enumerate(data[split].gold) if g in held]
+            hits = types_only([heads[i] for i in idx], [tails[i] for i in idx],
+                              [data[split].gold[i] for i in idx], held, signatures)
+            per = {r: mean([h for h, i in zip(hits, idx, strict=True) if data[split].gold[i] == r]) for r in held}
+            out.setdefault(fold, {})[split] = {"unseen_only_top1": mean(hits), "per_relation": per}
+    return out
+
+
+class Scorer:
+    """One trained fold model: features of val and test once, scored as the relation set changes."""
+
+    def __init__(self, folder: Path, data: dict[str, SplitData], cache_dir: Path | None) -> None:
+        from rocmre.inference.extractor import RelationExtractor
+        from rocmre.modeling.model import RelationModel
+        from rocmre.training.config import RunConfig
+        from rocmre.training.setup import make_runtime, run_cache_dir
+
+        self.cfg = RunConfig.from_yaml(folder / "run_config.yaml")
+        self.metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        self.model = RelationModel.from_pretrained(folder)
+        self.runtime = make_runtime(self.model, self.cfg)
+        self.extractor = RelationExtractor(self.model, cache_dir or run_cache_dir(self.cfg))
+        self.data = data
+        self.features = {s: self.runtime.featurize(data[s].records, with_labels=False) for s in ("val", "test")}
+        self.negative = self.cfg.data.negative_label
+
+    def types(self, split: str) -> tuple[list[str], list[str]]:
+        return [f.head_type for f in self.features[split]], [f.tail_type for f in self.features[split]]
+
+    def decide(self, split: str, second_stage=None):
+        """(model scores (N, R), labels, predictions through the decision path)."""
+        scored = self.runtime.score(self.features[split], self.cfg.train.eval_batch_size)
+        from rocmre.modeling.decision import DecisionRule
+
+        rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K)
+        records = self.data[split].records
+        dec = rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description, records)
+        prior = rule.prior_scores(scored.scores, scored.head_types, scored.tail_types)
+        return prior, dec
+
+
+def rerank_block(reranker, records: Sequence, labels: Sequence[str], scores: np.ndarray, candidates: Sequence[str],
+                 top_k: int) -> np.ndarray:
+    """First-stage scores with the re-ranker's order imposed on each record's ``top_k`` of ``candidates``:
+    those columns get ``reranker`` scores shifted above every other candidate (top-1 among ``candidates`` is then
+    the re-ranker's choice among the first stage's top ``top_k``)."""
+    cols = np.array([list(labels).index(c) for c in candidates])
+    sub = np.asarray(scores)[:, cols]
+    k = min(top_k, len(cols))
+    top = np.argsort(-sub, axis=1, kind="stable")[:, :k]
+    cand = cols[top]
+    new = np.asarray(reranker(list(records), list(labels), cand, np.take_along_axis(sub, top, 1)), dtype=np.float64)
+    out = np.full_like(np.asarray(scores, dtype=np.float64), -1e9)
+    np.put_along_axis(out, cand, new - new.min(1, keepdims=True) + 1.0, axis=1)
+    return out
+
+
+def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: dict[str, SplitData],
+                     descriptions, reranker_dir: Path | None, seed: int, cache_dir: Path | None) -> list[dict]:
+    """Every row of one trained fold model: zero-shot and 5-shot, with and without the re-ranker."""
+    held = FOLDS[fold]
+    sc = Scorer(folder, data, cache_dir)
+    neg = sc.negative
+    reranker = None
+    if reranker_dir is not None:
+        from rocmre.modeling.reranker import CrossEncoderReranker
+
+        reranker = CrossEncoderReranker.from_pretrained(reranker_dir)
+    stages = [(None, "")] + ([(reranker, " + re-ranker")] if reranker is not None else [])
+    before = {}  # predictions before the relations are added, per (stage, split)
+    for stage, suffix in stages:
+        if stage is not None:
+            stage.descriptions = sc.model.descriptions
+        for split in ("val", "test"):
+            before[suffix, split] = sc.decide(split, stage)[1].predictions
+    sc.extractor.add_relations({r: {"descriptions": descriptions.texts(r),
+                                    "head_types": list(descriptions.relations[r].head_types),
+                                    "tail_types": list(descriptions.relations[r].tail_types)} for r in held},
+                               provenance={"method": "hand", "added_at_inference": True, "benchmark": "zero_shot"})
+    budget = budget_text(sc.cfg)
+    minutes = (sc.metrics.get("timings") or {}).get("train_minutes")
+
+    def rows_now(kind_suffix: str) -> list[dict]:
+        rows = []
+        for stage, suffix in stages:
+            if stage is not None:
+                stage.descriptions = sc.model.descriptions
+            row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
+                                   "kind": "5-shot" if kind_suffix else "zero-shot"}
+            row["row"] = variant.name + suffix + kind_suffix
+            row["title"] = variant.title + suffix + (f", {SHOTS} examples per new relation" if kind_suffix else "")
+            for split in ("val", "test"):
+                prior, dec = sc.decide(split, stage)
+                gold = data[split].gold
+                scores = prior
+                if stage is not None:  # top-1 metrics: the re-ranker orders the first stage's top-k candidates
+                    relations = [lab for lab in dec.labels if lab != neg]
+                    general = rerank_block(stage, data[split].records, dec.labels, prior, relations, RERANK_TOP_K)
+                    unseen = rerank_block(stage, data[split].records, dec.labels, prior, held, RERANK_TOP_K)
+                    m = held_out_metrics(general, dec.labels, gold, dec.predictions, held, neg)
+                    m_unseen = held_out_metrics(unseen, dec.labels, gold, dec.predictions, held, neg)
+                    m["unseen_only_top1"] = m_unseen["unseen_only_top1"]
+                    for r, pr in m["per_relation"].items():
+                        pr["unseen_only_top1"] = m_unseen["per_relation"][r]["unseen_only_top1"]
+                else:
+                    m = held_out_metrics(scores, dec.labels, gold, dec.predictions, held, neg)
+                seen_before = seen_micro_f1(gold, before[suffix, split], held, neg)
+                drop = 100 * (seen_before - seen_micro_f1(gold, dec.predictions, held, neg))
+                if split == "test":
+                    row.update({k: m[k] for k in ("pairs", "unseen_only_top1", "generalized_top1",
+                                                  "held_out_micro_f1", "per_relation")})
+                    row["seen_micro_f1_drop"] = drop
+                    row["seen_micro_f1_before"] = seen_before
+                else:
+                    row["val_unseen_only_top1"] = m["unseen_only_top1"]
+                    row["val_generalized_top1"] = m["generalized_top1"]
+            rows.append(row)
+        return rows
+
+    rows = rows_now("")
+    shots = sample_shots(data["train"].records, held, SHOTS, seed)
+    sc.extractor.add_relations({r: {"examples": ex} for r, ex in shots.items()})
+    rows += rows_now(" + 5-shot")
+    return rows
+
+
+def budget_text(cfg) -> str:
+    t = cfg.train
+    steps = f"{t.max_steps} steps" if getattr(t, "max_steps", None) else f"{t.epochs:g} epochs"
+    return (steps + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
+            + f", batch {t.batch_size}, seed {cfg.seed}, `{Path(str(cfg.model.text_backbone)).name}`")
+
+
+def baseline_rows(name: str, title: str, kind: str, per_fold: dict) -> list[dict]:
+    rows = []
+    for fold, splits in per_fold.items():
+        test, val = splits["test"], splits["val"]
+        rows.append({"row": name, "title": title, "kind": kind, "fold": fold, "budget": "no training",
+                     "unseen_only_top1": test["unseen_only_top1"], "generalized_top1": test.get("generalized_top1"),
+                     "val_unseen_only_top1": val["unseen_only_top1"],
+                     "val_generalized_top1": val.get("generalized_top1"),
+                     "per_relation": {r: {"unseen_only_top1": v} for r, v in test["per_relation"].items()}})
+    return rows
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+def _pm(s: dict, scale: float = 100.0) -> str:
+    return "-" if s.get("mean") is None else f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def targets_lines(summary: dict | None, best_row: str | None) -> list[str]:
+    if summary is None:
+        return ["No trained row: targets not evaluated."]
+    s = summary
+
+    def check(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    over = s["unseen_only_top1"] - s["types_only_unseen_only_top1"]
+    lines = [f"Targets (issue 10), mean over folds A, B, C, for the row chosen on validation (`{best_row}`):", "",
+             f"* unseen-only top-1 >= {TARGETS['unseen_only_top1']:.2f} and >= types-only + "
+             f"{TARGETS['over_types_only']:.2f}: {s['unseen_only_top1']:.3f} (types-only "
+             f"{s['types_only_unseen_only_top1']:.3f}, {over:+.3f}) - "
+             f"{check(s['unseen_only_top1'] >= TARGETS['unseen_only_top1'] and over >= TARGETS['over_types_only'])}",
+             f"* generalised top-1 >= {TARGETS['generalized_top1']:.2f}: {s['generalized_top1']:.3f} - "
+             f"{check(s['generalized_top1'] >= TARGETS['generalized_top1'])}"]
+    if s["five_shot_generalized_top1"] is not None:
+        lines.append(f"* 5-shot generalised top-1 >= {TARGETS['five_shot_generalized_top1']:.2f}: "
+                     f"{s['five_shot_generalized_top1']:.3f} - "
+                     f"{check(s['five_shot_generalized_top1'] >= TARGETS['five_shot_generalized_top1'])}")
+    lines.append(f"* seen-relation drop <= {TARGETS['seen_micro_f1_drop']:g} point: {s['seen_micro_f1_drop']:.2f} - "
+                 f"{check(s['seen_micro_f1_drop'] <= TARGETS['seen_micro_f1_drop'])}")
+    return lines
+
+
+def render(payload: dict) -> list[str]:
+    rows, fold_rows = payload["rows"], payload["fold_rows"]
+    lines = ["# New relations without retraining: zero-shot and 5-shot relation addition on MNRE", "",
+             f"Produced by `{payload['command']}` at commit `{payload['commit']}` on {payload['machine']} "
+             f"({payload['date']}).", ""]
+    if payload.get("warning"):
+        lines += [f"**{payload['warning']}**", ""]
+    lines += ["| row | unseen-only top-1 | generalised top-1 | micro-F1 on held-out pairs (full decision) | "
+              "seen-relation drop (points) | val unseen-only top-1 | val generalised top-1 | training budget |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |",
+              "| chance (1 of the 5 held-out relations) | 20.0 | - | - | - | 20.0 | - | - |"]
+    for r in rows:
+        drop = r["seen_micro_f1_drop"]
+        lines.append(f"| {r['title']} (`{r['row']}`) | **{_pm(r['unseen_only_top1'])}** | "
+                     f"**{_pm(r['generalized_top1'])}** | {_pm(r['held_out_micro_f1'])} | {_pm(drop, 1.0)} | "
+                     f"{_pm(r['val_unseen_only_top1'])} | {_pm(r['val_generalized_top1'])} | {r['budget']} |")
+    lines += ["", "Mean ± standard deviation over the three folds, in % (the drop in F1 points). Unseen-only top-1: "
+              "test pairs whose gold relation is held out, candidates = the fold's 5 held-out relations. Generalised "
+              "top-1: the same pairs, candidates = every non-None relation, seen and held out. Both read the first "
+              "stage's scores after the type prior, without the None margin (with the re-ranker: its order over the "
+              f"first stage's top {payload['rerank_top_k']} candidates). Micro-F1 on held-out pairs: the full decision "
+              "(None margin included). Seen-relation drop: micro-F1 on every other test record before minus after "
+              "the held-out relations are added. Types-only: pick uniformly among the held-out relations whose "
+              "head/tail type signature fits the spaCy types (exact expectation). Frozen encoder: the untrained "
+              "sentence encoder, cosine between the plain sentence and the centre of each relation's curated "
+              "descriptions.", ""]
+    lines += targets_lines(payload.get("summary"), payload.get("summary_row")) + [""]
+    lines += [f"Folds (train and val records of the held-out relations removed; their curated descriptions and type "
+              f"signatures added afterwards with `RelationExtractor.add_relations`; 5-shot: {payload['shots']} "
+              "examples per relation drawn, seeded by relation name, from its removed training records):", ""]
+    for f, rels in payload["folds"].items():
+        lines.append(f"* {f}: " + ", ".join(f"`{r}`" for r in rels))
+    lines += ["", f"Data: MNRE-2 (`{payload['data']}`); test pairs of held-out relations: "
+              + ", ".join(f"{f} {n}" for f, n in payload["held_out_test_pairs"].items()) + ".", ""]
+    if payload.get("bundle"):
+        lines += [f"Run from an {payload['bundle']}.", ""]
+    if payload.get("overrides"):
+        lines += [f"Overrides applied to every training: `{' '.join(payload['overrides'])}`.", ""]
+    if payload.get("reranker"):
+        lines += [f"Re-ranker: {payload['reranker']}", ""]
+    lines += ["## Per fold", "", "| fold | row | unseen-only top-1 | generalised top-1 | held-out micro-F1 | "
+              "seen drop | seen micro-F1 before | train min |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in fold_rows:
+        drop = "-" if r.get("seen_micro_f1_drop") is None else f"{r['seen_micro_f1_drop']:.2f}"
+        minutes = "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f}"
+        lines.append(f"| {r['fold']} | `{r['row']}` | {_p(r['unseen_only_top1'])} | {_p(r.get('generalized_top1'))} "
+                     f"| {_p(r.get('held_out_micro_f1'))} | {drop} | {_p(r.get('seen_micro_f1_before'))} | {minutes} |")
+    shown = [n for n in ("types_only", "frozen_encoder") if any(r["row"] == n for r in fold_rows)]
+    chosen = payload.get("summary_row")
+    if chosen:
+        shown += [chosen, chosen + " + 5-shot"]
+    lines += ["", "## Per held-out relation (test)", "",
+              "Unseen-only top-1 / generalised top-1 per relation, in %, for the baselines and the summary row.", "",
+              "| fold | relation | test pairs | " + " | ".join(f"`{n}`" for n in shown) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in shown) + " |"]
+    by = {(r["row"], r["fold"]): r for r in fold_rows}
+    for f, rels in payload["folds"].items():
+        for rel in rels:
+            cells, pairs = [], "-"
+            for n in shown:
+                pr = (by.get((n, f)) or {}).get("per_relation", {}).get(rel, {})
+                pairs = pr.get("pairs", pairs)
+                g = pr.get("generalized_top1")
+                cells.append(_p(pr.get("unseen_only_top1")) + ("" if g is None else f" / {_p(g)}"))
+            lines.append(f"| {f} | `{rel}` | {pairs} | " + " | ".join(cells) + " |")
+    lines += ["", "A classification head cannot do any of this: its label set is fixed by its output layer "
+              "(`add_relations` raises `TypeError` on a classifier).", ""]
+    return lines
+
+
+def write(results: Path, payload: dict) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "zero_shot.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (results / "zero_shot.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
+    print(f"wrote {results / 'zero_shot.md'} and zero_shot.json")
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="roc", help=f"comma-separated, from {list(VARIANTS)}")
+    parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated fold names")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
+    parser.add_argument("--out-root", default="runs/zero_shot", help="where the fold models go")
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--set", action="append", default=[], help="override for every training: section.key=value")
+    parser.add_argument("--reranker", action="store_true", help="train a cross-encoder re-ranker per fold and "
+                        "score every row with it as the second stage too")
+    parser.add_argument("--reranker-set", action="append", default=[], help="RerankerConfig field=value")
+    parser.add_argument("--force", action="store_true", help="retrain models that already exist")
+    parser.add_argument("--skip-train", action="store_true", help="only score existing models")
+    parser.add_argument("--bundle", default=None, help="a folder made by benchmarks/offline_bundle.py")
+    parser.add_argument("--eval-limit", type=int, default=None, help="score a seeded subset of val/test (smoke)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite zero_shot.md from zero_shot.json")
+    parser.add_argument("--train-reranker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    if args.render_only:
+        payload = json.loads((results / "zero_shot.json").read_text(encoding="utf-8"))
+        (results / "zero_shot.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
+        print(f"rendered {results / 'zero_shot.md'}")
+        return
+    bundle_note = ""
+    if args.bundle:
+        bundle = Path(args.bundle).resolve()
+        os.environ["ROCMRE_DATA"] = str(bundle / "data")
+        os.environ["ROCMRE_CACHE"] = str(bundle / "cache")
+        args.set = [f"model.text_backbone={bundle / 'minilm-l6'}", *args.set]
+        bundle_note = ("offline bundle from benchmarks/offline_bundle.py --fp16: minilm-l6 weights stored in fp16 "
+                       "and trained in fp32, entity types and image features precomputed by the same code")
+    out_root = Path(args.out_root)
+    if args.train_reranker:
+        run_reranker_training(args.train_reranker, out_root, args.set, args.reranker_set)
+        return
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
+    bad = [v for v in variants if v not in VARIANTS] + [f for f in folds if f not in FOLDS]
+    if bad:
+        parser.error(f"unknown variants or folds {bad}; variants {list(VARIANTS)}, folds {list(FOLDS)}")
+    threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
+    if not args.skip_train:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(train_fold, VARIANTS[v], f, out_root, args.set, threads, args.force)
+                       for v in variants for f in folds]
+            if args.reranker:
+                futures += [pool.submit(train_reranker_fold, f, out_root, args.set, threads, args.force,
+                                        args.reranker_set) for f in folds]
+            for fut in futures:
+                name, minutes = fut.result()
+                print(f"trained {name} in {minutes:.1f} min", flush=True)
+
+    import torch
+
+    from rocmre.descriptions.store import RelationDescriptions
+    from rocmre.training.config import RunConfig
+    from rocmre.training.trainer import machine_description
+
+    base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
+    data = load_splits(base, args.eval_limit)
+    descriptions = RelationDescriptions.load(base.model.descriptions)
+    neg = base.data.negative_label
+    fold_rows: list[dict] = []
+    type_of = None
+    for v in variants:
+        for f in folds:
+            reranker_dir = out_root / f"reranker-{f}" if args.reranker else None
+            print(f"scoring {v}-{f}", flush=True)
+            rows = score_fold_model(out_root / f"{v}-{f}", f, VARIANTS[v], data, descriptions, reranker_dir,
+                                    base.seed, None)
+            fold_rows += rows
+            if type_of is None:
+                sc_types = Scorer(out_root / f"{v}-{f}", data, None)
+                type_of = {s: sc_types.types(s) for s in ("val", "test")}
+    signatures = {r: (list(e.head_types), list(e.tail_types)) for r, e in descriptions.relations.items()}
+    baselines = []
+    if type_of is not None:
+        baselines += baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",
+                                   {f: v for f, v in types_only_rows(data, type_of, signatures).items() if f in folds})
+    frozen = frozen_encoder_rows(str(base.model.text_backbone), data, descriptions, neg)
+    baselines += baseline_rows("frozen_encoder", f"frozen `{Path(str(base.model.text_backbone)).name}`, no training",
+                               "frozen-encoder", {f: v for f, v in frozen.items() if f in folds})
+    fold_rows = baselines + fold_rows
+    rows = aggregate(fold_rows)
+    commit = suite.git_commit()
+    summary, summary_row = build_summary(rows, commit)
+    reranker_note = ""
+    if args.reranker:
+        infos = [json.loads((out_root / f"reranker-{f}" / "config.json").read_text()) for f in folds]
+        reranker_note = (f"a cross-encoder per fold (`rocmre.modeling.reranker`), trained on the fold's seen "
+                         f"relations only; config {json.dumps(infos[0], sort_keys=True)}")
+    payload = {
+        "summary": summary, "summary_row": summary_row, "commit": commit, "machine": machine_description(),
+        "torch": torch.__version__, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "data": base.data.path, "folds": {f: FOLDS[f] for f in folds}, "shots": SHOTS, "rerank_top_k": RERANK_TOP_K,
+        "held_out_test_pairs": {f: sum(g in FOLDS[f] for g in data["test"].gold) for f in folds},
+        "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")], "bundle": bundle_note,
+        "reranker": reranker_note, "rows": rows, "fold_rows": fold_rows,
+    }
+    if args.eval_limit:
+        payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
+    write(results, payload)
+
 
 if __name__ == "__main__":
-    main(["--only", "zero_shot", *sys.argv[1:]])
+    main()

@@ -38,11 +38,26 @@ def test_second_stage_scorer_reranks_only_the_top_k():
         return np.tile(np.arange(candidates.shape[1], dtype=float), (len(candidates), 1))  # reverse the order
 
     rule = DecisionRule(["None", "a", "b", "c"], "None", second_stage=prefer_last, rerank_top_k=2)
-    d = rule.decide(np.array([[0.9, 0.8, 0.1, 0.0]]))
-    assert calls[0].tolist() == [[0, 1]]
-    assert d.predictions == ["a"]  # the second stage swapped the top two
-    assert d.scores[0, 2] < d.scores[0, 0]  # the rest stays below the re-ranked block
-    assert [c.label for c in d.top_k(0, 4)] == ["a", "None", "b", "c"]
+    d = rule.decide(np.array([[0.5, 0.8, 0.7, 0.0], [0.9, 0.8, 0.7, 0.0]]))
+    assert calls[0].tolist() == [[1, 2], [1, 2]]  # the negative label is never re-ranked
+    assert d.predictions == ["b", "None"]  # swapped; the None decision stays the first stage's
+    assert d.scores[0, 2] == pytest.approx(0.8)  # the block keeps the first stage's best score at its top
+    assert d.scores[0, 3] < d.scores[0, 1]  # the rest stays below the re-ranked block
+    assert [c.label for c in d.top_k(0, 4)] == ["b", "a", "None", "c"]
+    assert [c.label for c in d.top_k(1, 4)] == ["None", "b", "a", "c"]
+
+
+def test_second_stage_scorer_output_is_checked():
+    from rocmre.modeling.decision import DecisionRule
+
+    rule = DecisionRule(["None", "a", "b"], "None", second_stage=lambda r, lab, c, s: np.zeros((1, 1)),
+                        rerank_top_k=2)
+    with pytest.raises(ValueError, match="shape"):
+        rule.decide(np.array([[0.1, 0.2, 0.3]]))
+    rule = DecisionRule(["None", "a", "b"], "None", second_stage=lambda r, lab, c, s: np.full(c.shape, np.nan),
+                        rerank_top_k=2)
+    with pytest.raises(ValueError, match="non-finite"):
+        rule.decide(np.array([[0.1, 0.2, 0.3]]))
 
 
 def test_validation_evaluate_and_predict_batch_agree(tiny_roc_dir, mnre_root, cache_dir):

@@ -7,9 +7,9 @@ CLI and the service) turns scores into relations through :class:`DecisionRule`, 
    ``type_penalty`` per contradicted side;
 2. **None margin**: the validation-tuned margin is added to the negative relation's score;
 3. **second stage** (optional): a :class:`SecondStageScorer` re-scores each record's top ``rerank_top_k``
-   candidates (for example a cross-encoder over the marked text and each candidate's description); its scores
-   replace the first-stage scores of those candidates, and may only reorder them (the other relations keep their
-   scores, shifted below the re-ranked block);
+   relations, the negative label excluded (for example a cross-encoder over the marked text and each candidate's
+   description, :mod:`rocmre.modeling.reranker`); it may only reorder them: the block keeps the first stage's best
+   score at its top, so the None decision is the first stage's, and the other relations are shifted below it;
 4. **ranking**: the answer is the highest-scoring relation; :meth:`Decisions.top_k` lists alternatives with the
    best-matching description of each.
 """
@@ -143,21 +143,40 @@ class DecisionRule:
         return scores
 
     def _rerank(self, scores: np.ndarray, records: Sequence[Any] | None) -> np.ndarray:
+        """The second stage orders each record's top ``rerank_top_k`` relations (the negative label excluded).
+
+        The block keeps the first stage's best score at its top, so whether the answer is the negative label (the
+        None margin's decision) does not change; inside the block the second stage's order wins (its scores are
+        spread below that top with their own gaps, rescaled into the block's first-stage range), and every other
+        relation is shifted below the block."""
         k = min(self.rerank_top_k, scores.shape[1])
         if self.second_stage is None or not len(scores) or k < 1:
             return scores
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+        neg = self.labels.index(self.negative_label) if self.negative_label in self.labels else None
+        ranked = scores if neg is None else np.where(np.arange(scores.shape[1]) == neg, -np.inf, scores)
+        k = min(k, scores.shape[1] - (neg is not None))
+        if k < 1:
+            return scores
+        top = np.argsort(-ranked, axis=1, kind="stable")[:, :k]  # (N, k)
         first = np.take_along_axis(scores, top, axis=1)
         new = np.asarray(self.second_stage(records, self.labels, top, first), dtype=np.float64)
         if new.shape != top.shape:
             raise ValueError(f"the second-stage scorer returned shape {new.shape}, expected {top.shape}")
-        # the re-ranked block stays above every other relation: shift the rest below its minimum
+        if not np.isfinite(new).all():
+            raise ValueError("the second-stage scorer returned non-finite scores")
+        # map the second-stage scores into [block top - span, block top], span = the block's first-stage range
+        high = first.max(1, keepdims=True)
+        span = np.maximum(high - first.min(1, keepdims=True), 1e-6)
+        width = np.maximum(new.max(1, keepdims=True) - new.min(1, keepdims=True), 1e-12)
+        mapped = high - span * (new.max(1, keepdims=True) - new) / width
         rest = np.ones_like(scores, dtype=bool)
         np.put_along_axis(rest, top, False, axis=1)
+        if neg is not None:
+            rest[:, neg] = False  # the negative label keeps its score (and its margin)
         rest_max = np.where(rest, scores, -np.inf).max(1, keepdims=True)
-        shift = np.where(np.isfinite(rest_max), rest_max - new.min(1, keepdims=True) + 1e-6, 0.0)
+        shift = np.where(np.isfinite(rest_max), rest_max - mapped.min(1, keepdims=True) + 1e-6, 0.0)
         out = np.where(rest, scores - np.maximum(shift, 0.0), scores)
-        np.put_along_axis(out, top, new, axis=1)
+        np.put_along_axis(out, top, mapped, axis=1)
         return out
 
     def decide(self, model_scores: np.ndarray, head_types: np.ndarray | None = None,

@@ -1,0 +1,110 @@
+"""benchmarks/zero_shot.py: its metrics, baselines, shot sampling, summary contract and rendering on synthetic
+scores (the trained rows are produced by running the benchmark)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("zero_shot_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["zero_shot_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+LABELS = ["None", "seen", "new_a", "new_b"]
+
+
+def test_folds_are_the_issues_and_known_relations(bench):
+    from rocmre.descriptions.store import RelationDescriptions
+
+    known = set(RelationDescriptions.load("mnre").labels)
+    assert sorted(bench.FOLDS) == ["A", "B", "C"]
+    assert all(len(rels) == 5 and set(rels) <= known for rels in bench.FOLDS.values())
+    assert len({r for rels in bench.FOLDS.values() for r in rels}) == 15
+
+
+def test_top1_unseen_only_and_generalised(bench):
+    scores = np.array([[0.9, 0.8, 0.5, 0.1],   # gold new_a: beats new_b, loses to seen
+                       [0.0, 0.1, 0.2, 0.7],   # gold new_b: first everywhere
+                       [0.0, 0.9, 0.1, 0.3]])  # gold seen
+    gold = ["new_a", "new_b", "seen"]
+    assert bench.top1(scores, gold, LABELS, ["new_a", "new_b"]) == [True, True, False]
+    m = bench.held_out_metrics(scores, LABELS, gold, ["None", "new_b", "seen"], ["new_a", "new_b"], "None")
+    assert m["pairs"] == 2
+    assert m["unseen_only_top1"] == pytest.approx(1.0)
+    assert m["generalized_top1"] == pytest.approx(0.5)  # the None column never competes
+    assert m["held_out_micro_f1"] == pytest.approx(2 / 3)  # 1 right of 1 predicted relation, 2 gold
+    assert m["per_relation"]["new_a"] == {"pairs": 1, "unseen_only_top1": 1.0, "generalized_top1": 0.0}
+
+
+def test_types_only_is_the_exact_expectation(bench):
+    sig = {"a": (["person"], ["person"]), "b": (["person"], ["person"]), "c": (["person"], ["location"])}
+    hits = bench.types_only(["person", "person", "organization"], ["person", "location", "person"],
+                            ["a", "c", "b"], ["a", "b", "c"], sig)
+    assert hits == pytest.approx([0.5, 1.0, 1 / 3])  # tie of two; unique fit; nothing fits: all three
+
+
+def test_seen_micro_f1_ignores_held_out_records(bench):
+    gold = ["seen", "new_a", "None"]
+    assert bench.seen_micro_f1(gold, ["seen", "seen", "None"], ["new_a"], "None") == pytest.approx(1.0)
+
+
+def test_shots_are_seeded_and_in_the_example_format(bench, mnre_root):
+    from rocmre.data import read_mnre
+    from rocmre.descriptions.store import example_to_pair
+
+    records = read_mnre(mnre_root, "train").records[:400]
+    rel = next(r.relation for r in records if r.relation != "None")
+    a = bench.sample_shots(records, [rel], 5, seed=1)
+    assert a == bench.sample_shots(records, [rel], 5, seed=1)
+    assert a != bench.sample_shots(records, [rel], 5, seed=2) or sum(r.relation == rel for r in records) <= 5
+    assert 0 < len(a[rel]) <= 5
+    for ex in a[rel]:
+        json.dumps(ex)
+        example_to_pair(ex)  # the one input parser accepts it
+
+
+def _fold_row(row, kind, fold, value, drop=0.0):
+    return {"row": row, "title": row, "kind": kind, "fold": fold, "budget": "1 epoch", "unseen_only_top1": value,
+            "generalized_top1": value / 2, "held_out_micro_f1": value / 3, "seen_micro_f1_drop": drop,
+            "val_unseen_only_top1": value, "val_generalized_top1": value / 2,
+            "per_relation": {"r": {"pairs": 3, "unseen_only_top1": value, "generalized_top1": value / 2}}}
+
+
+def test_summary_contract_and_rendering(bench, tmp_path):
+    fold_rows = []
+    for f, bump in zip("ABC", (0.0, 0.1, 0.2), strict=True):
+        fold_rows += [_fold_row("types_only", "types-only", f, 0.3),
+                      _fold_row("roc", "zero-shot", f, 0.5 + bump, 0.5),
+                      _fold_row("roc + 5-shot", "5-shot", f, 0.7 + bump),
+                      _fold_row("roc_frozen", "zero-shot", f, 0.4, 0.1)]
+    rows = bench.aggregate(fold_rows)
+    summary, chosen = bench.build_summary(rows, "abc")
+    assert chosen == "roc"  # the best validation generalised top-1
+    assert tuple(summary) == bench.SUMMARY_KEYS
+    assert summary["folds"] == ["A", "B", "C"]
+    assert summary["unseen_only_top1"] == pytest.approx(0.6)
+    assert summary["five_shot_generalized_top1"] == pytest.approx(0.4)
+    assert summary["seen_micro_f1_drop"] == pytest.approx(0.5)
+    assert summary["types_only_unseen_only_top1"] == pytest.approx(0.3)
+    payload = {"summary": summary, "summary_row": chosen, "commit": "abc", "machine": "test", "date": "today",
+               "command": "python benchmarks/zero_shot.py", "data": "mnre/RE_data",
+               "folds": {f: ["r"] for f in "ABC"}, "shots": 5, "rerank_top_k": 5,
+               "held_out_test_pairs": {f: 3 for f in "ABC"}, "rows": rows, "fold_rows": fold_rows}
+    bench.write(tmp_path, payload)
+    md = (tmp_path / "zero_shot.md").read_text()
+    assert "unseen-only top-1 >= 0.80" in md and "**not met**" in md
+    assert "| A | `r` | 3 |" in md
+    assert json.loads((tmp_path / "zero_shot.json").read_text())["summary"] == summary
