@@ -230,7 +230,7 @@ def train_fold(v: ZeroShotVariant, fold: str, out_root: Path, extra: list[str], 
 
 
 def train_reranker_fold(fold: str, out_root: Path, base_cfg_args: list[str], threads: int, force: bool,
-                        reranker_sets: list[str]) -> tuple[str, float]:
+                        reranker_sets: list[str], max_records: int | None) -> tuple[str, float]:
     """Train the fold's cross-encoder re-ranker in a subprocess (this script with ``--train-reranker FOLD``)."""
     out = out_root / f"reranker-{fold}"
     if (out / "config.json").is_file() and not force:
@@ -238,7 +238,8 @@ def train_reranker_fold(fold: str, out_root: Path, base_cfg_args: list[str], thr
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--train-reranker", fold, "--out-root", str(out_root),
            *[a for s in base_cfg_args for a in ("--set", s)],
-           *[a for s in reranker_sets for a in ("--reranker-set", s)]]
+           *[a for s in reranker_sets for a in ("--reranker-set", s)],
+           *(["--reranker-max-records", str(max_records)] if max_records else [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.time()
     with open(out / "train.log", "w") as log:
@@ -263,15 +264,17 @@ def reranker_config(sets: list[str]):
     return RerankerConfig(**values)
 
 
-def run_reranker_training(fold: str, out_root: Path, sets: list[str], reranker_sets: list[str]) -> None:
+def run_reranker_training(fold: str, out_root: Path, sets: list[str], reranker_sets: list[str],
+                          max_records: int | None) -> None:
     """``--train-reranker FOLD``: the re-ranker of one fold, trained on its seen relations' training records."""
     from rocmre.modeling.reranker import train_reranker
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import load_run_data, relation_set
 
     cfg = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", [*sets, exclude_override(fold)])
-    train = load_run_data(cfg, "train")
-    descriptions = relation_set(cfg, train.labels or sorted({r.relation for r in train.records}))
+    train = load_run_data(cfg, "train", max_records)
+    labels = train.labels.labels if train.labels else sorted({r.relation for r in train.records})
+    descriptions = relation_set(cfg, labels)
     rcfg = reranker_config(reranker_sets)
     if cfg.model.text_backbone != "minilm-l6" and "text_backbone" not in {s.split("=")[0] for s in reranker_sets}:
         rcfg.text_backbone = cfg.model.text_backbone  # the bundle's copy of the same weights
@@ -339,6 +342,12 @@ def types_only_rows(data: dict[str, SplitData], type_of: dict[str, tuple[list[st
     return out
 
 
+def scoring_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class Scorer:
     """One trained fold model: features of val and test once, scored as the relation set changes."""
 
@@ -350,7 +359,7 @@ class Scorer:
 
         self.cfg = RunConfig.from_yaml(folder / "run_config.yaml")
         self.metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        self.model = RelationModel.from_pretrained(folder)
+        self.model = RelationModel.from_pretrained(folder, device=scoring_device())
         self.runtime = make_runtime(self.model, self.cfg)
         self.extractor = RelationExtractor(self.model, cache_dir or run_cache_dir(self.cfg))
         self.data = data
@@ -388,24 +397,62 @@ def rerank_block(reranker, records: Sequence, labels: Sequence[str], scores: np.
     return out
 
 
+class PrecomputedReranker:
+    """A fold's re-ranker scores of every (record, relation), computed once and looked up by the decision path's
+    second stage (the re-ranker depends only on the text and the descriptions, so every model of a fold and every
+    condition share them). ``weight`` mixes first-stage and re-ranker scores as ``rocmre.modeling.reranker.combine``.
+    """
+
+    def __init__(self, records: Sequence, labels: Sequence[str], matrix: np.ndarray, weight: float = 1.0) -> None:
+        self.row = {id(r): i for i, r in enumerate(records)}
+        self.col = {lab: j for j, lab in enumerate(labels)}
+        self.matrix = matrix
+        self.weight = weight
+        self.descriptions = None  # set by the caller, as on the real re-ranker (unused: scores are precomputed)
+
+    def __call__(self, records, labels, candidates, scores) -> np.ndarray:
+        from rocmre.modeling.reranker import combine
+
+        rows = np.array([self.row[id(r)] for r in records])
+        cols = np.array([[self.col[labels[j]] for j in row] for row in np.asarray(candidates).tolist()])
+        rerank = self.matrix[rows[:, None], cols]
+        return combine(np.asarray(scores, dtype=np.float64), rerank, self.weight)
+
+
+def reranker_matrices(reranker_dir: Path, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
+    """{split: (labels, (N, R) re-ranker scores)} over every non-None relation of ``descriptions``."""
+    from rocmre.modeling.reranker import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker.from_pretrained(reranker_dir, device=scoring_device())
+    labels = [lab for lab in descriptions.labels if lab != negative_label]
+    out = {}
+    for split in ("val", "test"):
+        records = data[split].records
+        cand = np.tile(np.arange(len(labels)), (len(records), 1))
+        out[split] = (labels, reranker.relation_scores(records, labels, cand, descriptions))
+    return out
+
+
+#: the second stages scored per model: (row suffix, re-ranker weight); weight 1 = the re-ranker's order alone
+RERANK_WEIGHTS = ((" + re-ranker", 1.0), (" + re-ranker (w=0.5)", 0.5))
+
+
 def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: dict[str, SplitData],
-                     descriptions, reranker_dir: Path | None, seed: int, cache_dir: Path | None) -> list[dict]:
-    """Every row of one trained fold model: zero-shot and 5-shot, with and without the re-ranker."""
+                     descriptions, rerank: dict | None, seed: int, cache_dir: Path | None
+                     ) -> tuple[list[dict], dict[str, tuple[list[str], list[str]]]]:
+    """Every row of one trained fold model (zero-shot and 5-shot, with and without the re-ranker), and the tagged
+    entity types of val and test. ``rerank``: the fold's :func:`reranker_matrices`, or None."""
     held = FOLDS[fold]
     sc = Scorer(folder, data, cache_dir)
     neg = sc.negative
-    reranker = None
-    if reranker_dir is not None:
-        from rocmre.modeling.reranker import CrossEncoderReranker
-
-        reranker = CrossEncoderReranker.from_pretrained(reranker_dir)
-    stages = [(None, "")] + ([(reranker, " + re-ranker")] if reranker is not None else [])
+    stages: list[tuple[str, dict | None]] = [("", None)]
+    if rerank is not None:
+        stages += [(suffix, {split: PrecomputedReranker(data[split].records, *rerank[split], weight=w)
+                             for split in ("val", "test")}) for suffix, w in RERANK_WEIGHTS]
     before = {}  # predictions before the relations are added, per (stage, split)
-    for stage, suffix in stages:
-        if stage is not None:
-            stage.descriptions = sc.model.descriptions
+    for suffix, stage in stages:
         for split in ("val", "test"):
-            before[suffix, split] = sc.decide(split, stage)[1].predictions
+            before[suffix, split] = sc.decide(split, stage[split] if stage else None)[1].predictions
     sc.extractor.add_relations({r: {"descriptions": descriptions.texts(r),
                                     "head_types": list(descriptions.relations[r].head_types),
                                     "tail_types": list(descriptions.relations[r].tail_types)} for r in held},
@@ -415,14 +462,13 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
 
     def rows_now(kind_suffix: str) -> list[dict]:
         rows = []
-        for stage, suffix in stages:
-            if stage is not None:
-                stage.descriptions = sc.model.descriptions
+        for suffix, stages_by_split in stages:
             row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
                                    "kind": "5-shot" if kind_suffix else "zero-shot"}
             row["row"] = variant.name + suffix + kind_suffix
             row["title"] = variant.title + suffix + (f", {SHOTS} examples per new relation" if kind_suffix else "")
             for split in ("val", "test"):
+                stage = stages_by_split[split] if stages_by_split else None
                 prior, dec = sc.decide(split, stage)
                 gold = data[split].gold
                 scores = prior
@@ -454,7 +500,7 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
     shots = sample_shots(data["train"].records, held, SHOTS, seed)
     sc.extractor.add_relations({r: {"examples": ex} for r, ex in shots.items()})
     rows += rows_now(" + 5-shot")
-    return rows
+    return rows, {split: sc.types(split) for split in ("val", "test")}
 
 
 def budget_text(cfg) -> str:
@@ -601,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reranker", action="store_true", help="train a cross-encoder re-ranker per fold and "
                         "score every row with it as the second stage too")
     parser.add_argument("--reranker-set", action="append", default=[], help="RerankerConfig field=value")
+    parser.add_argument("--reranker-max-records", type=int, default=None,
+                        help="train each re-ranker on a seeded subset of the training records (smoke runs)")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only score existing models")
     parser.add_argument("--bundle", default=None, help="a folder made by benchmarks/offline_bundle.py")
@@ -624,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
                        "and trained in fp32, entity types and image features precomputed by the same code")
     out_root = Path(args.out_root)
     if args.train_reranker:
-        run_reranker_training(args.train_reranker, out_root, args.set, args.reranker_set)
+        run_reranker_training(args.train_reranker, out_root, args.set, args.reranker_set, args.reranker_max_records)
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
@@ -638,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
                        for v in variants for f in folds]
             if args.reranker:
                 futures += [pool.submit(train_reranker_fold, f, out_root, args.set, threads, args.force,
-                                        args.reranker_set) for f in folds]
+                                        args.reranker_set, args.reranker_max_records) for f in folds]
             for fut in futures:
                 name, minutes = fut.result()
                 print(f"trained {name} in {minutes:.1f} min", flush=True)
@@ -653,48 +701,47 @@ def main(argv: list[str] | None = None) -> None:
     data = load_splits(base, args.eval_limit)
     descriptions = RelationDescriptions.load(base.model.descriptions)
     neg = base.data.negative_label
-    fold_rows: list[dict] = []
-    type_of = None
-    for v in variants:
-        for f in folds:
-            reranker_dir = out_root / f"reranker-{f}" if args.reranker else None
-            print(f"scoring {v}-{f}", flush=True)
-            rows = score_fold_model(out_root / f"{v}-{f}", f, VARIANTS[v], data, descriptions, reranker_dir,
-                                    base.seed, None)
-            fold_rows += rows
-            if type_of is None:
-                sc_types = Scorer(out_root / f"{v}-{f}", data, None)
-                type_of = {s: sc_types.types(s) for s in ("val", "test")}
     signatures = {r: (list(e.head_types), list(e.tail_types)) for r, e in descriptions.relations.items()}
-    baselines = []
-    if type_of is not None:
-        baselines += baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",
-                                   {f: v for f, v in types_only_rows(data, type_of, signatures).items() if f in folds})
     frozen = frozen_encoder_rows(str(base.model.text_backbone), data, descriptions, neg)
-    baselines += baseline_rows("frozen_encoder", f"frozen `{Path(str(base.model.text_backbone)).name}`, no training",
-                               "frozen-encoder", {f: v for f, v in frozen.items() if f in folds})
-    fold_rows = baselines + fold_rows
-    rows = aggregate(fold_rows)
+    baselines = baseline_rows("frozen_encoder", f"frozen `{Path(str(base.model.text_backbone)).name}`, no training",
+                              "frozen-encoder", {f: v for f, v in frozen.items() if f in folds})
     commit = suite.git_commit()
-    summary, summary_row = build_summary(rows, commit)
     reranker_note = ""
     if args.reranker:
-        infos = [json.loads((out_root / f"reranker-{f}" / "config.json").read_text()) for f in folds]
+        info = json.loads((out_root / f"reranker-{folds[0]}" / "config.json").read_text())
         reranker_note = (f"a cross-encoder per fold (`rocmre.modeling.reranker`), trained on the fold's seen "
-                         f"relations only; config {json.dumps(infos[0], sort_keys=True)}")
-    payload = {
-        "summary": summary, "summary_row": summary_row, "commit": commit, "machine": machine_description(),
-        "torch": torch.__version__, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                         f"relations only; config {json.dumps(info, sort_keys=True)}")
+    meta = {
+        "commit": commit, "machine": machine_description(), "torch": torch.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
         "data": base.data.path, "folds": {f: FOLDS[f] for f in folds}, "shots": SHOTS, "rerank_top_k": RERANK_TOP_K,
         "held_out_test_pairs": {f: sum(g in FOLDS[f] for g in data["test"].gold) for f in folds},
         "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")], "bundle": bundle_note,
-        "reranker": reranker_note, "rows": rows, "fold_rows": fold_rows,
+        "reranker": reranker_note,
     }
     if args.eval_limit:
-        payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
-    write(results, payload)
-
+        meta["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
+    fold_rows: list[dict] = []
+    rerank: dict[str, dict] = {}
+    for v in variants:
+        for f in folds:
+            if args.reranker and f not in rerank:
+                print(f"re-ranker scores of fold {f}", flush=True)
+                rerank[f] = reranker_matrices(out_root / f"reranker-{f}", data, descriptions, neg)
+            print(f"scoring {v}-{f}", flush=True)
+            rows, type_of = score_fold_model(out_root / f"{v}-{f}", f, VARIANTS[v], data, descriptions,
+                                             rerank.get(f), base.seed, None)
+            if not any(r["kind"] == "types-only" for r in baselines):  # the tagged types, from the first model
+                baselines = baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",
+                                          {f2: x for f2, x in types_only_rows(data, type_of, signatures).items()
+                                           if f2 in folds}) + baselines
+            fold_rows += rows
+            # written after every model: a run cut short still leaves what it scored
+            table = aggregate(baselines + fold_rows)
+            summary, summary_row = build_summary(table, commit)
+            write(results, {"summary": summary, "summary_row": summary_row, **meta, "rows": table,
+                            "fold_rows": baselines + fold_rows})
 
 if __name__ == "__main__":
     main()
