@@ -161,7 +161,8 @@ def aggregate(fold_rows: list[dict]) -> list[dict]:
 
 def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | None]:
     """The contract of issue 10 for the trained row with the best mean validation generalised top-1."""
-    zero = [r for r in rows if r["kind"] == "zero-shot" and r["val_generalized_top1"]["mean"] is not None]
+    zero = [r for r in rows if r["kind"] == "zero-shot" and r["val_generalized_top1"]["mean"] is not None
+            and r["seen_micro_f1_drop"]["mean"] is not None]  # rows scored on every record only
     types_row = next((r for r in rows if r["kind"] == "types-only"), None)
     if not zero or types_row is None:
         return None, None
@@ -369,12 +370,22 @@ class Scorer:
     def types(self, split: str) -> tuple[list[str], list[str]]:
         return [f.head_type for f in self.features[split]], [f.tail_type for f in self.features[split]]
 
-    def decide(self, split: str, second_stage=None):
-        """(model scores (N, R), labels, predictions through the decision path)."""
-        scored = self.runtime.score(self.features[split], self.cfg.train.eval_batch_size)
+    def score(self) -> dict:
+        """The model's scores of val and test over its current relation set (one pass per split)."""
+        return {s: self.runtime.score(self.features[s], self.cfg.train.eval_batch_size) for s in ("val", "test")}
+
+    def decide(self, scored, split: str, second_stage=None, type_prior: bool | None = None):
+        """(first-stage scores after the type prior (N, R), decisions through the decision path).
+        ``type_prior`` switches the rule's soft type prior on or off (None: as the model was trained)."""
         from rocmre.modeling.decision import DecisionRule
 
         rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K)
+        if type_prior is not None and type_prior != rule.type_constraint:
+            cfg = self.model.config
+            rule = DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
+                                type_constraint=type_prior, type_penalty=cfg.type_penalty,
+                                type_compatibility=self.model.type_compatibility().numpy() if type_prior else None,
+                                second_stage=second_stage, rerank_top_k=RERANK_TOP_K)
         records = self.data[split].records
         dec = rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description, records)
         prior = rule.prior_scores(scored.scores, scored.head_types, scored.tail_types)
@@ -397,62 +408,69 @@ def rerank_block(reranker, records: Sequence, labels: Sequence[str], scores: np.
     return out
 
 
-class PrecomputedReranker:
-    """A fold's re-ranker scores of every (record, relation), computed once and looked up by the decision path's
-    second stage (the re-ranker depends only on the text and the descriptions, so every model of a fold and every
-    condition share them). ``weight`` mixes first-stage and re-ranker scores as ``rocmre.modeling.reranker.combine``.
-    """
+class CachedReranker:
+    """A fold's re-ranker as the decision path's second stage, its score of each (record, relation) computed once
+    and shared by every model and condition of the fold (it depends only on the text and the descriptions).
+    ``weight`` mixes first-stage and re-ranker scores as ``rocmre.modeling.reranker.combine``."""
 
-    def __init__(self, records: Sequence, labels: Sequence[str], matrix: np.ndarray, weight: float = 1.0) -> None:
-        self.row = {id(r): i for i, r in enumerate(records)}
-        self.col = {lab: j for j, lab in enumerate(labels)}
-        self.matrix = matrix
+    def __init__(self, reranker, descriptions, cache: dict, weight: float = 1.0) -> None:
+        self.reranker = reranker
+        self.all_descriptions = descriptions  # every relation's curated descriptions, held-out ones included
+        self.cache = cache  # (id(record), relation) -> score, shared between weights
         self.weight = weight
-        self.descriptions = None  # set by the caller, as on the real re-ranker (unused: scores are precomputed)
+        self.descriptions = None  # set by callers on a real re-ranker; unused here
+
+    def relation_scores(self, records: Sequence, labels: Sequence[str], candidates: np.ndarray) -> np.ndarray:
+        cand = np.asarray(candidates)
+        missing = np.array([[(id(r), labels[j]) not in self.cache for j in row]
+                            for r, row in zip(records, cand.tolist(), strict=True)], dtype=bool).reshape(cand.shape)
+        rows = np.flatnonzero(missing.any(1))
+        if len(rows):
+            sub = [records[i] for i in rows]
+            new = self.reranker.relation_scores(sub, labels, cand[rows], self.all_descriptions, mask=missing[rows])
+            for i_sub, i in enumerate(rows.tolist()):
+                for c, j in enumerate(cand[i].tolist()):
+                    if missing[i, c]:
+                        self.cache[id(records[i]), labels[j]] = float(new[i_sub, c])
+        return np.array([[self.cache[id(r), labels[j]] for j in row] for r, row in zip(records, cand.tolist(),
+                                                                                         strict=True)],
+                        dtype=np.float64).reshape(cand.shape)
 
     def __call__(self, records, labels, candidates, scores) -> np.ndarray:
         from rocmre.modeling.reranker import combine
 
-        rows = np.array([self.row[id(r)] for r in records])
-        cols = np.array([[self.col[labels[j]] for j in row] for row in np.asarray(candidates).tolist()])
-        rerank = self.matrix[rows[:, None], cols]
-        return combine(np.asarray(scores, dtype=np.float64), rerank, self.weight)
+        return combine(np.asarray(scores, dtype=np.float64), self.relation_scores(records, labels, candidates),
+                       self.weight)
 
 
-def reranker_matrices(reranker_dir: Path, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
-    """{split: (labels, (N, R) re-ranker scores)} over every non-None relation of ``descriptions``."""
-    from rocmre.modeling.reranker import CrossEncoderReranker
-
-    reranker = CrossEncoderReranker.from_pretrained(reranker_dir, device=scoring_device())
-    labels = [lab for lab in descriptions.labels if lab != negative_label]
-    out = {}
-    for split in ("val", "test"):
-        records = data[split].records
-        cand = np.tile(np.arange(len(labels)), (len(records), 1))
-        out[split] = (labels, reranker.relation_scores(records, labels, cand, descriptions))
-    return out
-
-
-#: the second stages scored per model: (row suffix, re-ranker weight); weight 1 = the re-ranker's order alone
-RERANK_WEIGHTS = ((" + re-ranker", 1.0), (" + re-ranker (w=0.5)", 0.5))
+#: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
+#: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
+STAGES: tuple[tuple[str, bool, float | None], ...] = (
+    ("", False, None), (" + type prior", True, None), (" + re-ranker", False, 1.0),
+    (" + re-ranker (w=0.5)", False, 0.5), (" + type prior + re-ranker (w=0.5)", True, 0.5))
 
 
 def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: dict[str, SplitData],
-                     descriptions, rerank: dict | None, seed: int, cache_dir: Path | None
-                     ) -> tuple[list[dict], dict[str, tuple[list[str], list[str]]]]:
+                     descriptions, reranker_cache: dict | None, seed: int, cache_dir: Path | None,
+                     rerank_scope: str = "all") -> tuple[list[dict], dict[str, tuple[list[str], list[str]]]]:
     """Every row of one trained fold model (zero-shot and 5-shot, with and without the re-ranker), and the tagged
-    entity types of val and test. ``rerank``: the fold's :func:`reranker_matrices`, or None."""
+    entity types of val and test. ``reranker_cache``: ``{"model": CrossEncoderReranker, "cache": {}}`` of the
+    fold, or None. ``rerank_scope="held_out"`` scores re-ranker rows on the held-out pairs only (their top-1
+    metrics; no full decision, no seen-relation drop): a CPU can afford that much."""
     held = FOLDS[fold]
     sc = Scorer(folder, data, cache_dir)
     neg = sc.negative
-    stages: list[tuple[str, dict | None]] = [("", None)]
-    if rerank is not None:
-        stages += [(suffix, {split: PrecomputedReranker(data[split].records, *rerank[split], weight=w)
-                             for split in ("val", "test")}) for suffix, w in RERANK_WEIGHTS]
-    before = {}  # predictions before the relations are added, per (stage, split)
-    for suffix, stage in stages:
-        for split in ("val", "test"):
-            before[suffix, split] = sc.decide(split, stage[split] if stage else None)[1].predictions
+    stages: list[tuple[str, bool, CachedReranker | None]] = []
+    for suffix, prior_on, w in STAGES:
+        if w is None:
+            stages.append((suffix, prior_on, None))
+        elif reranker_cache is not None:
+            stages.append((suffix, prior_on, CachedReranker(reranker_cache["model"], descriptions,
+                                                            reranker_cache["cache"], w)))
+    full = {suffix for suffix, _, stage in stages if stage is None or rerank_scope == "all"}
+    scored = sc.score()
+    before = {(suffix, split): sc.decide(scored[split], split, stage, prior_on)[1].predictions  # per stage
+              for suffix, prior_on, stage in stages if suffix in full for split in ("val", "test")}
     sc.extractor.add_relations({r: {"descriptions": descriptions.texts(r),
                                     "head_types": list(descriptions.relations[r].head_types),
                                     "tail_types": list(descriptions.relations[r].tail_types)} for r in held},
@@ -461,30 +479,38 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
     minutes = (sc.metrics.get("timings") or {}).get("train_minutes")
 
     def rows_now(kind_suffix: str) -> list[dict]:
+        scored = sc.score()
         rows = []
-        for suffix, stages_by_split in stages:
+        for suffix, prior_on, stage in stages:
             row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
-                                   "kind": "5-shot" if kind_suffix else "zero-shot"}
-            row["row"] = variant.name + suffix + kind_suffix
-            row["title"] = variant.title + suffix + (f", {SHOTS} examples per new relation" if kind_suffix else "")
+                                   "kind": "5-shot" if kind_suffix else "zero-shot", "row": variant.name + suffix
+                                   + kind_suffix, "title": variant.title + suffix
+                                   + (f", {SHOTS} examples per new relation" if kind_suffix else "")}
+            if suffix not in full:
+                row["scope"] = "held-out pairs only"
             for split in ("val", "test"):
-                stage = stages_by_split[split] if stages_by_split else None
-                prior, dec = sc.decide(split, stage)
                 gold = data[split].gold
-                scores = prior
-                if stage is not None:  # top-1 metrics: the re-ranker orders the first stage's top-k candidates
+                prior, dec = sc.decide(scored[split], split, stage if suffix in full else None, prior_on)
+                if stage is None:
+                    m = held_out_metrics(prior, dec.labels, gold, dec.predictions, held, neg)
+                else:  # top-1 metrics: the re-ranker orders the first stage's top-k candidates
+                    idx = [i for i, g in enumerate(gold) if g in held]
+                    recs, g_h, p_h = [data[split].records[i] for i in idx], [gold[i] for i in idx], prior[idx]
+                    preds = [dec.predictions[i] for i in idx]
                     relations = [lab for lab in dec.labels if lab != neg]
-                    general = rerank_block(stage, data[split].records, dec.labels, prior, relations, RERANK_TOP_K)
-                    unseen = rerank_block(stage, data[split].records, dec.labels, prior, held, RERANK_TOP_K)
-                    m = held_out_metrics(general, dec.labels, gold, dec.predictions, held, neg)
-                    m_unseen = held_out_metrics(unseen, dec.labels, gold, dec.predictions, held, neg)
+                    general = rerank_block(stage, recs, dec.labels, p_h, relations, RERANK_TOP_K)
+                    unseen = rerank_block(stage, recs, dec.labels, p_h, held, RERANK_TOP_K)
+                    m = held_out_metrics(general, dec.labels, g_h, preds, held, neg)
+                    m_unseen = held_out_metrics(unseen, dec.labels, g_h, preds, held, neg)
                     m["unseen_only_top1"] = m_unseen["unseen_only_top1"]
                     for r, pr in m["per_relation"].items():
                         pr["unseen_only_top1"] = m_unseen["per_relation"][r]["unseen_only_top1"]
-                else:
-                    m = held_out_metrics(scores, dec.labels, gold, dec.predictions, held, neg)
-                seen_before = seen_micro_f1(gold, before[suffix, split], held, neg)
-                drop = 100 * (seen_before - seen_micro_f1(gold, dec.predictions, held, neg))
+                    if suffix not in full:
+                        m["held_out_micro_f1"] = None
+                drop = seen_before = None
+                if suffix in full:
+                    seen_before = seen_micro_f1(gold, before[suffix, split], held, neg)
+                    drop = 100 * (seen_before - seen_micro_f1(gold, dec.predictions, held, neg))
                 if split == "test":
                     row.update({k: m[k] for k in ("pairs", "unseen_only_top1", "generalized_top1",
                                                   "held_out_micro_f1", "per_relation")})
@@ -647,10 +673,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reranker", action="store_true", help="train a cross-encoder re-ranker per fold and "
                         "score every row with it as the second stage too")
     parser.add_argument("--reranker-set", action="append", default=[], help="RerankerConfig field=value")
+    parser.add_argument("--reranker-scope", choices=("all", "held_out"), default="all",
+                        help="score re-ranker rows on every record (full decision, seen drop) or only on the "
+                             "held-out pairs (top-1 metrics; what a CPU affords)")
     parser.add_argument("--reranker-max-records", type=int, default=None,
                         help="train each re-ranker on a seeded subset of the training records (smoke runs)")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only score existing models")
+    parser.add_argument("--train-only", action="store_true", help="train the fold models (and re-rankers), no scoring")
     parser.add_argument("--bundle", default=None, help="a folder made by benchmarks/offline_bundle.py")
     parser.add_argument("--eval-limit", type=int, default=None, help="score a seeded subset of val/test (smoke)")
     parser.add_argument("--render-only", action="store_true", help="rewrite zero_shot.md from zero_shot.json")
@@ -690,6 +720,8 @@ def main(argv: list[str] | None = None) -> None:
             for fut in futures:
                 name, minutes = fut.result()
                 print(f"trained {name} in {minutes:.1f} min", flush=True)
+    if args.train_only:
+        return
 
     import torch
 
@@ -727,11 +759,13 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         for f in folds:
             if args.reranker and f not in rerank:
-                print(f"re-ranker scores of fold {f}", flush=True)
-                rerank[f] = reranker_matrices(out_root / f"reranker-{f}", data, descriptions, neg)
+                from rocmre.modeling.reranker import CrossEncoderReranker
+
+                rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
+                                                                           device=scoring_device()), "cache": {}}
             print(f"scoring {v}-{f}", flush=True)
             rows, type_of = score_fold_model(out_root / f"{v}-{f}", f, VARIANTS[v], data, descriptions,
-                                             rerank.get(f), base.seed, None)
+                                             rerank.get(f), base.seed, None, args.reranker_scope)
             if not any(r["kind"] == "types-only" for r in baselines):  # the tagged types, from the first model
                 baselines = baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",
                                           {f2: x for f2, x in types_only_rows(data, type_of, signatures).items()
