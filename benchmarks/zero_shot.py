@@ -9,10 +9,12 @@ For each fold and variant a model is trained by ``python -m rocmre train`` with 
 ``data.exclude_relations`` (their train and val records removed, not relabelled None) into
 ``<out-root>/<variant>-<fold>``. Its test (and val) pairs are scored before and after the held-out relations are
 added through ``RelationExtractor.add_relations`` (curated descriptions and type signatures), then again with 5
-seeded training examples each (their prototypes). With ``--reranker`` a cross-encoder re-ranker
-(``rocmre.modeling.reranker``) is trained per fold on the seen relations and each row is also scored with it as the
-decision path's second stage. Writes ``<results>/zero_shot.{md,json}``; the JSON's ``summary`` is the row with the
-best mean validation generalised top-1 (selected on validation, reported on test).
+seeded training examples each (their prototypes). Every model is also scored with the decision rule's soft type
+prior switched on (an inference-time switch), and with ``--reranker`` a cross-encoder re-ranker
+(``rocmre.modeling.reranker``) is trained per fold on the seen relations and used as the decision path's second
+stage (``--reranker-scope held_out`` scores those rows on the held-out pairs only, which a CPU affords).
+Writes ``<results>/zero_shot.{md,json}``; the JSON's ``summary`` is the row with the best mean validation
+generalised top-1 (selected on validation, reported on test).
 """
 
 from __future__ import annotations
@@ -608,7 +610,10 @@ def render(payload: dict) -> list[str]:
               "the held-out relations are added. Types-only: pick uniformly among the held-out relations whose "
               "head/tail type signature fits the spaCy types (exact expectation). Frozen encoder: the untrained "
               "sentence encoder, cosine between the plain sentence and the centre of each relation's curated "
-              "descriptions.", ""]
+              "descriptions. Type prior: the decision rule's soft prior (each side whose tagged entity type "
+              "contradicts a relation's signature costs that relation `type_penalty`), switched on at inference "
+              "time; the None margin stays as tuned without it. Rows with a dash in the F1 and drop columns "
+              "were scored on the held-out pairs only (`--reranker-scope held_out`) and cannot be the summary row.", ""]
     lines += targets_lines(payload.get("summary"), payload.get("summary_row")) + [""]
     lines += [f"Folds (train and val records of the held-out relations removed; their curated descriptions and type "
               f"signatures added afterwards with `RelationExtractor.add_relations`; 5-shot: {payload['shots']} "
