@@ -447,9 +447,31 @@ class CachedReranker:
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
-STAGES: tuple[tuple[str, bool, float | None], ...] = (
-    ("", False, None), (" + type prior", True, None), (" + re-ranker", False, 1.0),
-    (" + re-ranker (w=0.5)", False, 0.5), (" + type prior + re-ranker (w=0.5)", True, 0.5))
+#: and whether the added relations' scores are calibrated (see :func:`calibrate_new`)
+STAGES: tuple[tuple[str, bool, float | None, bool], ...] = (
+    ("", False, None, False), (" + type prior", True, None, False), (" + calibration", False, None, True),
+    (" + type prior + calibration", True, None, True), (" + re-ranker", False, 1.0, False),
+    (" + re-ranker (w=0.5)", False, 0.5, False), (" + type prior + calibration + re-ranker (w=0.5)", True, 0.5, True))
+
+
+def calibrate_new(scored: dict, labels: Sequence[str], new: Sequence[str], val_gold: Sequence[str],
+                  negative_label: str) -> dict:
+    """Shift each added relation's scores by its mean score over the validation records of seen relations minus
+    the seen relations' mean (a new relation's description lands elsewhere in the pair space than the trained
+    ones, so its raw cosines run lower or higher). Uses no label of a held-out relation."""
+    import dataclasses
+
+    cols_new = [list(labels).index(r) for r in new]
+    cols_seen = [j for j, lab in enumerate(labels) if lab != negative_label and lab not in new]
+    ref = [i for i, g in enumerate(val_gold) if g not in new]
+    mean_score = scored["val"].scores[ref].mean(0)
+    shift = mean_score[cols_new] - mean_score[cols_seen].mean()
+    out = {}
+    for split, ms in scored.items():
+        scores = ms.scores.copy()
+        scores[:, cols_new] -= shift
+        out[split] = dataclasses.replace(ms, scores=scores)
+    return out
 
 
 def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: dict[str, SplitData],
@@ -462,17 +484,17 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
     held = FOLDS[fold]
     sc = Scorer(folder, data, cache_dir)
     neg = sc.negative
-    stages: list[tuple[str, bool, CachedReranker | None]] = []
-    for suffix, prior_on, w in STAGES:
+    stages: list[tuple[str, bool, CachedReranker | None, bool]] = []
+    for suffix, prior_on, w, calibrate in STAGES:
         if w is None:
-            stages.append((suffix, prior_on, None))
+            stages.append((suffix, prior_on, None, calibrate))
         elif reranker_cache is not None:
             stages.append((suffix, prior_on, CachedReranker(reranker_cache["model"], descriptions,
-                                                            reranker_cache["cache"], w)))
-    full = {suffix for suffix, _, stage in stages if stage is None or rerank_scope == "all"}
-    scored = sc.score()
+                                                            reranker_cache["cache"], w), calibrate))
+    full = {suffix for suffix, _, stage, _ in stages if stage is None or rerank_scope == "all"}
+    scored = sc.score()  # before the relations are added, calibration has nothing to shift
     before = {(suffix, split): sc.decide(scored[split], split, stage, prior_on)[1].predictions  # per stage
-              for suffix, prior_on, stage in stages if suffix in full for split in ("val", "test")}
+              for suffix, prior_on, stage, _ in stages if suffix in full for split in ("val", "test")}
     sc.extractor.add_relations({r: {"descriptions": descriptions.texts(r),
                                     "head_types": list(descriptions.relations[r].head_types),
                                     "tail_types": list(descriptions.relations[r].tail_types)} for r in held},
@@ -481,9 +503,11 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
     minutes = (sc.metrics.get("timings") or {}).get("train_minutes")
 
     def rows_now(kind_suffix: str) -> list[dict]:
-        scored = sc.score()
+        raw = sc.score()
+        calibrated = calibrate_new(raw, sc.model.relation_labels, held, data["val"].gold, neg)
         rows = []
-        for suffix, prior_on, stage in stages:
+        for suffix, prior_on, stage, calibrate in stages:
+            scored = calibrated if calibrate else raw
             row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
                                    "kind": "5-shot" if kind_suffix else "zero-shot", "row": variant.name + suffix
                                    + kind_suffix, "title": variant.title + suffix
