@@ -108,3 +108,39 @@ def test_summary_contract_and_rendering(bench, tmp_path):
     assert "unseen-only top-1 >= 0.80" in md and "**not met**" in md
     assert "| A | `r` | 3 |" in md
     assert json.loads((tmp_path / "zero_shot.json").read_text())["summary"] == summary
+
+
+def test_calibration_shifts_only_the_added_relations(bench):
+    from rocmre.modeling.runtime import ModelScores
+
+    labels = ["None", "seen_a", "seen_b", "new"]
+    val = np.array([[0.9, 0.6, 0.2, 0.1], [0.1, 0.2, 0.6, 0.3], [0.5, 0.5, 0.5, 0.9]])
+    gold = ["seen_a", "seen_b", "new"]  # the held-out record is not used as reference
+    scored = {s: ModelScores(val.copy(), None, np.zeros(3, dtype=int), np.zeros(3, dtype=int)) for s in ("val", "test")}
+    out = bench.calibrate_new(scored, labels, ["new"], gold, "None")
+    # reference: the two seen records; mean(new) = 0.2, mean(seen columns) = 0.4 -> new shifted up by 0.2
+    assert out["test"].scores[:, 3] == pytest.approx(val[:, 3] + 0.2)
+    assert out["test"].scores[:, :3] == pytest.approx(val[:, :3])
+    assert scored["test"].scores[0, 3] == pytest.approx(0.1)  # the input is not modified
+
+
+def test_cached_reranker_scores_each_pair_once(bench):
+    calls = []
+
+    class FakeReranker:
+        def relation_scores(self, records, labels, candidates, descriptions, mask=None):
+            calls.append(int(mask.sum()))
+            return np.array([[float(len(labels[j])) for j in row] for row in candidates])
+
+    records = [object(), object()]
+    labels = ["None", "ab", "abc"]
+    cache: dict = {}
+    rr = bench.CachedReranker(FakeReranker(), None, cache, weight=1.0)
+    cand = np.array([[1, 2], [2, 1]])
+    first = rr.relation_scores(records, labels, cand)
+    assert first.tolist() == [[2.0, 3.0], [3.0, 2.0]]
+    assert rr.relation_scores(records, labels, cand).tolist() == first.tolist() and calls == [4]
+    other = bench.CachedReranker(FakeReranker(), None, cache, weight=0.5)  # shares the cache
+    mixed = other(records, labels, cand, np.array([[1.0, 0.0], [1.0, 0.0]]))
+    assert calls == [4] and mixed.shape == (2, 2)
+    assert (rr(records, labels, cand, np.zeros((2, 2))).argmax(1) == [1, 0]).all()  # weight 1: re-ranker order
