@@ -445,6 +445,9 @@ class CachedReranker:
                        self.weight)
 
 
+#: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
+SCORING_VERSION = 1
+
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
 #: and whether the added relations' scores are calibrated (see :func:`calibrate_new`)
@@ -456,20 +459,22 @@ STAGES: tuple[tuple[str, bool, float | None, bool], ...] = (
 
 def calibrate_new(scored: dict, labels: Sequence[str], new: Sequence[str], val_gold: Sequence[str],
                   negative_label: str) -> dict:
-    """Shift each added relation's scores by its mean score over the validation records of seen relations minus
-    the seen relations' mean (a new relation's description lands elsewhere in the pair space than the trained
-    ones, so its raw cosines run lower or higher). Uses no label of a held-out relation."""
+    """Map each added relation's score distribution onto the seen relations' (distribution matching): over the
+    validation records of seen relations (no label of a held-out relation is used), an added relation's scores
+    are standardised and given the seen relations' average mean and standard deviation. A trained relation scores
+    high on its own pairs and low on the rest; a description the model never trained on scores flat, and a
+    prototype of a few examples scores high on every similar pair: both are on another scale."""
     import dataclasses
 
     cols_new = [list(labels).index(r) for r in new]
     cols_seen = [j for j, lab in enumerate(labels) if lab != negative_label and lab not in new]
-    ref = [i for i, g in enumerate(val_gold) if g not in new]
-    mean_score = scored["val"].scores[ref].mean(0)
-    shift = mean_score[cols_new] - mean_score[cols_seen].mean()
+    ref = scored["val"].scores[[i for i, g in enumerate(val_gold) if g not in new]]
+    mu, sd = ref.mean(0), ref.std(0) + 1e-6
     out = {}
     for split, ms in scored.items():
         scores = ms.scores.copy()
-        scores[:, cols_new] -= shift
+        scores[:, cols_new] = (mu[cols_seen].mean() + sd[cols_seen].mean()
+                               * (scores[:, cols_new] - mu[cols_new]) / sd[cols_new])
         out[split] = dataclasses.replace(ms, scores=scores)
     return out
 
@@ -792,9 +797,20 @@ def main(argv: list[str] | None = None) -> None:
 
                 rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
                                                                            device=scoring_device()), "cache": {}}
-            print(f"scoring {v}-{f}", flush=True)
-            rows, type_of = score_fold_model(out_root / f"{v}-{f}", f, VARIANTS[v], data, descriptions,
-                                             rerank.get(f), base.seed, None, args.reranker_scope)
+            folder = out_root / f"{v}-{f}"
+            key = {"version": SCORING_VERSION, "eval_limit": args.eval_limit, "reranker": args.reranker,
+                   "scope": args.reranker_scope, "seed": base.seed,
+                   "model": (folder / "model.safetensors").stat().st_mtime}
+            cached = folder / "zero_shot_rows.json"
+            hit = json.loads(cached.read_text()) if cached.is_file() else None
+            if hit is not None and hit.get("key") == key:
+                print(f"scored {v}-{f} before: {cached}", flush=True)
+                rows, type_of = hit["rows"], {s: tuple(t) for s, t in hit["types"].items()}
+            else:
+                print(f"scoring {v}-{f}", flush=True)
+                rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, descriptions, rerank.get(f),
+                                                 base.seed, None, args.reranker_scope)
+                cached.write_text(json.dumps({"key": key, "rows": rows, "types": type_of}) + "\n")
             if not any(r["kind"] == "types-only" for r in baselines):  # the tagged types, from the first model
                 baselines = baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",
                                           {f2: x for f2, x in types_only_rows(data, type_of, signatures).items()

@@ -110,18 +110,21 @@ def test_summary_contract_and_rendering(bench, tmp_path):
     assert json.loads((tmp_path / "zero_shot.json").read_text())["summary"] == summary
 
 
-def test_calibration_shifts_only_the_added_relations(bench):
+def test_calibration_matches_the_seen_relations_distribution(bench):
     from rocmre.modeling.runtime import ModelScores
 
     labels = ["None", "seen_a", "seen_b", "new"]
-    val = np.array([[0.9, 0.6, 0.2, 0.1], [0.1, 0.2, 0.6, 0.3], [0.5, 0.5, 0.5, 0.9]])
-    gold = ["seen_a", "seen_b", "new"]  # the held-out record is not used as reference
+    val = np.array([[0.9, 0.8, 0.0, 0.30], [0.1, 0.0, 0.8, 0.32], [0.5, 0.5, 0.5, 0.90]])
+    gold = ["seen_a", "seen_b", "new"]  # the held-out record is not a reference record
     scored = {s: ModelScores(val.copy(), None, np.zeros(3, dtype=int), np.zeros(3, dtype=int)) for s in ("val", "test")}
     out = bench.calibrate_new(scored, labels, ["new"], gold, "None")
-    # reference: the two seen records; mean(new) = 0.2, mean(seen columns) = 0.4 -> new shifted up by 0.2
-    assert out["test"].scores[:, 3] == pytest.approx(val[:, 3] + 0.2)
-    assert out["test"].scores[:, :3] == pytest.approx(val[:, :3])
-    assert scored["test"].scores[0, 3] == pytest.approx(0.1)  # the input is not modified
+    ref = val[:2]
+    mu, sd = ref.mean(0), ref.std(0) + 1e-6
+    expected = mu[1:3].mean() + sd[1:3].mean() * (val[:, 3] - mu[3]) / sd[3]  # seen: mean 0.4, std 0.4
+    assert out["test"].scores[:, 3] == pytest.approx(expected)
+    assert out["test"].scores[:, :3] == pytest.approx(val[:, :3])  # seen relations untouched
+    assert out["test"].scores[2, 3] > 1.0  # a flat new relation's outlier pair now stands out
+    assert scored["test"].scores[0, 3] == pytest.approx(0.30)  # the input is not modified
 
 
 def test_cached_reranker_scores_each_pair_once(bench):
