@@ -138,3 +138,38 @@ def test_descriptions_file_replaces_the_relation_set(tiny_roc_dir: Path, cache_d
     preds = [json.loads(line) for line in out.read_text().splitlines() if "error" not in json.loads(line)]
     assert len(preds) == 5
     assert all(sorted(c["relation"] for c in p["top_k"]) == sorted(keep) for p in preds)
+
+
+def test_type_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path):
+    """``type_prior`` costs each relation ``type_penalty`` per contradicted side; ``--type-prior`` gives the same."""
+    plain = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=False)
+    prior = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=True)
+    assert prior.type_prior and not plain.type_prior and prior.runtime.decision_rule.type_constraint
+    n = len(prior.relations)
+    args = ("Barack Obama met Angela Merkel", "Barack Obama", "Angela Merkel")
+    kw = {"head_type": "person", "tail_type": "person", "top_k": n}
+    a = {c.relation: c.score for c in plain.predict(*args, **kw).top_k}
+    b = {c.relation: c.score for c in prior.predict(*args, **kw).top_k}
+    penalty = prior.model.config.type_penalty
+    sig = prior.model.descriptions.relations
+    for rel in a:
+        if rel == prior.model.config.negative_label:
+            continue  # None: margin only
+        bad = sum(bool(t) and "person" not in t for t in (sig[rel].head_types, sig[rel].tail_types))
+        assert b[rel] == pytest.approx(a[rel] - penalty * bad, abs=1e-5), rel
+    pairs = tmp_path / "pair.jsonl"
+    pairs.write_text(json.dumps({"text": args[0], "head": {"name": args[1], "type": "person"},
+                                 "tail": {"name": args[2], "type": "person"}}) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pairs), "--output",
+                                      str(out), "--type-prior", "--top-k", str(n), "--quiet", "--cache-dir",
+                                      str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    line = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+    cli = {c["relation"]: c["score"] for c in line["top_k"]}
+    assert cli == pytest.approx(b, abs=1e-5)
+
+
+def test_type_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):
+    with pytest.raises(TypeError, match="ROC"):
+        RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, type_prior=True)

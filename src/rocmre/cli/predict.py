@@ -149,6 +149,9 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                                                    "or 'ignore' (predict from the text)."),
             cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
             device: str = typer.Option("cpu", "--device"),
+            type_prior: bool | None = typer.Option(None, "--type-prior/--no-type-prior",
+                                                     help="Soft entity-type prior on or off (default: the model's "
+                                                          "setting); helps relations added with type signatures."),
             precision: str | None = typer.Option(None, "--precision",
                                                  help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
                                                       "(default: what the model was validated with)."),
@@ -166,7 +169,7 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             fail(str(e))
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
-                                                      precision=precision)
+                                                      precision=precision, type_prior=type_prior)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     if new_relations is not None:

@@ -87,8 +87,11 @@ class RelationExtractor:
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: str | Path | RelationDescriptions | None = None,
                         device: str = "cpu", cache_dir: str | Path | None = None,
-                        precision: str | None = None) -> RelationExtractor:
+                        precision: str | None = None, type_prior: bool | None = None) -> RelationExtractor:
         """Load a model folder; ``descriptions`` (a file or set) replaces its relation set at load time.
+
+        ``type_prior`` switches the decision rule's soft entity-type prior on or off (see :attr:`type_prior`);
+        by default the model's own setting.
 
         ``precision``: ``fp32``, ``bf16`` (autocast; about 1.5x faster on CPUs with native bfloat16, scores differ
         in the third decimal) or ``auto`` (bf16 where the hardware has it); by default the model's own
@@ -104,7 +107,23 @@ class RelationExtractor:
         extractor = cls(RelationModel.from_pretrained(directory, descriptions, device), cache_dir,
                         precision=resolve_precision(precision))
         extractor.source_dir = Path(directory)
+        if type_prior is not None:
+            extractor.type_prior = type_prior
         return extractor
+
+    @property
+    def type_prior(self) -> bool:
+        """Whether the decision rule's soft type prior is on: a relation whose head/tail type signature the tagged
+        entity types contradict loses ``type_penalty`` per side (ROC models). It helps relations added with
+        ``head_types``/``tail_types`` compete with trained ones (``benchmarks/results/zero_shot.md``); it is saved
+        with the model."""
+        return bool(self.model.config.type_constraint)
+
+    @type_prior.setter
+    def type_prior(self, on: bool) -> None:
+        if on and self.model.config.model_type != "roc":
+            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
+        self.model.config.type_constraint = bool(on)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The model folder (with the current relation set); the training record of the folder it was loaded
