@@ -89,17 +89,20 @@ def test_summary_contract_and_rendering(bench, tmp_path):
         fold_rows += [_fold_row("types_only", "types-only", f, 0.3),
                       _fold_row("roc", "zero-shot", f, 0.5 + bump, 0.5),
                       _fold_row("roc + 5-shot", "5-shot", f, 0.7 + bump),
+                      _fold_row("roc + 5-shot (all relations)", "5-shot", f, 0.6 + bump),
                       _fold_row("roc_frozen", "zero-shot", f, 0.4, 0.1)]
     rows = bench.aggregate(fold_rows)
-    summary, chosen = bench.build_summary(rows, "abc")
+    summary, chosen, shot = bench.build_summary(rows, "abc")
     assert chosen == "roc"  # the best validation generalised top-1
+    assert shot == "roc + 5-shot"  # the better 5-shot setting on validation
     assert tuple(summary) == bench.SUMMARY_KEYS
     assert summary["folds"] == ["A", "B", "C"]
     assert summary["unseen_only_top1"] == pytest.approx(0.6)
     assert summary["five_shot_generalized_top1"] == pytest.approx(0.4)
     assert summary["seen_micro_f1_drop"] == pytest.approx(0.5)
     assert summary["types_only_unseen_only_top1"] == pytest.approx(0.3)
-    payload = {"summary": summary, "summary_row": chosen, "commit": "abc", "machine": "test", "date": "today",
+    payload = {"summary": summary, "summary_row": chosen, "summary_five_shot_row": shot, "commit": "abc",
+               "machine": "test", "date": "today",
                "command": "python benchmarks/zero_shot.py", "data": "mnre/RE_data",
                "folds": {f: ["r"] for f in "ABC"}, "shots": 5, "rerank_top_k": 5,
                "held_out_test_pairs": {f: 3 for f in "ABC"}, "rows": rows, "fold_rows": fold_rows}
