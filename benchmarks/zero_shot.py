@@ -679,6 +679,10 @@ def render(payload: dict) -> list[str]:
               "were scored on the held-out pairs only (`--reranker-scope held_out`) and cannot be the summary row.", ""]
     lines += targets_lines(payload.get("summary"), payload.get("summary_row"),
                            payload.get("summary_five_shot_row")) + [""]
+    lines += ["The summary row is the zero-shot row with the best mean validation generalised top-1; its 5-shot "
+              "setting (prototype weight, prototypes for every relation) the one with the best validation "
+              "micro-F1 over every record after adding, so a setting that wins the new relations by taking the "
+              "trained relations' pairs is not chosen. `val micro-F1 after` is in the JSON.", ""]
     lines += [f"Folds (train and val records of the held-out relations removed; their curated descriptions and type "
               f"signatures added afterwards with `RelationExtractor.add_relations`; 5-shot: {payload['shots']} "
               "examples per relation drawn, seeded by relation name, from its removed training records):", ""]
