@@ -88,6 +88,12 @@ def train_variant(v: Variant, out_root: Path, extra: list[str], threads: int, fo
            "--output-dir", str(out)]
     for o in [*v.overrides, *extra]:
         cmd += ["--set", o]
+    return v.name, run_logged(cmd, out, threads, f"training {v.name}")
+
+
+def run_logged(cmd: list[str], out: Path, threads: int, what: str) -> float:
+    """Run ``cmd`` from the repository with ``threads`` CPU threads, its output in ``out/train.log`` (the command
+    on the first line); minutes taken, or ``RuntimeError`` naming the log."""
     path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path)
     start = time.time()
@@ -96,8 +102,8 @@ def train_variant(v: Variant, out_root: Path, extra: list[str], threads: int, fo
         log.flush()
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     if proc.returncode != 0:
-        raise RuntimeError(f"training {v.name} failed; see {out / 'train.log'}")
-    return v.name, (time.time() - start) / 60
+        raise RuntimeError(f"{what} failed; see {out / 'train.log'}")
+    return (time.time() - start) / 60
 
 
 def load_variant(out_root: Path, name: str):

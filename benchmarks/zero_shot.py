@@ -26,12 +26,11 @@ import os
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,20 +62,11 @@ TARGETS = {"unseen_only_top1": 0.80, "over_types_only": 0.10, "generalized_top1"
 RERANK_TOP_K = 5
 
 
-@dataclass
-class ZeroShotVariant:
-    """A training recipe, trained once per fold with the fold's relations held out."""
-
-    name: str
-    config: str
-    overrides: list[str] = field(default_factory=list)
-    title: str = ""
-
-
-VARIANTS: dict[str, ZeroShotVariant] = {v.name: v for v in [
-    ZeroShotVariant("roc", "configs/mnre_roc.yaml", [], "ROC (canonical config)"),
-    ZeroShotVariant("roc_frozen_descriptions", "configs/mnre_roc.yaml", ["model.freeze_description_encoder=true"],
-                    "ROC, description tower frozen (anchored to the pretrained sentence space)"),
+#: training recipes, each trained once per fold with the fold's relations held out
+VARIANTS: dict[str, suite.Variant] = {v.name: v for v in [
+    suite.Variant("roc", "configs/mnre_roc.yaml", [], "ROC (canonical config)"),
+    suite.Variant("roc_frozen_descriptions", "configs/mnre_roc.yaml", ["model.freeze_description_encoder=true"],
+                  "ROC, description tower frozen (anchored to the pretrained sentence space)"),
 ]}
 
 
@@ -232,7 +222,7 @@ def exclude_override(fold: str) -> str:
     return "data.exclude_relations=" + json.dumps(FOLDS[fold])
 
 
-def train_fold(v: ZeroShotVariant, fold: str, out_root: Path, extra: list[str], threads: int,
+def train_fold(v: suite.Variant, fold: str, out_root: Path, extra: list[str], threads: int,
                force: bool) -> tuple[str, float]:
     run = suite.Variant(f"{v.name}-{fold}", v.config, [*v.overrides, exclude_override(fold)], v.title)
     return suite.train_variant(run, out_root, extra, threads, force)
@@ -249,15 +239,7 @@ def train_reranker_fold(fold: str, out_root: Path, base_cfg_args: list[str], thr
            *[a for s in base_cfg_args for a in ("--set", s)],
            *[a for s in reranker_sets for a in ("--reranker-set", s)],
            *(["--reranker-max-records", str(max_records)] if max_records else [])]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    start = time.time()
-    with open(out / "train.log", "w") as log:
-        log.write(shlex.join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training the re-ranker of fold {fold} failed; see {out / 'train.log'}")
-    return out.name, (time.time() - start) / 60
+    return out.name, suite.run_logged(cmd, out, threads, f"training the re-ranker of fold {fold}")
 
 
 def reranker_config(sets: list[str]):
@@ -360,7 +342,7 @@ def scoring_device() -> str:
 class Scorer:
     """One trained fold model: features of val and test once, scored as the relation set changes."""
 
-    def __init__(self, folder: Path, data: dict[str, SplitData], cache_dir: Path | None) -> None:
+    def __init__(self, folder: Path, data: dict[str, SplitData]) -> None:
         from rocmre.inference.extractor import RelationExtractor
         from rocmre.modeling.model import RelationModel
         from rocmre.training.config import RunConfig
@@ -370,7 +352,7 @@ class Scorer:
         self.metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         self.model = RelationModel.from_pretrained(folder, device=scoring_device())
         self.runtime = make_runtime(self.model, self.cfg)
-        self.extractor = RelationExtractor(self.model, cache_dir or run_cache_dir(self.cfg))
+        self.extractor = RelationExtractor(self.model, run_cache_dir(self.cfg))
         self.data = data
         self.features = {s: self.runtime.featurize(data[s].records, with_labels=False) for s in ("val", "test")}
         self.negative = self.cfg.data.negative_label
@@ -489,8 +471,8 @@ def calibrate_new(scored: dict, labels: Sequence[str], new: Sequence[str], val_g
 PROTOTYPE_WEIGHTS = (0.1, 0.25)
 
 
-def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: dict[str, SplitData],
-                     descriptions, reranker_cache: dict | None, seed: int, cache_dir: Path | None,
+def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict[str, SplitData],
+                     descriptions, reranker_cache: dict | None, seed: int,
                      rerank_scope: str = "all") -> tuple[list[dict], dict[str, tuple[list[str], list[str]]]]:
     """Every row of one trained fold model (zero-shot and 5-shot, with and without the re-ranker), and the tagged
     entity types of val and test. ``reranker_cache``: ``{"model": CrossEncoderReranker, "cache": {}}`` of the
@@ -499,7 +481,7 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
     from rocmre.evaluation.metrics import evaluate_predictions
 
     held = FOLDS[fold]
-    sc = Scorer(folder, data, cache_dir)
+    sc = Scorer(folder, data)
     neg = sc.negative
     stages: list[tuple[str, bool, CachedReranker | None, bool]] = []
     for suffix, prior_on, w, calibrate in STAGES:
@@ -596,7 +578,7 @@ def score_fold_model(folder: Path, fold: str, variant: ZeroShotVariant, data: di
 
 def budget_text(cfg) -> str:
     t = cfg.train
-    steps = f"{t.max_steps} steps" if getattr(t, "max_steps", None) else f"{t.epochs:g} epochs"
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     return (steps + (f" (at most {t.max_minutes:g} min)" if t.max_minutes else "")
             + f", batch {t.batch_size}, seed {cfg.seed}, `{Path(str(cfg.model.text_backbone)).name}`")
 
@@ -829,11 +811,6 @@ def main(argv: list[str] | None = None) -> None:
     rerank: dict[str, dict] = {}
     for v in variants:
         for f in folds:
-            if args.reranker and f not in rerank:
-                from rocmre.modeling.reranker import CrossEncoderReranker
-
-                rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
-                                                                           device=scoring_device()), "cache": {}}
             folder = out_root / f"{v}-{f}"
             key = {"version": SCORING_VERSION, "eval_limit": args.eval_limit, "reranker": args.reranker,
                    "scope": args.reranker_scope, "seed": base.seed,
@@ -845,8 +822,13 @@ def main(argv: list[str] | None = None) -> None:
                 rows, type_of = hit["rows"], {s: tuple(t) for s, t in hit["types"].items()}
             else:
                 print(f"scoring {v}-{f}", flush=True)
+                if args.reranker and f not in rerank:  # loaded once per fold, only when a model is scored
+                    from rocmre.modeling.reranker import CrossEncoderReranker
+
+                    rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
+                                                                               device=scoring_device()), "cache": {}}
                 rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, descriptions, rerank.get(f),
-                                                 base.seed, None, args.reranker_scope)
+                                                 base.seed, args.reranker_scope)
                 cached.write_text(json.dumps({"key": key, "rows": rows, "types": type_of}) + "\n")
             if not any(r["kind"] == "types-only" for r in baselines):  # the tagged types, from the first model
                 baselines = baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "mnre.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("mnre_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mnre_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_benchmark
+
+    return load_benchmark("mnre")
 
 
 LABELS = ["None", "/per/per/peer", "/per/org/member_of"]

@@ -3,24 +3,17 @@ scores (the trained rows are produced by running the benchmark)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("zero_shot_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["zero_shot_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_benchmark
+
+    return load_benchmark("zero_shot")
 
 
 LABELS = ["None", "seen", "new_a", "new_b"]
