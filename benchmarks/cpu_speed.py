@@ -14,6 +14,7 @@ Writes benchmarks/results/cpu_speed.{json,md}.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,19 +31,29 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-#: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows)
+#: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows); the
+#: description lever only exists for ROC (a classifier row skips it)
+_OFF = {"train.mixed_precision": "no", "train.group_by_length": "false", "train.fused_optimizer": "false",
+        "train.description_refresh_steps": "1", "train.fast_dropout": "false"}
+
+
+def _lever(**on: str) -> list[str]:
+    return [f"{k}={on.get(k.split('.')[1], v)}" for k, v in _OFF.items()]
+
+
 LEVERS = {
-    "fp32 (canonical before this change)": ["train.mixed_precision=no", "train.group_by_length=false",
-                                            "train.description_refresh_steps=1", "train.fused_optimizer=false"],
-    "bf16 autocast": ["train.mixed_precision=bf16", "train.group_by_length=false",
-                      "train.description_refresh_steps=1", "train.fused_optimizer=false"],
-    "bf16 + length-grouped batches": ["train.mixed_precision=bf16", "train.group_by_length=true",
-                                      "train.description_refresh_steps=1", "train.fused_optimizer=false"],
-    "bf16 + length-grouped + fused AdamW": ["train.mixed_precision=bf16", "train.group_by_length=true",
-                                            "train.description_refresh_steps=1", "train.fused_optimizer=true"],
-    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": [
-        "train.mixed_precision=bf16", "train.group_by_length=true", "train.description_refresh_steps=8",
-        "train.fused_optimizer=true"],
+    "fp32 (canonical before the speed work)": _lever(),
+    "bf16 autocast": _lever(mixed_precision="bf16"),
+    "bf16 + length-grouped batches": _lever(mixed_precision="bf16", group_by_length="true"),
+    "bf16 + length-grouped + fused AdamW": _lever(mixed_precision="bf16", group_by_length="true",
+                                                  fused_optimizer="true"),
+    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": _lever(
+        mixed_precision="bf16", group_by_length="true", fused_optimizer="true", description_refresh_steps="8"),
+    "bf16 + length-grouped + fused AdamW + fast dropout": _lever(
+        mixed_precision="bf16", group_by_length="true", fused_optimizer="true", fast_dropout="true"),
+    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout": _lever(
+        mixed_precision="bf16", group_by_length="true", fused_optimizer="true", description_refresh_steps="8",
+        fast_dropout="true"),
 }
 FP32 = next(iter(LEVERS))
 
@@ -58,6 +69,7 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
 
     import torch
 
+    from rocmre.modeling.dropout import use_fast_dropout
     from rocmre.training.setup import resolve_precision
     from rocmre.training.trainer import epoch_batches
 
@@ -66,6 +78,8 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
                             **({"fused": True} if cfg.train.fused_optimizer else {}))
     precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
+    if cfg.train.fast_dropout:
+        use_fast_dropout(model)
     gen = torch.Generator().manual_seed(0)
     model.train()
     times = []
@@ -83,6 +97,34 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
         if i >= 3:
             times.append(time.perf_counter() - t0)
     return times
+
+
+def _median(pred: dict, key: str) -> float:
+    return statistics.median(pred["pairs_per_s"][key])
+
+
+def precision_f1(model_dir: str) -> dict:
+    """Val and test micro-F1 of a trained model predicted in fp32 and in bf16, and how many predictions differ."""
+    from rocmre.evaluation.metrics import micro_prf
+    from rocmre.inference.extractor import RelationExtractor
+    from rocmre.training.config import RunConfig
+    from rocmre.training.setup import load_run_data
+
+    cfg = RunConfig.from_yaml(Path(model_dir) / "run_config.yaml")
+    out: dict = {"model": model_dir}
+    for split in ("val", "test"):
+        data = load_run_data(cfg, split)
+        gold = [r.relation for r in data.records]
+        preds = {}
+        for prec in ("fp32", "bf16"):
+            ex = RelationExtractor.from_pretrained(model_dir, precision=prec)
+            t0 = time.perf_counter()
+            preds[prec] = ex.runtime.decide_records(data.records, batch_size=64).predictions
+            out[f"{split}_{prec}_seconds"] = time.perf_counter() - t0
+            out[f"{split}_{prec}_micro_f1"] = 100 * micro_prf(gold, preds[prec], cfg.data.negative_label)[2]
+        out[f"{split}_records"] = len(gold)
+        out[f"{split}_changed_predictions"] = sum(a != b for a, b in zip(preds["fp32"], preds["bf16"], strict=True))
+    return out
 
 
 def _timed(fn) -> float:
@@ -113,6 +155,9 @@ def main() -> None:
     parser.add_argument("--roc-config", default=str(REPO / "configs" / "mnre_roc.yaml"))
     parser.add_argument("--cls-config", default=str(REPO / "configs" / "mnre_cls.yaml"))
     parser.add_argument("--steps", type=int, default=24, help="timed training steps per row (after 3 warm-up)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the prediction timings")
+    parser.add_argument("--precision-model", default=None,
+                        help="a trained model folder: its val/test micro-F1 predicted in fp32 and in bf16")
     parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
     parser.add_argument("--fp32-run", default=None, help="a finished run of --roc-config with the fp32 lever")
     parser.add_argument("--train", action="store_true", help="train the missing full runs first (long)")
@@ -147,7 +192,7 @@ def main() -> None:
 
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime
+    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime, resolve_precision
 
     if args.train:
         if args.fast_run and not (Path(args.fast_run) / "metrics.json").is_file():
@@ -162,18 +207,33 @@ def main() -> None:
     res: dict = {"raw": {}}
 
     # -- prediction (first, so that the peak memory read afterwards is prediction's) --------------
+    # the canonical config's prediction precision (train.inference_precision, "auto": bf16 where native) is the
+    # default path; fp32 rows beside it. Measurements are interleaved in rounds (medians), so that a slow spell of
+    # the machine hits every row alike.
+    precision = resolve_precision(roc_cfg.train.inference_precision)
     model = build_model(roc_cfg, train.labels.labels)
-    ex = RelationExtractor(model)
+    ex = RelationExtractor(model, precision=precision)
+    ex_fp32 = RelationExtractor(model, precision="fp32")
+    model_10k = copy.deepcopy(model)
+    ex_10k = RelationExtractor(model_10k, precision=precision)
     records = [r for r in test.records if not r.has_image][:256]
     pairs = [PairInput(r.tokens, r.head.span, r.tail.span) for r in records]
-    list(ex.predict_batch(pairs, batch_size=32))  # warm-up: entity types, description vectors
+    for e in (ex, ex_fp32):
+        list(e.predict_batch(pairs, batch_size=32))  # warm-up: entity types, description vectors
+    # 10,000 relations: their description vectors are computed once (reported apart); each call then scores all
+    many = {f"/synthetic/relation_{i}": [f"The head is linked to the tail by synthetic relation number {i}."]
+            for i in range(10_000 - len(ex.relations))}
+    t0 = time.perf_counter()
+    ex_10k.add_relations(many)
+    list(ex_10k.predict_batch(pairs[:32], batch_size=32))
+    encode_10k_s = time.perf_counter() - t0
     feats = ex.runtime.featurize([ex.to_record(p) for p in pairs], with_labels=False)
     text_model = model.encoder.text_model
     pad = model.tokenizer.pad_token_id
 
-    def bare_encoder() -> float:
+    def bare_encoder(bf16: bool) -> float:
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for s in range(0, len(feats), 32):
                 chunk = [f.input_ids for f in feats[s:s + 32]]
                 n = max(map(len, chunk))
@@ -182,50 +242,43 @@ def main() -> None:
                 text_model(input_ids=ids, attention_mask=mask)
         return len(feats) / (time.perf_counter() - t0)
 
-    def batch_predict() -> float:
+    def batch_predict(extractor) -> float:
         t0 = time.perf_counter()
-        list(ex.predict_batch(pairs, batch_size=32))
+        list(extractor.predict_batch(pairs, batch_size=32))
         return len(pairs) / (time.perf_counter() - t0)
 
-    bare = statistics.median(bare_encoder() for _ in range(3))
-    full = statistics.median(batch_predict() for _ in range(3))
+    speeds: dict[str, list[float]] = {k: [] for k in ("bare", "bare_bf16", "default", "fp32", "default_10k")}
+    for _ in range(args.rounds):
+        speeds["bare"].append(bare_encoder(False))
+        speeds["bare_bf16"].append(bare_encoder(True))
+        speeds["default"].append(batch_predict(ex))
+        speeds["fp32"].append(batch_predict(ex_fp32))
+        speeds["default_10k"].append(batch_predict(ex_10k))
     text = "Rafael Nadal gets engaged to girlfriend of 14 years , Mery Perello"
-    ex.predict(text, "Rafael Nadal", "Mery Perello")
-    lat = []
-    for _ in range(50):
-        t0 = time.perf_counter()
-        ex.predict(text, "Rafael Nadal", "Mery Perello")
-        lat.append(1000 * (time.perf_counter() - t0))
-    # 10,000 relations: the description vectors are computed once (reported apart); each call then scores all
-    many = {f"/synthetic/relation_{i}": [f"The head is linked to the tail by synthetic relation number {i}."]
-            for i in range(10_000 - len(ex.relations))}
-    t0 = time.perf_counter()
-    ex.add_relations(many)
-    list(ex.predict_batch(pairs[:32], batch_size=32))
-    encode_10k_s = time.perf_counter() - t0
-    full_10k = statistics.median(batch_predict() for _ in range(3))
-    lat10k = []
-    for _ in range(30):
-        t0 = time.perf_counter()
-        ex.predict(text, "Rafael Nadal", "Mery Perello")
-        lat10k.append(1000 * (time.perf_counter() - t0))
-    ex.remove_relations(list(many))
-    # the opt-in bf16 path (precision="bf16"), same model and inputs
-    ex_bf16 = RelationExtractor(model, precision="bf16")
-    list(ex_bf16.predict_batch(pairs, batch_size=32))
-    full_bf16 = statistics.median(
-        len(pairs) / _timed(lambda: list(ex_bf16.predict_batch(pairs, batch_size=32))) for _ in range(3))
-    ex_bf16.predict(text, "Rafael Nadal", "Mery Perello")
-    lat_bf16 = [1000 * _timed(lambda: ex_bf16.predict(text, "Rafael Nadal", "Mery Perello")) for _ in range(50)]
+
+    def latencies(extractor, n: int = 60) -> list[float]:
+        extractor.predict(text, "Rafael Nadal", "Mery Perello")
+        return [1000 * _timed(lambda: extractor.predict(text, "Rafael Nadal", "Mery Perello")) for _ in range(n)]
+
+    lat: dict[str, list[float]] = {k: [] for k in ("default", "fp32", "default_10k", "default_1_thread")}
+    for _ in range(args.rounds):  # interleaved too
+        lat["default"] += latencies(ex, 20)
+        lat["fp32"] += latencies(ex_fp32, 20)
+        lat["default_10k"] += latencies(ex_10k, 20)
+        torch.set_num_threads(1)
+        lat["default_1_thread"] += latencies(ex, 20)
+        torch.set_num_threads(threads)
     predict_peak = peak_rss_mb()
-    print(f"bare encoder {bare:.1f} pairs/s, predict_batch {full:.1f} pairs/s, 10k {full_10k:.1f} pairs/s, "
-          f"single p50 {statistics.median(lat):.1f} ms", flush=True)
+    med = {k: statistics.median(v) for k, v in speeds.items()}
+    print(f"bare encoder {med['bare']:.1f} pairs/s, predict_batch {med['default']:.1f} pairs/s ({precision}), "
+          f"10k {med['default_10k']:.1f} pairs/s, single p50 {statistics.median(lat['default']):.1f} ms", flush=True)
     res["raw"]["prediction"] = {
-        "pairs": len(pairs), "bare_encoder_pairs_per_s": bare, "predict_batch_pairs_per_s": full,
-        "single_predict_ms": lat, "predict_batch_10k_pairs_per_s": full_10k, "single_predict_10k_ms": lat10k,
-        "relations_10k": len(ex.relations) + len(many), "encode_10k_descriptions_s": encode_10k_s,
-        "bf16_predict_batch_pairs_per_s": full_bf16, "bf16_single_predict_ms": lat_bf16,
+        "pairs": len(pairs), "precision": precision, "rounds": args.rounds, "pairs_per_s": speeds,
+        "single_predict_ms": lat, "relations_10k": len(ex_10k.relations), "encode_10k_descriptions_s": encode_10k_s,
     }
+    del model_10k, ex_10k
+    if args.precision_model:
+        res["raw"]["prediction_precision_f1"] = precision_f1(args.precision_model)
 
     # -- training steps, lever by lever -----------------------------------------------------------
     rows = {}
@@ -280,9 +333,9 @@ def main() -> None:
         "fp32_full_training_minutes": fp32_min,
         "val_micro_f1_delta_fast_vs_fp32": delta,
         "roc_over_cls_step": rows[fast_key]["step_s_median"] / rows[cls_key]["step_s_median"],
-        "predict_over_bare_encoder": pred["predict_batch_pairs_per_s"] / pred["bare_encoder_pairs_per_s"],
-        "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]),
-        "retrieval_10k_overhead": pred["predict_batch_pairs_per_s"] / pred["predict_batch_10k_pairs_per_s"] - 1,
+        "predict_over_bare_encoder": _median(pred, "default") / _median(pred, "bare"),
+        "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]["default"]),
+        "retrieval_10k_overhead": _median(pred, "default") / _median(pred, "default_10k") - 1,
         "train_peak_rss_mb": fast["timings"].get("peak_rss_mb") if fast else train_peak_steps,
         "predict_peak_rss_mb": predict_peak,
         "commit": git_commit(),
@@ -299,7 +352,7 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, torch threads {threads}, "
                    f"bf16 native: {bf16_supported()}",
-        "torch": torch.__version__, "val_scoring_seconds": val_s, "val_records": len(val),
+        "torch": torch.__version__, "threads": threads, "val_scoring_seconds": val_s, "val_records": len(val),
         "steps_per_epoch": steps_per_epoch, "epochs": epochs,
         "projected_fp32_full_training_minutes": projected_fp32,
         "fast_run": args.fast_run, "fp32_run": args.fp32_run,
@@ -317,11 +370,15 @@ def _lever_of(cfg, cls: bool = False) -> str:
     """The LEVERS row a config matches (classifiers ignore the description lever)."""
     t = cfg.train
     for name, overrides in LEVERS.items():
+        if cls and "descriptions" in name:
+            continue
         want = dict(o.split("=", 1) for o in overrides)
         prec = {"no": "no", "bf16": "bf16", "auto": "bf16"}.get(t.mixed_precision, t.mixed_precision)
         if want["train.mixed_precision"] != prec or want["train.group_by_length"] != str(t.group_by_length).lower():
             continue
         if want["train.fused_optimizer"] != str(t.fused_optimizer).lower():
+            continue
+        if want["train.fast_dropout"] != str(t.fast_dropout).lower():
             continue
         if cls or int(want["train.description_refresh_steps"]) == t.description_refresh_steps:
             return name
@@ -351,18 +408,23 @@ def render(res: dict) -> str:
          _fmt(s["val_micro_f1_delta_fast_vs_fp32"], "+.2f"), "within 0.5"),
         (f"ROC step / classifier step (`{res['notes']['fast_config']}` vs `{res['notes']['classifier_row']}`)",
          f"{s['roc_over_cls_step']:.2f}x", "<= 1.10x"),
-        ("`predict_batch` / bare text encoder forward (batch 32, same inputs)",
-         f"{s['predict_over_bare_encoder']:.2f}x", ">= 0.95x"),
-        ("single `predict`, text only, p50", f"{s['single_predict_ms_p50']:.1f} ms", "<= 15 ms"),
+        (f"`predict_batch` ({pred['precision']}, the canonical config's prediction precision) / bare fp32 text "
+         "encoder forward (batch 32, same inputs)", f"{s['predict_over_bare_encoder']:.2f}x", ">= 0.95x"),
+        (f"single `predict`, text only, p50 ({pred['precision']}, {res.get('threads', 2)} threads)",
+         f"{s['single_predict_ms_p50']:.1f} ms", "<= 15 ms"),
         ("10,000 relations vs 23: extra time per pair in `predict_batch`",
          f"{100 * s['retrieval_10k_overhead']:+.1f} %", "<= 5 %"),
         (f"peak memory, training (`train_peak_rss_mb`; {res['notes']['train_peak_rss_mb']})",
          f"{_fmt(s['train_peak_rss_mb'], '.0f')} MB", "report"),
         ("peak memory, prediction incl. 10k relations", f"{s['predict_peak_rss_mb']:.0f} MB", "report"),
-        ("opt-in `precision=\"bf16\"`: `predict_batch` / bare fp32 encoder forward",
-         f"{pred['bf16_predict_batch_pairs_per_s'] / pred['bare_encoder_pairs_per_s']:.2f}x", ">= 0.95x"),
-        ("opt-in `precision=\"bf16\"`: single `predict` p50",
-         f"{statistics.median(pred['bf16_single_predict_ms']):.1f} ms", "<= 15 ms"),
+        ("for comparison: `predict_batch` in fp32 / bare fp32 encoder",
+         f"{_median(pred, 'fp32') / _median(pred, 'bare'):.2f}x", ""),
+        (f"for comparison: `predict_batch` ({pred['precision']}) / bare encoder under bf16 autocast",
+         f"{_median(pred, 'default') / _median(pred, 'bare_bf16'):.2f}x", ""),
+        ("for comparison: single `predict` in fp32, p50",
+         f"{statistics.median(pred['single_predict_ms']['fp32']):.1f} ms", ""),
+        (f"for comparison: single `predict` ({pred['precision']}) on 1 thread, p50",
+         f"{statistics.median(pred['single_predict_ms']['default_1_thread']):.1f} ms", ""),
     ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += [
@@ -378,14 +440,21 @@ def render(res: dict) -> str:
               f"{res['projected_fp32_full_training_minutes']:.1f} min",
               f"- full runs: fast `{res['fast_run']}` (val micro-F1 {_fmt(res['fast_run_val_micro_f1'], '.4f')}), "
               f"fp32 `{res['fp32_run']}` (val micro-F1 {_fmt(res['fp32_run_val_micro_f1'], '.4f')})",
-              f"- prediction on {pred['pairs']} test pairs without images: bare encoder "
-              f"{pred['bare_encoder_pairs_per_s']:.1f} pairs/s, `predict_batch` "
-              f"{pred['predict_batch_pairs_per_s']:.1f} pairs/s, with {pred['relations_10k']} relations "
-              f"{pred['predict_batch_10k_pairs_per_s']:.1f} pairs/s "
-              f"(their description vectors took {pred['encode_10k_descriptions_s']:.1f} s, once)",
-              f"- single predict (ms, 50 calls): p50 {statistics.median(pred['single_predict_ms']):.1f}, p90 "
-              f"{sorted(pred['single_predict_ms'])[44]:.1f}; with 10k relations p50 "
-              f"{statistics.median(pred['single_predict_10k_ms']):.1f}"]
+              f"- prediction on {pred['pairs']} test pairs without images, medians of {pred['rounds']} interleaved "
+              "rounds (pairs/s): " + ", ".join(f"{k} {_median(pred, k):.1f}" for k in pred["pairs_per_s"])
+              + f"; {pred['relations_10k']} relations' description vectors took "
+              f"{pred['encode_10k_descriptions_s']:.1f} s, once",
+              "- single predict p50 (ms): " + ", ".join(f"{k} {statistics.median(v):.1f}"
+                                                       for k, v in pred["single_predict_ms"].items())]
+    f1 = res["raw"].get("prediction_precision_f1")
+    if f1:
+        lines += ["", f"## Prediction precision on a trained model (`{f1['model']}`)", "",
+                  "| split | fp32 micro-F1 | bf16 micro-F1 | predictions changed | fp32 s | bf16 s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for split in ("val", "test"):
+            lines.append(f"| {split} | {f1[f'{split}_fp32_micro_f1']:.2f} | {f1[f'{split}_bf16_micro_f1']:.2f} | "
+                         f"{f1[f'{split}_changed_predictions']} of {f1[f'{split}_records']} | "
+                         f"{f1[f'{split}_fp32_seconds']:.1f} | {f1[f'{split}_bf16_seconds']:.1f} |")
     return "\n".join(lines)
 
 

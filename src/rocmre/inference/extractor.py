@@ -37,7 +37,7 @@ from rocmre.descriptions.store import (
 )
 from rocmre.modeling.decision import SecondStageScorer
 from rocmre.modeling.model import RelationModel
-from rocmre.modeling.runtime import ModelRuntime, thread_policy
+from rocmre.modeling.runtime import ModelRuntime
 
 __all__ = [
     "TOKEN_PATTERN", "EntityInput", "EntityNotFoundError", "ImageInput", "PairInput", "Prediction",
@@ -260,8 +260,7 @@ class RelationExtractor:
         feats = self.runtime.featurize(records, with_labels=False)
         for f, it in zip(feats, items, strict=True):
             f.image = it.image if it.image is None or isinstance(it.image, bytes | Image.Image) else Path(it.image)
-        with thread_policy(len(feats)):
-            decisions = self.runtime.decide(feats, batch_size=len(feats), records=records)  # the one decision path
+        decisions = self.runtime.decide(feats, batch_size=len(feats), records=records)  # the one decision path
         store = self.model.descriptions
         by_name = self.model.config.description_mode != "label_names"
         out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rocmre.modeling.config import ModelConfig
@@ -37,9 +38,13 @@ class ImageTokenizer(nn.Module):
         regions = batch["image_regions"]  # (B, R, Dv)
         bsz, n_regions, _ = regions.shape
         dev = regions.device
-        pooled = self.project(batch["image_pooled"]).unsqueeze(1) + self.kind.weight[POOLED]
         # the slot of the pooled vector carries the "no image" token when the image is missing
-        pooled = torch.where(has_image[:, None, None], pooled, (self.no_image + self.kind.weight[NO_IMAGE])[None, None])
+        no_image = (self.no_image + self.kind.weight[NO_IMAGE])[None, None]
+        if has_image.any():
+            pooled = self.project(batch["image_pooled"]).unsqueeze(1) + self.kind.weight[POOLED]
+            pooled = torch.where(has_image[:, None, None], pooled, no_image)
+        else:  # (most MNRE batches: nothing to project)
+            pooled = no_image.expand(bsz, 1, -1)
         parts = [pooled]
         masks = [torch.ones(bsz, 1, dtype=torch.bool, device=dev)]
         if n_regions:
@@ -91,12 +96,52 @@ class MultimodalPairEncoder(nn.Module):
             mask = torch.cat([mask, img_mask], dim=1)
             if "object_features" in batch:
                 object_slot = seq.shape[1] - 1
-        if self.fusion is not None:
-            seq = self.fusion_norm(self.fusion(seq, src_key_padding_mask=~mask))
         rows = torch.arange(seq.shape[0], device=seq.device)
-        head = seq[rows, batch["head_index"]]
-        tail = seq[rows, batch["tail_index"]]
+        positions = [batch["head_index"], batch["tail_index"]]
         if object_slot is not None:
-            is_obj = batch["object_mask"][:, None]
-            tail = torch.where(is_obj, (tail + seq[:, object_slot]) / 2, tail)
+            positions.append(torch.full_like(rows, object_slot))
+        positions_t = torch.stack(positions, dim=1)  # (B, P): the only tokens whose fused states are read
+        if self.fusion is not None:
+            out = self.fusion_norm(self._fuse(seq, mask, positions_t))
+        else:
+            out = seq[rows[:, None], positions_t]
+        head, tail = out[:, 0], out[:, 1]
+        if object_slot is not None:
+            tail = torch.where(batch["object_mask"][:, None], (tail + out[:, 2]) / 2, tail)
         return self.pair(torch.cat([head, tail], dim=-1))
+
+    def _fuse(self, seq: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The fusion layers' output at ``positions`` (B, P, H). Every layer but the last runs over all tokens;
+        the last computes keys and values for all tokens but queries, attention output and feed-forward only at
+        ``positions`` (the same result as the full layer there, for a fraction of its cost)."""
+        *lower, last = self.fusion.layers
+        for layer in lower:
+            seq = layer(seq, src_key_padding_mask=~mask)
+        return layer_at_positions(last, seq, mask, positions)
+
+
+def layer_at_positions(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, mask: torch.Tensor,
+                       positions: torch.Tensor) -> torch.Tensor:
+    """A pre-norm ``nn.TransformerEncoderLayer`` evaluated only at ``positions`` (B, P) of ``seq`` (B, L, H);
+    ``mask`` (B, L) is True at real tokens. Uses the layer's own parameters and dropout modules."""
+    if not layer.norm_first:
+        raise ValueError("layer_at_positions implements pre-norm layers (norm_first=True)")
+    attn = layer.self_attn
+    bsz, length, hidden = seq.shape
+    heads = attn.num_heads
+    rows = torch.arange(bsz, device=seq.device)[:, None]
+    normed = layer.norm1(seq)
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, N, H) -> (B, heads, N, H / heads)
+        return x.view(bsz, x.shape[1], heads, hidden // heads).transpose(1, 2)
+
+    query = split(F.linear(normed[rows, positions], w_q, b_q))
+    key, value = split(F.linear(normed, w_k, b_k)), split(F.linear(normed, w_v, b_v))
+    attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None, None, :],
+                                              dropout_p=attn.dropout if layer.training else 0.0)
+    attended = attn.out_proj(attended.transpose(1, 2).reshape(bsz, positions.shape[1], hidden))
+    out = seq[rows, positions] + layer.dropout1(attended)
+    feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(out)))))
+    return out + layer.dropout2(feed)

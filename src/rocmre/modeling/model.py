@@ -53,6 +53,35 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def best_description_index(sims: torch.Tensor, index: torch.Tensor, n_rel: int) -> torch.Tensor:
+    """(B, R) position, within its relation, of each relation's best-matching description (first on ties).
+
+    ``sims`` (B, M) are the pair-description similarities, ``index`` (M,) the grouped relation of each row.
+    Only relations with several descriptions are searched (the rest answer 0), so thousands of one-description
+    relations add almost nothing.
+    """
+    bsz, device = sims.shape[0], sims.device
+    counts = torch.bincount(index, minlength=n_rel)
+    best = torch.zeros((bsz, n_rel), dtype=torch.long, device=device)
+    multi_rows = torch.nonzero(counts[index] > 1).squeeze(1)
+    if len(multi_rows) == 0:
+        return best
+    sub, sub_index = sims[:, multi_rows], index[multi_rows]
+    rel_ids, local_index = torch.unique_consecutive(sub_index, return_inverse=True)
+    n_sub = len(rel_ids)
+    group_max = torch.full((bsz, n_sub), -2.0, device=device, dtype=sims.dtype).scatter_reduce(
+        1, local_index.expand(bsz, -1), sub, reduce="amax", include_self=False)
+    starts = torch.zeros(n_sub, dtype=torch.long, device=device).scatter_reduce(
+        0, local_index, torch.arange(len(sub_index), device=device), reduce="amin", include_self=False)
+    position = torch.arange(len(sub_index), device=device) - starts[local_index]  # position within its relation
+    is_max = sub >= group_max.gather(1, local_index.expand(bsz, -1))
+    never = torch.full_like(position, len(index)).expand(bsz, -1)
+    found = torch.full((bsz, n_sub), len(index), dtype=torch.long, device=device).scatter_reduce(
+        1, local_index.expand(bsz, -1), torch.where(is_max, position.expand(bsz, -1), never), reduce="amin",
+        include_self=False)
+    return best.index_copy(1, rel_ids, found)
+
+
 def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """In-batch pair-pair term: pairs with the same relation attract, others repel (SupCon)."""
     sim = z @ z.T / temperature
@@ -192,11 +221,11 @@ class RelationModel(nn.Module):
         With ``refresh=False`` (training only) the description encoder is not run: the pooled states kept from
         earlier steps are reused and only the projection is trained on this step (``train.description_refresh_steps``).
         """
-        texts_per_rel = self._description_texts(self.descriptions)
         if not self.training and per_relation is None and self._description_cache is not None:
             vecs, index, labels = self._description_cache
             if labels == self.relation_labels and vecs.device == self.description_projection.weight.device:
                 return vecs, index
+        texts_per_rel = self._description_texts(self.descriptions)
         if self.training and not refresh and self._pooled_states:
             texts, index = [], []
             for r, options in enumerate(texts_per_rel):
@@ -267,16 +296,7 @@ class RelationModel(nn.Module):
             scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
                 1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
         with torch.no_grad():
-            group_max = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
-                1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
-            first = torch.zeros(n_rel, dtype=torch.long, device=pairs.device).scatter_reduce(
-                0, index, torch.arange(len(index), device=pairs.device), reduce="amin", include_self=False)
-            local = torch.arange(len(index), device=pairs.device) - first[index]  # position within its relation
-            is_max = sims >= group_max.gather(1, index.expand(bsz, -1))
-            big = torch.full_like(local, len(index)).expand(bsz, -1)
-            best = torch.full((bsz, n_rel), len(index), dtype=torch.long, device=pairs.device).scatter_reduce(
-                1, index.expand(bsz, -1), torch.where(is_max, local.expand(bsz, -1), big), reduce="amin",
-                include_self=False)
+            best = best_description_index(sims, index, n_rel)
         return scores, best
 
     def forward(self, batch: dict[str, torch.Tensor], descriptions_per_relation: int | None = None,

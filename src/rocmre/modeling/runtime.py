@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,25 +80,6 @@ class ImageFeatures:
             return None
 
 
-#: inputs up to this many are scored on one thread: for a single short pair, thread start-up and synchronisation
-#: cost more than a second core saves (measured by benchmarks/cpu_speed.py)
-SINGLE_THREAD_MAX_ITEMS = 4
-
-
-@contextlib.contextmanager
-def thread_policy(n_items: int) -> Iterator[None]:
-    """Run small requests on one CPU thread and batches on all of them (no effect on a GPU)."""
-    if n_items > SINGLE_THREAD_MAX_ITEMS or torch.cuda.is_available():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass
 class ModelScores:
     """What the model says about N records over its R relations, before any decision rule."""
@@ -168,7 +149,8 @@ class ModelRuntime:
         """The model's scores of every feature over its relations (batches are grouped by length)."""
         model = self.model
         was_training = model.training
-        model.eval()
+        if was_training:  # (switching modes walks every module: not on each prediction call)
+            model.eval()
         device = next(model.parameters()).device
         features = list(features)
         order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # less padding
@@ -186,7 +168,8 @@ class ModelRuntime:
                 if best is None:
                     best = np.zeros((len(features), n_rel), dtype=np.int64)
                 best[idx] = out.best_description.cpu().numpy()
-        model.train(was_training)
+        if was_training:
+            model.train()
         return ModelScores(scores, best, type_indices([f.head_type for f in features]),
                            type_indices([f.tail_type for f in features]))
 

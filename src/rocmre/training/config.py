@@ -61,6 +61,9 @@ class TrainConfig(BaseModel):
     # AdamW's fused kernel (one pass over all parameters; on 2 CPU cores the step's optimiser part drops from about
     # 80 to 30 ms); same algorithm, rounding differs from the per-parameter loop
     fused_optimizer: bool = False
+    # dropout masks drawn from 16-bit PCG64 integers instead of bernoulli_ (CPU only; about a fifth of a 2-core
+    # MiniLM step): same expectation, other masks, so a seeded run's numbers change (modeling/dropout.py)
+    fast_dropout: bool = False
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from rocmre.data import RelationDataset
 from rocmre.evaluation.metrics import evaluate_predictions
+from rocmre.modeling.dropout import use_fast_dropout
 from rocmre.modeling.features import PairFeatures
 from rocmre.modeling.model import CONFIG_NAME, WEIGHTS_NAME, RelationModel
 from rocmre.modeling.runtime import ModelRuntime
@@ -278,6 +279,8 @@ class Trainer:
 
         precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
         self.precision = precision
+        if cfg.train.fast_dropout:
+            use_fast_dropout(model)
         model = model.to(accelerator.device)
         backbone = [p for n, p in model.named_parameters() if _is_backbone(n) and p.requires_grad]
         head = [p for n, p in model.named_parameters() if not _is_backbone(n) and p.requires_grad]

@@ -1,0 +1,104 @@
+"""Speed levers that must not change what a model computes (or change it only as documented)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rocmre.modeling.dropout import FastDropout, fast_dropout, use_fast_dropout
+from rocmre.modeling.fusion import layer_at_positions
+
+
+def _layer(hidden: int = 32, heads: int = 4, dropout: float = 0.1) -> nn.TransformerEncoderLayer:
+    torch.manual_seed(0)
+    return nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, activation="gelu", batch_first=True,
+                                      norm_first=True)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_last_fusion_layer_at_positions_equals_the_full_layer(grad):
+    layer = _layer().eval()
+    seq = torch.randn(3, 7, 32, requires_grad=grad)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    positions = torch.tensor([[0, 3], [1, 2], [1, 0]])
+    with torch.set_grad_enabled(grad):
+        full = layer(seq, src_key_padding_mask=~mask)
+        fast = layer_at_positions(layer, seq, mask, positions)
+    rows = torch.arange(3)[:, None]
+    torch.testing.assert_close(fast, full[rows, positions], atol=1e-5, rtol=1e-5)
+    if grad:  # the gradients reach the same inputs and parameters
+        g_full = torch.autograd.grad(full[rows, positions].sum(), [seq, layer.linear1.weight])
+        g_fast = torch.autograd.grad(fast.sum(), [seq, layer.linear1.weight])
+        for a, b in zip(g_fast, g_full, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_pair_encoder_scores_do_not_depend_on_masked_tokens():
+    """Padding tokens (text or image) never change a pair vector, with the pair-only last layer."""
+    layer = _layer().eval()
+    seq = torch.randn(1, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool)
+    positions = torch.tensor([[0, 2]])
+    noisy = seq.clone()
+    noisy[:, 3:] = 100.0
+    torch.testing.assert_close(layer_at_positions(layer, seq, mask, positions),
+                               layer_at_positions(layer, noisy, mask, positions))
+
+
+def test_fast_dropout_keeps_the_expectation_and_is_seeded():
+    x = torch.ones(200_000)
+    torch.manual_seed(3)
+    a = fast_dropout(x, 0.1)
+    assert abs((a == 0).float().mean().item() - 0.1) < 0.005
+    assert torch.all((a == 0) | torch.isclose(a, torch.tensor(1 / 0.9)))
+    assert abs(a.mean().item() - 1.0) < 0.01
+    torch.manual_seed(3)
+    assert torch.equal(a, fast_dropout(x, 0.1))  # torch's seed determines the mask
+    assert not torch.equal(a, fast_dropout(x, 0.1))  # and the stream moves on
+    assert fast_dropout(x, 0.1, training=False) is x
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_fast_dropout_bf16_and_gradient():
+    x = torch.randn(4, 8, dtype=torch.bfloat16, requires_grad=True)
+    torch.manual_seed(0)
+    y = fast_dropout(x, 0.5)
+    assert y.dtype == torch.bfloat16
+    y.sum().backward()
+    kept = y.detach() != 0
+    torch.testing.assert_close(x.grad[kept].float(), torch.full((int(kept.sum()),), 2.0))
+    assert torch.all(x.grad[~kept] == 0)
+
+
+def test_use_fast_dropout_swaps_modules_in_place():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), nn.Sequential(nn.Dropout(0.3)), _layer())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n = use_fast_dropout(model)
+    assert n == 2 + 3  # two here, three in the transformer layer
+    assert all(type(m) is not nn.Dropout for m in model.modules())
+    assert isinstance(model[1], FastDropout) and model[1].p == 0.2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    model.eval()
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(model[:3](x), model[0](x))  # identity in eval mode
+
+
+def test_best_description_index_matches_a_loop():
+    from rocmre.modeling.model import best_description_index
+
+    torch.manual_seed(1)
+    counts = [3, 1, 2, 1, 4, 1]
+    index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    sims = torch.randn(5, len(index)).round(decimals=1)  # rounded: ties happen
+    sims[0, 0:3] = 0.5  # an exact tie: the first description wins
+    best = best_description_index(sims, index, len(counts))
+    for b in range(5):
+        start = 0
+        for r, n in enumerate(counts):
+            row = sims[b, start:start + n]
+            assert best[b, r].item() == int(torch.nonzero(row == row.max())[0])
+            start += n
+    assert best[0, 0].item() == 0
+    one_each = best_description_index(torch.randn(2, 4), torch.arange(4), 4)
+    assert torch.equal(one_each, torch.zeros(2, 4, dtype=torch.long))
