@@ -181,7 +181,8 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
 
 def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, tmp_path):
     """bf16 autocast, length-grouped batches, descriptions refreshed every 2 steps, fast dropout, a frozen
-    description tower and name-swap augmentation together: the run finishes and says what it used."""
+    description tower, frozen lower text layers and name-swap augmentation together: the run finishes and says what
+    it used."""
     from rocmre.modeling.model import RelationModel
     from rocmre.training.trainer import train
 
@@ -189,6 +190,7 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
                   description_refresh_steps=2, inference_precision="bf16", checkpoint_every=None,
                   fast_dropout=True)
     cfg.model.freeze_description_encoder = True
+    cfg.model.frozen_text_layers = 2
     cfg.data.name_swap_prob = 0.5
     train(cfg, show_progress=False)
     results = _results(tmp_path / "switches")
@@ -196,6 +198,10 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     m = RelationModel.from_pretrained(tmp_path / "switches")
     assert m.config.freeze_description_encoder
     assert not any(p.requires_grad for p in m.description_encoder.parameters())
+    text = m.encoder.text_model
+    assert not any(p.requires_grad for p in text.embeddings.parameters())
+    assert not any(p.requires_grad for p in text.encoder.layer[1].parameters())
+    assert all(p.requires_grad for p in text.encoder.layer[2].parameters())
 
 
 def test_name_swap_epoch_features_are_seeded(mnre_root, cache_dir, tmp_path):

@@ -102,3 +102,23 @@ def test_best_description_index_matches_a_loop():
     assert best[0, 0].item() == 0
     one_each = best_description_index(torch.randn(2, 4), torch.arange(4), 4)
     assert torch.equal(one_each, torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_frozen_text_layers_train_only_the_upper_layers(tmp_path):
+    """A tiny random BERT: with frozen_text_layers=1 the embeddings and layer 0 get no gradient, the rest do."""
+    from transformers import BertConfig, BertModel
+
+    from rocmre.modeling.model import freeze_lower_layers
+
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                intermediate_size=32))
+    freeze_lower_layers(bert, 1)
+    out = bert(input_ids=torch.randint(0, 50, (2, 5))).last_hidden_state
+    out.sum().backward()
+    assert all(p.grad is None for p in bert.embeddings.parameters())
+    assert all(p.grad is None for p in bert.encoder.layer[0].parameters())
+    assert all(p.grad is not None for p in bert.encoder.layer[1].parameters())
+    with pytest.raises(ValueError, match="has 3 layers"):
+        freeze_lower_layers(bert, 4)
+    with pytest.raises(ValueError, match="needs an encoder"):
+        freeze_lower_layers(nn.Linear(2, 2), 1)

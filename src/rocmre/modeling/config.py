@@ -29,6 +29,9 @@ class ModelConfig(BaseModel):
     max_crops: int = Field(3, ge=0)
     # fusion and pair head
     fusion_layers: int = Field(2, ge=0)
+    # the text encoder's embeddings and its first N layers are not trained (N >= 1): no backward pass through
+    # them, a cheaper step on a CPU (benchmarks/cpu_speed.md); 0 trains the whole encoder
+    frozen_text_layers: int = Field(0, ge=0)
     fusion_heads: int | None = None
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)

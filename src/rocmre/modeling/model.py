@@ -53,6 +53,19 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def freeze_lower_layers(text_model: nn.Module, n_layers: int) -> None:
+    """Stop training the embeddings and the first ``n_layers`` transformer layers of a BERT-like encoder."""
+    layers = getattr(getattr(text_model, "encoder", None), "layer", None)
+    if not hasattr(text_model, "embeddings") or not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"frozen_text_layers needs an encoder with .embeddings and .encoder.layer; "
+                         f"{type(text_model).__name__} has not")
+    if n_layers > len(layers):
+        raise ValueError(f"frozen_text_layers={n_layers} but the text encoder has {len(layers)} layers")
+    text_model.embeddings.requires_grad_(False)
+    for layer in layers[:n_layers]:
+        layer.requires_grad_(False)
+
+
 def best_description_index(sims: torch.Tensor, index: torch.Tensor, n_rel: int) -> torch.Tensor:
     """(B, R) position, within its relation, of each relation's best-matching description (first on ties).
 
@@ -105,6 +118,8 @@ class RelationModel(nn.Module):
             raise ValueError("config.vision_dim and config.num_regions must be set (use RelationModel.build)")
         self.config = config
         self.tokenizer = tokenizer
+        if config.frozen_text_layers:
+            freeze_lower_layers(text_model, config.frozen_text_layers)
         self.encoder = MultimodalPairEncoder(config, text_model, config.vision_dim, config.num_regions)
         hidden = self.encoder.hidden
         self.descriptions = descriptions

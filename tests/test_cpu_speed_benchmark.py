@@ -1,0 +1,63 @@
+"""benchmarks/cpu_speed.py: every lever is a valid config, the canonical configs are measured rows, and the
+Markdown renders the summary contract (the timings themselves come from running the benchmark)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = {"full_training_minutes", "fp32_full_training_minutes", "val_micro_f1_delta_fast_vs_fp32",
+                "roc_over_cls_step", "predict_over_bare_encoder", "single_predict_ms_p50", "retrieval_10k_overhead",
+                "train_peak_rss_mb", "predict_peak_rss_mb", "commit"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    from conftest import load_benchmark
+
+    return load_benchmark("cpu_speed")
+
+
+def test_every_lever_is_a_valid_config_and_the_canonical_configs_are_rows(bench):
+    from rocmre.training.config import RunConfig
+
+    for overrides in bench.LEVERS.values():
+        RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", overrides)
+    roc = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml")
+    cls = RunConfig.from_yaml(REPO / "configs" / "mnre_cls.yaml")
+    assert bench._lever_of(roc) == "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout"
+    assert bench._lever_of(cls, cls=True) == "bf16 + length-grouped + fused AdamW + fast dropout"
+    fp32 = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", bench.LEVERS[bench.FP32])
+    assert fp32.train.mixed_precision == "no" and not fp32.train.fast_dropout and fp32.model.frozen_text_layers == 0
+    frozen = [k for k in bench.LEVERS if "frozen" in k]
+    assert frozen and all(bench._lever_of(roc) != k for k in frozen)
+
+
+def test_render_reports_the_summary_and_every_row(bench):
+    pred = {"pairs": 4, "precision": "bf16", "rounds": 1,
+            "pairs_per_s": {"bare": [100.0], "bare_bf16": [150.0], "default": [120.0], "fp32": [80.0],
+                            "default_10k": [115.0]},
+            "single_predict_ms": {"default": [14.0], "fp32": [20.0], "default_10k": [15.0],
+                                  "default_1_thread": [18.0]},
+            "relations_10k": 10000, "encode_10k_descriptions_s": 30.0}
+    steps = {f"roc | {bench.FP32}": {"paradigm": "roc", "lever": bench.FP32, "overrides": [], "step_s_median": 2.0}}
+    res = {"raw": {"prediction": pred, "training_steps": steps,
+                   "prediction_precision_f1": {"model": "m", "val_fp32_micro_f1": 56.8, "val_bf16_micro_f1": 56.6,
+                                               "val_changed_predictions": 9, "val_records": 1614,
+                                               "val_fp32_seconds": 17.0, "val_bf16_seconds": 9.0,
+                                               "test_fp32_micro_f1": 60.7, "test_bf16_micro_f1": 61.0,
+                                               "test_changed_predictions": 8, "test_records": 1614,
+                                               "test_fp32_seconds": 17.0, "test_bf16_seconds": 10.0}},
+           "summary": {k: 1.0 for k in SUMMARY_KEYS} | {"commit": "abc", "predict_over_bare_encoder": 1.2},
+           "notes": {"fp32_full_training_minutes": "measured", "val_micro_f1_delta_fast_vs_fp32": "two runs",
+                     "train_peak_rss_mb": "run", "fast_config": "x", "classifier_row": "y"},
+           "command": "python benchmarks/cpu_speed.py", "date": "today", "machine": "cpu", "torch": "2",
+           "threads": 2, "val_records": 10, "val_scoring_seconds": 1.0, "steps_per_epoch": 3, "epochs": 6,
+           "projected_fp32_full_training_minutes": 5.0, "fast_run": "a", "fp32_run": "b",
+           "fast_run_val_micro_f1": 0.5, "fp32_run_val_micro_f1": 0.5}
+    md = bench.render(res)
+    assert "| 1.20x | >= 0.95x |" in md and "bf16, the canonical config's prediction precision" in md
+    assert "| val | 56.80 | 56.60 | 9 of 1614 |" in md
+    assert "for comparison: `predict_batch` in fp32 / bare fp32 encoder | 0.80x" in md
