@@ -122,3 +122,13 @@ def test_frozen_text_layers_train_only_the_upper_layers(tmp_path):
         freeze_lower_layers(bert, 4)
     with pytest.raises(ValueError, match="needs an encoder"):
         freeze_lower_layers(nn.Linear(2, 2), 1)
+
+
+def test_lazy_vision_backbone_can_be_copied_without_loading():
+    import copy
+
+    from rocmre.modeling.runtime import _LazyVisionBackbone
+
+    lazy = _LazyVisionBackbone("efficientnet-lite0")
+    twin = copy.deepcopy(lazy)
+    assert twin.name == "efficientnet-lite0" and twin._backbone is None

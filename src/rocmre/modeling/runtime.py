@@ -36,6 +36,8 @@ class _LazyVisionBackbone:
         self._backbone = None
 
     def __getattr__(self, item: str):
+        if item.startswith("__") or item == "_backbone":  # copy/pickle probe objects that are not set up yet
+            raise AttributeError(item)
         if self._backbone is None:
             from rocmre.backbones.vision import load_vision_backbone
 
