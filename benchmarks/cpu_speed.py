@@ -104,6 +104,39 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
     return times
 
 
+def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair: list[str] | None) -> None:
+    """Fill the summary's full-training figures from finished runs' metrics.json (fp32: projected without a run;
+    the F1 delta from the two CPU runs, else from ``delta_pair``, two runs of another machine, named as such)."""
+    s, notes = res["summary"], res["notes"]
+    if fast:
+        s["full_training_minutes"] = fast["timings"]["train_minutes"]
+        s["train_peak_rss_mb"] = fast["timings"].get("peak_rss_mb")
+        notes["train_peak_rss_mb"] = "from the full fast run's metrics.json"
+    else:
+        notes.setdefault("train_peak_rss_mb", "peak of this benchmark process after the step timings (no full run)")
+    s["fp32_full_training_minutes"] = (fp32["timings"]["train_minutes"] if fp32
+                                       else res["projected_fp32_full_training_minutes"])
+    notes["fp32_full_training_minutes"] = (
+        "measured (rocmre train, metrics.json)" if fp32
+        else "PROJECTED from the fp32 step time x steps + validation passes (no fp32 run)")
+    res["fast_run_val_micro_f1"] = fast["results"]["val"]["f1"] if fast else None
+    res["fp32_run_val_micro_f1"] = fp32["results"]["val"]["f1"] if fp32 else None
+    res["fast_run"], res["fp32_run"] = (fast or {}).get("folder"), (fp32 or {}).get("folder")
+    if fast and fp32:
+        s["val_micro_f1_delta_fast_vs_fp32"] = 100 * (fast["results"]["val"]["f1"] - fp32["results"]["val"]["f1"])
+        notes["val_micro_f1_delta_fast_vs_fp32"] = "the two full CPU runs (same seed)"
+    elif delta_pair:
+        pair = [json.loads(Path(f).read_text(encoding="utf-8")) for f in delta_pair]
+        s["val_micro_f1_delta_fast_vs_fp32"] = 100 * (pair[0]["results"]["val"]["f1"] - pair[1]["results"]["val"]["f1"])
+        notes["val_micro_f1_delta_fast_vs_fp32"] = (
+            f"`{delta_pair[0]}` ({100 * pair[0]['results']['val']['f1']:.2f}) minus `{delta_pair[1]}` "
+            f"({100 * pair[1]['results']['val']['f1']:.2f}): same seed, trained on "
+            f"{pair[0]['timings']['machine']}, not on this CPU, without fast dropout (a GPU does not use it)")
+    else:
+        s["val_micro_f1_delta_fast_vs_fp32"] = None
+        notes["val_micro_f1_delta_fast_vs_fp32"] = "not measured"
+
+
 def _median(pred: dict, key: str) -> float:
     return statistics.median(pred["pairs_per_s"][key])
 
@@ -144,7 +177,7 @@ def run_metrics(folder: str | None) -> dict | None:
     path = Path(folder) / "metrics.json"
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: train it first (--train) or give a finished run")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(path.read_text(encoding="utf-8")) | {"folder": folder}
 
 
 def train_full(config: str, out: str, overrides: list[str]) -> None:
@@ -176,16 +209,13 @@ def main() -> None:
     if args.render_only:
         path = Path(args.results) / "cpu_speed.json"
         res = json.loads(path.read_text(encoding="utf-8"))
-        if args.delta_pair:
-            pair = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.delta_pair]
-            res["summary"]["val_micro_f1_delta_fast_vs_fp32"] = 100 * (pair[0]["results"]["val"]["f1"]
-                                                                       - pair[1]["results"]["val"]["f1"])
-            res["notes"]["val_micro_f1_delta_fast_vs_fp32"] = (
-                f"`{args.delta_pair[0]}` ({100 * pair[0]['results']['val']['f1']:.2f}) minus `{args.delta_pair[1]}` "
-                f"({100 * pair[1]['results']['val']['f1']:.2f}): same seed, trained on "
-                f"{pair[0]['timings']['machine']}, not on this CPU")
-            res["command"] += (" && python benchmarks/cpu_speed.py --render-only --delta-pair "
-                               + " ".join(args.delta_pair))
+        apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
+                        run_metrics(args.fp32_run or res.get("fp32_run")),
+                        args.delta_pair)
+        extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
+                 if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else [])
+        if extra:
+            res["command"] += " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
         path.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         (path.parent / "cpu_speed.md").write_text(render(res) + "\n", encoding="utf-8")
         print(render(res))
@@ -321,37 +351,23 @@ def main() -> None:
     projected_fp32 = epochs * (steps_per_epoch * fp32_step + val_s) / 60
     fast = run_metrics(args.fast_run)
     fp32 = run_metrics(args.fp32_run)
-    fast_min = fast["timings"]["train_minutes"] if fast else None
-    fp32_min = fp32["timings"]["train_minutes"] if fp32 else projected_fp32
-    delta = (100 * (fast["results"]["val"]["f1"] - fp32["results"]["val"]["f1"])) if fast and fp32 else None
-    delta_note = "the two full CPU runs above" if delta is not None else "not measured"
-    if delta is None and args.delta_pair:
-        pair = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.delta_pair]
-        delta = 100 * (pair[0]["results"]["val"]["f1"] - pair[1]["results"]["val"]["f1"])
-        delta_note = (f"`{args.delta_pair[0]}` ({100 * pair[0]['results']['val']['f1']:.2f}) minus "
-                      f"`{args.delta_pair[1]}` ({100 * pair[1]['results']['val']['f1']:.2f}): same seed, trained on "
-                      f"{pair[0]['timings']['machine']}, not on this CPU")
     cls_key = f"classifier | {_lever_of(RunConfig.from_yaml(args.cls_config), cls=True)}"
     pred = res["raw"]["prediction"]
     res["summary"] = {
-        "full_training_minutes": fast_min,
-        "fp32_full_training_minutes": fp32_min,
-        "val_micro_f1_delta_fast_vs_fp32": delta,
+        "full_training_minutes": None,
+        "fp32_full_training_minutes": None,
+        "val_micro_f1_delta_fast_vs_fp32": None,
         "roc_over_cls_step": rows[fast_key]["step_s_median"] / rows[cls_key]["step_s_median"],
         "predict_over_bare_encoder": _median(pred, "default") / _median(pred, "bare"),
         "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]["default"]),
         "retrieval_10k_overhead": _median(pred, "default") / _median(pred, "default_10k") - 1,
-        "train_peak_rss_mb": fast["timings"].get("peak_rss_mb") if fast else train_peak_steps,
+        "train_peak_rss_mb": train_peak_steps,
         "predict_peak_rss_mb": predict_peak,
         "commit": git_commit(),
     }
-    res["notes"] = {
-        "fp32_full_training_minutes": "measured (rocmre train, metrics.json)" if fp32 else
-        "PROJECTED from the fp32 step time x steps + validation passes (no fp32 run given)",
-        "train_peak_rss_mb": "from the full fast run's metrics.json" if fast else
-        "peak of this benchmark process after the step timings (no full run given)",
-        "fast_config": fast_key, "classifier_row": cls_key, "val_micro_f1_delta_fast_vs_fp32": delta_note,
-    }
+    res["notes"] = {"fast_config": fast_key, "classifier_row": cls_key}
+    res["projected_fp32_full_training_minutes"] = projected_fp32
+    apply_full_runs(res, fast, fp32, args.delta_pair)
     res.update({
         "command": "python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -359,10 +375,6 @@ def main() -> None:
                    f"bf16 native: {bf16_supported()}",
         "torch": torch.__version__, "threads": threads, "val_scoring_seconds": val_s, "val_records": len(val),
         "steps_per_epoch": steps_per_epoch, "epochs": epochs,
-        "projected_fp32_full_training_minutes": projected_fp32,
-        "fast_run": args.fast_run, "fp32_run": args.fp32_run,
-        "fast_run_val_micro_f1": fast["results"]["val"]["f1"] if fast else None,
-        "fp32_run_val_micro_f1": fp32["results"]["val"]["f1"] if fp32 else None,
     })
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
