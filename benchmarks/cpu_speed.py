@@ -126,6 +126,7 @@ def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair:
         s["val_micro_f1_delta_fast_vs_fp32"] = 100 * (fast["results"]["val"]["f1"] - fp32["results"]["val"]["f1"])
         notes["val_micro_f1_delta_fast_vs_fp32"] = "the two full CPU runs (same seed)"
     elif delta_pair:
+        res["delta_pair"] = list(delta_pair)
         pair = [json.loads(Path(f).read_text(encoding="utf-8")) for f in delta_pair]
         s["val_micro_f1_delta_fast_vs_fp32"] = 100 * (pair[0]["results"]["val"]["f1"] - pair[1]["results"]["val"]["f1"])
         notes["val_micro_f1_delta_fast_vs_fp32"] = (
@@ -194,6 +195,8 @@ def main() -> None:
     parser.add_argument("--cls-config", default=str(REPO / "configs" / "mnre_cls.yaml"))
     parser.add_argument("--steps", type=int, default=24, help="timed training steps per row (after 3 warm-up)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the prediction timings")
+    parser.add_argument("--prediction-only", action="store_true",
+                        help="measure prediction only and replace those figures in the existing cpu_speed.json")
     parser.add_argument("--precision-model", default=None,
                         help="a trained model folder: its val/test micro-F1 predicted in fp32 and in bf16")
     parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
@@ -211,11 +214,12 @@ def main() -> None:
         res = json.loads(path.read_text(encoding="utf-8"))
         apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
                         run_metrics(args.fp32_run or res.get("fp32_run")),
-                        args.delta_pair)
+                        args.delta_pair or res.get("delta_pair"))
         extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
                  if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else [])
-        if extra:
-            res["command"] += " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
+        addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
+        if extra and not res["command"].endswith(addition):
+            res["command"] += addition
         path.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         (path.parent / "cpu_speed.md").write_text(render(res) + "\n", encoding="utf-8")
         print(render(res))
@@ -314,6 +318,23 @@ def main() -> None:
     del model_10k, ex_10k
     if args.precision_model:
         res["raw"]["prediction_precision_f1"] = precision_f1(args.precision_model)
+    if args.prediction_only:  # the existing results keep their training rows; the prediction figures are replaced
+        path = Path(args.results) / "cpu_speed.json"
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        kept["raw"].update(res["raw"])
+        pred = kept["raw"]["prediction"]
+        kept.setdefault("training_rows_commit", kept["summary"]["commit"])
+        kept["summary"].update({
+            "predict_over_bare_encoder": _median(pred, "default") / _median(pred, "bare"),
+            "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]["default"]),
+            "retrieval_10k_overhead": _median(pred, "default") / _median(pred, "default_10k") - 1,
+            "predict_peak_rss_mb": predict_peak, "commit": git_commit()})
+        kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
+        kept["prediction_date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
+        (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
+        print(render(kept))
+        return
 
     # -- training steps, lever by lever -----------------------------------------------------------
     rows = {}
@@ -412,7 +433,9 @@ def render(res: dict) -> str:
     s = res["summary"]
     pred = res["raw"]["prediction"]
     lines = ["# Speed on 2 CPU cores", "",
-             f"Produced by `{res['command']}` at commit `{s['commit']}` on {res['machine']} ({res['date']}), "
+             f"Produced by `{res['command']}` at commit `{s['commit']}` on {res['machine']} ({res['date']}"
+             + (f"; training rows at commit `{res['training_rows_commit']}`, prediction rows measured "
+                f"{res['prediction_date']}" if res.get("training_rows_commit") else "") + "), "
              f"torch {res['torch']}. Training-step rows: median of timed steps (after 3 warm-up steps) on the same "
              "random MNRE train batches, each row a fresh model; every figure comes from one process, so ratios "
              "compare like with like. Other load on the machine slows every figure.", "",

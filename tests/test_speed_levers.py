@@ -132,3 +132,25 @@ def test_lazy_vision_backbone_can_be_copied_without_loading():
     lazy = _LazyVisionBackbone("efficientnet-lite0")
     twin = copy.deepcopy(lazy)
     assert twin.name == "efficientnet-lite0" and twin._backbone is None
+
+
+def test_bf16_weight_copies_give_the_autocast_result_and_follow_weight_changes():
+    from rocmre.modeling.runtime import Bf16MatrixWeights
+
+    layer = _layer(dropout=0.0).eval()
+    copies = Bf16MatrixWeights(layer)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = layer(x)
+        with copies.swapped():
+            assert layer.linear1.weight.dtype == torch.bfloat16
+            assert layer.self_attn.in_proj_weight.dtype == torch.bfloat16
+            swapped = layer(x)
+    assert torch.equal(plain, swapped)
+    assert layer.linear1.weight.dtype == torch.float32 and isinstance(layer.linear1.weight, nn.Parameter)
+    with torch.no_grad():
+        layer.linear1.weight.add_(1.0)  # a training step or load_state_dict: the copies are made again
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = layer(x)
+        with copies.swapped():
+            assert torch.equal(layer(x), plain)

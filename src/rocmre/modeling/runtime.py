@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from rocmre.data.images import MissingImagePolicy
@@ -82,6 +83,55 @@ class ImageFeatures:
             return None
 
 
+class Bf16MatrixWeights:
+    """bf16 copies of a model's matrix weights (every ``nn.Linear`` weight and attention input projection), put in
+    place of the fp32 ones while the model is scored under bf16 autocast.
+
+    Autocast would cast the same weights to bf16 on every call (it keeps its casts only within one autocast
+    region): for a single short pair that cast costs about as much as the bf16 matrix products it saves. The
+    copies are made again whenever a weight changes (training, ``load_state_dict``), and the results are the
+    same, since autocast rounds the weights to bf16 in the same way.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._key: tuple | None = None
+        self._entries: list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]] = []
+
+    def _slots(self) -> list[tuple[nn.Module, str]]:
+        out = []
+        for module in self.model.modules():
+            if isinstance(module, nn.Linear):
+                out.append((module, "weight"))
+            elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+                out.append((module, "in_proj_weight"))
+        return out
+
+    def _current(self) -> list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]]:
+        slots = self._slots()
+        key = tuple((id(m), name, getattr(m, name).data_ptr(), getattr(m, name)._version) for m, name in slots)
+        if key != self._key:
+            self._entries = []
+            for m, name in slots:
+                weight = getattr(m, name)
+                low = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+                self._entries.append((m, name, weight, low))
+            self._key = key
+        return self._entries
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The bf16 copies in place for the duration of the block (fp32 weights restored afterwards)."""
+        entries = [e for e in self._current() if e[2].dtype == torch.float32]
+        try:
+            for module, name, _, low in entries:
+                module._parameters[name] = low
+            yield
+        finally:
+            for module, name, weight, _ in entries:
+                module._parameters[name] = weight
+
+
 @dataclass
 class ModelScores:
     """What the model says about N records over its R relations, before any decision rule."""
@@ -113,6 +163,7 @@ class ModelRuntime:
             if cfg.use_image else None
         self.collator = PairCollator(model.tokenizer.pad_token_id, self.images, cfg.vision_dim or 0,
                                      cfg.num_regions or 0, cfg.use_image)
+        self._bf16_weights = Bf16MatrixWeights(model)
 
     def featurize(self, records: Sequence[RelationRecord], with_labels: bool = True,
                   show_progress: bool = False) -> list[PairFeatures]:
@@ -155,6 +206,8 @@ class ModelRuntime:
             model.eval()
         device = next(model.parameters()).device
         features = list(features)
+        if self.precision == "bf16" and model.config.model_type == "roc" and model.config.prototype_weight > 0:
+            model.prototype_vectors()  # few-shot prototypes are fp32: computed (or found cached) before bf16 scoring
         order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # less padding
         n_rel = len(model.relation_labels)
         scores = np.zeros((len(features), n_rel), dtype=np.float32)
@@ -176,10 +229,14 @@ class ModelRuntime:
                            type_indices([f.tail_type for f in features]))
 
     def autocast(self, device: torch.device):
-        """bf16 autocast when the model's inference precision asks for it, else a no-op context."""
-        if self.precision == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast (with the matrix weights already in bf16) when the model's inference precision asks for
+        it, else a no-op context."""
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=torch.bfloat16))
+        stack.enter_context(self._bf16_weights.swapped())
+        return stack
 
     def decide(self, features: Sequence[PairFeatures], batch_size: int = 64, show_progress: bool = False,
                records: Sequence[RelationRecord] | None = None, desc: str = "scoring") -> Decisions:
