@@ -135,7 +135,8 @@ class RelationModel(nn.Module):
         else:
             self.classifier = nn.Linear(config.pair_dim, len(config.labels))
         self._description_cache: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
-        self._centre_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # eval: relation centres of the cache
+        # eval: relation centres of the cached description vectors, and the rows of multi-description relations
+        self._centre_cache: tuple[torch.Tensor, ...] | None = None
         # pooled encoder states of description texts, reused between refreshes (see ``forward``)
         self._pooled_states: dict[str, torch.Tensor] = {}
         # prediction only: vectors of filled description templates, few-shot prototypes per relation
@@ -297,19 +298,25 @@ class RelationModel(nn.Module):
         """
         n_rel = len(self.relation_labels)
         bsz = pairs.shape[0]
-        sims = pairs @ desc.T  # (B, M)
         if self.config.description_pooling == "mean":
             cached = self._centre_cache
             if not self.training and cached is not None and cached[0] is desc:
-                centres = cached[1]
+                _, centres, multi_desc, multi_index = cached
             else:
                 centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
                                       .index_add(0, index, desc), dim=-1)
-                self._centre_cache = None if self.training else (desc, centres.detach())
+                # only relations with several descriptions have a best one to find
+                multi = torch.nonzero(torch.bincount(index, minlength=n_rel)[index] > 1).squeeze(1)
+                multi_desc, multi_index = desc[multi], index[multi]
+                self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
+                                                                 multi_index)
             scores = pairs @ centres.T.to(pairs.dtype)
-        else:
-            scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
-                1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
+            with torch.no_grad():
+                best = best_description_index(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
+            return scores, best
+        sims = pairs @ desc.T  # (B, M)
+        scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
+            1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
         with torch.no_grad():
             best = best_description_index(sims, index, n_rel)
         return scores, best
@@ -422,10 +429,14 @@ class RelationModel(nn.Module):
         the weights change; ``None`` when no relation has examples (ROC only)."""
         if self.config.model_type != "roc":
             return None
-        labels = self.relation_labels
         entries = self.descriptions.relations
-        wanted = [(r, label, entries[label].examples) for r, label in enumerate(labels)
-                  if label in entries and entries[label].examples]
+        with_examples = [label for label, entry in entries.items() if entry.examples]
+        if not with_examples:  # (the common case: one pass, no list of every label)
+            return None
+        labels = self.relation_labels
+        position = {label: r for r, label in enumerate(labels)}
+        wanted = sorted((position[label], label, entries[label].examples) for label in with_examples
+                        if label in position)
         if not wanted:
             return None
         device = self.description_projection.weight.device

@@ -97,14 +97,18 @@ class Bf16MatrixWeights:
         self.model = model
         self._key: tuple | None = None
         self._entries: list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]] = []
+        self._slot_cache: list[tuple[nn.Module, str]] | None = None  # a model's modules do not change
 
     def _slots(self) -> list[tuple[nn.Module, str]]:
+        if self._slot_cache is not None:
+            return self._slot_cache
         out = []
         for module in self.model.modules():
             if isinstance(module, nn.Linear):
                 out.append((module, "weight"))
             elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
                 out.append((module, "in_proj_weight"))
+        self._slot_cache = out
         return out
 
     def _current(self) -> list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]]:
