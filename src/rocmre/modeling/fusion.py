@@ -127,7 +127,7 @@ def layer_at_positions(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, mas
     if not layer.norm_first:
         raise ValueError("layer_at_positions implements pre-norm layers (norm_first=True)")
     attn = layer.self_attn
-    bsz, length, hidden = seq.shape
+    bsz, _, hidden = seq.shape
     heads = attn.num_heads
     rows = torch.arange(bsz, device=seq.device)[:, None]
     normed = layer.norm1(seq)
