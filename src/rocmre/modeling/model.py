@@ -66,6 +66,11 @@ def freeze_lower_layers(text_model: nn.Module, n_layers: int) -> None:
         layer.requires_grad_(False)
 
 
+def multi_description_rows(index: torch.Tensor, n_rel: int) -> torch.Tensor:
+    """The description rows (positions in ``index``) of relations that have several descriptions."""
+    return torch.nonzero(torch.bincount(index, minlength=n_rel)[index] > 1).squeeze(1)
+
+
 def best_description_index(sims: torch.Tensor, index: torch.Tensor, n_rel: int) -> torch.Tensor:
     """(B, R) position, within its relation, of each relation's best-matching description (first on ties).
 
@@ -73,23 +78,27 @@ def best_description_index(sims: torch.Tensor, index: torch.Tensor, n_rel: int) 
     Only relations with several descriptions are searched (the rest answer 0), so thousands of one-description
     relations add almost nothing.
     """
-    bsz, device = sims.shape[0], sims.device
-    counts = torch.bincount(index, minlength=n_rel)
+    rows = multi_description_rows(index, n_rel)
+    return best_among_rows(sims[:, rows], index[rows], n_rel)
+
+
+def best_among_rows(sub: torch.Tensor, sub_index: torch.Tensor, n_rel: int) -> torch.Tensor:
+    """:func:`best_description_index` over the rows of :func:`multi_description_rows` only (``sub`` (B, K), their
+    grouped relations ``sub_index`` (K,)); every other relation answers 0."""
+    bsz, device = sub.shape[0], sub.device
     best = torch.zeros((bsz, n_rel), dtype=torch.long, device=device)
-    multi_rows = torch.nonzero(counts[index] > 1).squeeze(1)
-    if len(multi_rows) == 0:
+    if len(sub_index) == 0:
         return best
-    sub, sub_index = sims[:, multi_rows], index[multi_rows]
     rel_ids, local_index = torch.unique_consecutive(sub_index, return_inverse=True)
     n_sub = len(rel_ids)
-    group_max = torch.full((bsz, n_sub), -2.0, device=device, dtype=sims.dtype).scatter_reduce(
+    group_max = torch.full((bsz, n_sub), -2.0, device=device, dtype=sub.dtype).scatter_reduce(
         1, local_index.expand(bsz, -1), sub, reduce="amax", include_self=False)
     starts = torch.zeros(n_sub, dtype=torch.long, device=device).scatter_reduce(
         0, local_index, torch.arange(len(sub_index), device=device), reduce="amin", include_self=False)
     position = torch.arange(len(sub_index), device=device) - starts[local_index]  # position within its relation
     is_max = sub >= group_max.gather(1, local_index.expand(bsz, -1))
-    never = torch.full_like(position, len(index)).expand(bsz, -1)
-    found = torch.full((bsz, n_sub), len(index), dtype=torch.long, device=device).scatter_reduce(
+    never = torch.full_like(position, len(sub_index)).expand(bsz, -1)
+    found = torch.full((bsz, n_sub), len(sub_index), dtype=torch.long, device=device).scatter_reduce(
         1, local_index.expand(bsz, -1), torch.where(is_max, position.expand(bsz, -1), never), reduce="amin",
         include_self=False)
     return best.index_copy(1, rel_ids, found)
@@ -305,14 +314,13 @@ class RelationModel(nn.Module):
             else:
                 centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
                                       .index_add(0, index, desc), dim=-1)
-                # only relations with several descriptions have a best one to find
-                multi = torch.nonzero(torch.bincount(index, minlength=n_rel)[index] > 1).squeeze(1)
+                multi = multi_description_rows(index, n_rel)  # only they have a best description to find
                 multi_desc, multi_index = desc[multi], index[multi]
                 self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
                                                                  multi_index)
             scores = pairs @ centres.T.to(pairs.dtype)
             with torch.no_grad():
-                best = best_description_index(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
+                best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
             return scores, best
         sims = pairs @ desc.T  # (B, M)
         scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(

@@ -114,19 +114,17 @@ class Bf16MatrixWeights:
     def _current(self) -> list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]]:
         slots = self._slots()
         key = tuple((id(m), name, getattr(m, name).data_ptr(), getattr(m, name)._version) for m, name in slots)
-        if key != self._key:
-            self._entries = []
-            for m, name in slots:
-                weight = getattr(m, name)
-                low = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
-                self._entries.append((m, name, weight, low))
+        if key != self._key:  # copies of the fp32 weights only (others are left as they are)
+            self._entries = [(m, name, getattr(m, name),
+                              nn.Parameter(getattr(m, name).detach().to(torch.bfloat16), requires_grad=False))
+                             for m, name in slots if getattr(m, name).dtype == torch.float32]
             self._key = key
         return self._entries
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
         """The bf16 copies in place for the duration of the block (fp32 weights restored afterwards)."""
-        entries = [e for e in self._current() if e[2].dtype == torch.float32]
+        entries = self._current()
         try:
             for module, name, _, low in entries:
                 module._parameters[name] = low
