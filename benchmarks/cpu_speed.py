@@ -34,31 +34,35 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 #: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows); the
 #: description lever only exists for ROC (a classifier row skips it)
 _OFF = {"train.mixed_precision": "no", "train.group_by_length": "false", "train.fused_optimizer": "false",
-        "train.description_refresh_steps": "1", "train.fast_dropout": "false", "model.frozen_text_layers": "0"}
+        "train.description_refresh_steps": "1", "train.fast_dropout": "false", "model.frozen_word_embeddings": "false",
+        "model.frozen_text_layers": "0"}
 
 
 def _lever(**on: str) -> list[str]:
     return [f"{k}={on.get(k.split('.')[1], v)}" for k, v in _OFF.items()]
 
 
+_BASE = dict(mixed_precision="bf16", group_by_length="true", fused_optimizer="true")
+_CANON = dict(_BASE, description_refresh_steps="8", fast_dropout="true")
+_CANON_NAME = "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout"
+_WORD = " + word embeddings frozen (marker rows train)"
 LEVERS = {
     "fp32 (canonical before the speed work)": _lever(),
     "bf16 autocast": _lever(mixed_precision="bf16"),
     "bf16 + length-grouped batches": _lever(mixed_precision="bf16", group_by_length="true"),
-    "bf16 + length-grouped + fused AdamW": _lever(mixed_precision="bf16", group_by_length="true",
-                                                  fused_optimizer="true"),
-    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": _lever(
-        mixed_precision="bf16", group_by_length="true", fused_optimizer="true", description_refresh_steps="8"),
-    "bf16 + length-grouped + fused AdamW + fast dropout": _lever(
-        mixed_precision="bf16", group_by_length="true", fused_optimizer="true", fast_dropout="true"),
-    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout": _lever(
-        mixed_precision="bf16", group_by_length="true", fused_optimizer="true", description_refresh_steps="8",
-        fast_dropout="true"),
-    # not in the canonical config (a recipe change whose F1 cost is not measured here): ROC rows only
-    **{f"bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout + embeddings and {n} lowest "
-       f"text layers frozen": _lever(mixed_precision="bf16", group_by_length="true", fused_optimizer="true",
-                                     description_refresh_steps="8", fast_dropout="true", frozen_text_layers=str(n))
-       for n in (2, 3)},
+    "bf16 + length-grouped + fused AdamW": _lever(**_BASE),
+    "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": _lever(**_BASE, description_refresh_steps="8"),
+    "bf16 + length-grouped + fused AdamW + fast dropout": _lever(**_BASE, fast_dropout="true"),
+    "bf16 + length-grouped + fused AdamW + fast dropout" + _WORD: _lever(**_BASE, fast_dropout="true",
+                                                                         frozen_word_embeddings="true"),
+    _CANON_NAME: _lever(**_CANON),
+    _CANON_NAME + _WORD: _lever(**_CANON, frozen_word_embeddings="true"),
+    _CANON_NAME.replace("every 8", "every 16") + _WORD: _lever(**dict(_CANON, description_refresh_steps="16"),
+                                                               frozen_word_embeddings="true"),
+    # frozen_text_layers also freezes the word embeddings but the marker rows; ROC rows only
+    **{f"{_CANON_NAME}{_WORD} + {n} lowest text layers frozen": _lever(**_CANON, frozen_word_embeddings="true",
+                                                                      frozen_text_layers=str(n))
+       for n in (1, 2)},
 }
 FP32 = next(iter(LEVERS))
 
@@ -341,7 +345,7 @@ def main() -> None:
     sample = np.random.default_rng(0).choice(len(train), size=32 * (args.steps + 3), replace=False)
     for paradigm, config in (("roc", args.roc_config), ("classifier", args.cls_config)):
         for lever, overrides in LEVERS.items():
-            if paradigm == "classifier" and ("descriptions" in lever or "frozen" in lever):
+            if paradigm == "classifier" and ("descriptions" in lever or "text layers" in lever):
                 continue
             cfg = RunConfig.from_yaml(config, overrides)
             torch.manual_seed(0)
@@ -406,23 +410,22 @@ def main() -> None:
 
 def _lever_of(cfg, cls: bool = False) -> str:
     """The LEVERS row a config matches (classifiers ignore the description lever)."""
-    t = cfg.train
+    def value(key: str) -> str:
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if key == "train.mixed_precision":
+            return {"auto": "bf16"}.get(v, v)
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
     for name, overrides in LEVERS.items():
         if cls and "descriptions" in name:
             continue
         want = dict(o.split("=", 1) for o in overrides)
-        prec = {"no": "no", "bf16": "bf16", "auto": "bf16"}.get(t.mixed_precision, t.mixed_precision)
-        if want["train.mixed_precision"] != prec or want["train.group_by_length"] != str(t.group_by_length).lower():
-            continue
-        if want["train.fused_optimizer"] != str(t.fused_optimizer).lower():
-            continue
-        if want["train.fast_dropout"] != str(t.fast_dropout).lower():
-            continue
-        if int(want["model.frozen_text_layers"]) != cfg.model.frozen_text_layers:
-            continue
-        if cls or int(want["train.description_refresh_steps"]) == t.description_refresh_steps:
+        if cls:
+            want.pop("train.description_refresh_steps")
+        if all(value(k) == v for k, v in want.items()):
             return name
-    raise SystemExit(f"the config's speed settings match no measured lever: {t}")
+    raise SystemExit(f"the config's speed settings match no measured lever: {cfg.train}, {cfg.model}")
 
 
 def _fmt(x, spec: str = ".2f") -> str:

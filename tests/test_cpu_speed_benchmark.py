@@ -31,7 +31,7 @@ def test_every_lever_is_a_valid_config_and_the_canonical_configs_are_rows(bench)
     assert bench._lever_of(cls, cls=True) == "bf16 + length-grouped + fused AdamW + fast dropout"
     fp32 = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", bench.LEVERS[bench.FP32])
     assert fp32.train.mixed_precision == "no" and not fp32.train.fast_dropout and fp32.model.frozen_text_layers == 0
-    frozen = [k for k in bench.LEVERS if "frozen" in k]
+    frozen = [k for k in bench.LEVERS if "text layers frozen" in k]
     assert frozen and all(bench._lever_of(roc) != k for k in frozen)
 
 

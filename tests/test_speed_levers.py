@@ -104,24 +104,64 @@ def test_best_description_index_matches_a_loop():
     assert torch.equal(one_each, torch.zeros(2, 4, dtype=torch.long))
 
 
-def test_frozen_text_layers_train_only_the_upper_layers(tmp_path):
-    """A tiny random BERT: with frozen_text_layers=1 the embeddings and layer 0 get no gradient, the rest do."""
+def _tiny_bert():
     from transformers import BertConfig, BertModel
 
-    from rocmre.modeling.model import freeze_lower_layers
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                intermediate_size=32)).eval()
 
-    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                intermediate_size=32))
+
+def test_frozen_text_layers_train_only_the_upper_layers_and_the_added_rows():
+    """A tiny random BERT: with frozen_text_layers=1 the embeddings (but the added rows) and layer 0 get no
+    gradient, the rest do."""
+    from rocmre.modeling.freezing import freeze_lower_layers, freeze_word_embeddings
+
+    bert = _tiny_bert()
+    added = freeze_word_embeddings(bert, 46)
     freeze_lower_layers(bert, 1)
-    out = bert(input_ids=torch.randint(0, 50, (2, 5))).last_hidden_state
+    out = bert(input_ids=torch.tensor([[1, 46, 5, 47], [2, 3, 48, 49]])).last_hidden_state
     out.sum().backward()
-    assert all(p.grad is None for p in bert.embeddings.parameters())
+    assert [n for n, p in bert.embeddings.named_parameters() if p.grad is not None] == ["word_embeddings.added"]
     assert all(p.grad is None for p in bert.encoder.layer[0].parameters())
     assert all(p.grad is not None for p in bert.encoder.layer[1].parameters())
+    assert added.added.grad.abs().sum(1).gt(0).all()  # every added row was in the input
     with pytest.raises(ValueError, match="has 3 layers"):
         freeze_lower_layers(bert, 4)
     with pytest.raises(ValueError, match="needs an encoder"):
         freeze_lower_layers(nn.Linear(2, 2), 1)
+
+
+def test_added_rows_embedding_matches_the_table_and_saves_as_one_weight():
+    """Same outputs as the plain table; only the added rows get gradients; the state dict is the plain one (with
+    the trained rows written in), loadable both ways."""
+    from rocmre.modeling.freezing import AddedRowsEmbedding, freeze_word_embeddings
+
+    bert = _tiny_bert()
+    plain = _tiny_bert()
+    ids = torch.tensor([[1, 46, 5, 47, 0], [2, 3, 48, 49, 7]])
+    before = bert(input_ids=ids).last_hidden_state
+    table = freeze_word_embeddings(bert, 46)
+    assert freeze_word_embeddings(bert, 46) is table  # idempotent
+    assert isinstance(bert.get_input_embeddings(), AddedRowsEmbedding)
+    assert torch.equal(bert(input_ids=ids).last_hidden_state, before)
+    trainable = [n for n, p in bert.named_parameters() if n.startswith("embeddings.word") and p.requires_grad]
+    assert trainable == ["embeddings.word_embeddings.added"]
+    assert not table.weight.requires_grad
+    with torch.no_grad():
+        table.added += 1.0  # "training"
+    state = bert.state_dict()
+    assert "embeddings.word_embeddings.added" not in state
+    assert torch.equal(state["embeddings.word_embeddings.weight"][46:], table.added.detach())
+    assert torch.equal(state["embeddings.word_embeddings.weight"][:46], plain.embeddings.word_embeddings.weight[:46])
+    plain.load_state_dict(state)  # into a plain table
+    assert torch.allclose(plain(input_ids=ids).last_hidden_state, bert(input_ids=ids).last_hidden_state)
+    again = _tiny_bert()
+    freeze_word_embeddings(again, 46)
+    again.load_state_dict(state)  # and back
+    assert torch.equal(again.get_input_embeddings().added, table.added)
+    with pytest.raises(ValueError, match="inside the table"):
+        AddedRowsEmbedding(nn.Embedding(4, 2), 4)
 
 
 def test_lazy_vision_backbone_can_be_copied_without_loading():

@@ -29,8 +29,11 @@ class ModelConfig(BaseModel):
     max_crops: int = Field(3, ge=0)
     # fusion and pair head
     fusion_layers: int = Field(2, ge=0)
-    # the text encoder's embeddings and its first N layers are not trained (N >= 1): no backward pass through
-    # them, a cheaper step on a CPU (benchmarks/cpu_speed.md); 0 trains the whole encoder
+    # the pretrained word-embedding table is not trained, only the rows of the added entity markers: no dense
+    # gradient over the table and no optimizer update of it, a cheaper step on a CPU (benchmarks/cpu_speed.md)
+    frozen_word_embeddings: bool = False
+    # the text encoder's embeddings (but the marker rows) and its first N layers are not trained (N >= 1): a
+    # cheaper backward pass on a CPU (benchmarks/cpu_speed.md); 0 trains the whole encoder
     frozen_text_layers: int = Field(0, ge=0)
     fusion_heads: int | None = None
     dropout: float = Field(0.1, ge=0.0, lt=1.0)

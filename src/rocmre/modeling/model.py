@@ -24,6 +24,7 @@ from torch import nn
 from rocmre.data.entity_types import ENTITY_TYPES
 from rocmre.descriptions.store import RelationDescriptions, example_to_pair, fill_template, is_template
 from rocmre.modeling.config import ModelConfig
+from rocmre.modeling.freezing import freeze_lower_layers, freeze_word_embeddings
 from rocmre.modeling.fusion import MultimodalPairEncoder
 from rocmre.modeling.prompting import MARKERS
 
@@ -51,19 +52,6 @@ class RelationModelOutput:
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-def freeze_lower_layers(text_model: nn.Module, n_layers: int) -> None:
-    """Stop training the embeddings and the first ``n_layers`` transformer layers of a BERT-like encoder."""
-    layers = getattr(getattr(text_model, "encoder", None), "layer", None)
-    if not hasattr(text_model, "embeddings") or not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"frozen_text_layers needs an encoder with .embeddings and .encoder.layer; "
-                         f"{type(text_model).__name__} has not")
-    if n_layers > len(layers):
-        raise ValueError(f"frozen_text_layers={n_layers} but the text encoder has {len(layers)} layers")
-    text_model.embeddings.requires_grad_(False)
-    for layer in layers[:n_layers]:
-        layer.requires_grad_(False)
 
 
 def multi_description_rows(index: torch.Tensor, n_rel: int) -> torch.Tensor:
@@ -127,6 +115,9 @@ class RelationModel(nn.Module):
             raise ValueError("config.vision_dim and config.num_regions must be set (use RelationModel.build)")
         self.config = config
         self.tokenizer = tokenizer
+        if config.frozen_word_embeddings or config.frozen_text_layers:
+            marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
+            freeze_word_embeddings(text_model, min(marker_ids))
         if config.frozen_text_layers:
             freeze_lower_layers(text_model, config.frozen_text_layers)
         self.encoder = MultimodalPairEncoder(config, text_model, config.vision_dim, config.num_regions)
