@@ -27,10 +27,12 @@ def test_every_lever_is_a_valid_config_and_the_canonical_configs_are_rows(bench)
         RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", overrides)
     roc = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml")
     cls = RunConfig.from_yaml(REPO / "configs" / "mnre_cls.yaml")
-    assert bench._lever_of(roc) == "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout"
-    assert bench._lever_of(cls, cls=True) == "bf16 + length-grouped + fused AdamW + fast dropout"
+    word = " + word embeddings frozen (marker rows train)"
+    assert bench._lever_of(roc) == bench._CANON_NAME + word
+    assert bench._lever_of(cls, cls=True) == "bf16 + length-grouped + fused AdamW + fast dropout" + word
     fp32 = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", bench.LEVERS[bench.FP32])
     assert fp32.train.mixed_precision == "no" and not fp32.train.fast_dropout and fp32.model.frozen_text_layers == 0
+    assert not fp32.model.frozen_word_embeddings
     frozen = [k for k in bench.LEVERS if "text layers frozen" in k]
     assert frozen and all(bench._lever_of(roc) != k for k in frozen)
 

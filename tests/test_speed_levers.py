@@ -109,7 +109,7 @@ def _tiny_bert():
 
     torch.manual_seed(0)
     return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                intermediate_size=32)).eval()
+                                intermediate_size=32, attn_implementation="sdpa")).eval()
 
 
 def test_frozen_text_layers_train_only_the_upper_layers_and_the_added_rows():
@@ -194,3 +194,31 @@ def test_bf16_weight_copies_give_the_autocast_result_and_follow_weight_changes()
         plain = layer(x)
         with copies.swapped():
             assert torch.equal(layer(x), plain)
+
+
+def test_fast_dropout_attention_is_sdpa_without_drops_and_switches_hf_encoders():
+    """The math path (taken when it drops) gives sdpa's result when no element is dropped, with a boolean or an
+    additive mask; use_fast_dropout switches an sdpa encoder to it and evaluation stays sdpa's."""
+    import torch.nn.functional as F
+
+    from rocmre.modeling.dropout import FAST_DROPOUT_ATTENTION, fast_dropout_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    keep = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    keep[0, ..., 3:] = False
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2)
+    additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    for mask in (keep, additive):
+        got, _ = fast_dropout_attention(nn.Module(), q, k, v, mask, dropout=1e-9)  # rounds to no drop at all
+        assert torch.allclose(got, want, atol=1e-6)
+    dropped, _ = fast_dropout_attention(nn.Module(), q, k, v, keep, dropout=0.5)
+    assert not torch.allclose(dropped, want, atol=1e-3)
+
+    bert = _tiny_bert()
+    ids, mask = torch.randint(0, 50, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    before = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    use_fast_dropout(bert)
+    assert bert.config._attn_implementation == FAST_DROPOUT_ATTENTION
+    assert torch.allclose(bert(input_ids=ids, attention_mask=mask).last_hidden_state, before, atol=1e-6)

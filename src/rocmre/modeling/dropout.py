@@ -6,6 +6,10 @@ integers from numpy's PCG64 instead (a fresh generator per call, seeded from tor
 ``torch.manual_seed`` and the Trainer's saved RNG state still determine every mask). The keep probability is
 ``1 - round(p * 65536) / 65536`` (p = 0.1 is off by 6e-6). Same expectation as ``nn.Dropout``, other masks: the
 switch ``train.fast_dropout`` changes a seeded run's numbers, and on a GPU it is not used.
+
+The attention-probability dropout of a Hugging Face text encoder is drawn inside its attention kernel (``sdpa``),
+with ``bernoulli_``; :func:`use_fast_dropout` switches such encoders to :func:`fast_dropout_attention`, the same
+attention with the mask drawn as above while training on a CPU (``sdpa`` itself otherwise).
 """
 
 from __future__ import annotations
@@ -29,6 +33,41 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
 
 
+#: the attention implementation name :func:`use_fast_dropout` gives Hugging Face encoders
+FAST_DROPOUT_ATTENTION = "rocmre_fast_dropout"
+
+
+def fast_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           **kwargs) -> tuple[torch.Tensor, None]:
+    """A Hugging Face attention function: softmax(q k^T * scaling + mask) with :func:`fast_dropout`, times v,
+    when it drops on a CPU; ``sdpa`` otherwise (evaluation, no dropout, another device)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if dropout == 0.0 or query.device.type != "cpu":
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
+    out = torch.matmul(probs.to(value.dtype), value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    """Register the attention function, and ``sdpa``'s mask format for it (else Hugging Face passes no mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(FAST_DROPOUT_ATTENTION, fast_dropout_attention)
+    AttentionMaskInterface.register(FAST_DROPOUT_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` with the mask drawn by :func:`fast_dropout` (same ``p``, same module interface)."""
 
@@ -39,13 +78,18 @@ class FastDropout(nn.Dropout):
 
 
 def use_fast_dropout(module: nn.Module) -> int:
-    """Turn every ``nn.Dropout`` under ``module`` into a :class:`FastDropout` in place; returns how many.
+    """Turn every ``nn.Dropout`` under ``module`` into a :class:`FastDropout` in place, and Hugging Face encoders
+    that attend with ``sdpa`` to :func:`fast_dropout_attention`; returns how many dropout modules changed.
 
-    Attention-probability dropout inside fused attention kernels (a ``p`` read by the kernel, not a module call)
-    is left as it is."""
+    The attention dropout of ``torch.nn.MultiheadAttention`` (the fusion layers) is left as it is."""
+    from transformers import PreTrainedModel
+
     count = 0
     for sub in module.modules():
         if type(sub) is nn.Dropout:
             sub.__class__ = FastDropout
             count += 1
+        elif isinstance(sub, PreTrainedModel) and sub.config._attn_implementation == "sdpa":
+            _register_attention()
+            sub.set_attn_implementation(FAST_DROPOUT_ATTENTION)
     return count
