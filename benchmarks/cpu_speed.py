@@ -67,6 +67,39 @@ LEVERS = {
 FP32 = next(iter(LEVERS))
 
 
+#: torch operators by what they do, for the profile of a canonical step
+_OP_GROUPS = {
+    "matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "dtype casts (copy_, _to_copy)": ("aten::copy_", "aten::_to_copy"),
+    "dropout masks drawn by torch (bernoulli_)": ("aten::bernoulli_",),
+    "optimizer and gradient clipping (fused AdamW, norms, zeroing)": (
+        "aten::_fused_adamw_", "aten::linalg_vector_norm", "aten::_foreach_norm", "aten::_foreach_mul_",
+        "Optimizer.zero_grad#AdamW.zero_grad"),
+}
+
+
+def profile_steps(cfg, feats, model, runtime, steps: int) -> dict:
+    """Where a training step's time goes: seconds per step by operator group (torch profiler, self time on the
+    calling thread); the rest of the wall time is Python and numpy (fast-dropout masks, batching)."""
+    from torch.profiler import profile
+
+    time_steps(cfg, feats, model, runtime, 0)  # warm-up outside the profile
+    with profile() as prof:
+        t0 = time.perf_counter()
+        time_steps(cfg, feats, model, runtime, steps)
+        wall = time.perf_counter() - t0
+    self_s: dict[str, float] = {}
+    for evt in prof.key_averages():
+        self_s[evt.key] = self_s.get(evt.key, 0.0) + evt.self_cpu_time_total / 1e6
+    n = steps + 3  # time_steps also runs its 3 warm-up steps
+    out = {group: sum(self_s.get(op, 0.0) for op in ops) / n for group, ops in _OP_GROUPS.items()}
+    grouped = {op for ops in _OP_GROUPS.values() for op in ops}
+    out["other torch operators (element-wise, softmax, layer norm, ...)"] = sum(
+        v for k, v in self_s.items() if k not in grouped and k.startswith("aten::")) / n
+    out["outside torch operators (Python, numpy)"] = max(0.0, wall / n - sum(out.values()))
+    return {"steps": n, "wall_s_per_step": wall / n, "seconds_per_step": out}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -359,6 +392,13 @@ def main() -> None:
             del model, runtime
     res["raw"]["training_steps"] = rows
     train_peak_steps = peak_rss_mb()
+    cfg = RunConfig.from_yaml(args.roc_config)
+    torch.manual_seed(0)
+    model = build_model(cfg, train.labels.labels)
+    runtime = make_runtime(model, cfg)
+    feats = runtime.featurize([train.records[i] for i in sorted(sample)])
+    res["raw"]["step_profile"] = profile_steps(cfg, feats, model, runtime, min(args.steps, 8))
+    del model, runtime
 
     # -- validation scoring -----------------------------------------------------------------------
     cfg = RunConfig.from_yaml(args.roc_config)
@@ -479,6 +519,13 @@ def render(res: dict) -> str:
     for r in res["raw"]["training_steps"].values():
         lines.append(f"| {r['paradigm']} | {r['lever']} (`{' '.join(r['overrides'])}`) | {r['step_s_median']:.3f} | "
                      f"{32 / r['step_s_median']:.1f} | {fp32 / r['step_s_median']:.2f}x |")
+    prof = res["raw"].get("step_profile")
+    if prof:
+        lines += ["", f"## Where a canonical ROC step goes (torch profiler over {prof['steps']} steps, "
+                  f"{prof['wall_s_per_step']:.3f} s a step with the profiler on)", "",
+                  "| part | s / step | share |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {v:.3f} | {100 * v / prof['wall_s_per_step']:.0f} % |"
+                  for k, v in prof["seconds_per_step"].items()]
     lines += ["", "## Raw timings", "",
               f"- validation scoring: {res['val_records']} records in {res['val_scoring_seconds']:.1f} s",
               f"- {res['steps_per_epoch']} steps per epoch, {res['epochs']:g} epochs; fp32 projection "

@@ -59,7 +59,10 @@ def test_render_reports_the_summary_and_every_row(bench):
            "threads": 2, "val_records": 10, "val_scoring_seconds": 1.0, "steps_per_epoch": 3, "epochs": 6,
            "projected_fp32_full_training_minutes": 5.0, "fast_run": "a", "fp32_run": "b",
            "fast_run_val_micro_f1": 0.5, "fp32_run_val_micro_f1": 0.5}
+    res["raw"]["step_profile"] = {"steps": 11, "wall_s_per_step": 0.5,
+                                  "seconds_per_step": {"matrix products (mm, addmm, bmm)": 0.3, "other": 0.2}}
     md = bench.render(res)
+    assert "| matrix products (mm, addmm, bmm) | 0.300 | 60 % |" in md
     assert "| 1.20x | >= 0.95x |" in md and "bf16, the canonical config's prediction precision" in md
     assert "| val | 56.80 | 56.60 | 9 of 1614 |" in md
     assert "for comparison: `predict_batch` in fp32 / bare fp32 encoder | 0.80x" in md
