@@ -141,21 +141,27 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
     return times
 
 
-def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair: list[str] | None) -> None:
-    """Fill the summary's full-training figures from finished runs' metrics.json (fp32: projected without a run;
-    the F1 delta from the two CPU runs, else from ``delta_pair``, two runs of another machine, named as such)."""
+def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair: list[str] | None,
+                    fp32_paused_s: float = 0.0) -> None:
+    """Fill the summary's full-training figures from finished runs' metrics.json (fp32: projected without a run,
+    less ``fp32_paused_s`` seconds it spent stopped; the F1 delta from the two CPU runs, else from ``delta_pair``,
+    two runs of another machine, named as such)."""
     s, notes = res["summary"], res["notes"]
+    res["fp32_run_paused_seconds"] = fp32_paused_s
     if fast:
         s["full_training_minutes"] = fast["timings"]["train_minutes"]
         s["train_peak_rss_mb"] = fast["timings"].get("peak_rss_mb")
         notes["train_peak_rss_mb"] = "from the full fast run's metrics.json"
     else:
         notes.setdefault("train_peak_rss_mb", "peak of this benchmark process after the step timings (no full run)")
-    s["fp32_full_training_minutes"] = (fp32["timings"]["train_minutes"] if fp32
+    s["fp32_full_training_minutes"] = (fp32["timings"]["train_minutes"] - fp32_paused_s / 60 if fp32
                                        else res["projected_fp32_full_training_minutes"])
     notes["fp32_full_training_minutes"] = (
-        "measured (rocmre train, metrics.json)" if fp32
-        else "PROJECTED from the fp32 step time x steps + validation passes (no fp32 run)")
+        "PROJECTED from the fp32 step time x steps + validation passes (no fp32 run)" if not fp32
+        else "measured (rocmre train, metrics.json)" if not fp32_paused_s
+        else f"measured (rocmre train, metrics.json: {fp32['timings']['train_minutes']:.1f} min of wall time) less "
+             f"{fp32_paused_s / 60:.1f} min during which the run was stopped (SIGSTOP) so that other timings could "
+             f"run on an idle machine")
     res["fast_run_val_micro_f1"] = fast["results"]["val"]["f1"] if fast else None
     res["fp32_run_val_micro_f1"] = fp32["results"]["val"]["f1"] if fp32 else None
     res["fast_run"], res["fp32_run"] = (fast or {}).get("folder"), (fp32 or {}).get("folder")
@@ -239,6 +245,9 @@ def main() -> None:
     parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
     parser.add_argument("--fp32-run", default=None, help="a finished run of --roc-config with the fp32 lever")
     parser.add_argument("--train", action="store_true", help="train the missing full runs first (long)")
+    parser.add_argument("--fp32-paused-seconds", type=float, default=0.0,
+                        help="seconds the --fp32-run training was stopped (SIGSTOP) while it ran; subtracted from its "
+                             "wall time, and said so in the results")
     parser.add_argument("--delta-pair", nargs=2, metavar=("FAST_METRICS", "FP32_METRICS"), default=None,
                         help="without --fp32-run: two metrics.json files of the same seed on the same hardware (e.g. a "
                              "GPU pair) that give val_micro_f1_delta_fast_vs_fp32; the Markdown names their hardware")
@@ -251,9 +260,11 @@ def main() -> None:
         res = json.loads(path.read_text(encoding="utf-8"))
         apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
                         run_metrics(args.fp32_run or res.get("fp32_run")),
-                        args.delta_pair or res.get("delta_pair"))
+                        args.delta_pair or res.get("delta_pair"),
+                        args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0))
         extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
-                 if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else [])
+                 if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else []) + (
+            [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else [])
         addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
         if extra and not res["command"].endswith(addition):
             res["command"] += addition
@@ -432,7 +443,7 @@ def main() -> None:
     }
     res["notes"] = {"fast_config": fast_key, "classifier_row": cls_key}
     res["projected_fp32_full_training_minutes"] = projected_fp32
-    apply_full_runs(res, fast, fp32, args.delta_pair)
+    apply_full_runs(res, fast, fp32, args.delta_pair, args.fp32_paused_seconds)
     res.update({
         "command": "python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

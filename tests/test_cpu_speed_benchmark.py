@@ -66,3 +66,18 @@ def test_render_reports_the_summary_and_every_row(bench):
     assert "| 1.20x | >= 0.95x |" in md and "bf16, the canonical config's prediction precision" in md
     assert "| val | 56.80 | 56.60 | 9 of 1614 |" in md
     assert "for comparison: `predict_batch` in fp32 / bare fp32 encoder | 0.80x" in md
+
+
+def test_full_runs_fill_the_summary_and_a_pause_is_subtracted_and_said(bench):
+    run = {"timings": {"train_minutes": 30.0, "peak_rss_mb": 4000.0}, "results": {"val": {"f1": 0.58}},
+           "folder": "runs/fast"}
+    fp32 = {"timings": {"train_minutes": 96.0}, "results": {"val": {"f1": 0.5786}}, "folder": "runs/fp32"}
+    res = {"summary": {}, "notes": {}, "projected_fp32_full_training_minutes": 87.0}
+    bench.apply_full_runs(res, run, fp32, None, fp32_paused_s=480.0)
+    s = res["summary"]
+    assert s["full_training_minutes"] == 30.0 and s["train_peak_rss_mb"] == 4000.0
+    assert s["fp32_full_training_minutes"] == pytest.approx(88.0)
+    assert "less 8.0 min" in res["notes"]["fp32_full_training_minutes"] and res["fp32_run_paused_seconds"] == 480.0
+    assert s["val_micro_f1_delta_fast_vs_fp32"] == pytest.approx(0.14)
+    bench.apply_full_runs(res, run, None, None)
+    assert s["fp32_full_training_minutes"] == 87.0 and "PROJECTED" in res["notes"]["fp32_full_training_minutes"]
