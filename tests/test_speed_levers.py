@@ -222,3 +222,28 @@ def test_fast_dropout_attention_is_sdpa_without_drops_and_switches_hf_encoders()
     use_fast_dropout(bert)
     assert bert.config._attn_implementation == FAST_DROPOUT_ATTENTION
     assert torch.allclose(bert(input_ids=ids, attention_mask=mask).last_hidden_state, before, atol=1e-6)
+
+
+def test_bf16_copies_are_rebuilt_after_a_fused_adamw_step(tiny_roc_dir, cache_dir, mnre_root):
+    """Fused AdamW updates weights without bumping their version counters: validation during training must still
+    score the current weights (it scored stale bf16 copies, so the trainer picked checkpoints on stale scores)."""
+    import numpy as np
+
+    from rocmre.data.mnre import read_mnre
+    from rocmre.modeling.model import RelationModel
+    from rocmre.modeling.runtime import ModelRuntime
+
+    model = RelationModel.from_pretrained(tiny_roc_dir)
+    runtime = ModelRuntime(model, cache_dir=cache_dir, precision="bf16")
+    feats = runtime.featurize(list(read_mnre(mnre_root, "val"))[:8], with_labels=False)
+    runtime.score(feats)  # the bf16 copies are made
+    model.train()
+    weight = model.encoder.text_model.encoder.layer[0].attention.self.query.weight
+    version = weight._version
+    optimizer = torch.optim.AdamW([weight], lr=0.05, fused=True)
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()
+    assert weight._version == version  # what made the copies go stale
+    after = runtime.score(feats).scores
+    fresh = ModelRuntime(model, cache_dir=cache_dir, precision="bf16").score(feats).scores
+    assert np.array_equal(after, fresh)

@@ -165,6 +165,9 @@ class RelationModel(nn.Module):
         self.descriptions = descriptions
         self.config.labels = descriptions.labels
         self._description_cache = None
+        #: incremented by every ``train()``: weight copies made for prediction (the runtime's bf16 copies) are
+        #: rebuilt after it, since an optimizer step need not bump the weights' version counters (fused AdamW)
+        self.weights_generation = 0
 
     def _description_texts(self, descriptions: RelationDescriptions) -> list[list[str]]:
         if self.config.description_mode == "label_names":
@@ -277,7 +280,8 @@ class RelationModel(nn.Module):
             self._pooled_states = {}
 
     def train(self, mode: bool = True) -> RelationModel:
-        if mode:  # weights are about to change: description vectors must be recomputed
+        if mode:  # weights are about to change: description vectors (and weight copies) must be recomputed
+            self.weights_generation = getattr(self, "weights_generation", 0) + 1
             self._description_cache = None
             self._filled_vectors = {}
             self._prototypes = {}

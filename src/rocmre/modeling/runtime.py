@@ -89,8 +89,9 @@ class Bf16MatrixWeights:
 
     Autocast would cast the same weights to bf16 on every call (it keeps its casts only within one autocast
     region): for a single short pair that cast costs about as much as the bf16 matrix products it saves. The
-    copies are made again whenever a weight changes (training, ``load_state_dict``), and the results are the
-    same, since autocast rounds the weights to bf16 in the same way.
+    copies are made again whenever a weight may have changed (the model was put in training mode since, or a
+    weight's version counter moved, as ``load_state_dict`` does), and the results are the same, since autocast
+    rounds the weights to bf16 in the same way.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -113,7 +114,9 @@ class Bf16MatrixWeights:
 
     def _current(self) -> list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]]:
         slots = self._slots()
-        key = tuple((id(m), name, getattr(m, name).data_ptr(), getattr(m, name)._version) for m, name in slots)
+        # the model's training generation too: fused AdamW updates weights without bumping their version counters
+        key = (getattr(self.model, "weights_generation", 0),) + tuple(
+            (id(m), name, getattr(m, name).data_ptr(), getattr(m, name)._version) for m, name in slots)
         if key != self._key:  # copies of the fp32 weights only (others are left as they are)
             self._entries = [(m, name, getattr(m, name),
                               nn.Parameter(getattr(m, name).detach().to(torch.bfloat16), requires_grad=False))
