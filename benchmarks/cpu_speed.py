@@ -106,13 +106,16 @@ def peak_rss_mb() -> float:
 
 
 def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
-    """Seconds per training step (the Trainer's step: batches as configured, autocast, clip, AdamW)."""
+    """Seconds per training step (the Trainer's step: batches as configured, autocast, clip, AdamW). A model with a
+    frozen prefix (``train.cache_frozen_states``) is timed as in epochs 2+: its batches' frozen states are computed
+    before the timing."""
     import contextlib
 
     import torch
 
     from rocmre.modeling.dropout import use_fast_dropout
     from rocmre.training.setup import resolve_precision
+    from rocmre.training.frozen_states import FrozenStatesCache
     from rocmre.training.trainer import epoch_batches
 
     lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
@@ -124,12 +127,23 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
         use_fast_dropout(model)
     gen = torch.Generator().manual_seed(0)
     model.train()
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+    states = (FrozenStatesCache(model) if cfg.train.cache_frozen_states and model.frozen_prefix_layers else None)
+    if states is not None:
+        for b in batches:
+            with autocast():
+                states.attach(runtime.collator([train_feats[j] for j in b]), b, [train_feats[j] for j in b])
     times = []
     for i, b in enumerate(batches):
         t0 = time.perf_counter()
-        batch = runtime.collator([train_feats[j] for j in b])
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        with ctx:
+        items = [train_feats[j] for j in b]
+        batch = runtime.collator(items)
+        with autocast():
+            if states is not None:
+                states.attach(batch, b, items)
             out = model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation, generator=gen,
                         refresh_descriptions=i % cfg.train.description_refresh_steps == 0)
         out.loss.backward()

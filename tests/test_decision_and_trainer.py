@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_run_config
 from safetensors.torch import load_file
 
@@ -242,3 +243,36 @@ def test_prediction_precision_follows_the_validated_run(tiny_roc_dir, tmp_path, 
     with pytest.raises(ValueError, match="precision must be"):
         RelationExtractor.from_pretrained(copy, precision="int8")
     assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
+
+
+def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_dir, tmp_path):
+    """Fixed markers + 2 frozen text layers: the trainer computes the frozen layers' output once per record and
+    reuses it (records whose names were swapped are recomputed); losses and weights match a run that recomputes
+    it every step, float rounding aside."""
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.trainer import Trainer
+
+    def run(name: str, cache: bool) -> Trainer:
+        cfg = _config(tmp_path / name, cache_dir, checkpoint_every=None, cache_frozen_states=cache)
+        cfg.model.frozen_text_layers = 2
+        cfg.model.trainable_markers = False
+        cfg.model.marker_init = ["<", ">", "{", "}"]
+        cfg.data.name_swap_prob = 0.3
+        trainer = Trainer(cfg, show_progress=False)
+        trainer.train()
+        return trainer
+
+    cached, plain = run("cached", True), run("plain", False)
+    assert plain.states_cache is None
+    assert len(cached.states_cache) == 24 and cached.states_cache.reused > 0
+    assert cached.states_cache.computed > 24  # swapped records were recomputed
+    assert np.allclose(cached.state.losses, plain.state.losses, atol=1e-4)
+    wa = load_file(str(tmp_path / "cached" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    model = RelationModel.from_pretrained(tmp_path / "cached")
+    assert model.frozen_prefix_layers == 2
+    text = model.encoder.text_model
+    assert not any(p.requires_grad for p in text.embeddings.parameters())
+    model.train()
+    assert not text.encoder.layer[1].training and text.encoder.layer[2].training

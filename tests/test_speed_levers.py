@@ -247,3 +247,61 @@ def test_bf16_copies_are_rebuilt_after_a_fused_adamw_step(tiny_roc_dir, cache_di
     after = runtime.score(feats).scores
     fresh = ModelRuntime(model, cache_dir=cache_dir, precision="bf16").score(feats).scores
     assert np.array_equal(after, fresh)
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_lower_then_upper_layers_equal_one_forward_pass(n_layers):
+    from rocmre.modeling.freezing import run_lower_layers, run_upper_layers
+
+    bert = _tiny_bert()
+    ids = torch.tensor([[1, 46, 5, 47, 0], [2, 3, 48, 49, 9]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    full = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    split = run_upper_layers(bert, run_lower_layers(bert, ids, mask, n_layers), mask, n_layers)
+    assert torch.allclose(full, split, atol=1e-6)
+
+
+def test_fixed_markers_make_a_frozen_prefix_with_no_gradient_and_no_dropout():
+    """trainable_markers=false + frozen_text_layers=N: nothing below layer N trains, and the model keeps those
+    layers in eval mode when it trains (their output is then a function of the ids: cacheable)."""
+    from rocmre.modeling.freezing import (
+        freeze_lower_layers,
+        freeze_marker_rows,
+        freeze_word_embeddings,
+        frozen_prefix_layers,
+    )
+
+    bert = _tiny_bert()
+    freeze_word_embeddings(bert, 46)
+    freeze_lower_layers(bert, 2)
+    assert frozen_prefix_layers(bert, 2) == 0  # the marker rows still train
+    freeze_marker_rows(bert)
+    assert frozen_prefix_layers(bert, 2) == 2
+    assert frozen_prefix_layers(bert, 0) == 0
+    plain = _tiny_bert()
+    with pytest.raises(ValueError, match="frozen_word_embeddings"):
+        freeze_marker_rows(plain)
+
+
+def test_marker_rows_start_from_the_chosen_words(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from rocmre.modeling.features import add_marker_tokens
+    from rocmre.modeling.freezing import init_marker_rows
+    from rocmre.modeling.prompting import MARKERS
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<", ">", "{", "}", "person", "##s", "x"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    add_marker_tokens(tok)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=16))
+    init_marker_rows(bert, tok, MARKERS, ["<", ">", "{", "}"])
+    table = bert.get_input_embeddings().weight
+    for marker, word in zip(MARKERS, ["<", ">", "{", "}"], strict=True):
+        assert torch.equal(table[tok.convert_tokens_to_ids(marker)], table[tok.convert_tokens_to_ids(word)])
+    with pytest.raises(ValueError, match="single known word piece"):
+        init_marker_rows(bert, tok, MARKERS, ["<", ">", "{", "persons"])
+    with pytest.raises(ValueError, match="needs 4 words"):
+        init_marker_rows(bert, tok, MARKERS, ["<", ">"])

@@ -4,10 +4,18 @@
   the vocabulary (the entity markers) train. The step then has no dense gradient over the whole table and no
   optimizer update of its ~11.7M entries (MiniLM); it saves and loads as the ordinary ``weight``.
 * :func:`freeze_lower_layers`: the embeddings and the lowest N transformer layers are not trained (the added
-  rows still are).
+  rows still are, unless they are fixed too).
+* A *frozen prefix*: with the marker rows fixed as well (``model.trainable_markers: false``), nothing below layer N
+  trains. Those layers then run as a fixed feature extractor (no dropout, no backward pass), and their output for a
+  given input never changes: :func:`run_lower_layers` computes it, :func:`run_upper_layers` continues from it, and
+  the trainer computes it once per training record (``train.cache_frozen_states``).
+* :func:`init_marker_rows`: marker rows start as copies of chosen pretrained word embeddings (a fixed marker must
+  mean something to the frozen layers above it).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,3 +105,72 @@ def freeze_lower_layers(text_model: nn.Module, n_layers: int) -> None:
             param.requires_grad_(False)
     for layer in layers[:n_layers]:
         layer.requires_grad_(False)
+
+
+def freeze_marker_rows(text_model: nn.Module) -> None:
+    """Fix the added (marker) rows of an :class:`AddedRowsEmbedding` input table too."""
+    table = text_model.get_input_embeddings()
+    if not isinstance(table, AddedRowsEmbedding):
+        raise ValueError("trainable_markers=false needs the word embeddings frozen first (frozen_word_embeddings)")
+    table.added.requires_grad_(False)
+
+
+def init_marker_rows(text_model: nn.Module, tokenizer, markers: Sequence[str], words: Sequence[str]) -> None:
+    """Copy the pretrained embedding of ``words[i]`` (one word piece each) into the row of ``markers[i]``."""
+    if len(words) != len(markers):
+        raise ValueError(f"marker_init needs {len(markers)} words, one per marker {list(markers)}; got {list(words)}")
+    table = text_model.get_input_embeddings()
+    unknown = tokenizer.unk_token_id
+    with torch.no_grad():
+        for marker, word in zip(markers, words, strict=True):
+            pieces = tokenizer.tokenize(word)
+            if len(pieces) != 1 or tokenizer.convert_tokens_to_ids(pieces[0]) == unknown:
+                raise ValueError(f"marker_init: {word!r} (for {marker}) must be a single known word piece of the "
+                                 f"text encoder's vocabulary; it tokenises as {pieces}")
+            source = tokenizer.convert_tokens_to_ids(pieces[0])
+            target = tokenizer.convert_tokens_to_ids(marker)
+            table.weight[target] = table.weight[source]
+
+
+def frozen_prefix_layers(text_model: nn.Module, n_layers: int) -> int:
+    """``n_layers`` when the embeddings (marker rows included) and the first ``n_layers`` layers have no trainable
+    parameter, so that their output depends on the input alone; else 0."""
+    if n_layers <= 0 or not hasattr(text_model, "embeddings"):
+        return 0
+    layers = text_model.encoder.layer[:n_layers]
+    params = [*text_model.embeddings.parameters(), *layers.parameters()]
+    return 0 if any(p.requires_grad for p in params) else n_layers
+
+
+def _check_bert_like(text_model: nn.Module) -> None:
+    if getattr(text_model.config, "model_type", None) != "bert":
+        raise ValueError(f"running the text encoder in two parts is implemented for BERT-like encoders (minilm-l6); "
+                         f"{type(text_model).__name__} is not one: set train.cache_frozen_states=false")
+
+
+def _bidirectional_mask(text_model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+
+def run_lower_layers(text_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     n_layers: int) -> torch.Tensor:
+    """Hidden states (B, L, H) after the embeddings and the first ``n_layers`` layers of a BERT-like encoder."""
+    _check_bert_like(text_model)
+    hidden = text_model.embeddings(input_ids=input_ids)
+    mask = _bidirectional_mask(text_model, hidden, attention_mask)
+    for layer in text_model.encoder.layer[:n_layers]:
+        hidden = layer(hidden, mask)
+    return hidden
+
+
+def run_upper_layers(text_model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                     n_layers: int) -> torch.Tensor:
+    """The encoder's last hidden state, continuing from the output of its first ``n_layers`` layers; together with
+    :func:`run_lower_layers` the same as one forward pass."""
+    _check_bert_like(text_model)
+    mask = _bidirectional_mask(text_model, hidden, attention_mask)
+    for layer in text_model.encoder.layer[n_layers:]:
+        hidden = layer(hidden, mask)
+    return hidden

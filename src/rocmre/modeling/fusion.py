@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rocmre.modeling.config import ModelConfig
+from rocmre.modeling.freezing import run_upper_layers
 
 ACTIVATIONS = {"gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -87,7 +88,12 @@ class MultimodalPairEncoder(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, pair_dim) entity-pair vectors."""
-        text = self.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        if "text_prefix_states" in batch:  # the frozen lower layers' output, cached by the trainer
+            text = run_upper_layers(self.text_model, batch["text_prefix_states"], batch["attention_mask"],
+                                    self.config.frozen_text_layers)
+        else:
+            text = self.text_model(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).last_hidden_state
         seq, mask = text, batch["attention_mask"].bool()
         object_slot = None
         if self.image_tokens is not None:

@@ -24,7 +24,13 @@ from torch import nn
 from rocmre.data.entity_types import ENTITY_TYPES
 from rocmre.descriptions.store import RelationDescriptions, example_to_pair, fill_template, is_template
 from rocmre.modeling.config import ModelConfig
-from rocmre.modeling.freezing import freeze_lower_layers, freeze_word_embeddings
+from rocmre.modeling.freezing import (
+    freeze_lower_layers,
+    freeze_marker_rows,
+    freeze_word_embeddings,
+    frozen_prefix_layers,
+    init_marker_rows,
+)
 from rocmre.modeling.fusion import MultimodalPairEncoder
 from rocmre.modeling.prompting import MARKERS
 
@@ -115,11 +121,15 @@ class RelationModel(nn.Module):
             raise ValueError("config.vision_dim and config.num_regions must be set (use RelationModel.build)")
         self.config = config
         self.tokenizer = tokenizer
-        if config.frozen_word_embeddings or config.frozen_text_layers:
+        if config.frozen_word_embeddings or config.frozen_text_layers or not config.trainable_markers:
             marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
             freeze_word_embeddings(text_model, min(marker_ids))
+        if not config.trainable_markers:
+            freeze_marker_rows(text_model)
         if config.frozen_text_layers:
             freeze_lower_layers(text_model, config.frozen_text_layers)
+        #: the first N text layers (embeddings included) take no gradient at all: run as a fixed feature extractor
+        self.frozen_prefix_layers = frozen_prefix_layers(text_model, config.frozen_text_layers)
         self.encoder = MultimodalPairEncoder(config, text_model, config.vision_dim, config.num_regions)
         hidden = self.encoder.hidden
         self.descriptions = descriptions
@@ -286,6 +296,10 @@ class RelationModel(nn.Module):
             self._filled_vectors = {}
             self._prototypes = {}
         super().train(mode)
+        if self.frozen_prefix_layers:  # a fixed feature extractor: no dropout (its output can then be cached)
+            text_model = self.encoder.text_model
+            text_model.embeddings.eval()
+            text_model.encoder.layer[:self.frozen_prefix_layers].eval()
         if self.config.model_type == "roc" and self.config.freeze_description_encoder:
             self.description_encoder.eval()  # frozen: no dropout either
         elif mode is False and not self.config.freeze_description_encoder:
@@ -502,6 +516,8 @@ class RelationModel(nn.Module):
         tokenizer, text_model = backbone.tokenizer, backbone.model
         if add_marker_tokens(tokenizer):
             text_model.resize_token_embeddings(len(tokenizer))
+        if config.marker_init:
+            init_marker_rows(text_model, tokenizer, MARKERS, config.marker_init)
         if config.vision_dim is None or config.num_regions is None:
             config.vision_dim, config.num_regions = vision_shape(config.vision_backbone)
         if config.model_type == "roc":

@@ -40,6 +40,7 @@ from rocmre.modeling.features import PairFeatures
 from rocmre.modeling.model import CONFIG_NAME, WEIGHTS_NAME, RelationModel
 from rocmre.modeling.runtime import ModelRuntime
 from rocmre.training.config import RunConfig
+from rocmre.training.frozen_states import FrozenStatesCache
 from rocmre.training.setup import (
     build_model,
     load_run_data,
@@ -335,6 +336,9 @@ class Trainer:
         train_before = state.timings.get("train_seconds", 0.0)
         train_seconds = 0.0
         wrapped.train()
+        states_cache = (FrozenStatesCache(model) if cfg.train.cache_frozen_states and model.frozen_prefix_layers
+                        else None)
+        self.states_cache = states_cache
         while state.step < total_steps:
             epoch_feats = self._epoch_features(runtime, train_data, train_feats, state.epoch)
             if cfg.train.group_by_length:
@@ -344,8 +348,11 @@ class Trainer:
             mine = padded[accelerator.process_index::world]
             for b in mine[state.batch_in_epoch:]:
                 t0 = time.time()
-                batch = {k: v.to(accelerator.device) for k, v in runtime.collator([epoch_feats[i] for i in b]).items()}
+                items = [epoch_feats[i] for i in b]
+                batch = {k: v.to(accelerator.device) for k, v in runtime.collator(items).items()}
                 with self._autocast():
+                    if states_cache is not None:
+                        states_cache.attach(batch, b, items)
                     out = wrapped(batch, descriptions_per_relation=cfg.train.descriptions_per_relation,
                                   generator=desc_gen, refresh_descriptions=state.step % refresh_every == 0)
                 accelerator.backward(out.loss)

@@ -1,0 +1,57 @@
+"""The output of a model's frozen lower text layers, computed once per training record and reused every epoch.
+
+With ``model.frozen_text_layers = N`` and ``model.trainable_markers: false`` nothing below layer N trains, and those
+layers run without dropout: their output depends on a record's token ids alone. :class:`FrozenStatesCache` computes
+it the first time a record is met (inside the training step's batch, under the step's autocast) and keeps it, so
+that later epochs run only the layers above N. A record whose ids changed (``data.name_swap_prob``) is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rocmre.modeling.features import PairFeatures
+from rocmre.modeling.freezing import run_lower_layers
+from rocmre.modeling.model import RelationModel
+
+
+class FrozenStatesCache:
+    """Per-record hidden states after the embeddings and the first ``model.frozen_prefix_layers`` text layers."""
+
+    def __init__(self, model: RelationModel) -> None:
+        if not model.frozen_prefix_layers:
+            raise ValueError("the model has no frozen prefix to cache: it needs model.frozen_text_layers >= 1 and "
+                             "model.trainable_markers: false")
+        self.model = model
+        self.n_layers = model.frozen_prefix_layers
+        self._states: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
+        self.computed = 0
+        self.reused = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @torch.no_grad()
+    def attach(self, batch: dict[str, torch.Tensor], indices: Sequence[int], features: Sequence[PairFeatures]) -> None:
+        """Add ``batch["text_prefix_states"]`` (B, L, H) for the records ``indices`` (whose ``features`` made the
+        batch), computing the states of records not seen before (or whose token ids changed)."""
+        ids = [tuple(f.input_ids) for f in features]
+        missing = [row for row, (i, key) in enumerate(zip(indices, ids, strict=True))
+                   if i not in self._states or self._states[i][0] != key]
+        if missing:
+            rows = torch.tensor(missing, device=batch["input_ids"].device)
+            mask = batch["attention_mask"][rows]
+            width = int(mask.sum(1).max())
+            hidden = run_lower_layers(self.model.encoder.text_model, batch["input_ids"][rows, :width],
+                                      mask[:, :width], self.n_layers)
+            for k, row in enumerate(missing):
+                self._states[indices[row]] = (ids[row], hidden[k, :len(ids[row])].clone())
+        self.computed += len(missing)
+        self.reused += len(ids) - len(missing)
+        states = [self._states[i][1] for i in indices]
+        out = states[0].new_zeros(len(states), batch["input_ids"].shape[1], states[0].shape[-1])
+        for row, state in enumerate(states):
+            out[row, :state.shape[0]] = state
+        batch["text_prefix_states"] = out
