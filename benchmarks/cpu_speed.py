@@ -114,8 +114,8 @@ def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
     import torch
 
     from rocmre.modeling.dropout import use_fast_dropout
-    from rocmre.training.setup import resolve_precision
     from rocmre.training.frozen_states import FrozenStatesCache
+    from rocmre.training.setup import resolve_precision
     from rocmre.training.trainer import epoch_batches
 
     lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
