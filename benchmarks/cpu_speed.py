@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-#: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows); the
-#: description lever only exists for ROC (a classifier row skips it)
+#: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows); levers in
+#: ROC_ONLY (the description refresh, frozen layers under trainable markers) have no classifier row
 _OFF = {"train.mixed_precision": "no", "train.group_by_length": "false", "train.fused_optimizer": "false",
         "train.description_refresh_steps": "1", "train.fast_dropout": "false", "model.frozen_word_embeddings": "false",
-        "model.frozen_text_layers": "0"}
+        "model.frozen_text_layers": "0", "model.trainable_markers": "true", "model.marker_init": "null"}
 
 
 def _lever(**on: str) -> list[str]:
@@ -45,25 +45,42 @@ def _lever(**on: str) -> list[str]:
 _BASE = dict(mixed_precision="bf16", group_by_length="true", fused_optimizer="true")
 _CANON = dict(_BASE, description_refresh_steps="8", fast_dropout="true")
 _CANON_NAME = "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout"
+_CLS_NAME = "bf16 + length-grouped + fused AdamW + fast dropout"
 _WORD = " + word embeddings frozen (marker rows train)"
+#: markers fixed from these words, the N lowest text layers frozen and their output cached per record
+_MARKER_WORDS = "['<','>','{','}']"
+
+
+def _prefix(n: int) -> str:
+    return f" + word embeddings and markers fixed (from < > {{ }}) + {n} lowest text layers frozen, output cached"
+
+
+def _prefix_lever(base: dict, n: int) -> list[str]:
+    return _lever(**base, frozen_word_embeddings="true", trainable_markers="false", marker_init=_MARKER_WORDS,
+                  frozen_text_layers=str(n))
+
+
+_PREFIX_NS = (2, 3)
 LEVERS = {
     "fp32 (canonical before the speed work)": _lever(),
     "bf16 autocast": _lever(mixed_precision="bf16"),
     "bf16 + length-grouped batches": _lever(mixed_precision="bf16", group_by_length="true"),
     "bf16 + length-grouped + fused AdamW": _lever(**_BASE),
     "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": _lever(**_BASE, description_refresh_steps="8"),
-    "bf16 + length-grouped + fused AdamW + fast dropout": _lever(**_BASE, fast_dropout="true"),
-    "bf16 + length-grouped + fused AdamW + fast dropout" + _WORD: _lever(**_BASE, fast_dropout="true",
-                                                                         frozen_word_embeddings="true"),
+    _CLS_NAME: _lever(**_BASE, fast_dropout="true"),
+    _CLS_NAME + _WORD: _lever(**_BASE, fast_dropout="true", frozen_word_embeddings="true"),
+    **{_CLS_NAME + _prefix(n): _prefix_lever(dict(_BASE, fast_dropout="true"), n) for n in _PREFIX_NS},
     _CANON_NAME: _lever(**_CANON),
     _CANON_NAME + _WORD: _lever(**_CANON, frozen_word_embeddings="true"),
     _CANON_NAME.replace("every 8", "every 16") + _WORD: _lever(**dict(_CANON, description_refresh_steps="16"),
                                                                frozen_word_embeddings="true"),
-    # frozen_text_layers also freezes the word embeddings but the marker rows; ROC rows only
+    # frozen_text_layers with trainable marker rows: the backward pass still runs through the frozen layers
     **{f"{_CANON_NAME}{_WORD} + {n} lowest text layers frozen": _lever(**_CANON, frozen_word_embeddings="true",
                                                                       frozen_text_layers=str(n))
        for n in (1, 2)},
+    **{_CANON_NAME + _prefix(n): _prefix_lever(_CANON, n) for n in _PREFIX_NS},
 }
+ROC_ONLY = {name for name in LEVERS if "descriptions" in name}
 FP32 = next(iter(LEVERS))
 
 
@@ -83,10 +100,11 @@ def profile_steps(cfg, feats, model, runtime, steps: int) -> dict:
     calling thread); the rest of the wall time is Python and numpy (fast-dropout masks, batching)."""
     from torch.profiler import profile
 
-    time_steps(cfg, feats, model, runtime, 0)  # warm-up outside the profile
+    states = frozen_states(cfg, feats, model, runtime, steps)  # computed outside the profile (epochs 2+)
+    time_steps(cfg, feats, model, runtime, 0, states)  # warm-up outside the profile
     with profile() as prof:
         t0 = time.perf_counter()
-        time_steps(cfg, feats, model, runtime, steps)
+        time_steps(cfg, feats, model, runtime, steps, states)
         wall = time.perf_counter() - t0
     self_s: dict[str, float] = {}
     for evt in prof.key_averages():
@@ -105,43 +123,63 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_steps(cfg, train_feats, model, runtime, steps: int) -> list[float]:
-    """Seconds per training step (the Trainer's step: batches as configured, autocast, clip, AdamW). A model with a
-    frozen prefix (``train.cache_frozen_states``) is timed as in epochs 2+: its batches' frozen states are computed
-    before the timing."""
+def _step_batches(cfg, train_feats, steps: int) -> list[list[int]]:
+    from rocmre.training.trainer import epoch_batches
+
+    lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
+    return epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, 0, lengths)[: steps + 3]
+
+
+def _autocast(cfg):
     import contextlib
 
     import torch
 
-    from rocmre.modeling.dropout import use_fast_dropout
-    from rocmre.training.frozen_states import FrozenStatesCache
     from rocmre.training.setup import resolve_precision
-    from rocmre.training.trainer import epoch_batches
 
-    lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
-    batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, 0, lengths)[: steps + 3]
+    precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def frozen_states(cfg, train_feats, model, runtime, steps: int):
+    """A model with a frozen prefix (``train.cache_frozen_states``): its cache, filled for the batches
+    :func:`time_steps` runs (as in epochs 2+ of a training); otherwise ``None``."""
+    from rocmre.training.frozen_states import FrozenStatesCache
+
+    if not (cfg.train.cache_frozen_states and model.frozen_prefix_layers):
+        return None
+    states = FrozenStatesCache(model)
+    model.train()
+    for b in _step_batches(cfg, train_feats, steps):
+        items = [train_feats[j] for j in b]
+        with _autocast(cfg):
+            states.attach(runtime.collator(items), b, items)
+    return states
+
+
+def time_steps(cfg, train_feats, model, runtime, steps: int, states=None) -> list[float]:
+    """Seconds per training step (the Trainer's step: batches as configured, autocast, clip, AdamW). A model with a
+    frozen prefix is timed as in epochs 2+ (``states``, or :func:`frozen_states`: its lower layers' output computed
+    before the timing)."""
+    import torch
+
+    from rocmre.modeling.dropout import use_fast_dropout
+
+    batches = _step_batches(cfg, train_feats, steps)
+    if states is None:
+        states = frozen_states(cfg, train_feats, model, runtime, steps)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
                             **({"fused": True} if cfg.train.fused_optimizer else {}))
-    precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
     if cfg.train.fast_dropout:
         use_fast_dropout(model)
     gen = torch.Generator().manual_seed(0)
     model.train()
-
-    def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-    states = (FrozenStatesCache(model) if cfg.train.cache_frozen_states and model.frozen_prefix_layers else None)
-    if states is not None:
-        for b in batches:
-            with autocast():
-                states.attach(runtime.collator([train_feats[j] for j in b]), b, [train_feats[j] for j in b])
     times = []
     for i, b in enumerate(batches):
         t0 = time.perf_counter()
         items = [train_feats[j] for j in b]
         batch = runtime.collator(items)
-        with autocast():
+        with _autocast(cfg):
             if states is not None:
                 states.attach(batch, b, items)
             out = model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation, generator=gen,
@@ -403,7 +441,7 @@ def main() -> None:
     sample = np.random.default_rng(0).choice(len(train), size=32 * (args.steps + 3), replace=False)
     for paradigm, config in (("roc", args.roc_config), ("classifier", args.cls_config)):
         for lever, overrides in LEVERS.items():
-            if paradigm == "classifier" and ("descriptions" in lever or "text layers" in lever):
+            if paradigm == "classifier" and lever in ROC_ONLY:
                 continue
             cfg = RunConfig.from_yaml(config, overrides)
             torch.manual_seed(0)
@@ -475,20 +513,26 @@ def main() -> None:
 
 def _lever_of(cfg, cls: bool = False) -> str:
     """The LEVERS row a config matches (classifiers ignore the description lever)."""
-    def value(key: str) -> str:
-        section, name = key.split(".")
-        v = getattr(getattr(cfg, section), name)
-        if key == "train.mixed_precision":
-            return {"auto": "bf16"}.get(v, v)
-        return str(v).lower() if isinstance(v, bool) else str(v)
+    from rocmre.training.config import RunConfig, apply_override
 
-    for name, overrides in LEVERS.items():
-        if cls and "descriptions" in name:
-            continue
-        want = dict(o.split("=", 1) for o in overrides)
+    def values(run) -> dict:
+        out = {}
+        for key in _OFF:
+            section, name = key.split(".")
+            v = getattr(getattr(run, section), name)
+            out[key] = "bf16" if key == "train.mixed_precision" and v == "auto" else v
         if cls:
-            want.pop("train.description_refresh_steps")
-        if all(value(k) == v for k, v in want.items()):
+            out.pop("train.description_refresh_steps")
+        return out
+
+    mine = values(cfg)
+    for name, overrides in LEVERS.items():
+        if cls and name in ROC_ONLY:
+            continue
+        data = cfg.model_dump(mode="json")
+        for item in overrides:
+            apply_override(data, item)
+        if values(RunConfig.model_validate(data)) == mine:
             return name
     raise SystemExit(f"the config's speed settings match no measured lever: {cfg.train}, {cfg.model}")
 

@@ -249,16 +249,47 @@ def test_bf16_copies_are_rebuilt_after_a_fused_adamw_step(tiny_roc_dir, cache_di
     assert np.array_equal(after, fresh)
 
 
-@pytest.mark.parametrize("n_layers", [0, 1, 3])
-def test_lower_then_upper_layers_equal_one_forward_pass(n_layers):
-    from rocmre.modeling.freezing import run_lower_layers, run_upper_layers
+def _tiny_mpnet():
+    from transformers import MPNetConfig, MPNetModel
 
-    bert = _tiny_bert()
+    torch.manual_seed(0)
+    return MPNetModel(MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                  intermediate_size=32)).eval()
+
+
+@pytest.mark.parametrize("make", [_tiny_bert, _tiny_mpnet])
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_lower_then_upper_layers_equal_one_forward_pass(n_layers, make):
+    from rocmre.modeling.freezing import (
+        freeze_lower_layers,
+        freeze_marker_rows,
+        freeze_word_embeddings,
+        frozen_prefix_layers,
+        run_lower_layers,
+        run_upper_layers,
+    )
+
+    bert = make()
     ids = torch.tensor([[1, 46, 5, 47, 0], [2, 3, 48, 49, 9]])
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     full = bert(input_ids=ids, attention_mask=mask).last_hidden_state
     split = run_upper_layers(bert, run_lower_layers(bert, ids, mask, n_layers), mask, n_layers)
     assert torch.allclose(full, split, atol=1e-6)
+    if n_layers:  # everything below layer N fixed (MPNet's shared relative position bias included)
+        freeze_word_embeddings(bert, 46)
+        freeze_marker_rows(bert)
+        freeze_lower_layers(bert, n_layers)
+        assert frozen_prefix_layers(bert, n_layers) == n_layers
+    with pytest.raises(ValueError, match="implemented for bert, mpnet"):
+        run_lower_layers(_NotSplittable(), ids, mask, 1)
+
+
+class _NotSplittable(nn.Module):
+    class config:  # noqa: N801 (stands in for a Hugging Face config)
+        model_type = "t5"
+
+    def embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*input_ids.shape, 4)
 
 
 def test_fixed_markers_make_a_frozen_prefix_with_no_gradient_and_no_dropout():

@@ -105,6 +105,9 @@ def freeze_lower_layers(text_model: nn.Module, n_layers: int) -> None:
             param.requires_grad_(False)
     for layer in layers[:n_layers]:
         layer.requires_grad_(False)
+    shared_bias = getattr(text_model.encoder, "relative_attention_bias", None)  # MPNet: read by every layer
+    if shared_bias is not None:
+        shared_bias.requires_grad_(False)
 
 
 def freeze_marker_rows(text_model: nn.Module) -> None:
@@ -133,44 +136,57 @@ def init_marker_rows(text_model: nn.Module, tokenizer, markers: Sequence[str], w
 
 
 def frozen_prefix_layers(text_model: nn.Module, n_layers: int) -> int:
-    """``n_layers`` when the embeddings (marker rows included) and the first ``n_layers`` layers have no trainable
-    parameter, so that their output depends on the input alone; else 0."""
-    if n_layers <= 0 or not hasattr(text_model, "embeddings"):
+    """``n_layers`` when nothing outside the layers above ``n_layers`` (and the pooler) trains: the embeddings,
+    marker rows included, the first ``n_layers`` layers and anything the layers share (MPNet's relative position
+    bias). Their output then depends on the input alone. Else 0."""
+    layers = getattr(getattr(text_model, "encoder", None), "layer", None)
+    if n_layers <= 0 or not isinstance(layers, nn.ModuleList):
         return 0
-    layers = text_model.encoder.layer[:n_layers]
-    params = [*text_model.embeddings.parameters(), *layers.parameters()]
-    return 0 if any(p.requires_grad for p in params) else n_layers
+    trained_above = {id(p) for layer in layers[n_layers:] for p in layer.parameters()}
+    pooler = getattr(text_model, "pooler", None)
+    if pooler is not None:
+        trained_above |= {id(p) for p in pooler.parameters()}
+    below = [p for p in text_model.parameters() if id(p) not in trained_above]
+    return 0 if any(p.requires_grad for p in below) else n_layers
 
 
-def _check_bert_like(text_model: nn.Module) -> None:
-    if getattr(text_model.config, "model_type", None) != "bert":
-        raise ValueError(f"running the text encoder in two parts is implemented for BERT-like encoders (minilm-l6); "
-                         f"{type(text_model).__name__} is not one: set train.cache_frozen_states=false")
+#: encoders that :func:`run_lower_layers` / :func:`run_upper_layers` can split (Hugging Face ``model_type``)
+SPLITTABLE_ENCODERS = ("bert", "mpnet")
 
 
-def _bidirectional_mask(text_model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
+def _layer_inputs(text_model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+    """What every layer takes besides the hidden states: the attention mask in the encoder's format, and MPNet's
+    relative position bias."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    return create_bidirectional_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    kind = getattr(text_model.config, "model_type", None)
+    if kind not in SPLITTABLE_ENCODERS:
+        raise ValueError(f"running the text encoder in two parts is implemented for {', '.join(SPLITTABLE_ENCODERS)} "
+                         f"encoders; {type(text_model).__name__} is not one: set train.cache_frozen_states=false")
+    mask = create_bidirectional_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    if kind == "mpnet":
+        return mask, text_model.encoder.compute_position_bias(hidden)
+    return (mask,)
+
+
+def _run_layers(layers, hidden: torch.Tensor, extra: tuple) -> torch.Tensor:
+    for layer in layers:
+        out = layer(hidden, *extra)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def run_lower_layers(text_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      n_layers: int) -> torch.Tensor:
-    """Hidden states (B, L, H) after the embeddings and the first ``n_layers`` layers of a BERT-like encoder."""
-    _check_bert_like(text_model)
+    """Hidden states (B, L, H) after the embeddings and the first ``n_layers`` layers (BERT or MPNet)."""
     hidden = text_model.embeddings(input_ids=input_ids)
-    mask = _bidirectional_mask(text_model, hidden, attention_mask)
-    for layer in text_model.encoder.layer[:n_layers]:
-        hidden = layer(hidden, mask)
-    return hidden
+    extra = _layer_inputs(text_model, hidden, attention_mask)
+    return _run_layers(text_model.encoder.layer[:n_layers], hidden, extra)
 
 
 def run_upper_layers(text_model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
                      n_layers: int) -> torch.Tensor:
     """The encoder's last hidden state, continuing from the output of its first ``n_layers`` layers; together with
     :func:`run_lower_layers` the same as one forward pass."""
-    _check_bert_like(text_model)
-    mask = _bidirectional_mask(text_model, hidden, attention_mask)
-    for layer in text_model.encoder.layer[n_layers:]:
-        hidden = layer(hidden, mask)
-    return hidden
+    extra = _layer_inputs(text_model, hidden, attention_mask)
+    return _run_layers(text_model.encoder.layer[n_layers:], hidden, extra)
