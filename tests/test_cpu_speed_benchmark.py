@@ -72,6 +72,12 @@ def test_render_reports_the_summary_and_every_row(bench):
     res["raw"]["step_profile"] = {"steps": 11, "wall_s_per_step": 0.5,
                                   "seconds_per_step": {"matrix products (mm, addmm, bmm)": 0.3, "other": 0.2}}
     md = bench.render(res)
+    assert "medians of the rows" in md  # results written before the interleaved ratio
+    res["raw"]["canonical_step_ratio"] = {"steps": 16, "description_refresh_steps": 8,
+                                          "mean_s": {"roc": 0.44, "classifier": 0.4},
+                                          "median_s": {"roc": 0.41, "classifier": 0.39}}
+    md = bench.render(res)
+    assert "means over 16 steps = 2 description-refresh cycles: 0.440 / 0.400 s" in md
     assert "| matrix products (mm, addmm, bmm) | 0.300 | 60 % |" in md
     assert "| 1.20x | >= 0.95x |" in md and "bf16, the canonical config's prediction precision" in md
     assert "| val | 56.80 | 56.60 | 9 of 1614 |" in md
@@ -91,3 +97,19 @@ def test_full_runs_fill_the_summary_and_a_pause_is_subtracted_and_said(bench):
     assert s["val_micro_f1_delta_fast_vs_fp32"] == pytest.approx(0.14)
     bench.apply_full_runs(res, run, None, None)
     assert s["fp32_full_training_minutes"] == 87.0 and "PROJECTED" in res["notes"]["fp32_full_training_minutes"]
+
+
+def test_interleaved_steps_alternate_models_and_drop_the_warm_up(bench):
+    calls = []
+
+    class FakeTimer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def step(self, i: int) -> float:
+            calls.append((self.name, i))
+            return float(i)
+
+    times = bench.interleaved_steps({"roc": FakeTimer("roc"), "classifier": FakeTimer("classifier")}, 4)
+    assert calls[:4] == [("roc", 0), ("classifier", 0), ("roc", 1), ("classifier", 1)] and len(calls) == 14
+    assert times == {"roc": [3.0, 4.0, 5.0, 6.0], "classifier": [3.0, 4.0, 5.0, 6.0]}
