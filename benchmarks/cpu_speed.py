@@ -169,6 +169,7 @@ class StepTimer:
 
         self.cfg, self.feats, self.model, self.runtime = cfg, train_feats, model, runtime
         self.batches = _step_batches(cfg, train_feats, steps)
+        model.cache_frozen_states = cfg.train.cache_frozen_states  # as the Trainer sets it
         self.states = states if states is not None else frozen_states(cfg, train_feats, model, runtime, steps)
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
                                      **({"fused": True} if cfg.train.fused_optimizer else {}))

@@ -263,7 +263,8 @@ def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_
         return trainer
 
     cached, plain = run("cached", True), run("plain", False)
-    assert plain.states_cache is None
+    assert plain.states_cache is None and not plain.model._prefix_states
+    assert cached.model._prefix_states  # the description texts' prefix states are kept too
     assert len(cached.states_cache) == 24 and cached.states_cache.reused > 0
     assert cached.states_cache.computed > 24  # swapped records were recomputed
     assert np.allclose(cached.state.losses, plain.state.losses, atol=1e-4)

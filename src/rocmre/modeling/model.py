@@ -30,6 +30,8 @@ from rocmre.modeling.freezing import (
     freeze_word_embeddings,
     frozen_prefix_layers,
     init_marker_rows,
+    run_lower_layers,
+    run_upper_layers,
 )
 from rocmre.modeling.fusion import MultimodalPairEncoder
 from rocmre.modeling.prompting import MARKERS
@@ -149,6 +151,10 @@ class RelationModel(nn.Module):
         self._centre_cache: tuple[torch.Tensor, ...] | None = None
         # pooled encoder states of description texts, reused between refreshes (see ``forward``)
         self._pooled_states: dict[str, torch.Tensor] = {}
+        # training with a frozen prefix: its output for each description text (it never changes)
+        self._prefix_states: dict[str, torch.Tensor] = {}
+        #: whether training keeps those states (the trainer sets ``train.cache_frozen_states``)
+        self.cache_frozen_states = True
         # prediction only: vectors of filled description templates, few-shot prototypes per relation
         # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
         self._filled_vectors: dict[str, torch.Tensor] = {}
@@ -208,14 +214,43 @@ class RelationModel(nn.Module):
             self._encode_frozen(texts)
             return torch.stack([self._pooled_states[t] for t in texts]).to(device)
         model = self.description_encoder if self.description_encoder is not None else self.encoder.text_model
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.description_max_length,
-                             return_tensors="pt").to(device)
-        hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        pooled = mean_pool(hidden, enc["attention_mask"]).float()
+        if (self.training and self.frozen_prefix_layers and self.cache_frozen_states
+                and model is self.encoder.text_model):
+            # the frozen prefix's output for a description text never changes: computed once, like the pairs'
+            states, mask = self._description_prefix_states(texts, device)
+            hidden = run_upper_layers(model, states, mask, self.frozen_prefix_layers)
+        else:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.description_max_length,
+                                 return_tensors="pt").to(device)
+            mask = enc["attention_mask"]
+            hidden = model(input_ids=enc["input_ids"], attention_mask=mask).last_hidden_state
+        pooled = mean_pool(hidden, mask).float()
         if self.training:  # kept for steps that do not refresh the descriptions (train.description_refresh_steps)
             for t, v in zip(texts, pooled.detach(), strict=True):
                 self._pooled_states[t] = v
         return pooled
+
+    @torch.no_grad()
+    def _description_prefix_states(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (M, L, H), attention mask (M, L)) of the frozen prefix for description texts, each text's states
+        computed on first use (under the caller's autocast) and kept."""
+        kept = self._prefix_states
+        missing = list(dict.fromkeys(t for t in texts if t not in kept))
+        if missing:
+            enc = self.tokenizer(missing, padding=True, truncation=True,
+                                 max_length=self.config.description_max_length, return_tensors="pt").to(device)
+            states = run_lower_layers(self.encoder.text_model, enc["input_ids"], enc["attention_mask"],
+                                      self.frozen_prefix_layers)
+            for t, row, m in zip(missing, states, enc["attention_mask"], strict=True):
+                kept[t] = row[: int(m.sum())].clone()
+        rows = [kept[t] for t in texts]
+        width = max(r.shape[0] for r in rows)
+        states = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=states.device)
+        for i, r in enumerate(rows):
+            states[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        return states, mask
 
     @torch.no_grad()
     def _encode_frozen(self, texts: list[str]) -> None:

@@ -65,8 +65,8 @@ class TrainConfig(BaseModel):
     # MiniLM step): same expectation, other masks, so a seeded run's numbers change (modeling/dropout.py)
     fast_dropout: bool = False
     # a model whose lower text layers take no gradient (model.frozen_text_layers >= 1, model.trainable_markers:
-    # false): their output is computed once per training record and reused in later epochs (same computation,
-    # float rounding aside: training/frozen_states.py); ignored for other models
+    # false): their output is computed once per training record and per description text and reused (same
+    # computation, float rounding aside: training/frozen_states.py); ignored for other models
     cache_frozen_states: bool = True
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)

@@ -338,6 +338,7 @@ class Trainer:
         wrapped.train()
         states_cache = (FrozenStatesCache(model) if cfg.train.cache_frozen_states and model.frozen_prefix_layers
                         else None)
+        model.cache_frozen_states = cfg.train.cache_frozen_states  # the description texts' prefix states too
         self.states_cache = states_cache
         while state.step < total_steps:
             epoch_feats = self._epoch_features(runtime, train_data, train_feats, state.epoch)
