@@ -79,6 +79,8 @@ LEVERS = {
                                                                       frozen_text_layers=str(n))
        for n in (1, 2)},
     **{_CANON_NAME + _prefix(n): _prefix_lever(_CANON, n) for n in _PREFIX_NS},
+    _CANON_NAME.replace("every 8", "every 16") + _prefix(2): _prefix_lever(dict(_CANON, description_refresh_steps="16"),
+                                                                           2),
 }
 ROC_ONLY = {name for name in LEVERS if "descriptions" in name}
 FP32 = next(iter(LEVERS))
