@@ -628,7 +628,9 @@ def render(res: dict) -> str:
     lines = ["# Speed on 2 CPU cores", "",
              f"Produced by `{res['command']}` at commit `{s['commit']}` on {res['machine']} ({res['date']}"
              + (f"; training rows at commit `{res['training_rows_commit']}`, prediction rows measured "
-                f"{res['prediction_date']}" if res.get("training_rows_commit") else "") + "), "
+                f"{res['prediction_date']}" if res.get("training_rows_commit") else "")
+             + (f"; ROC / classifier step ratio at commit `{res['ratio_commit']}`" if res.get("ratio_commit") else "")
+             + "), "
              f"torch {res['torch']}. Training-step rows: median of timed steps (after 3 warm-up steps) on the same "
              "random MNRE train batches, each row a fresh model; every figure comes from one process, so ratios "
              "compare like with like. Other load on the machine slows every figure.", "",
