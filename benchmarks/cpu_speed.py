@@ -132,14 +132,17 @@ def _step_batches(cfg, train_feats, steps: int) -> list[list[int]]:
     return epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, 0, lengths)[: steps + 3]
 
 
-def _autocast(cfg):
+def _training_precision(cfg) -> str:
+    from rocmre.training.setup import resolve_precision
+
+    return resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
+
+
+def _autocast(precision: str):
     import contextlib
 
     import torch
 
-    from rocmre.training.setup import resolve_precision
-
-    precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
@@ -151,10 +154,11 @@ def frozen_states(cfg, train_feats, model, runtime, steps: int):
     if not (cfg.train.cache_frozen_states and model.frozen_prefix_layers):
         return None
     states = FrozenStatesCache(model)
+    precision = _training_precision(cfg)
     model.train()
     for b in _step_batches(cfg, train_feats, steps):
         items = [train_feats[j] for j in b]
-        with _autocast(cfg):
+        with _autocast(precision):
             states.attach(runtime.collator(items), b, items)
     return states
 
@@ -171,6 +175,7 @@ class StepTimer:
 
         self.cfg, self.feats, self.model, self.runtime = cfg, train_feats, model, runtime
         self.batches = _step_batches(cfg, train_feats, steps)
+        self.precision = _training_precision(cfg)  # resolved once, outside the timed steps
         model.cache_frozen_states = cfg.train.cache_frozen_states  # as the Trainer sets it
         self.states = states if states is not None else frozen_states(cfg, train_feats, model, runtime, steps)
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
@@ -189,7 +194,7 @@ class StepTimer:
         t0 = time.perf_counter()
         items = [self.feats[j] for j in b]
         batch = self.runtime.collator(items)
-        with _autocast(cfg):
+        with _autocast(self.precision):
             if self.states is not None:
                 self.states.attach(batch, b, items)
             out = self.model(batch, descriptions_per_relation=cfg.train.descriptions_per_relation, generator=self.gen,

@@ -190,3 +190,15 @@ def run_upper_layers(text_model: nn.Module, hidden: torch.Tensor, attention_mask
     :func:`run_lower_layers` the same as one forward pass."""
     extra = _layer_inputs(text_model, hidden, attention_mask)
     return _run_layers(text_model.encoder.layer[n_layers:], hidden, extra)
+
+
+def pad_states(rows: Sequence[torch.Tensor], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded per-sequence states (L_i, H) stacked into (B, width, H), zeros after each row, with the attention
+    mask (B, width) of ones over each row; ``width`` defaults to the longest row."""
+    width = max(r.shape[0] for r in rows) if width is None else width
+    states = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=states.device)
+    for i, r in enumerate(rows):
+        states[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+    return states, mask

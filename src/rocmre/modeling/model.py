@@ -30,6 +30,7 @@ from rocmre.modeling.freezing import (
     freeze_word_embeddings,
     frozen_prefix_layers,
     init_marker_rows,
+    pad_states,
     run_lower_layers,
     run_upper_layers,
 )
@@ -243,14 +244,7 @@ class RelationModel(nn.Module):
                                       self.frozen_prefix_layers)
             for t, row, m in zip(missing, states, enc["attention_mask"], strict=True):
                 kept[t] = row[: int(m.sum())].clone()
-        rows = [kept[t] for t in texts]
-        width = max(r.shape[0] for r in rows)
-        states = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=states.device)
-        for i, r in enumerate(rows):
-            states[i, : r.shape[0]] = r
-            mask[i, : r.shape[0]] = 1
-        return states, mask
+        return pad_states([kept[t] for t in texts])
 
     @torch.no_grad()
     def _encode_frozen(self, texts: list[str]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from rocmre.modeling.features import PairFeatures
-from rocmre.modeling.freezing import run_lower_layers
+from rocmre.modeling.freezing import pad_states, run_lower_layers
 from rocmre.modeling.model import RelationModel
 
 
@@ -50,8 +50,5 @@ class FrozenStatesCache:
                 self._states[indices[row]] = (ids[row], hidden[k, :len(ids[row])].clone())
         self.computed += len(missing)
         self.reused += len(ids) - len(missing)
-        states = [self._states[i][1] for i in indices]
-        out = states[0].new_zeros(len(states), batch["input_ids"].shape[1], states[0].shape[-1])
-        for row, state in enumerate(states):
-            out[row, :state.shape[0]] = state
-        batch["text_prefix_states"] = out
+        states, _ = pad_states([self._states[i][1] for i in indices], width=batch["input_ids"].shape[1])
+        batch["text_prefix_states"] = states
