@@ -120,6 +120,12 @@ def profile_steps(cfg, feats, model, runtime, steps: int) -> dict:
     return {"steps": n, "wall_s_per_step": wall / n, "seconds_per_step": out}
 
 
+def _pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -471,8 +477,21 @@ def main() -> None:
         extractor.predict(text, "Rafael Nadal", "Mery Perello")
         return [1000 * _timed(lambda: extractor.predict(text, "Rafael Nadal", "Mery Perello")) for _ in range(n)]
 
-    lat: dict[str, list[float]] = {k: [] for k in ("default", "fp32", "default_10k", "default_1_thread")}
+    # a reference for the machine's state: the bare Hugging Face encoder (bf16 autocast) on the same single input
+    single_ids = torch.tensor([ex.runtime.featurize([ex.to_record(PairInput(text, "Rafael Nadal", "Mery Perello"))],
+                                                    with_labels=False)[0].input_ids])
+
+    def bare_latencies(n: int = 20) -> list[float]:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            text_model(input_ids=single_ids, attention_mask=torch.ones_like(single_ids))
+            return [1000 * _timed(lambda: text_model(input_ids=single_ids,
+                                                     attention_mask=torch.ones_like(single_ids)))
+                    for _ in range(n)]
+
+    lat: dict[str, list[float]] = {k: [] for k in ("default", "fp32", "default_10k", "default_1_thread",
+                                                   "bare_encoder_bf16")}
     for _ in range(args.rounds):  # interleaved too
+        lat["bare_encoder_bf16"] += bare_latencies(20)
         lat["default"] += latencies(ex, 20)
         lat["fp32"] += latencies(ex_fp32, 20)
         lat["default_10k"] += latencies(ex_10k, 20)
@@ -667,6 +686,13 @@ def render(res: dict) -> str:
         (f"for comparison: single `predict` ({pred['precision']}) on 1 thread, p50",
          f"{statistics.median(pred['single_predict_ms']['default_1_thread']):.1f} ms", ""),
     ]
+    single = pred["single_predict_ms"]
+    if "bare_encoder_bf16" in single:  # results from before this row was measured lack it
+        rows += [(f"single `predict` ({pred['precision']}), p10 / p90 (the spread over {len(single['default'])} "
+                  "calls)", f"{_pct(single['default'], 10):.1f} / {_pct(single['default'], 90):.1f} ms", ""),
+                 ("machine reference: the bare Hugging Face text encoder (bf16 autocast) on the same single input, "
+                  "p50 (a slow spell of the machine shows here too)",
+                  f"{statistics.median(single['bare_encoder_bf16']):.1f} ms", "")]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += [
              "", "## Training step by lever (batch 32)", "",

@@ -82,6 +82,11 @@ def test_render_reports_the_summary_and_every_row(bench):
     assert "| 1.20x | >= 0.95x |" in md and "bf16, the canonical config's prediction precision" in md
     assert "| val | 56.80 | 56.60 | 9 of 1614 |" in md
     assert "for comparison: `predict_batch` in fp32 / bare fp32 encoder | 0.80x" in md
+    assert "machine reference" not in md  # older results: no reference row
+    pred["single_predict_ms"] |= {"default": [12.0, 14.0, 13.0, 30.0], "bare_encoder_bf16": [8.0, 9.0]}
+    md = bench.render(res)
+    assert "p10 / p90 (the spread over 4 calls) | 12.0 / 30.0 ms |" in md
+    assert "the same single input, p50 (a slow spell of the machine shows here too) | 8.5 ms |" in md
 
 
 def test_full_runs_fill_the_summary_and_a_pause_is_subtracted_and_said(bench):

@@ -8,6 +8,7 @@ from torch import nn
 
 from rocmre.modeling.config import ModelConfig
 from rocmre.modeling.freezing import run_upper_layers
+from rocmre.modeling.lean_encoder import LeanBertForward, lean_forward_supported
 
 ACTIVATIONS = {"gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -71,6 +72,8 @@ class MultimodalPairEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.text_model = text_model
+        # eval-mode forward without Hugging Face's per-layer overhead (same numbers; modeling/lean_encoder.py)
+        self._lean_text = LeanBertForward(text_model) if lean_forward_supported(text_model) else None
         hidden = int(text_model.config.hidden_size)
         self.hidden = hidden
         self.image_tokens = (ImageTokenizer(vision_dim, num_regions, hidden, config.dropout)
@@ -91,6 +94,9 @@ class MultimodalPairEncoder(nn.Module):
         if "text_prefix_states" in batch:  # the frozen lower layers' output, cached by the trainer
             text = run_upper_layers(self.text_model, batch["text_prefix_states"], batch["attention_mask"],
                                     self.config.frozen_text_layers)
+        elif (self._lean_text is not None and not self.training and not torch.is_grad_enabled()
+              and lean_forward_supported(self.text_model)):
+            text = self._lean_text(batch["input_ids"], batch["attention_mask"])
         else:
             text = self.text_model(input_ids=batch["input_ids"],
                                    attention_mask=batch["attention_mask"]).last_hidden_state
@@ -115,6 +121,11 @@ class MultimodalPairEncoder(nn.Module):
         if object_slot is not None:
             tail = torch.where(batch["object_mask"][:, None], (tail + out[:, 2]) / 2, tail)
         return self.pair(torch.cat([head, tail], dim=-1))
+
+    def train(self, mode: bool = True) -> MultimodalPairEncoder:
+        if mode and self._lean_text is not None:  # weights are about to change
+            self._lean_text.clear()
+        return super().train(mode)
 
     def _fuse(self, seq: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The fusion layers' output at ``positions`` (B, P, H). Every layer but the last runs over all tokens;

@@ -1,0 +1,94 @@
+"""An inference-only forward pass of a BERT text encoder, without Hugging Face's per-layer machinery.
+
+For one short pair (the single ``predict`` call) the encoder's own arithmetic is a few milliseconds and the
+Python around it (keyword plumbing, deprecation wrappers, mask construction, separate query/key/value products)
+a few more. :class:`LeanBertForward` runs the same modules' parameters through the same operations
+(``scaled_dot_product_attention``, the layers' own ``LayerNorm`` and activation), with the query, key and value
+projections as one matrix product, and gives the encoder's ``last_hidden_state`` (equal to the Hugging Face
+forward up to float rounding; tests compare them in fp32 and under bf16 autocast).
+
+It is used only where nothing trains (``eval`` mode, no gradients) and only for encoders it matches exactly
+(:func:`lean_forward_supported`: BERT with absolute positions and SDPA attention); anything else runs the
+Hugging Face forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rocmre.modeling.dropout import FAST_DROPOUT_ATTENTION
+
+#: the encoder attention implementations that equal ``scaled_dot_product_attention`` in eval mode (the fast-dropout
+#: one of :mod:`rocmre.modeling.dropout` differs from ``sdpa`` only while dropping)
+SDPA_EQUIVALENT = ("sdpa", FAST_DROPOUT_ATTENTION)
+
+
+def lean_forward_supported(text_model: nn.Module) -> bool:
+    """Whether :class:`LeanBertForward` computes exactly what ``text_model`` computes now (a plain BERT encoder
+    attending with SDPA; checked on every use, since the attention implementation can be switched)."""
+    cfg = getattr(text_model, "config", None)
+    layers = getattr(getattr(text_model, "encoder", None), "layer", None)
+    return (cfg is not None and getattr(cfg, "model_type", None) == "bert"
+            and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(cfg, "is_decoder", False) and not getattr(cfg, "add_cross_attention", False)
+            and not getattr(cfg, "chunk_size_feed_forward", 0)
+            and getattr(cfg, "_attn_implementation", None) in SDPA_EQUIVALENT
+            and isinstance(layers, nn.ModuleList) and len(layers) > 0)
+
+
+class LeanBertForward:
+    """``last_hidden_state`` of a BERT encoder in eval mode, computed layer by layer with plain torch calls.
+
+    The concatenated query/key/value weights are kept per layer and made again when a projection's weight or bias
+    is another tensor (bf16 copies swapped in, a reloaded model) or was changed in place (its version counter), and
+    after :meth:`clear` (the owner calls it whenever the model enters training mode: fused optimizers change
+    weights without moving their version counters).
+    """
+
+    def __init__(self, text_model: nn.Module) -> None:
+        if not lean_forward_supported(text_model):
+            raise ValueError(f"the lean forward pass implements plain BERT encoders with SDPA attention; "
+                             f"{type(text_model).__name__} is not one")
+        self.text_model = text_model
+        self._qkv: dict[int, tuple[tuple, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
+
+    def clear(self) -> None:
+        """Forget the concatenated projection weights (weights are about to change)."""
+        self._qkv = {}
+
+    def _projection(self, index: int, attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [attention.query, attention.key, attention.value]
+        tensors = [t for p in parts for t in (p.weight, p.bias)]
+        # (inference tensors, as bf16 copies made under inference mode, keep no version: they are replaced, not edited)
+        key = tuple((id(t), 0 if t.is_inference() else t._version) for t in tensors)
+        kept = self._qkv.get(index)
+        if kept is None or kept[0] != key:
+            weight = torch.cat([p.weight.detach() for p in parts])
+            bias = torch.cat([p.bias.detach() for p in parts])
+            kept = (key, weight, bias, tensors)  # the tensors themselves: their ids stay theirs while kept
+            self._qkv[index] = kept
+        return kept[1], kept[2]
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) final hidden states; ``attention_mask`` (B, L) is 1 at real tokens."""
+        model = self.text_model
+        hidden = model.embeddings(input_ids=input_ids)
+        bsz, length, size = hidden.shape
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L): every query sees the real tokens
+        for i, layer in enumerate(model.encoder.layer):
+            attention = layer.attention.self
+            heads = attention.num_attention_heads
+            weight, bias = self._projection(i, attention)
+            qkv = F.linear(hidden, weight, bias)
+            qkv = qkv.view(bsz, length, 3, heads, size // heads).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep,
+                                                     scale=attention.scaling)
+            context = context.transpose(1, 2).reshape(bsz, length, size)
+            out = layer.attention.output
+            hidden = out.LayerNorm(out.dense(context) + hidden)
+            inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+            out = layer.output
+            hidden = out.LayerNorm(out.dense(inner) + hidden)
+        return hidden
