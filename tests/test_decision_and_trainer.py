@@ -29,6 +29,20 @@ def test_decision_rule_orders_steps_and_top_k():
     assert len(d.top_k(1, 0)) == 1  # at least one candidate
 
 
+def test_top_k_over_thousands_of_relations_matches_a_stable_sort_with_ties():
+    from rocmre.modeling.decision import DecisionRule
+
+    labels = ["None"] + [f"r{i}" for i in range(2999)]
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 40, size=(3, 3000)).astype(np.float32) / 40  # many exact ties
+    scores[2, 5] = np.nan  # NaN scores fall back to a full sort
+    d = DecisionRule(labels, "None").decide(scores)
+    for i in range(3):
+        for k in (1, 3, 7):
+            want = np.argsort(-d.scores[i], kind="stable")[:k]
+            assert [c.index for c in d.top_k(i, k)] == want.tolist()
+
+
 def test_second_stage_scorer_reranks_only_the_top_k():
     from rocmre.modeling.decision import DecisionRule
 

@@ -62,6 +62,20 @@ def test_examples_round_trip_and_old_files_load(tmp_path: Path) -> None:
     assert RelationDescriptions.from_dict(old).relations[NEW].examples == []
 
 
+def test_labels_with_examples_follow_every_edit() -> None:
+    store = RelationDescriptions(name="t", negative_label="None")
+    store.add("None", ["No relation."])
+    assert store.labels_with_examples() == []
+    store.add(NEW, [DESCRIPTION], examples=[EXAMPLE])
+    assert store.labels_with_examples() == [NEW]
+    store.add("/other", ["Another relation."])
+    store.add("/other", [], examples=[EXAMPLE])  # examples added to an existing relation
+    assert store.labels_with_examples() == [NEW, "/other"]
+    store.remove(NEW)
+    assert store.labels_with_examples() == ["/other"]
+    assert store.subset(["None"]).labels_with_examples() == []
+
+
 # -- add_relations ---------------------------------------------------------------------------------
 def test_bad_examples_and_templates_are_refused(extractor: RelationExtractor) -> None:
     before = list(extractor.relations)

@@ -109,6 +109,10 @@ class RelationDescriptions:
         self.relations: dict[str, RelationEntry] = dict(relations or {})
         self.name = name
         self.negative_label = negative_label
+        #: bumped by :meth:`add` and :meth:`remove` (edit a set through them: what is derived from it is kept
+        #: per revision, see :meth:`labels_with_examples`)
+        self.revision = 0
+        self._with_examples: tuple[tuple[int, int], list[str]] | None = None
 
     # -- access -------------------------------------------------------------------------------
     @property
@@ -123,6 +127,14 @@ class RelationDescriptions:
 
     def texts(self, label: str) -> list[str]:
         return self.relations[label].texts
+
+    def labels_with_examples(self) -> list[str]:
+        """The relations that have labelled examples, in order (kept per :attr:`revision`: a scan of ten thousand
+        relations on every prediction batch costs more than the batch's retrieval)."""
+        key = (self.revision, len(self.relations))
+        if self._with_examples is None or self._with_examples[0] != key:
+            self._with_examples = (key, [label for label, entry in self.relations.items() if entry.examples])
+        return list(self._with_examples[1])
 
     def subset(self, labels: Iterable[str]) -> RelationDescriptions:
         """A copy holding only ``labels`` (in that order); unknown labels raise KeyError."""
@@ -149,6 +161,7 @@ class RelationDescriptions:
         for t in (*head_types, *tail_types):
             if t not in ENTITY_TYPES:
                 raise ValueError(f"unknown entity type {t!r}; expected one of {ENTITY_TYPES}")
+        self.revision += 1
         if label in self.relations:
             self.relations[label].descriptions.extend(descs)
             self.relations[label].examples.extend(examples)
@@ -158,6 +171,7 @@ class RelationDescriptions:
     def remove(self, label: str) -> None:
         if label not in self.relations:
             raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
+        self.revision += 1
         del self.relations[label]
 
     # -- (de)serialisation --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from rocmre.data.entity_types import ENTITY_TYPES
 
@@ -77,11 +78,15 @@ class Decisions:
         """The ``k`` best relations of record ``i``, best first (ties broken by relation order)."""
         row = self.scores[i]
         k = max(1, min(k, len(row)))
-        if k < len(row):  # thousands of relations: partition first, then sort only the k best
-            part = np.argpartition(-row, k - 1)[:k]
-            order = part[np.lexsort((part, -row[part]))]
-        else:
-            order = np.argsort(-row, kind="stable")
+        part = None
+        if len(row) > 256 and k < len(row):  # thousands of relations: the k-th best score (torch.topk), then sort the
+            # relations scoring at least that much (all of them: ties keep relation order exactly)
+            kth = torch.from_numpy(np.ascontiguousarray(row)).topk(k).values.min().item()
+            part = np.flatnonzero(row >= kth)
+        if part is not None and len(part) >= k:
+            order = part[np.lexsort((part, -row[part]))][:k]
+        else:  # few relations (or NaN scores): sort them all
+            order = np.argsort(-row, kind="stable")[:k]
         return [RankedRelation(int(j), self.labels[j], float(row[j]),
                                None if self.best_description is None else int(self.best_description[i, j]))
                 for j in order]

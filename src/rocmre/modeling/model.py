@@ -476,7 +476,7 @@ class RelationModel(nn.Module):
         if self.config.model_type != "roc":
             return None
         entries = self.descriptions.relations
-        with_examples = [label for label, entry in entries.items() if entry.examples]
+        with_examples = self.descriptions.labels_with_examples()
         if not with_examples:  # (the common case: one pass, no list of every label)
             return None
         labels = self.relation_labels
