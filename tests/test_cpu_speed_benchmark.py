@@ -83,6 +83,13 @@ def test_render_reports_the_summary_and_every_row(bench):
     assert "| val | 56.80 | 56.60 | 9 of 1614 |" in md
     assert "for comparison: `predict_batch` in fp32 / bare fp32 encoder | 0.80x" in md
     assert "machine reference" not in md  # older results: no reference row
+    assert "(ratio of the rounds' median throughputs) |" in md  # results from before the paired batches
+    assert bench.retrieval_overhead(pred) == pytest.approx(120 / 115 - 1)
+    pred["retrieval_10k_paired_batches"] = {"relations_23_s": [1.0, 1.0, 2.0], "relations_10k_s": [1.02, 1.5, 2.06]}
+    assert bench.retrieval_overhead(pred) == pytest.approx(0.03)  # the median of 1.02, 1.5, 1.03
+    md = bench.render(res)
+    assert "median over 3 batches of 32 of the time ratio" in md
+    assert "4.0 s against 23 relations and 4.6 s against 10k in all (ratio of the sums +14.5 %)" in md
     pred["single_predict_ms"] |= {"default": [12.0, 14.0, 13.0, 30.0], "bare_encoder_bf16": [8.0, 9.0]}
     md = bench.render(res)
     assert "p10 / p90 (the spread over 4 calls) | 12.0 / 30.0 ms |" in md
