@@ -337,6 +337,110 @@ def precision_f1(model_dir: str) -> dict:
     return out
 
 
+def quantized_int8(model):
+    """A copy of ``model`` whose text encoder (most of the matrix products) has its ``nn.Linear`` layers int8
+    dynamically quantised (prediction in fp32 only; the fusion layers' fast path reads their weights directly)."""
+    import torch
+
+    out = copy.deepcopy(model).eval()
+    torch.ao.quantization.quantize_dynamic(out.encoder.text_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return out
+
+
+def compile_for_training(model) -> int:
+    """``torch.compile`` (dynamic shapes) on the modules a canonical training step runs with gradients: the text
+    layers above the frozen prefix and the fusion encoder. Returns how many modules."""
+    layers = list(model.encoder.text_model.encoder.layer[model.frozen_prefix_layers:])
+    if model.encoder.fusion is not None:
+        layers.append(model.encoder.fusion)
+    for module in layers:
+        module.compile(dynamic=True)
+    return len(layers)
+
+
+def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_dir: str | None) -> dict:
+    """The levers that did not pay, measured so that the results say so: ``torch.compile`` of a training step and of
+    prediction, and int8 dynamic quantisation of prediction (speed, and micro-F1 on a trained model)."""
+    import numpy as np
+    import torch
+
+    from rocmre.evaluation.metrics import micro_prf
+    from rocmre.inference.extractor import PairInput, RelationExtractor
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.config import RunConfig
+    from rocmre.training.setup import build_model, load_run_data, make_runtime, resolve_precision
+
+    cfg = RunConfig.from_yaml(roc_config)
+    out: dict = {}
+    # -- training: eager and compiled canonical ROC steps, alternately on the same batches ------------------------
+    sample = np.random.default_rng(2).choice(len(train), size=32 * (steps + 3), replace=False)
+    timers, compiled_modules = {}, 0
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = build_model(cfg, train.labels.labels)
+        runtime = make_runtime(model, cfg)
+        feats = runtime.featurize([train.records[i] for i in sorted(sample)])
+        if name == "compiled":
+            compiled_modules = compile_for_training(model)
+        timers[name] = StepTimer(cfg, feats, model, runtime, steps)
+    all_steps: dict[str, list[float]] = {name: [] for name in timers}
+    for i in range(steps + 3):
+        for name, timer in timers.items():
+            all_steps[name].append(timer.step(i))
+    out["training"] = {"steps": steps, "compiled_modules": compiled_modules,
+                       "warm_up_s": {k: sum(v[:3]) for k, v in all_steps.items()},
+                       "step_s": {k: v[3:] for k, v in all_steps.items()}}
+    print("compile, training:", {k: round(statistics.median(v[3:]), 3) for k, v in all_steps.items()}, flush=True)
+    del timers
+    # -- prediction: eager (the default path), compiled, int8 ------------------------------------------------------
+    precision = resolve_precision(cfg.train.inference_precision)
+    torch.manual_seed(0)
+    model = build_model(cfg, train.labels.labels)
+    extractors = {"default": RelationExtractor(model, precision=precision)}
+    compiled = copy.deepcopy(model)
+    compiled.encoder.compile(dynamic=True)
+    extractors["compiled"] = RelationExtractor(compiled, precision=precision)
+    extractors["int8"] = RelationExtractor(quantized_int8(model), precision="fp32")
+    records = [r for r in test.records if not r.has_image][:256]
+    pairs = [PairInput(r.tokens, r.head.span, r.tail.span) for r in records]
+    text = "Rafael Nadal gets engaged to girlfriend of 14 years , Mery Perello"
+    head, tail = "Rafael Nadal", "Mery Perello"
+    warm = {}
+    for name, ex in extractors.items():  # compilation happens here (first shapes)
+        warm[name] = _timed(lambda e=ex: (list(e.predict_batch(pairs[:64], batch_size=32)),
+                                          e.predict(text, head, tail)))
+    single: dict[str, list[float]] = {k: [] for k in extractors}
+    batch: dict[str, list[float]] = {k: [] for k in extractors}
+    for _ in range(rounds):
+        for name, ex in extractors.items():
+            single[name] += [1000 * _timed(lambda e=ex: e.predict(text, head, tail)) for _ in range(20)]
+            batch[name].append(len(pairs) / _timed(lambda e=ex: list(e.predict_batch(pairs, batch_size=32))))
+    out["prediction"] = {"precision": precision, "pairs": len(pairs), "rounds": rounds, "warm_up_s": warm,
+                         "single_predict_ms": single, "pairs_per_s": batch}
+    print("prediction p50 ms:", {k: round(statistics.median(v), 1) for k, v in single.items()}, flush=True)
+    # -- int8 on a trained model: micro-F1 against the default precision ----------------------------------------
+    if model_dir:
+        run_cfg = RunConfig.from_yaml(Path(model_dir) / "run_config.yaml")
+        trained = RelationModel.from_pretrained(model_dir)
+        default_ex = RelationExtractor(trained, precision=resolve_precision(run_cfg.train.inference_precision))
+        int8_ex = RelationExtractor(quantized_int8(trained), precision="fp32")
+        f1: dict = {"model": model_dir, "default_precision": default_ex.runtime.precision}
+        for split in ("val", "test"):
+            data = load_run_data(run_cfg, split)
+            gold = [r.relation for r in data.records]
+            preds = {}
+            for name, ex in (("default", default_ex), ("int8", int8_ex)):
+                t0 = time.perf_counter()
+                preds[name] = ex.runtime.decide_records(data.records, batch_size=64).predictions
+                f1[f"{split}_{name}_seconds"] = time.perf_counter() - t0
+                f1[f"{split}_{name}_micro_f1"] = 100 * micro_prf(gold, preds[name], run_cfg.data.negative_label)[2]
+            f1[f"{split}_records"] = len(gold)
+            f1[f"{split}_changed_predictions"] = sum(a != b for a, b in zip(preds["default"], preds["int8"],
+                                                                            strict=True))
+        out["int8_f1"] = f1
+    return out
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -370,6 +474,9 @@ def main() -> None:
                         help="only the interleaved ROC / classifier step ratio; the other figures are kept")
     parser.add_argument("--prediction-only", action="store_true",
                         help="measure prediction only and replace those figures in the existing cpu_speed.json")
+    parser.add_argument("--extra-levers-only", action="store_true",
+                        help="measure torch.compile (training step, prediction) and int8 prediction into the existing "
+                             "results (int8 micro-F1 on --precision-model)")
     parser.add_argument("--precision-model", default=None,
                         help="a trained model folder: its val/test micro-F1 predicted in fp32 and in bf16")
     parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
@@ -422,6 +529,17 @@ def main() -> None:
     val = load_run_data(roc_cfg, "val")
     test = load_run_data(roc_cfg, "test")
     res: dict = {"raw": {}}
+    if args.extra_levers_only:  # the existing results keep every other figure
+        path = Path(args.results) / "cpu_speed.json"
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        kept["raw"]["extra_levers"] = extra_levers(args.roc_config, train, test, args.steps, args.rounds,
+                                                   args.precision_model)
+        kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
+        kept["extra_levers_commit"] = git_commit()
+        path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
+        (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
+        print(render(kept))
+        return
     if args.ratio_only:  # the existing results keep every other figure
         path = Path(args.results) / "cpu_speed.json"
         kept = json.loads(path.read_text(encoding="utf-8"))
@@ -762,7 +880,43 @@ def render(res: dict) -> str:
             lines.append(f"| {split} | {f1[f'{split}_fp32_micro_f1']:.2f} | {f1[f'{split}_bf16_micro_f1']:.2f} | "
                          f"{f1[f'{split}_changed_predictions']} of {f1[f'{split}_records']} | "
                          f"{f1[f'{split}_fp32_seconds']:.1f} | {f1[f'{split}_bf16_seconds']:.1f} |")
+    extra = res["raw"].get("extra_levers")
+    if extra:
+        lines += render_extra_levers(extra, res.get("extra_levers_commit"))
     return "\n".join(lines)
+
+
+def render_extra_levers(extra: dict, commit: str | None) -> list[str]:
+    """The Markdown section of :func:`extra_levers`."""
+    tr, pr = extra["training"], extra["prediction"]
+    med = {k: statistics.median(v) for k, v in tr["step_s"].items()}
+    lines = ["", "## Levers measured and not kept: torch.compile, int8 prediction"
+             + (f" (commit `{commit}`)" if commit else ""), "",
+             f"Training: the canonical ROC step eager and with `torch.compile(dynamic=True)` on the "
+             f"{tr['compiled_modules']} modules that train (text layers above the frozen prefix, fusion), stepping "
+             f"alternately on the same {tr['steps']} batches after 3 warm-up steps.", "",
+             "| training step | s / step (median) | s / step (mean) | first 3 steps (compilation) |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {med[k]:.3f} | {statistics.mean(v):.3f} | {tr['warm_up_s'][k]:.1f} s |"
+              for k, v in tr["step_s"].items()]
+    lines += ["", f"Prediction ({pr['pairs']} test pairs, batch 32, and single calls; {pr['rounds']} interleaved "
+              f"rounds): the default path ({pr['precision']}), its pair encoder under `torch.compile(dynamic=True)`, "
+              "and int8 dynamic quantisation of the text encoder's `nn.Linear` layers (fp32 activations).", "",
+              "| prediction | single `predict` p50 | `predict_batch` pairs/s (median) | first calls (compilation) |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {statistics.median(pr['single_predict_ms'][k]):.1f} ms | "
+              f"{statistics.median(pr['pairs_per_s'][k]):.1f} | {pr['warm_up_s'][k]:.1f} s |"
+              for k in pr["single_predict_ms"]]
+    f1 = extra.get("int8_f1")
+    if f1:
+        lines += ["", f"int8 on a trained model (`{f1['model']}`) against its default precision "
+                  f"({f1['default_precision']}):", "",
+                  "| split | default micro-F1 | int8 micro-F1 | predictions changed | default s | int8 s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {sp} | {f1[f'{sp}_default_micro_f1']:.2f} | {f1[f'{sp}_int8_micro_f1']:.2f} | "
+                  f"{f1[f'{sp}_changed_predictions']} of {f1[f'{sp}_records']} | {f1[f'{sp}_default_seconds']:.1f} | "
+                  f"{f1[f'{sp}_int8_seconds']:.1f} |" for sp in ("val", "test")]
+    return lines
 
 
 if __name__ == "__main__":

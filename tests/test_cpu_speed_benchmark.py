@@ -125,3 +125,34 @@ def test_interleaved_steps_alternate_models_and_drop_the_warm_up(bench):
     times = bench.interleaved_steps({"roc": FakeTimer("roc"), "classifier": FakeTimer("classifier")}, 4)
     assert calls[:4] == [("roc", 0), ("classifier", 0), ("roc", 1), ("classifier", 1)] and len(calls) == 14
     assert times == {"roc": [3.0, 4.0, 5.0, 6.0], "classifier": [3.0, 4.0, 5.0, 6.0]}
+
+
+def test_extra_levers_render_and_int8_prediction_runs(bench, tiny_roc_dir, cache_dir):
+    """The int8 row predicts with a quantised copy (the original model untouched, no lean forward on int8 modules);
+    the compile helper compiles the trainable modules; the section renders every row."""
+    import torch
+
+    from rocmre.inference.extractor import RelationExtractor
+    from rocmre.modeling.model import RelationModel
+
+    model = RelationModel.from_pretrained(tiny_roc_dir)
+    int8 = bench.quantized_int8(model)
+    assert type(model.encoder.text_model.encoder.layer[0].attention.self.query) is torch.nn.Linear
+    got = RelationExtractor(int8, cache_dir=cache_dir).predict("Messi joined Inter Miami .", "Messi", "Inter Miami")
+    assert got.relation in model.relation_labels
+    assert bench.compile_for_training(model) == len(model.encoder.text_model.encoder.layer) + 1  # nothing frozen
+    extra = {"training": {"steps": 2, "compiled_modules": 5, "warm_up_s": {"eager": 1.5, "compiled": 40.0},
+                          "step_s": {"eager": [0.5, 0.7], "compiled": [0.55, 0.65]}},
+             "prediction": {"precision": "bf16", "pairs": 8, "rounds": 1,
+                            "warm_up_s": {"default": 0.1, "compiled": 30.0, "int8": 0.2},
+                            "single_predict_ms": {"default": [12.0], "compiled": [11.0], "int8": [20.0]},
+                            "pairs_per_s": {"default": [150.0], "compiled": [155.0], "int8": [90.0]}},
+             "int8_f1": {"model": "m", "default_precision": "bf16", "val_default_micro_f1": 57.9,
+                         "val_int8_micro_f1": 55.1, "val_changed_predictions": 40, "val_records": 1624,
+                         "val_default_seconds": 10.0, "val_int8_seconds": 15.0, "test_default_micro_f1": 60.5,
+                         "test_int8_micro_f1": 58.0, "test_changed_predictions": 41, "test_records": 1614,
+                         "test_default_seconds": 9.0, "test_int8_seconds": 14.0}}
+    md = "\n".join(bench.render_extra_levers(extra, "abc"))
+    assert "| compiled | 0.600 | 0.600 | 40.0 s |" in md and "| eager | 0.600 | 0.600 | 1.5 s |" in md
+    assert "| int8 | 20.0 ms | 90.0 | 0.2 s |" in md
+    assert "| val | 57.90 | 55.10 | 40 of 1624 | 10.0 | 15.0 |" in md

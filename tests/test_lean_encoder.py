@@ -63,6 +63,8 @@ def test_lean_forward_applies_only_to_plain_sdpa_bert():
     assert lean_forward_supported(_tiny_bert())
     assert not lean_forward_supported(_tiny_bert("eager"))  # softmax(QK^T) by hand: other rounding
     assert not lean_forward_supported(_tiny_bert(position_embedding_type="relative_key"))
+    quantised = torch.ao.quantization.quantize_dynamic(_tiny_bert(), {torch.nn.Linear}, dtype=torch.qint8)
+    assert not lean_forward_supported(quantised)  # int8 modules: the Hugging Face forward
     mpnet = MPNetModel(MPNetConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=32))
     assert not lean_forward_supported(mpnet)

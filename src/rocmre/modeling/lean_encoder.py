@@ -35,7 +35,10 @@ def lean_forward_supported(text_model: nn.Module) -> bool:
             and not getattr(cfg, "is_decoder", False) and not getattr(cfg, "add_cross_attention", False)
             and not getattr(cfg, "chunk_size_feed_forward", 0)
             and getattr(cfg, "_attn_implementation", None) in SDPA_EQUIVALENT
-            and isinstance(layers, nn.ModuleList) and len(layers) > 0)
+            and isinstance(layers, nn.ModuleList) and len(layers) > 0
+            # plain query/key/value projections (a quantised model's modules hold no weight tensor to concatenate)
+            and all(type(getattr(layer.attention.self, name, None)) is nn.Linear
+                    for layer in layers for name in ("query", "key", "value")))
 
 
 class LeanBertForward:
