@@ -465,6 +465,22 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
     return out
 
 
+def update_results(results: str, commit_key: str, change) -> dict:
+    """Apply ``change`` to the existing ``cpu_speed.json`` under ``results`` (every other figure kept), add this
+    command to its command line and the current commit under ``commit_key``, and write the JSON and Markdown again."""
+    from suite import git_commit
+
+    path = Path(results) / "cpu_speed.json"
+    kept = json.loads(path.read_text(encoding="utf-8"))
+    change(kept)
+    kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
+    kept[commit_key] = git_commit()
+    path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
+    (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
+    print(render(kept))
+    return kept
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -554,26 +570,17 @@ def main() -> None:
     test = load_run_data(roc_cfg, "test")
     res: dict = {"raw": {}}
     if args.extra_levers_only:  # the existing results keep every other figure
-        path = Path(args.results) / "cpu_speed.json"
-        kept = json.loads(path.read_text(encoding="utf-8"))
-        kept["raw"]["extra_levers"] = extra_levers(args.roc_config, train, test, args.steps, args.rounds,
-                                                   args.precision_model)
-        kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
-        kept["extra_levers_commit"] = git_commit()
-        path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
-        (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
-        print(render(kept))
+        levers = extra_levers(args.roc_config, train, test, args.steps, args.rounds, args.precision_model)
+        update_results(args.results, "extra_levers_commit", lambda kept: kept["raw"].update(extra_levers=levers))
         return
     if args.ratio_only:  # the existing results keep every other figure
-        path = Path(args.results) / "cpu_speed.json"
-        kept = json.loads(path.read_text(encoding="utf-8"))
-        kept["raw"]["canonical_step_ratio"] = canonical_step_ratio(args.roc_config, args.cls_config, train, args.steps)
-        kept["summary"]["roc_over_cls_step"] = kept["raw"]["canonical_step_ratio"]["ratio_of_means"]
-        kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
-        kept["ratio_commit"] = git_commit()
-        path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
-        (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
-        print(render(kept))
+        ratio = canonical_step_ratio(args.roc_config, args.cls_config, train, args.steps)
+
+        def with_ratio(kept: dict) -> None:
+            kept["raw"]["canonical_step_ratio"] = ratio
+            kept["summary"]["roc_over_cls_step"] = ratio["ratio_of_means"]
+
+        update_results(args.results, "ratio_commit", with_ratio)
         return
 
     # -- prediction (first, so that the peak memory read afterwards is prediction's) --------------
@@ -673,21 +680,18 @@ def main() -> None:
     if args.precision_model:
         res["raw"]["prediction_precision_f1"] = precision_f1(args.precision_model)
     if args.prediction_only:  # the existing results keep their training rows; the prediction figures are replaced
-        path = Path(args.results) / "cpu_speed.json"
-        kept = json.loads(path.read_text(encoding="utf-8"))
-        kept["raw"].update(res["raw"])
-        pred = kept["raw"]["prediction"]
-        kept.setdefault("training_rows_commit", kept["summary"]["commit"])
-        kept["summary"].update({
-            "predict_over_bare_encoder": _median(pred, "default") / _median(pred, "bare"),
-            "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]["default"]),
-            "retrieval_10k_overhead": retrieval_overhead(pred),
-            "predict_peak_rss_mb": predict_peak, "commit": git_commit()})
-        kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
-        kept["prediction_date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
-        (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
-        print(render(kept))
+        def with_prediction(kept: dict) -> None:
+            kept["raw"].update(res["raw"])
+            pred = kept["raw"]["prediction"]
+            kept.setdefault("training_rows_commit", kept["summary"]["commit"])
+            kept["summary"].update({
+                "predict_over_bare_encoder": _median(pred, "default") / _median(pred, "bare"),
+                "single_predict_ms_p50": statistics.median(pred["single_predict_ms"]["default"]),
+                "retrieval_10k_overhead": retrieval_overhead(pred),
+                "predict_peak_rss_mb": predict_peak, "commit": git_commit()})
+            kept["prediction_date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+        update_results(args.results, "prediction_commit", with_prediction)
         return
 
     # -- training steps, lever by lever -----------------------------------------------------------

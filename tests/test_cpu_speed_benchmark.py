@@ -156,3 +156,21 @@ def test_extra_levers_render_and_int8_prediction_runs(bench, tiny_roc_dir, cache
     assert "| compiled | 0.600 | 0.600 | 40.0 s |" in md and "| eager | 0.600 | 0.600 | 1.5 s |" in md
     assert "| int8 | 20.0 ms | 90.0 | 0.2 s |" in md
     assert "| val | 57.90 | 55.10 | 40 of 1624 | 10.0 | 15.0 |" in md
+
+
+def test_update_results_keeps_every_other_figure(bench, tmp_path, monkeypatch):
+    """The partial modes (--ratio-only, --prediction-only, --extra-levers-only) rewrite the committed results in
+    place: the change applied, the command and commit noted, the Markdown rendered again."""
+    import json
+    import shutil
+
+    shutil.copy(REPO / "benchmarks" / "results" / "cpu_speed.json", tmp_path / "cpu_speed.json")
+    before = json.loads((tmp_path / "cpu_speed.json").read_text(encoding="utf-8"))
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--ratio-only", "--steps", "2"])
+    kept = bench.update_results(str(tmp_path), "ratio_commit",
+                                lambda k: k["summary"].update(roc_over_cls_step=1.05))
+    after = json.loads((tmp_path / "cpu_speed.json").read_text(encoding="utf-8"))
+    assert after == kept and after["summary"]["roc_over_cls_step"] == 1.05
+    assert after["command"] == before["command"] + " && python benchmarks/cpu_speed.py --ratio-only --steps 2"
+    assert after["ratio_commit"] and after["raw"] == before["raw"]
+    assert "| 1.05x | <= 1.10x |" in (tmp_path / "cpu_speed.md").read_text(encoding="utf-8")
