@@ -315,25 +315,33 @@ def _median(pred: dict, key: str) -> float:
 
 def precision_f1(model_dir: str) -> dict:
     """Val and test micro-F1 of a trained model predicted in fp32 and in bf16, and how many predictions differ."""
-    from rocmre.evaluation.metrics import micro_prf
     from rocmre.inference.extractor import RelationExtractor
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import load_run_data
 
     cfg = RunConfig.from_yaml(Path(model_dir) / "run_config.yaml")
-    out: dict = {"model": model_dir}
+    extractors = {prec: RelationExtractor.from_pretrained(model_dir, precision=prec) for prec in ("fp32", "bf16")}
+    return {"model": model_dir, **split_f1(cfg, extractors)}
+
+
+def split_f1(cfg, extractors: dict) -> dict:
+    """``{split}_{name}_micro_f1`` and ``_seconds`` of each of two extractors on val and test, ``{split}_records``,
+    and ``{split}_changed_predictions`` (how many predictions of the second differ from the first's)."""
+    from rocmre.evaluation.metrics import micro_prf
+    from rocmre.training.setup import load_run_data
+
+    out: dict = {}
+    first, second = extractors
     for split in ("val", "test"):
         data = load_run_data(cfg, split)
         gold = [r.relation for r in data.records]
         preds = {}
-        for prec in ("fp32", "bf16"):
-            ex = RelationExtractor.from_pretrained(model_dir, precision=prec)
+        for name, ex in extractors.items():
             t0 = time.perf_counter()
-            preds[prec] = ex.runtime.decide_records(data.records, batch_size=64).predictions
-            out[f"{split}_{prec}_seconds"] = time.perf_counter() - t0
-            out[f"{split}_{prec}_micro_f1"] = 100 * micro_prf(gold, preds[prec], cfg.data.negative_label)[2]
+            preds[name] = ex.runtime.decide_records(data.records, batch_size=64).predictions
+            out[f"{split}_{name}_seconds"] = time.perf_counter() - t0
+            out[f"{split}_{name}_micro_f1"] = 100 * micro_prf(gold, preds[name], cfg.data.negative_label)[2]
         out[f"{split}_records"] = len(gold)
-        out[f"{split}_changed_predictions"] = sum(a != b for a, b in zip(preds["fp32"], preds["bf16"], strict=True))
+        out[f"{split}_changed_predictions"] = sum(a != b for a, b in zip(preds[first], preds[second], strict=True))
     return out
 
 
@@ -388,11 +396,10 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
     import numpy as np
     import torch
 
-    from rocmre.evaluation.metrics import micro_prf
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.model import RelationModel
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import build_model, load_run_data, make_runtime, resolve_precision
+    from rocmre.training.setup import build_model, make_runtime, resolve_precision
 
     cfg = RunConfig.from_yaml(roc_config)
     out: dict = {}
@@ -448,20 +455,8 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
         trained = RelationModel.from_pretrained(model_dir)
         default_ex = RelationExtractor(trained, precision=resolve_precision(run_cfg.train.inference_precision))
         int8_ex = RelationExtractor(quantized_int8(trained), precision="fp32")
-        f1: dict = {"model": model_dir, "default_precision": default_ex.runtime.precision}
-        for split in ("val", "test"):
-            data = load_run_data(run_cfg, split)
-            gold = [r.relation for r in data.records]
-            preds = {}
-            for name, ex in (("default", default_ex), ("int8", int8_ex)):
-                t0 = time.perf_counter()
-                preds[name] = ex.runtime.decide_records(data.records, batch_size=64).predictions
-                f1[f"{split}_{name}_seconds"] = time.perf_counter() - t0
-                f1[f"{split}_{name}_micro_f1"] = 100 * micro_prf(gold, preds[name], run_cfg.data.negative_label)[2]
-            f1[f"{split}_records"] = len(gold)
-            f1[f"{split}_changed_predictions"] = sum(a != b for a, b in zip(preds["default"], preds["int8"],
-                                                                            strict=True))
-        out["int8_f1"] = f1
+        out["int8_f1"] = {"model": model_dir, "default_precision": default_ex.runtime.precision,
+                          **split_f1(run_cfg, {"default": default_ex, "int8": int8_ex})}
     return out
 
 

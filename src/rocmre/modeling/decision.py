@@ -78,14 +78,14 @@ class Decisions:
         """The ``k`` best relations of record ``i``, best first (ties broken by relation order)."""
         row = self.scores[i]
         k = max(1, min(k, len(row)))
-        part = None
+        order = None
         if len(row) > 256 and k < len(row):  # thousands of relations: the k-th best score (torch.topk), then sort the
             # relations scoring at least that much (all of them: ties keep relation order exactly)
             kth = torch.from_numpy(np.ascontiguousarray(row)).topk(k).values.min().item()
             part = np.flatnonzero(row >= kth)
-        if part is not None and len(part) >= k:
-            order = part[np.lexsort((part, -row[part]))][:k]
-        else:  # few relations (or NaN scores): sort them all
+            if len(part) >= k:  # (fewer only with NaN scores)
+                order = part[np.lexsort((part, -row[part]))][:k]
+        if order is None:  # few relations (or NaN scores): sort them all
             order = np.argsort(-row, kind="stable")[:k]
         return [RankedRelation(int(j), self.labels[j], float(row[j]),
                                None if self.best_description is None else int(self.best_description[i, j]))
