@@ -9,6 +9,7 @@ from torch import nn
 from rocmre.modeling.config import ModelConfig
 from rocmre.modeling.freezing import run_upper_layers
 from rocmre.modeling.lean_encoder import LeanBertForward, lean_forward_supported
+from rocmre.modeling.packed_linear import PackedLinears
 
 ACTIVATIONS = {"gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -74,6 +75,7 @@ class MultimodalPairEncoder(nn.Module):
         self.text_model = text_model
         # eval-mode forward without Hugging Face's per-layer overhead (same numbers; modeling/lean_encoder.py)
         self._lean_text = LeanBertForward(text_model) if lean_forward_supported(text_model) else None
+        self._packed_fusion = PackedLinears()  # the last fusion layer's bf16 inference products
         hidden = int(text_model.config.hidden_size)
         self.hidden = hidden
         self.image_tokens = (ImageTokenizer(vision_dim, num_regions, hidden, config.dropout)
@@ -123,8 +125,10 @@ class MultimodalPairEncoder(nn.Module):
         return self.pair(torch.cat([head, tail], dim=-1))
 
     def train(self, mode: bool = True) -> MultimodalPairEncoder:
-        if mode and self._lean_text is not None:  # weights are about to change
-            self._lean_text.clear()
+        if mode:  # weights are about to change
+            self._packed_fusion.clear()
+            if self._lean_text is not None:
+                self._lean_text.clear()
         return super().train(mode)
 
     def _fuse(self, seq: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -134,13 +138,14 @@ class MultimodalPairEncoder(nn.Module):
         *lower, last = self.fusion.layers
         for layer in lower:
             seq = layer(seq, src_key_padding_mask=~mask)
-        return layer_at_positions(last, seq, mask, positions)
+        return layer_at_positions(last, seq, mask, positions, packed=self._packed_fusion)
 
 
 def layer_at_positions(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, mask: torch.Tensor,
-                       positions: torch.Tensor) -> torch.Tensor:
+                       positions: torch.Tensor, packed: PackedLinears | None = None) -> torch.Tensor:
     """A pre-norm ``nn.TransformerEncoderLayer`` evaluated only at ``positions`` (B, P) of ``seq`` (B, L, H);
-    ``mask`` (B, L) is True at real tokens. Uses the layer's own parameters and dropout modules."""
+    ``mask`` (B, L) is True at real tokens. Uses the layer's own parameters and dropout modules; with ``packed``,
+    its bf16 inference products go through packed weights (the same numbers, modeling/packed_linear.py)."""
     if not layer.norm_first:
         raise ValueError("layer_at_positions implements pre-norm layers (norm_first=True)")
     attn = layer.self_attn
@@ -154,11 +159,21 @@ def layer_at_positions(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, mas
     def split(x: torch.Tensor) -> torch.Tensor:  # (B, N, H) -> (B, heads, N, H / heads)
         return x.view(bsz, x.shape[1], heads, hidden // heads).transpose(1, 2)
 
-    query = split(F.linear(normed[rows, positions], w_q, b_q))
-    key, value = split(F.linear(normed, w_k, b_k)), split(F.linear(normed, w_v, b_v))
+    def linear(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               source: torch.Tensor | None = None) -> torch.Tensor:
+        if packed is None or layer.training:
+            return F.linear(x, weight, bias)
+        return packed.linear((id(layer), name), x, weight, bias, source)
+
+    proj = attn.in_proj_weight
+    query = split(linear("q", normed[rows, positions], w_q, b_q, proj))
+    key, value = split(linear("k", normed, w_k, b_k, proj)), split(linear("v", normed, w_v, b_v, proj))
     attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None, None, :],
                                               dropout_p=attn.dropout if layer.training else 0.0)
-    attended = attn.out_proj(attended.transpose(1, 2).reshape(bsz, positions.shape[1], hidden))
+    attended = linear("out", attended.transpose(1, 2).reshape(bsz, positions.shape[1], hidden),
+                      attn.out_proj.weight, attn.out_proj.bias)
     out = seq[rows, positions] + layer.dropout1(attended)
-    feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(out)))))
+    inner = layer.dropout(layer.activation(linear("linear1", layer.norm2(out), layer.linear1.weight,
+                                                  layer.linear1.bias)))
+    feed = linear("linear2", inner, layer.linear2.weight, layer.linear2.bias)
     return out + layer.dropout2(feed)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rocmre.modeling.dropout import FAST_DROPOUT_ATTENTION
+from rocmre.modeling.packed_linear import PackedLinears
 
 #: the encoder attention implementations that equal ``scaled_dot_product_attention`` in eval mode (the fast-dropout
 #: one of :mod:`rocmre.modeling.dropout` differs from ``sdpa`` only while dropping)
@@ -56,10 +57,12 @@ class LeanBertForward:
                              f"{type(text_model).__name__} is not one")
         self.text_model = text_model
         self._qkv: dict[int, tuple[tuple, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
+        self.packed = PackedLinears()  # bf16 products with weights packed once (modeling/packed_linear.py)
 
     def clear(self) -> None:
-        """Forget the concatenated projection weights (weights are about to change)."""
+        """Forget the concatenated and packed projection weights (weights are about to change)."""
         self._qkv = {}
+        self.packed.clear()
 
     def _projection(self, index: int, attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [attention.query, attention.key, attention.value]
@@ -77,21 +80,25 @@ class LeanBertForward:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L, H) final hidden states; ``attention_mask`` (B, L) is 1 at real tokens."""
         model = self.text_model
+        linear = self.packed.linear
         hidden = model.embeddings(input_ids=input_ids)
         bsz, length, size = hidden.shape
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L): every query sees the real tokens
+        # (B, 1, 1, L): every query sees the real tokens; no mask at all when nothing is padded (one pair)
+        keep = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
         for i, layer in enumerate(model.encoder.layer):
             attention = layer.attention.self
             heads = attention.num_attention_heads
             weight, bias = self._projection(i, attention)
-            qkv = F.linear(hidden, weight, bias)
+            qkv = linear((i, "qkv"), hidden, weight, bias)
             qkv = qkv.view(bsz, length, 3, heads, size // heads).permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep,
                                                      scale=attention.scaling)
             context = context.transpose(1, 2).reshape(bsz, length, size)
             out = layer.attention.output
-            hidden = out.LayerNorm(out.dense(context) + hidden)
-            inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+            hidden = out.LayerNorm(linear((i, "attention"), context, out.dense.weight, out.dense.bias) + hidden)
+            inner = layer.intermediate
+            inner = inner.intermediate_act_fn(linear((i, "intermediate"), hidden, inner.dense.weight,
+                                                     inner.dense.bias))
             out = layer.output
-            hidden = out.LayerNorm(out.dense(inner) + hidden)
+            hidden = out.LayerNorm(linear((i, "output"), inner, out.dense.weight, out.dense.bias) + hidden)
         return hidden

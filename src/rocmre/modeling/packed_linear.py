@@ -1,0 +1,86 @@
+"""bf16 matrix products on a CPU with the weights packed once, for inference.
+
+Under bf16 autocast a linear layer's weight is handed to oneDNN in its plain layout, which reorders it into its
+blocked layout on every call; for one short pair (the single ``predict``) that reorder is a fifth to a third of the
+product's time. :class:`PackedLinears` keeps the packed weight per layer (``torch.ops.mkldnn._reorder_linear_weight``,
+the packing Inductor's freezing uses) and runs ``torch.ops.mkldnn._linear_pointwise`` on it: the same oneDNN
+product with the same bf16 operands, so the same numbers as ``F.linear`` under autocast (tests compare them).
+
+It applies only to bf16 weights on a CPU whose oneDNN computes bf16, outside autograd; anything else (fp32, a GPU,
+training, a torch build without the operators) is an ordinary ``F.linear``. A packed weight is made again when the
+layer's weight is another tensor or was changed in place (its version counter); :meth:`PackedLinears.clear` drops
+them all (the owner calls it when the model enters training mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+import torch.nn.functional as F
+
+_SUPPORT: bool | None = None
+
+
+def packing_supported() -> bool:
+    """Whether this torch build and CPU run packed bf16 products (checked once, on a tiny product)."""
+    global _SUPPORT
+    if _SUPPORT is None:
+        try:
+            mkldnn = torch.ops.mkldnn
+            ok = bool(torch.backends.mkldnn.is_available() and mkldnn._is_mkldnn_bf16_supported())
+            if ok:  # the operators exist and agree with F.linear on a tiny product
+                x = torch.randn(3, 8).to(torch.bfloat16)
+                w = torch.randn(4, 8).to(torch.bfloat16)
+                b = torch.randn(4).to(torch.bfloat16)
+                got = mkldnn._linear_pointwise(x, mkldnn._reorder_linear_weight(w, None), b, "none", [], "")
+                ok = bool(torch.allclose(got.float(), F.linear(x, w, b).float(), atol=1e-2, rtol=1e-2))
+        except (AttributeError, RuntimeError):
+            ok = False
+        _SUPPORT = ok
+    return _SUPPORT
+
+
+def _version(t: torch.Tensor) -> int:
+    # inference tensors (bf16 copies made under inference mode) keep no version: they are replaced, not edited
+    return 0 if t.is_inference() else t._version
+
+
+class PackedLinears:
+    """``linear(key, x, weight, bias)``: ``F.linear`` with bf16 autocast semantics, through a packed copy of
+    ``weight`` kept under ``key`` (one key per layer slot, so a replaced weight replaces its packed copy)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple] = {}
+
+    def clear(self) -> None:
+        """Forget every packed weight (weights are about to change)."""
+        self._entries = {}
+
+    @staticmethod
+    def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether the packed path computes this product: bf16 weight on a CPU, no autograd, bf16 inputs or bf16
+        autocast active (which would cast them)."""
+        return (weight.dtype == torch.bfloat16 and x.device.type == "cpu" and weight.device.type == "cpu"
+                and not torch.is_grad_enabled()
+                and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+                                                   and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+                and packing_supported())
+
+    def linear(self, key: Hashable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               source: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ weight.T + bias``; ``source`` is the tensor ``weight`` is a view of (an attention layer's packed
+        input projection), whose identity and version decide when the packed copy is made again."""
+        if not self.applies(x, weight):
+            return F.linear(x, weight, bias)
+        owner = weight if source is None else source
+        entry = self._entries.get(key)
+        if (entry is None or entry[0] is not owner or entry[1] != _version(owner)
+                or entry[2] is not bias or (bias is not None and entry[3] != _version(bias))):
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+            low_bias = None if bias is None else bias.detach().to(torch.bfloat16)
+            entry = (owner, _version(owner), bias, None if bias is None else _version(bias), packed, low_bias)
+            self._entries[key] = entry
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+        out = torch.ops.mkldnn._linear_pointwise(flat, entry[4], entry[5], "none", [], "")
+        return out.view(*x.shape[:-1], out.shape[-1])
