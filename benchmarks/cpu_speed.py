@@ -550,6 +550,7 @@ def main() -> None:
     from suite import git_commit
 
     from rocmre.inference.extractor import PairInput, RelationExtractor
+    from rocmre.modeling.packed_linear import packing_disabled
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime, resolve_precision
 
@@ -619,13 +620,16 @@ def main() -> None:
         list(extractor.predict_batch(pairs, batch_size=32))
         return len(pairs) / (time.perf_counter() - t0)
 
-    speeds: dict[str, list[float]] = {k: [] for k in ("bare", "bare_bf16", "default", "fp32", "default_10k")}
+    speeds: dict[str, list[float]] = {k: [] for k in ("bare", "bare_bf16", "default", "fp32", "default_10k",
+                                                      "default_unpacked")}
     for _ in range(args.rounds):
         speeds["bare"].append(bare_encoder(False))
         speeds["bare_bf16"].append(bare_encoder(True))
         speeds["default"].append(batch_predict(ex))
         speeds["fp32"].append(batch_predict(ex_fp32))
         speeds["default_10k"].append(batch_predict(ex_10k))
+        with packing_disabled():  # the same numbers through plain F.linear (the packed weights' gain)
+            speeds["default_unpacked"].append(batch_predict(ex))
     text = "Rafael Nadal gets engaged to girlfriend of 14 years , Mery Perello"
 
     def latencies(extractor, n: int = 60) -> list[float]:
@@ -644,10 +648,12 @@ def main() -> None:
                     for _ in range(n)]
 
     lat: dict[str, list[float]] = {k: [] for k in ("default", "fp32", "default_10k", "default_1_thread",
-                                                   "bare_encoder_bf16")}
+                                                   "bare_encoder_bf16", "default_unpacked")}
     for _ in range(args.rounds):  # interleaved too
         lat["bare_encoder_bf16"] += bare_latencies(20)
         lat["default"] += latencies(ex, 20)
+        with packing_disabled():
+            lat["default_unpacked"] += latencies(ex, 20)
         lat["fp32"] += latencies(ex_fp32, 20)
         lat["default_10k"] += latencies(ex_10k, 20)
         torch.set_num_threads(1)
@@ -858,6 +864,11 @@ def render(res: dict) -> str:
                  ("machine reference: the bare Hugging Face text encoder (bf16 autocast) on the same single input, "
                   "p50 (a slow spell of the machine shows here too)",
                   f"{statistics.median(single['bare_encoder_bf16']):.1f} ms", "")]
+    if "default_unpacked" in single:
+        rows += [("for comparison: without packed bf16 weights (`modeling/packed_linear.py`; same numbers): "
+                  "`predict_batch` / bare fp32 encoder; single `predict` p50",
+                  f"{_median(pred, 'default_unpacked') / _median(pred, 'bare'):.2f}x; "
+                  f"{statistics.median(single['default_unpacked']):.1f} ms", "")]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += [
              "", "## Training step by lever (batch 32)", "",

@@ -94,6 +94,11 @@ def test_render_reports_the_summary_and_every_row(bench):
     md = bench.render(res)
     assert "p10 / p90 (the spread over 4 calls) | 12.0 / 30.0 ms |" in md
     assert "the same single input, p50 (a slow spell of the machine shows here too) | 8.5 ms |" in md
+    assert "without packed bf16 weights" not in md  # measured from this stop on
+    pred["pairs_per_s"]["default_unpacked"] = [110.0]
+    pred["single_predict_ms"]["default_unpacked"] = [15.0, 16.0]
+    assert "same numbers): `predict_batch` / bare fp32 encoder; single `predict` p50 | 1.10x; 15.5 ms |" in \
+        bench.render(res)
 
 
 def test_full_runs_fill_the_summary_and_a_pause_is_subtracted_and_said(bench):

@@ -94,3 +94,18 @@ def test_lean_encoder_and_last_fusion_layer_with_bf16_weights_equal_the_plain_pa
         assert packed._entries
     torch.testing.assert_close(got[mask].float(), want[mask].float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(fused.float(), plain.float(), atol=1e-2, rtol=1e-2)
+
+
+@needs_packing
+def test_packing_can_be_switched_off_for_comparisons():
+    from rocmre.modeling.packed_linear import packing_disabled
+
+    x, weight = _bf16(3, 8), _bf16(4, 8)
+    packed = PackedLinears()
+    with torch.no_grad():
+        with packing_disabled():
+            off = packed.linear("w", x, weight, None)
+        assert not packed._entries
+        on = packed.linear("w", x, weight, None)
+    assert packed._entries
+    torch.testing.assert_close(on, off)

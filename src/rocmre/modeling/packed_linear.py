@@ -14,12 +14,25 @@ them all (the owner calls it when the model enters training mode).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import contextlib
+from collections.abc import Hashable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 _SUPPORT: bool | None = None
+_DISABLED = 0  # > 0 inside packing_disabled()
+
+
+@contextlib.contextmanager
+def packing_disabled() -> Iterator[None]:
+    """Every product through plain ``F.linear`` inside the block (for comparisons: the numbers are the same)."""
+    global _DISABLED
+    _DISABLED += 1
+    try:
+        yield
+    finally:
+        _DISABLED -= 1
 
 
 def packing_supported() -> bool:
@@ -65,7 +78,7 @@ class PackedLinears:
                 and not torch.is_grad_enabled()
                 and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
                                                    and torch.get_autocast_dtype("cpu") == torch.bfloat16))
-                and packing_supported())
+                and not _DISABLED and packing_supported())
 
     def linear(self, key: Hashable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                source: torch.Tensor | None = None) -> torch.Tensor:
