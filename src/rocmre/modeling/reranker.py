@@ -334,17 +334,7 @@ class CrossEncoderReranker(nn.Module):
 
     def _check(self, records: Sequence[RelationRecord] | None, labels: Sequence[str],
                candidates: np.ndarray) -> np.ndarray:
-        if records is None:
-            raise ValueError("the cross-encoder re-ranker needs the records (text and entities), not only scores")
-        cand = np.asarray(candidates)
-        if cand.ndim != 2 or cand.shape[0] != len(records):
-            raise ValueError(f"candidates must be (N, k) with N = {len(records)} records, got shape {cand.shape}")
-        if cand.size and not np.issubdtype(cand.dtype, np.integer):
-            raise TypeError(f"candidates must be integer relation indices, got dtype {cand.dtype}")
-        bad = cand[(cand < 0) | (cand >= len(labels))] if cand.size else cand[:0]
-        if bad.size:
-            raise IndexError(f"candidate relation index {int(bad[0])} is out of range for {len(labels)} labels")
-        return cand.astype(np.int64)
+        return check_candidates(records, labels, candidates, "the cross-encoder re-ranker")
 
     def relation_scores(self, records: Sequence[RelationRecord], labels: Sequence[str], candidates: np.ndarray,
                         descriptions: RelationDescriptions | None = None, mask: np.ndarray | None = None,
@@ -381,27 +371,54 @@ class CrossEncoderReranker(nn.Module):
 
         Non-negative candidates are ordered by :func:`combine` (first stage, re-ranker, :attr:`weight`); the
         negative label keeps its first-stage rank (its score is placed between its new neighbours)."""
-        cand = self._check(records, labels, candidates)
-        first = np.asarray(scores, dtype=np.float64)
-        if first.shape != cand.shape:
-            raise ValueError(f"scores must have the candidates' shape {cand.shape}, got {first.shape}")
-        negative = self.config.negative_label
-        mask = np.array([[labels[j] != negative for j in row] for row in cand.tolist()], dtype=bool).reshape(cand.shape)
-        rerank = self.relation_scores(records, labels, cand, mask=mask)
-        out = first.copy()
-        for i in range(len(cand)):
-            sc = np.flatnonzero(mask[i])
-            if not len(sc):
-                continue
-            values = combine(first[i, sc][None], rerank[i, sc][None], self.weight)[0]
-            out[i] = _arrange(first[i], mask[i], sc, values)
-        return out
+        return second_stage_scores(self, records, labels, candidates, scores, self.config.negative_label,
+                                   self.weight, "the cross-encoder re-ranker")
 
     def forward_pairs(self, records: Sequence[RelationRecord], pairs: Sequence[tuple[int, str]]) -> torch.Tensor:
         """Scores (with gradients) of (record index, description) pairs in the given order (training)."""
         a, b, _ = self._pair_texts(records, pairs)
         with self.autocast():
             return self.forward(self._tokenize(a, b)).float()
+
+
+def check_candidates(records: Sequence[RelationRecord] | None, labels: Sequence[str], candidates: np.ndarray,
+                     who: str) -> np.ndarray:
+    """``candidates`` as an (N, k) int64 array of valid indices into ``labels``, for ``records`` (needed)."""
+    if records is None:
+        raise ValueError(f"{who} needs the records (text and entities), not only scores")
+    cand = np.asarray(candidates)
+    if cand.ndim != 2 or cand.shape[0] != len(records):
+        raise ValueError(f"candidates must be (N, k) with N = {len(records)} records, got shape {cand.shape}")
+    if cand.size and not np.issubdtype(cand.dtype, np.integer):
+        raise TypeError(f"candidates must be integer relation indices, got dtype {cand.dtype}")
+    bad = cand[(cand < 0) | (cand >= len(labels))] if cand.size else cand[:0]
+    if bad.size:
+        raise IndexError(f"candidate relation index {int(bad[0])} is out of range for {len(labels)} labels")
+    return cand.astype(np.int64)
+
+
+def second_stage_scores(scorer: Any, records: Sequence[RelationRecord] | None, labels: Sequence[str],
+                        candidates: np.ndarray, scores: np.ndarray, negative_label: str, weight: float,
+                        who: str) -> np.ndarray:
+    """What a second stage with ``scorer.relation_scores(records, labels, candidates, mask=...)`` returns to the
+    decision rule: each record's non-negative candidates ordered by :func:`combine` (first stage, ``scorer``,
+    ``weight``), the negative label kept at its first-stage rank (its score between its new neighbours)."""
+    records = list(records) if records is not None else None
+    cand = check_candidates(records, labels, candidates, who)
+    first = np.asarray(scores, dtype=np.float64)
+    if first.shape != cand.shape:
+        raise ValueError(f"scores must have the candidates' shape {cand.shape}, got {first.shape}")
+    mask = np.array([[labels[j] != negative_label for j in row] for row in cand.tolist()],
+                    dtype=bool).reshape(cand.shape)
+    second = scorer.relation_scores(records, labels, cand, mask=mask)
+    out = first.copy()
+    for i in range(len(cand)):
+        sc = np.flatnonzero(mask[i])
+        if not len(sc):
+            continue
+        values = combine(first[i, sc][None], second[i, sc][None], weight)[0]
+        out[i] = _arrange(first[i], mask[i], sc, values)
+    return out
 
 
 def _arrange(first: np.ndarray, scorable: np.ndarray, sc: np.ndarray, values: np.ndarray) -> np.ndarray:

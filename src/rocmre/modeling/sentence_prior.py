@@ -1,0 +1,137 @@
+"""A second stage that needs no training: the pretrained sentence encoder's view of each candidate relation.
+
+A ROC model learns its pair space on the relations it was trained on; a relation added later by description lands
+in that space wherever its descriptions' vectors fall, and the pair space, pulled towards the trained relations,
+tends to prefer them. The untrained sentence encoder has no such pull: the cosine between a sentence and the centre
+of a relation's descriptions is a weak classifier on its own (`benchmarks/results/zero_shot.md`, the frozen-encoder
+baseline), but its errors differ from the trained model's. :class:`SentencePrior` mixes the two: the first stage
+proposes each record's top-k relations, and their order becomes ``combine(first stage, sentence cosine, weight)``
+(per-record z-scores, :func:`rocmre.modeling.reranker.combine`), exactly as the cross-encoder re-ranker's is. The
+None decision stays with the first stage.
+
+Use::
+
+    prior = SentencePrior(descriptions=extractor.model.descriptions, weight=0.2)
+    extractor = RelationExtractor(model, second_stage=prior, rerank_top_k=5)
+
+Descriptions that are templates (``{head} plays for {tail}.``) are filled with each pair's mentions; plain ones
+are encoded once per text and kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rocmre.data.record import RelationRecord
+from rocmre.descriptions.store import RelationDescriptions, fill_template, is_template
+from rocmre.modeling.reranker import check_candidates, second_stage_scores
+
+__all__ = ["SentencePrior"]
+
+
+class SentencePrior:
+    """The pretrained ``backbone``'s cosine between a record's plain sentence and each candidate relation's
+    description centre, mixed into the first stage's order with ``weight`` (0: first stage only, 1: the sentence
+    encoder only). A :class:`~rocmre.modeling.decision.SecondStageScorer`; set :attr:`descriptions` to the
+    relations it may score (a relation without descriptions there raises ``KeyError``)."""
+
+    def __init__(self, backbone: str = "minilm-l6", descriptions: RelationDescriptions | None = None,
+                 weight: float = 0.2, negative_label: str = "None", batch_size: int = 128,
+                 max_length: int = 128, cache_dir: Path | None = None, encoder: Any = None) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the sentence prior's weight must be in [0, 1], got {weight}")
+        if encoder is None:
+            from rocmre.backbones.text import load_text_backbone
+
+            encoder = load_text_backbone(backbone, cache_dir=cache_dir)
+        self.backbone = encoder  # a TextBackbone: .model and .tokenizer
+        self.descriptions = descriptions
+        self.weight = float(weight)
+        self.negative_label = negative_label
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self._text_vectors: dict[str, torch.Tensor] = {}  # plain description text -> unit vector
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> torch.Tensor:
+        """(N, H) unit vectors: the encoder's mean-pooled last hidden states (the sentence-transformers pooling of
+        the embedded MiniLM and MPNet models)."""
+        model, tok = self.backbone.model, self.backbone.tokenizer
+        out = []
+        starts = range(0, len(texts), self.batch_size)
+        for s in tqdm(starts, desc="sentence prior", disable=not show_progress or len(starts) < 2, unit="batch"):
+            enc = tok(list(texts[s:s + self.batch_size]), padding=True, truncation=True,
+                      max_length=self.max_length, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1).float())
+        return torch.cat(out) if out else torch.zeros(0, int(self.backbone.hidden_size))
+
+    def _plain_vectors(self, texts: Sequence[str]) -> None:
+        missing = sorted({t for t in texts if t not in self._text_vectors})
+        if missing:
+            for t, v in zip(missing, self.encode(missing), strict=True):
+                self._text_vectors[t] = v
+
+    def relation_scores(self, records: Sequence[RelationRecord], labels: Sequence[str], candidates: np.ndarray,
+                        descriptions: RelationDescriptions | None = None, mask: np.ndarray | None = None,
+                        show_progress: bool = False) -> np.ndarray:
+        """(N, k) cosines between each record's sentence and the centre (normalised mean) of each candidate
+        relation's descriptions; entries where ``mask`` is False are skipped (left at 0)."""
+        records = list(records)
+        cand = check_candidates(records, labels, candidates, "the sentence prior")
+        store = descriptions if descriptions is not None else self.descriptions
+        if store is None:
+            raise ValueError("the sentence prior has no relation descriptions: set prior.descriptions")
+        keep = np.ones(cand.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if keep.shape != cand.shape:
+            raise ValueError(f"mask must have the candidates' shape {cand.shape}, got {keep.shape}")
+        wanted = sorted({labels[j] for j in cand[keep].tolist()})
+        missing = [lab for lab in wanted if lab not in store]
+        if missing:
+            raise KeyError(f"no descriptions for candidate relation(s) {missing}: add them to prior.descriptions")
+        out = np.zeros(cand.shape, dtype=np.float64)
+        rows = np.flatnonzero(keep.any(1)) if keep.size else np.zeros(0, dtype=np.int64)
+        if not len(rows):
+            return out
+        sentences = self.encode([" ".join(records[i].tokens) for i in rows], show_progress)
+        plain = {lab: [t for t in store.texts(lab) if not is_template(t)] for lab in wanted}
+        self._plain_vectors([t for texts in plain.values() for t in texts])
+        templates = {lab: [t for t in store.texts(lab) if is_template(t)] for lab in wanted}
+        filled: dict[tuple[int, str], torch.Tensor] = {}
+        if any(templates.values()):  # per pair: every template of its candidates, filled with its mentions
+            keys, texts = [], []
+            for i in rows.tolist():
+                rec = records[i]
+                for c, j in enumerate(cand[i].tolist()):
+                    for t in templates[labels[j]] if keep[i, c] else ():
+                        keys.append((i, t))
+                        texts.append(fill_template(t, rec.head.name, rec.tail.name))
+            filled = dict(zip(keys, self.encode(texts), strict=True))
+        def centre(vecs: list[torch.Tensor]) -> torch.Tensor:
+            return F.normalize(torch.stack(vecs).mean(0), dim=-1)
+
+        fixed = {lab: centre([self._text_vectors[t] for t in plain[lab]]) for lab in wanted if not templates[lab]}
+        for n, i in enumerate(rows.tolist()):
+            for c, j in enumerate(cand[i].tolist()):
+                if not keep[i, c]:
+                    continue
+                lab = labels[j]
+                vec = fixed.get(lab)
+                if vec is None:
+                    vec = centre([self._text_vectors[t] for t in plain[lab]] + [filled[i, t] for t in templates[lab]])
+                out[i, c] = float(sentences[n] @ vec)
+        return out
+
+    def __call__(self, records: Sequence[RelationRecord] | None, labels: list[str], candidates: np.ndarray,
+                 scores: np.ndarray) -> np.ndarray:
+        """The :class:`~rocmre.modeling.decision.SecondStageScorer` protocol: new (N, k) candidate scores."""
+        return second_stage_scores(self, records, labels, candidates, scores, self.negative_label, self.weight,
+                                   "the sentence prior")

@@ -1,0 +1,106 @@
+"""The sentence prior (modeling/sentence_prior.py): a second stage from an untrained sentence encoder, here a tiny
+random BERT with the real MiniLM tokenizer, on real MNRE records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rocmre.data.record import RelationRecord
+from rocmre.descriptions.store import RelationDescriptions, load_builtin
+from rocmre.modeling.decision import DecisionRule
+from rocmre.modeling.reranker import combine
+from rocmre.modeling.sentence_prior import SentencePrior
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from rocmre.backbones.text import resolve_text_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model_path("minilm-l6"))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=160)).eval()
+    return SimpleNamespace(model=model, tokenizer=tokenizer, hidden_size=32)
+
+
+@pytest.fixture(scope="module")
+def descriptions() -> RelationDescriptions:
+    return load_builtin("mnre")
+
+
+@pytest.fixture(scope="module")
+def records(mnre_root: Path) -> list[RelationRecord]:
+    from rocmre.data import read_mnre
+
+    return [r for r in read_mnre(mnre_root, "val", negative_label="None").records if r.relation != "None"][:6]
+
+
+def test_scores_are_sentence_to_description_centre_cosines(encoder, descriptions, records):
+    prior = SentencePrior(encoder=encoder, descriptions=descriptions)
+    labels = descriptions.labels
+    cand = np.array([[1, 2, 3]] * len(records))
+    got = prior.relation_scores(records, labels, cand)
+    sentences = prior.encode([" ".join(r.tokens) for r in records])
+    for c, j in enumerate(cand[0]):
+        centre = F.normalize(prior.encode(descriptions.texts(labels[j])).mean(0), dim=-1)
+        np.testing.assert_allclose(got[:, c], (sentences @ centre).numpy(), atol=1e-5)
+    masked = prior.relation_scores(records, labels, cand, mask=np.array([[True, False, True]] * len(records)))
+    assert (masked[:, 1] == 0).all() and np.allclose(masked[:, [0, 2]], got[:, [0, 2]], atol=1e-6)
+
+
+def test_templates_are_filled_per_pair(encoder, descriptions, records, monkeypatch):
+    extended = descriptions.subset(descriptions.labels)
+    extended.add("/per/loc/visited", ["{head} visited {tail}.", "The head person travelled to the tail place."],
+                 head_types=["person"], tail_types=["location"])
+    prior = SentencePrior(encoder=encoder, descriptions=extended)
+    seen: list[str] = []
+    encode = prior.encode
+    monkeypatch.setattr(prior, "encode", lambda texts, show_progress=False: (seen.extend(texts), encode(texts))[1])
+    labels = [*descriptions.labels, "/per/loc/visited"]
+    rec = records[0]
+    scores = prior.relation_scores([rec], labels, np.array([[len(labels) - 1]]))
+    assert np.isfinite(scores).all()
+    assert f"{rec.head.name} visited {rec.tail.name}." in seen
+    assert "The head person travelled to the tail place." in seen
+    assert not any("{head}" in t for t in seen)
+
+
+def test_decision_rule_orders_top_k_by_the_mix_and_keeps_none(encoder, descriptions, records):
+    labels = descriptions.labels
+    first = np.random.default_rng(0).normal(size=(len(records), len(labels)))
+    first[:, labels.index("None")] = -10.0
+    prior = SentencePrior(encoder=encoder, descriptions=descriptions, weight=0.5)
+    rule = DecisionRule(labels, "None", second_stage=prior, rerank_top_k=4)
+    decided = rule.decide(first, records=records)
+    top = np.argsort(-first, axis=1, kind="stable")[:, :4]
+    mixed = combine(np.take_along_axis(first, top, 1), prior.relation_scores(records, labels, top), 0.5)
+    for i in range(len(records)):
+        assert [c.label for c in decided.top_k(i, 4)] == [labels[j] for j in top[i][np.argsort(-mixed[i],
+                                                                                               kind="stable")]]
+    prior.weight = 0.0  # the first stage's order
+    assert rule.decide(first, records=records).predictions == [labels[j] for j in top[:, 0]]
+    first[:, labels.index("None")] = 50.0
+    assert rule.decide(first, records=records).predictions == ["None"] * len(records)
+
+
+def test_bad_settings_and_inputs_give_clear_errors(encoder, descriptions, records):
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\]"):
+        SentencePrior(encoder=encoder, weight=1.5)
+    prior = SentencePrior(encoder=encoder)
+    with pytest.raises(ValueError, match="no relation descriptions"):
+        prior.relation_scores(records, descriptions.labels, np.array([[1]] * len(records)))
+    prior.descriptions = descriptions.subset(descriptions.labels[:3])
+    with pytest.raises(KeyError, match="no descriptions for candidate relation"):
+        prior.relation_scores(records, descriptions.labels, np.array([[5]] * len(records)))
+    with pytest.raises(ValueError, match="needs the records"):
+        prior(None, descriptions.labels, np.array([[1]]), np.array([[0.5]]))
+    with pytest.raises(IndexError, match="out of range"):
+        prior.relation_scores(records[:1], descriptions.labels, np.array([[99]]))
