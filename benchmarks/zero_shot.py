@@ -471,13 +471,21 @@ def calibrate_new(scored: dict, labels: Sequence[str], new: Sequence[str], val_g
 PROTOTYPE_WEIGHTS = (0.1, 0.25)
 
 
+def sentence_prior_stages(weights: Sequence[float]) -> list[tuple[str, bool, float]]:
+    """(row suffix, soft type prior on, weight) of the sentence-prior rows (``--sentence-prior``)."""
+    return [(f"{' + type prior' if prior_on else ''} + sentence prior (w={w:g})", prior_on, float(w))
+            for w in weights for prior_on in (False, True)]
+
+
 def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict[str, SplitData],
-                     descriptions, reranker_cache: dict | None, seed: int,
-                     rerank_scope: str = "all") -> tuple[list[dict], dict[str, tuple[list[str], list[str]]]]:
+                     descriptions, reranker_cache: dict | None, seed: int, rerank_scope: str = "all",
+                     sentence_prior: dict | None = None) -> tuple[list[dict], dict[str, tuple[list[str], list[str]]]]:
     """Every row of one trained fold model (zero-shot and 5-shot, with and without the re-ranker), and the tagged
     entity types of val and test. ``reranker_cache``: ``{"model": CrossEncoderReranker, "cache": {}}`` of the
     fold, or None. ``rerank_scope="held_out"`` scores re-ranker rows on the held-out pairs only (their top-1
-    metrics; no full decision, no seen-relation drop): a CPU can afford that much."""
+    metrics; no full decision, no seen-relation drop): a CPU can afford that much. ``sentence_prior``:
+    ``{"model": SentencePrior, "cache": {}, "weights": [...]}`` or None; its rows are always scored in full (it
+    needs one pass of the small sentence encoder per record)."""
     from rocmre.evaluation.metrics import evaluate_predictions
 
     held = FOLDS[fold]
@@ -490,7 +498,14 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
         elif reranker_cache is not None:
             stages.append((suffix, prior_on, CachedReranker(reranker_cache["model"], descriptions,
                                                             reranker_cache["cache"], w), calibrate))
-    full = {suffix for suffix, _, stage, _ in stages if stage is None or rerank_scope == "all"}
+    always_full = set()
+    if sentence_prior is not None:
+        for suffix, prior_on, w in sentence_prior_stages(sentence_prior["weights"]):
+            stages.append((suffix, prior_on, CachedReranker(sentence_prior["model"], descriptions,
+                                                            sentence_prior["cache"], w), False))
+            always_full.add(suffix)
+    full = {suffix for suffix, _, stage, _ in stages
+            if stage is None or rerank_scope == "all" or suffix in always_full}
     scored = sc.score()  # before the relations are added, calibration has nothing to shift
     before = {(suffix, split): sc.decide(scored[split], split, stage, prior_on)[1].predictions  # per stage
               for suffix, prior_on, stage, _ in stages if suffix in full for split in ("val", "test")}
@@ -678,6 +693,8 @@ def render(payload: dict) -> list[str]:
         lines += [f"Overrides applied to every training: `{' '.join(payload['overrides'])}`.", ""]
     if payload.get("reranker"):
         lines += [f"Re-ranker: {payload['reranker']}", ""]
+    if payload.get("sentence_prior"):
+        lines += [f"Sentence prior: {payload['sentence_prior']}", ""]
     lines += ["## Per fold", "", "| fold | row | unseen-only top-1 | generalised top-1 | held-out micro-F1 | "
               "seen drop | seen micro-F1 before | train min |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in fold_rows:
@@ -731,6 +748,9 @@ def main(argv: list[str] | None = None) -> None:
                              "held-out pairs (top-1 metrics; what a CPU affords)")
     parser.add_argument("--reranker-max-records", type=int, default=None,
                         help="train each re-ranker on a seeded subset of the training records (smoke runs)")
+    parser.add_argument("--sentence-prior", default="", metavar="W[,W...]",
+                        help="also score every model with the untrained sentence encoder as second stage "
+                             "(rocmre.modeling.sentence_prior), at these weights in [0, 1]")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only score existing models")
     parser.add_argument("--train-only", action="store_true", help="train the fold models (and re-rankers), no scoring")
@@ -762,6 +782,12 @@ def main(argv: list[str] | None = None) -> None:
     bad = [v for v in variants if v not in VARIANTS] + [f for f in folds if f not in FOLDS]
     if bad:
         parser.error(f"unknown variants or folds {bad}; variants {list(VARIANTS)}, folds {list(FOLDS)}")
+    try:
+        prior_weights = [float(w) for w in args.sentence_prior.split(",") if w.strip()]
+    except ValueError:
+        parser.error(f"--sentence-prior {args.sentence_prior!r}: expected comma-separated numbers")
+    if any(not 0.0 <= w <= 1.0 for w in prior_weights):
+        parser.error(f"--sentence-prior {args.sentence_prior!r}: weights must be in [0, 1]")
     threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
     if not args.skip_train:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -804,16 +830,22 @@ def main(argv: list[str] | None = None) -> None:
         "held_out_test_pairs": {f: sum(g in FOLDS[f] for g in data["test"].gold) for f in folds},
         "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")], "bundle": bundle_note,
         "reranker": reranker_note,
+        "sentence_prior": (f"`rocmre.modeling.sentence_prior.SentencePrior`: the untrained "
+                           f"`{Path(str(base.model.text_backbone)).name}` (cosine between the plain sentence and each "
+                           f"candidate's description centre) reorders the first stage's top {RERANK_TOP_K} "
+                           f"non-None relations, mixed by per-record z-scores with weight w; weights {prior_weights}"
+                           if prior_weights else ""),
     }
     if args.eval_limit:
         meta["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
     fold_rows: list[dict] = []
     rerank: dict[str, dict] = {}
+    sentence_prior: dict | None = None
     for v in variants:
         for f in folds:
             folder = out_root / f"{v}-{f}"
             key = {"version": SCORING_VERSION, "eval_limit": args.eval_limit, "reranker": args.reranker,
-                   "scope": args.reranker_scope, "seed": base.seed,
+                   "scope": args.reranker_scope, "seed": base.seed, "sentence_prior": prior_weights,
                    "model": (folder / "model.safetensors").stat().st_mtime}
             cached = folder / "zero_shot_rows.json"
             hit = json.loads(cached.read_text()) if cached.is_file() else None
@@ -827,8 +859,13 @@ def main(argv: list[str] | None = None) -> None:
 
                     rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
                                                                                device=scoring_device()), "cache": {}}
+                if prior_weights and sentence_prior is None:  # one untrained encoder serves every fold
+                    from rocmre.modeling.sentence_prior import SentencePrior
+
+                    sentence_prior = {"model": SentencePrior(str(base.model.text_backbone), negative_label=neg),
+                                      "cache": {}, "weights": prior_weights}
                 rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, descriptions, rerank.get(f),
-                                                 base.seed, args.reranker_scope)
+                                                 base.seed, args.reranker_scope, sentence_prior)
                 cached.write_text(json.dumps({"key": key, "rows": rows, "types": type_of}) + "\n")
             if not any(r["kind"] == "types-only" for r in baselines):  # the tagged types, from the first model
                 baselines = baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",

@@ -143,3 +143,12 @@ def test_cached_reranker_scores_each_pair_once(bench):
     mixed = other(records, labels, cand, np.array([[1.0, 0.0], [1.0, 0.0]]))
     assert calls == [4] and mixed.shape == (2, 2)
     assert (rr(records, labels, cand, np.zeros((2, 2))).argmax(1) == [1, 0]).all()  # weight 1: re-ranker order
+
+
+def test_sentence_prior_rows_and_option(bench, tmp_path):
+    stages = bench.sentence_prior_stages([0.2, 0.5])
+    assert stages == [(" + sentence prior (w=0.2)", False, 0.2), (" + type prior + sentence prior (w=0.2)", True, 0.2),
+                      (" + sentence prior (w=0.5)", False, 0.5), (" + type prior + sentence prior (w=0.5)", True, 0.5)]
+    for bad in ("x", "0.2,1.5"):
+        with pytest.raises(SystemExit):
+            bench.main(["--sentence-prior", bad, "--out-root", str(tmp_path), "--skip-train"])
