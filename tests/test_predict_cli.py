@@ -173,3 +173,45 @@ def test_type_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_
 def test_type_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):
     with pytest.raises(TypeError, match="ROC"):
         RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, type_prior=True)
+
+
+def test_sentence_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path):
+    """``sentence_prior`` reorders each pair's top relations (the None decision and the candidate set stay the
+    model's), follows relations added later, and ``--sentence-prior`` gives the same answers."""
+    from rocmre.modeling.sentence_prior import SentencePrior
+
+    plain = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    mixed = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, sentence_prior=1.0)
+    assert isinstance(mixed.runtime.second_stage, SentencePrior) and plain.runtime.second_stage is None
+    negative = plain.model.config.negative_label
+    k = mixed.runtime.rerank_top_k
+    pairs = [PairInput(p[1], p[2], p[3]) for p in API_PAIRS if not p[4]]
+    for a, b in zip(plain.predict_batch(pairs, top_k=k + 1), mixed.predict_batch(pairs, top_k=k + 1), strict=True):
+        top_a = [c.relation for c in a.top_k if c.relation != negative][:k]
+        top_b = [c.relation for c in b.top_k if c.relation != negative][:k]
+        assert sorted(top_a) == sorted(top_b)  # the same candidates, reordered
+        assert (a.relation == negative) == (b.relation == negative)
+    mixed.add_relations({"/per/loc/visited": {"descriptions": ["{head} visited {tail}."],
+                                              "head_types": ["person"], "tail_types": ["location"]}})
+    got = mixed.predict("Barack Obama visited Paris", "Barack Obama", "Paris", top_k=len(mixed.relations))
+    assert "/per/loc/visited" in [c.relation for c in got.top_k]  # scored by the prior too (no KeyError)
+    pair_file = tmp_path / "pairs.jsonl"
+    pair_file.write_text("".join(json.dumps({"text": p.text, "head": p.head, "tail": p.tail}) + "\n"
+                                 for p in pairs), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file), "--output",
+                                      str(out), "--sentence-prior", "1.0", "--top-k", "3", "--quiet", "--cache-dir",
+                                      str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    api = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, sentence_prior=1.0)
+    cli = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    for line, p in zip(cli, api.predict_batch(pairs, top_k=3), strict=True):
+        assert [c["relation"] for c in line["top_k"]] == [c.relation for c in p.top_k]
+        assert [c["score"] for c in line["top_k"]] == pytest.approx([c.score for c in p.top_k], abs=1e-5)
+    api.use_sentence_prior(None)
+    assert api.runtime.second_stage is None
+
+
+def test_sentence_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):
+    with pytest.raises(TypeError, match="ROC models only"):
+        RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, sentence_prior=0.5)

@@ -152,6 +152,10 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             type_prior: bool | None = typer.Option(None, "--type-prior/--no-type-prior",
                                                      help="Soft entity-type prior on or off (default: the model's "
                                                           "setting); helps relations added with type signatures."),
+            sentence_prior: float | None = typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
+                                                          help="Mix the untrained sentence encoder into the order of "
+                                                               "each pair's top relations with this weight (ROC; "
+                                                               "see benchmarks/results/zero_shot.md)."),
             precision: str | None = typer.Option(None, "--precision",
                                                  help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
                                                       "(default: what the model was validated with)."),
@@ -169,7 +173,8 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             fail(str(e))
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
-                                                      precision=precision, type_prior=type_prior)
+                                                      precision=precision, type_prior=type_prior,
+                                                      sentence_prior=sentence_prior)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     if new_relations is not None:

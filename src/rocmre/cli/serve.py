@@ -41,6 +41,10 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
           type_prior: bool | None = typer.Option(None, "--type-prior/--no-type-prior",
                                                    help="Soft entity-type prior on or off (default: the model's "
                                                         "setting); helps relations added with type signatures."),
+          sentence_prior: float | None = typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
+                                                        help="Mix the untrained sentence encoder into the order of "
+                                                             "each pair's top relations with this weight (ROC; "
+                                                             "see benchmarks/results/zero_shot.md)."),
           precision: str | None = typer.Option(None, "--precision",
                                                help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
                                                     "(default: what the model was validated with)."),
@@ -58,7 +62,8 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
         fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
-                                                      precision=precision, type_prior=type_prior)
+                                                      precision=precision, type_prior=type_prior,
+                                                      sentence_prior=sentence_prior)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch,

@@ -20,7 +20,7 @@ are encoded once per text and kept.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,11 @@ class SentencePrior:
     """The pretrained ``backbone``'s cosine between a record's plain sentence and each candidate relation's
     description centre, mixed into the first stage's order with ``weight`` (0: first stage only, 1: the sentence
     encoder only). A :class:`~rocmre.modeling.decision.SecondStageScorer`; set :attr:`descriptions` to the
-    relations it may score (a relation without descriptions there raises ``KeyError``)."""
+    relations it may score (a relation without descriptions there raises ``KeyError``), or to a function that
+    returns the current set (an extractor passes its model's, so relations added later are scored)."""
 
-    def __init__(self, backbone: str = "minilm-l6", descriptions: RelationDescriptions | None = None,
+    def __init__(self, backbone: str = "minilm-l6",
+                 descriptions: RelationDescriptions | Callable[[], RelationDescriptions] | None = None,
                  weight: float = 0.2, negative_label: str = "None", batch_size: int = 128,
                  max_length: int = 128, cache_dir: Path | None = None, encoder: Any = None) -> None:
         if not 0.0 <= weight <= 1.0:
@@ -88,6 +90,8 @@ class SentencePrior:
         records = list(records)
         cand = check_candidates(records, labels, candidates, "the sentence prior")
         store = descriptions if descriptions is not None else self.descriptions
+        if callable(store):
+            store = store()
         if store is None:
             raise ValueError("the sentence prior has no relation descriptions: set prior.descriptions")
         keep = np.ones(cand.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
