@@ -280,26 +280,14 @@ def run_reranker_training(fold: str, out_root: Path, sets: list[str], reranker_s
 
 # --- scoring -----------------------------------------------------------------------------------------------------
 
-def frozen_encoder_rows(backbone: str, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
+def frozen_encoder_rows(encoder, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
     """The untrained sentence encoder: cosine between each sentence and the centre of each relation's curated
-    descriptions (no markers, no training), per fold."""
+    descriptions (no markers, no training), per fold. ``encoder``: a
+    :class:`~rocmre.modeling.sentence_prior.SentencePrior` (its ``encode``: mean-pooled unit vectors)."""
     import torch
     import torch.nn.functional as F
 
-    from rocmre.backbones.text import load_text_backbone
-
-    bb = load_text_backbone(backbone)
-
-    @torch.inference_mode()
-    def encode(texts: list[str]) -> torch.Tensor:
-        vecs = []
-        for s in range(0, len(texts), 128):
-            enc = bb.tokenizer(texts[s:s + 128], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            hidden = bb.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            vecs.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
-        return torch.cat(vecs) if vecs else torch.zeros(0, 1)
-
+    encode = encoder.encode
     labels = [lab for lab in descriptions.labels if lab != negative_label]
     centres = torch.stack([F.normalize(encode(descriptions.texts(lab)).mean(0), dim=-1) for lab in labels])
     out: dict[str, dict] = {}
@@ -813,7 +801,10 @@ def main(argv: list[str] | None = None) -> None:
     descriptions = RelationDescriptions.load(base.model.descriptions)
     neg = base.data.negative_label
     signatures = {r: (list(e.head_types), list(e.tail_types)) for r, e in descriptions.relations.items()}
-    frozen = frozen_encoder_rows(str(base.model.text_backbone), data, descriptions, neg)
+    from rocmre.modeling.sentence_prior import SentencePrior
+
+    sentence_encoder = SentencePrior(str(base.model.text_backbone), negative_label=neg)
+    frozen = frozen_encoder_rows(sentence_encoder, data, descriptions, neg)
     baselines = baseline_rows("frozen_encoder", f"frozen `{Path(str(base.model.text_backbone)).name}`, no training",
                               "frozen-encoder", {f: v for f, v in frozen.items() if f in folds})
     commit = suite.git_commit()
@@ -859,11 +850,8 @@ def main(argv: list[str] | None = None) -> None:
 
                     rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
                                                                                device=scoring_device()), "cache": {}}
-                if prior_weights and sentence_prior is None:  # one untrained encoder serves every fold
-                    from rocmre.modeling.sentence_prior import SentencePrior
-
-                    sentence_prior = {"model": SentencePrior(str(base.model.text_backbone), negative_label=neg),
-                                      "cache": {}, "weights": prior_weights}
+                if prior_weights and sentence_prior is None:  # the baseline's encoder serves every fold
+                    sentence_prior = {"model": sentence_encoder, "cache": {}, "weights": prior_weights}
                 rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, descriptions, rerank.get(f),
                                                  base.seed, args.reranker_scope, sentence_prior)
                 cached.write_text(json.dumps({"key": key, "rows": rows, "types": type_of}) + "\n")
