@@ -3,6 +3,7 @@
 
     python benchmarks/zero_shot.py --jobs 3                                  # every fold, variant `roc`
     python benchmarks/zero_shot.py --variants roc,roc_frozen_descriptions --reranker --set train.epochs=2
+    python benchmarks/zero_shot.py --variants roc_frozen_descriptions --sentence-prior 0.2,0.33
     python benchmarks/zero_shot.py --render-only                             # Markdown again from the JSON
 
 For each fold and variant a model is trained by ``python -m rocmre train`` with the fold's relations in
@@ -12,7 +13,8 @@ added through ``RelationExtractor.add_relations`` (curated descriptions and type
 seeded training examples each (their prototypes). Every model is also scored with the decision rule's soft type
 prior switched on (an inference-time switch), and with ``--reranker`` a cross-encoder re-ranker
 (``rocmre.modeling.reranker``) is trained per fold on the seen relations and used as the decision path's second
-stage (``--reranker-scope held_out`` scores those rows on the held-out pairs only, which a CPU affords).
+stage (``--reranker-scope held_out`` scores those rows on the held-out pairs only, which a CPU affords); with
+``--sentence-prior`` the untrained sentence encoder is that second stage (``rocmre.modeling.sentence_prior``).
 Writes ``<results>/zero_shot.{md,json}``; the JSON's ``summary`` is the row with the best mean validation
 generalised top-1 (selected on validation, reported on test).
 """
