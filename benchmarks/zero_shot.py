@@ -833,7 +833,8 @@ def main(argv: list[str] | None = None) -> None:
         meta["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
     fold_rows: list[dict] = []
     rerank: dict[str, dict] = {}
-    sentence_prior: dict | None = None
+    # the baseline's encoder serves every fold; its scores of (record, relation) are shared between models
+    sentence_prior = {"model": sentence_encoder, "cache": {}, "weights": prior_weights} if prior_weights else None
     for v in variants:
         for f in folds:
             folder = out_root / f"{v}-{f}"
@@ -852,8 +853,6 @@ def main(argv: list[str] | None = None) -> None:
 
                     rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
                                                                                device=scoring_device()), "cache": {}}
-                if prior_weights and sentence_prior is None:  # the baseline's encoder serves every fold
-                    sentence_prior = {"model": sentence_encoder, "cache": {}, "weights": prior_weights}
                 rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, descriptions, rerank.get(f),
                                                  base.seed, args.reranker_scope, sentence_prior)
                 cached.write_text(json.dumps({"key": key, "rows": rows, "types": type_of}) + "\n")

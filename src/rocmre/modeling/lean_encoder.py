@@ -96,9 +96,9 @@ class LeanBertForward:
             context = context.transpose(1, 2).reshape(bsz, length, size)
             out = layer.attention.output
             hidden = out.LayerNorm(linear((i, "attention"), context, out.dense.weight, out.dense.bias) + hidden)
-            inner = layer.intermediate
-            inner = inner.intermediate_act_fn(linear((i, "intermediate"), hidden, inner.dense.weight,
-                                                     inner.dense.bias))
+            intermediate = layer.intermediate
+            inner = intermediate.intermediate_act_fn(linear((i, "intermediate"), hidden, intermediate.dense.weight,
+                                                            intermediate.dense.bias))
             out = layer.output
             hidden = out.LayerNorm(linear((i, "output"), inner, out.dense.weight, out.dense.bias) + hidden)
         return hidden

@@ -347,12 +347,7 @@ class CrossEncoderReranker(nn.Module):
         descriptions = descriptions if descriptions is not None else self.descriptions
         if descriptions is None:
             raise ValueError("the re-ranker has no relation descriptions: set reranker.descriptions")
-        keep = np.ones(cand.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        if keep.shape != cand.shape:
-            raise ValueError(f"mask must have the candidates' shape {cand.shape}, got {keep.shape}")
-        missing = sorted({labels[j] for j in cand[keep].tolist() if labels[j] not in descriptions})
-        if missing:
-            raise KeyError(f"no descriptions for candidate relation(s) {missing}: add them to reranker.descriptions")
+        keep = scored_candidates(cand, mask, labels, descriptions, "reranker.descriptions")
         per_record = [sorted({t for j, ok in zip(row, krow, strict=True) if ok for t in descriptions.texts(labels[j])})
                       for row, krow in zip(cand.tolist(), keep, strict=True)]
         scored = self.score_pairs(records, per_record, show_progress=show_progress)
@@ -395,6 +390,19 @@ def check_candidates(records: Sequence[RelationRecord] | None, labels: Sequence[
     if bad.size:
         raise IndexError(f"candidate relation index {int(bad[0])} is out of range for {len(labels)} labels")
     return cand.astype(np.int64)
+
+
+def scored_candidates(cand: np.ndarray, mask: np.ndarray | None, labels: Sequence[str],
+                      descriptions: RelationDescriptions, where: str) -> np.ndarray:
+    """The (N, k) boolean mask of the candidates to score (all when ``mask`` is None), checked against
+    ``cand``'s shape; ``KeyError`` naming ``where`` when a candidate to score has no descriptions there."""
+    keep = np.ones(cand.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != cand.shape:
+        raise ValueError(f"mask must have the candidates' shape {cand.shape}, got {keep.shape}")
+    missing = sorted({labels[j] for j in cand[keep].tolist() if labels[j] not in descriptions})
+    if missing:
+        raise KeyError(f"no descriptions for candidate relation(s) {missing}: add them to {where}")
+    return keep
 
 
 def second_stage_scores(scorer: Any, records: Sequence[RelationRecord] | None, labels: Sequence[str],

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from rocmre.data.record import RelationRecord
 from rocmre.descriptions.store import RelationDescriptions, fill_template, is_template
-from rocmre.modeling.reranker import check_candidates, second_stage_scores
+from rocmre.modeling.reranker import check_candidates, scored_candidates, second_stage_scores
 
 __all__ = ["SentencePrior"]
 
@@ -94,13 +94,8 @@ class SentencePrior:
             store = store()
         if store is None:
             raise ValueError("the sentence prior has no relation descriptions: set prior.descriptions")
-        keep = np.ones(cand.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        if keep.shape != cand.shape:
-            raise ValueError(f"mask must have the candidates' shape {cand.shape}, got {keep.shape}")
+        keep = scored_candidates(cand, mask, labels, store, "prior.descriptions")
         wanted = sorted({labels[j] for j in cand[keep].tolist()})
-        missing = [lab for lab in wanted if lab not in store]
-        if missing:
-            raise KeyError(f"no descriptions for candidate relation(s) {missing}: add them to prior.descriptions")
         out = np.zeros(cand.shape, dtype=np.float64)
         rows = np.flatnonzero(keep.any(1)) if keep.size else np.zeros(0, dtype=np.int64)
         if not len(rows):
@@ -119,6 +114,7 @@ class SentencePrior:
                         keys.append((i, t))
                         texts.append(fill_template(t, rec.head.name, rec.tail.name))
             filled = dict(zip(keys, self.encode(texts), strict=True))
+
         def centre(vecs: list[torch.Tensor]) -> torch.Tensor:
             return F.normalize(torch.stack(vecs).mean(0), dim=-1)
 
