@@ -11,8 +11,10 @@ Every model is trained by ``python -m rocmre train --config C --set seed=S`` int
 ``<out-root>/[<backbone>/]<variant>-s<S>`` (skipped when its ``metrics.json`` exists), chosen on validation by
 the trainer, then scored on val, test and the name-replaced test set (``rocmre.data.name_swap``: the committed
 construction, seed ``DEFAULT_SEED``). ROC - classifier is a paired bootstrap over test records, per seed and
-pooled over seeds. Writes ``<results>/mnre.md`` and ``mnre.json`` (whose ``summary`` is the best ROC variant by
-mean validation micro-F1).
+pooled over seeds; each ROC variant is paired with the classifier trained with the same recipe (its ``baseline``,
+e.g. ``roc_name_swap`` with ``classifier_name_swap``) and with the plain classifier, those that were scored.
+Writes ``<results>/mnre.md`` and ``mnre.json`` (whose ``summary`` is the best ROC variant by mean validation
+micro-F1, compared with its own baseline when that was scored).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ SUMMARY_KEYS = ("backbone", "seeds", "roc_test_micro_f1_mean", "roc_test_micro_f
                 "name_swap_drop")
 TARGETS = {"roc_test_micro_f1_mean": 68.0, "roc_minus_cls": 1.0, "roc_test_macro_f1_mean": 45.0,
            "name_swap_drop": 3.0}
-BASELINE = "classifier"  # every ROC variant is compared with this variant of the same backbone
+BASELINE = "classifier"  # the plain classifier: every ROC variant is compared with it, and with its own baseline
 
 
 @dataclass
@@ -54,6 +56,7 @@ class BenchVariant:
     config: str
     overrides: list[str] = field(default_factory=list)
     title: str = ""
+    baseline: str = BASELINE  # for a ROC variant: the classifier variant trained with the same recipe
 
     @property
     def paradigm(self) -> str:
@@ -71,22 +74,24 @@ VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
     BenchVariant("roc", "configs/mnre_roc.yaml", [], "ROC"),
     BenchVariant("classifier", "configs/mnre_cls.yaml", [], "classifier (same encoder, linear head)"),
     BenchVariant("roc_name_swap", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.5"],
-                 "ROC + training-time name swapping (p=0.5)"),
+                 "ROC + training-time name swapping (p=0.5)", baseline="classifier_name_swap"),
     BenchVariant("classifier_name_swap", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.5"],
                  "classifier + training-time name swapping (p=0.5)"),
 ]}
 
 
 def parse_variant(spec: str) -> BenchVariant:
-    """``NAME=CONFIG[;override;override...]`` -> a variant (``--add-variant``)."""
-    name, sep, rest = spec.partition("=")
+    """``NAME[@BASELINE]=CONFIG[;override;override...]`` -> a variant (``--add-variant``); ``@BASELINE`` names the
+    classifier variant a ROC variant is paired with (default ``classifier``)."""
+    head, sep, rest = spec.partition("=")
+    name, _, baseline = head.partition("@")
     parts = [p.strip() for p in rest.split(";") if p.strip()]
-    if not sep or not name.strip() or not parts:
-        raise ValueError(f"--add-variant {spec!r}: expected NAME=CONFIG[;section.key=value...]")
+    if not sep or not name.strip() or not parts or ("@" in head and not baseline.strip()):
+        raise ValueError(f"--add-variant {spec!r}: expected NAME[@BASELINE]=CONFIG[;section.key=value...]")
     bad = [o for o in parts[1:] if "=" not in o]
     if bad:
         raise ValueError(f"--add-variant {spec!r}: overrides {bad} are not section.key=value")
-    return BenchVariant(name.strip(), parts[0], parts[1:], name.strip())
+    return BenchVariant(name.strip(), parts[0], parts[1:], name.strip(), baseline.strip() or BASELINE)
 
 
 def run_folder(out_root: Path, backbone: str, variant: str, seed: int) -> Path:
@@ -140,27 +145,36 @@ def aggregate_rows(seed_results: list[dict], variants: dict[str, BenchVariant]) 
     return rows
 
 
+def baselines_of(variant: str, variants: dict[str, BenchVariant]) -> list[str]:
+    """The classifier variants a ROC variant is compared with: its own baseline first, then the plain classifier."""
+    v = variants.get(variant)
+    return list(dict.fromkeys([v.baseline if v else BASELINE, BASELINE]))
+
+
 def compare_paradigms(seed_results: list[dict], preds: dict[tuple[str, str, int], dict], negative_label: str,
-                      resamples: int, seed: int = 0) -> list[dict]:
-    """Paired bootstrap of each ROC variant minus the classifier of the same backbone, on test (per seed and
-    pooled) and on the name-replaced test (pooled); ``preds[(backbone, variant, seed)]`` holds ``gold``, ``test``
-    and ``name_swap`` label lists."""
+                      resamples: int, seed: int = 0, variants: dict[str, BenchVariant] | None = None) -> list[dict]:
+    """Paired bootstrap of each ROC variant minus a classifier variant of the same backbone (its own baseline, the
+    classifier trained with the same recipe, and the plain classifier, those that were scored), on test (per seed
+    and pooled) and on the name-replaced test (pooled); ``preds[(backbone, variant, seed)]`` holds ``gold``,
+    ``test`` and ``name_swap`` label lists."""
     from rocmre.evaluation.bootstrap import paired_bootstrap, pooled_paired_bootstrap
 
+    variants = VARIANTS if variants is None else variants
     seeds: dict[tuple[str, str], list[int]] = {}
     paradigm: dict[tuple[str, str], str] = {}
     for r in seed_results:
         seeds.setdefault((r["backbone"], r["variant"]), []).append(r["seed"])
         paradigm[(r["backbone"], r["variant"])] = r["paradigm"]
+    pairs = [(backbone, name, base) for (backbone, name) in seeds if paradigm[(backbone, name)] == "roc"
+             for base in baselines_of(name, variants)
+             if (backbone, base) in seeds and paradigm[(backbone, base)] == "classifier"]
     out = []
-    for (backbone, name), own in seeds.items():
-        if paradigm[(backbone, name)] != "roc" or (backbone, BASELINE) not in seeds:
-            continue
-        common = sorted(set(own) & set(seeds[(backbone, BASELINE)]))
+    for backbone, name, baseline in pairs:
+        common = sorted(set(seeds[(backbone, name)]) & set(seeds[(backbone, baseline)]))
         if not common:
             continue
         a = [preds[(backbone, name, s)] for s in common]
-        b = [preds[(backbone, BASELINE, s)] for s in common]
+        b = [preds[(backbone, baseline, s)] for s in common]
         gold = a[0]["gold"]
         per_seed = {str(s): paired_bootstrap(x["gold"], x["test"], y["test"], negative_label, resamples, seed).to_dict()
                     for s, x, y in zip(common, a, b, strict=True)}
@@ -168,20 +182,28 @@ def compare_paradigms(seed_results: list[dict], preds: dict[tuple[str, str, int]
                                          resamples, seed)
         swap = pooled_paired_bootstrap(a[0]["name_swap_gold"], [x["name_swap"] for x in a],
                                        [y["name_swap"] for y in b], negative_label, resamples, seed)
-        out.append({"backbone": backbone, "variant": name, "baseline": BASELINE, "seeds": common,
+        out.append({"backbone": backbone, "variant": name, "baseline": baseline, "seeds": common,
                     "per_seed": per_seed, "pooled": pooled.to_dict(), "name_swap_pooled": swap.to_dict()})
     return out
 
 
+def matched_comparison(row: dict, comparisons: list[dict]) -> dict | None:
+    """The comparison of a ROC row with its own baseline when that was scored, else with the plain classifier
+    (comparisons are listed in that order)."""
+    return next((c for c in comparisons if c["backbone"] == row["backbone"] and c["variant"] == row["variant"]),
+                None)
+
+
 def build_summary(rows: list[dict], comparisons: list[dict], commit: str) -> dict[str, Any] | None:
-    """The ``summary`` of mnre.json: the ROC row with the best mean validation micro-F1 (None without one)."""
+    """The ``summary`` of mnre.json: the ROC row with the best mean validation micro-F1 (None without one), compared
+    with the classifier trained with the same recipe where there is one."""
     roc = [r for r in rows if r["paradigm"] == "roc"]
     if not roc:
         return None
     best = max(roc, key=lambda r: r["val_micro_f1"]["mean"])
-    cls = next((r for r in rows if r["backbone"] == best["backbone"] and r["variant"] == BASELINE), None)
-    comp = next((c for c in comparisons if c["backbone"] == best["backbone"] and c["variant"] == best["variant"]),
-                None)
+    comp = matched_comparison(best, comparisons)
+    baseline = comp["baseline"] if comp else BASELINE
+    cls = next((r for r in rows if r["backbone"] == best["backbone"] and r["variant"] == baseline), None)
     summary = {
         "backbone": best["backbone"], "seeds": best["seeds"],
         "roc_test_micro_f1_mean": best["test_micro_f1"]["mean"], "roc_test_micro_f1_std": best["test_micro_f1"]["std"],
@@ -207,6 +229,13 @@ def _pt(x: float | None) -> str:
 
 def _ci(c: dict | None) -> str:
     return "-" if c is None else f"{c['observed']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def _vs(c: dict | None) -> str:
+    """A lead-table CI cell; names the classifier variant when it is not the plain classifier."""
+    if c is None:
+        return "-"
+    return _ci(c["pooled"]) + ("" if c["baseline"] == BASELINE else f" vs `{c['baseline']}`")
 
 
 def _variant_label(r: dict) -> str:
@@ -242,24 +271,23 @@ def targets_lines(summary: dict | None) -> list[str]:
 def render(payload: dict) -> list[str]:
     """mnre.md: the lead table, targets, CIs, per-seed rows, the name-replaced test set."""
     rows, comps = payload["rows"], payload["comparisons"]
-    comp_of = {(c["backbone"], c["variant"]): c for c in comps}
     lines = ["# MNRE: retrieval (ROC) against classification, with seeds and error bars", "",
              f"Produced by `{payload['command']}` at commit `{payload['commit']}` on {payload['machine']} "
              f"({payload['date']}).", ""]
     if payload.get("warning"):
         lines += [f"**{payload['warning']}**", ""]
     lines += ["| backbone | paradigm | seeds | test micro-F1 | test macro-F1 | test accuracy | val micro-F1 | "
-              "name-replaced test micro-F1 | name-replaced drop | ROC - classifier, pooled 95 % CI | budget | "
-              "hardware |",
+              "name-replaced test micro-F1 | name-replaced drop | ROC - classifier (same recipe), pooled 95 % CI | "
+              "budget | hardware |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        c = comp_of.get((r["backbone"], r["variant"]))
+        c = matched_comparison(r, comps) if r["paradigm"] == "roc" else None
         minutes = r["train_minutes"]["mean"]
         budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
         lines.append(f"| `{r['backbone']}` | {_variant_label(r)} | {len(r['seeds'])} | "
                      f"**{_pm(r['test_micro_f1'])}** | {_pm(r['test_macro_f1'])} | {_pm(r['test_accuracy'])} | "
                      f"{_pm(r['val_micro_f1'])} | {_pm(r['name_swap_micro_f1'])} | {_pm(r['name_swap_drop'])} | "
-                     f"{_ci(c['pooled']) if c else '-'} | {budget} | {r['hardware'] or '-'} |")
+                     f"{_vs(c)} | {budget} | {r['hardware'] or '-'} |")
     lines += ["", "Mean ± sample standard deviation over seeds, in points. The CI is a paired bootstrap over test "
               f"records ({payload['resamples']:,} resamples): each resample draws records once and sums each "
               "system's micro-F1 counts over its seeds; shown as observed difference [2.5 %, 97.5 %]. "
@@ -274,13 +302,14 @@ def render(payload: dict) -> list[str]:
     if payload.get("overrides"):
         lines += [f"Overrides applied to every run: `{' '.join(payload['overrides'])}`.", ""]
     lines += ["## ROC - classifier per seed (paired bootstrap over test records)", "",
-              "| backbone | ROC variant | seed | ROC - classifier [95 % CI] |", "| --- | --- | --- | --- |"]
+              "| backbone | ROC variant | classifier variant | seed | ROC - classifier [95 % CI] |",
+              "| --- | --- | --- | --- | --- |"]
     for c in comps:
+        pair = f"| `{c['backbone']}` | `{c['variant']}` | `{c['baseline']}` |"
         for s, res in c["per_seed"].items():
-            lines.append(f"| `{c['backbone']}` | `{c['variant']}` | {s} | {_ci(res)} |")
-        lines.append(f"| `{c['backbone']}` | `{c['variant']}` | pooled | {_ci(c['pooled'])} |")
-        lines.append(f"| `{c['backbone']}` | `{c['variant']}` | pooled, name-replaced test | "
-                     f"{_ci(c['name_swap_pooled'])} |")
+            lines.append(f"{pair} {s} | {_ci(res)} |")
+        lines.append(f"{pair} pooled | {_ci(c['pooled'])} |")
+        lines.append(f"{pair} pooled, name-replaced test | {_ci(c['name_swap_pooled'])} |")
     lines += ["", "## Every run", "",
               "| backbone | variant | seed | best epoch | val micro-F1 | test micro-F1 | test macro-F1 | "
               "test accuracy | name-replaced micro-F1 | changed records: test -> name-replaced micro-F1 | "
@@ -430,8 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="roc,classifier", help=f"comma-separated, from {list(VARIANTS)} "
                         "and --add-variant")
-    parser.add_argument("--add-variant", action="append", default=[], metavar="NAME=CONFIG[;OVERRIDE...]",
-                        help="define a variant (then name it in --variants)")
+    parser.add_argument("--add-variant", action="append", default=[], metavar="NAME[@BASELINE]=CONFIG[;OVERRIDE...]",
+                        help="define a variant (then name it in --variants); @BASELINE: the classifier variant a "
+                        "ROC variant is paired with (default classifier)")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="comma-separated text backbones")
     parser.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
@@ -521,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"scored {b} {n} seed {s}: test micro-F1 {100 * result['test']['micro_f1']:.2f}", flush=True)
     neg = base.data.negative_label
     rows = aggregate_rows(seed_results, variants)
-    comparisons = compare_paradigms(seed_results, preds, neg, args.resamples)
+    comparisons = compare_paradigms(seed_results, preds, neg, args.resamples, variants=variants)
     commit = suite.git_commit()
     payload = {
         "summary": build_summary(rows, comparisons, commit),

@@ -24,18 +24,22 @@ def predictions(gold: list[str], accuracy: float, seed: int) -> list[str]:
     return [g if rng.random() < accuracy else rng.choice(LABELS) for g in gold]
 
 
-def synthetic(bench, roc_acc: float = 0.9, cls_acc: float = 0.6):
-    """Two backbones x (roc, classifier) x seeds 1-3: per-seed results and predictions, scored for real."""
+DEFAULT_ARMS = (("roc", "roc", 0.9), ("classifier", "classifier", 0.6))
+
+
+def synthetic(bench, arms=DEFAULT_ARMS, backbones=("minilm-l6", "mpnet-base")):
+    """Backbones x arms (variant, paradigm, accuracy) x seeds 1-3: per-seed results and predictions, scored for
+    real."""
     from rocmre.evaluation.metrics import evaluate_predictions
 
     rng = random.Random(0)
     gold = [rng.choice(LABELS) for _ in range(400)]
     changed = list(range(0, 400, 3))
     results, preds = [], {}
-    for b, backbone in enumerate(("minilm-l6", "mpnet-base")):
-        for v, (variant, paradigm, acc) in enumerate((("roc", "roc", roc_acc), ("classifier", "classifier", cls_acc))):
+    for b, backbone in enumerate(backbones):
+        for v, (variant, paradigm, acc) in enumerate(arms):
             for seed in (1, 2, 3):
-                k = 1000 * (4 * b + 2 * v) + 10 * seed
+                k = 1000 * (8 * b + 2 * v) + 10 * seed
                 test = predictions(gold, acc, k)
                 swap = [p if i not in changed else predictions([g], acc - 0.2, k + i)[0]
                         for i, (g, p) in enumerate(zip(gold, test, strict=True))]
@@ -70,7 +74,10 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
                                                 ["model.temperature=0.1", "train.epochs=8"])
     assert v.paradigm == "roc" and bench.VARIANTS["classifier"].paradigm == "classifier"
     assert bench.VARIANTS["roc_name_swap"].overrides == ["data.name_swap_prob=0.5"]
-    for bad in ("roc_t10", "x=", "x=configs/mnre_roc.yaml;notanoverride"):
+    assert v.baseline == "classifier" and bench.VARIANTS["roc_name_swap"].baseline == "classifier_name_swap"
+    w = bench.parse_variant("roc_long@cls_long=configs/mnre_roc.yaml;train.epochs=9")
+    assert (w.name, w.baseline, w.overrides) == ("roc_long", "cls_long", ["train.epochs=9"])
+    for bad in ("roc_t10", "x=", "x=configs/mnre_roc.yaml;notanoverride", "x@=configs/mnre_roc.yaml"):
         with pytest.raises(ValueError):
             bench.parse_variant(bad)
     assert bench.run_folder(tmp_path, "minilm-l6", "roc", 2) == tmp_path / "roc-s2"
@@ -125,6 +132,32 @@ def test_comparisons_and_summary(bench) -> None:
     assert bench.compare_paradigms(only_roc, preds, "None", resamples=10) == []
 
 
+def test_roc_variant_is_paired_with_its_own_baseline(bench) -> None:
+    arms = (("roc", "roc", 0.8), ("classifier", "classifier", 0.6), ("roc_name_swap", "roc", 0.9),
+            ("classifier_name_swap", "classifier", 0.85))
+    results, preds = synthetic(bench, arms, backbones=("minilm-l6",))
+    comps = bench.compare_paradigms(results, preds, "None", resamples=200)
+    assert [(c["variant"], c["baseline"]) for c in comps] == [
+        ("roc", "classifier"), ("roc_name_swap", "classifier_name_swap"), ("roc_name_swap", "classifier")]
+    rows = bench.aggregate_rows(results, bench.VARIANTS)
+    summary = bench.build_summary(rows, comps, "abc")
+    swap_cls = next(r for r in rows if r["variant"] == "classifier_name_swap")
+    assert summary["cls_test_micro_f1_mean"] == swap_cls["test_micro_f1"]["mean"]
+    assert summary["roc_minus_cls_ci95"] == [comps[1]["pooled"]["low"], comps[1]["pooled"]["high"]]
+    # without the matched classifier, the plain one stands in
+    plain = [r for r in results if r["variant"] != "classifier_name_swap"]
+    comps = bench.compare_paradigms(plain, preds, "None", resamples=50)
+    assert [(c["variant"], c["baseline"]) for c in comps] == [("roc", "classifier"), ("roc_name_swap", "classifier")]
+    rows = bench.aggregate_rows(plain, bench.VARIANTS)
+    assert bench.build_summary(rows, comps, "x")["cls_test_micro_f1_mean"] == rows[1]["test_micro_f1"]["mean"]
+    # a variant defined on the command line names its own baseline
+    extra = {**bench.VARIANTS, "roc_x": bench.parse_variant("roc_x@classifier_name_swap=configs/mnre_roc.yaml")}
+    renamed = [{**r, "variant": "roc_x"} if r["variant"] == "roc_name_swap" else r for r in results]
+    preds_x = {(b, "roc_x" if v == "roc_name_swap" else v, s): p for (b, v, s), p in preds.items()}
+    comps = bench.compare_paradigms(renamed, preds_x, "None", resamples=50, variants=extra)
+    assert ("roc_x", "classifier_name_swap") in [(c["variant"], c["baseline"]) for c in comps]
+
+
 def test_name_swap_scores(bench) -> None:
     gold = ["None", "/per/per/peer", "/per/per/peer", "None"]
     test = ["None", "/per/per/peer", "/per/per/peer", "None"]
@@ -157,7 +190,7 @@ def test_render_and_render_only(bench, tmp_path: Path) -> None:
     assert "[+" in lead[0] and lead[1].count(" - |") >= 1  # the classifier row has no CI
     assert "NVIDIA H100 (CUDA), x86_64" in lead[0] and "6 epochs" in lead[0]
     assert "Targets (issue 11)" in text and "ROC test micro-F1 >= 68" in text
-    assert "| `minilm-l6` | `roc` | pooled |" in text and "134 of 400 test records changed" in text
+    assert "| `minilm-l6` | `roc` | `classifier` | pooled |" in text and "134 of 400 test records changed" in text
     assert sum(ln.startswith("| `minilm-l6` | `classifier` | ") for ln in lines) == 3  # per-seed rows
     (tmp_path / "mnre.json").write_text(json.dumps(payload), encoding="utf-8")
     bench.main(["--render-only", "--results", str(tmp_path)])
