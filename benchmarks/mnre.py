@@ -77,6 +77,11 @@ VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
                  "ROC + training-time name swapping (p=0.5)", baseline="classifier_name_swap"),
     BenchVariant("classifier_name_swap", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.5"],
                  "classifier + training-time name swapping (p=0.5)"),
+    BenchVariant("roc_name_swap_all", "configs/mnre_roc.yaml", ["data.name_swap_prob=1.0"],
+                 "ROC + training-time name swapping (p=1: every name that has a same-type replacement)",
+                 baseline="classifier_name_swap_all"),
+    BenchVariant("classifier_name_swap_all", "configs/mnre_cls.yaml", ["data.name_swap_prob=1.0"],
+                 "classifier + training-time name swapping (p=1)"),
 ]}
 
 
