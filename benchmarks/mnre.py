@@ -112,6 +112,36 @@ def run_overrides(v: BenchVariant, backbone: str, seed: int, bundle: Path | None
     return [*v.overrides, f"seed={seed}", *extra]
 
 
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_differences(trained: dict, expected: dict, ignore: tuple[str, ...] = ("output_dir", "cache_dir")
+                       ) -> list[str]:
+    """``key: trained -> expected`` for every setting (dotted keys of two run-config dicts) a trained run does not
+    share with what its variant asks for today, where it was written and its cache aside."""
+    a, b = _flat(trained), _flat(expected)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
+def check_trained_config(folder: Path, v: BenchVariant, overrides: list[str]) -> None:
+    """Refuse to score a run under a variant whose config (today's file plus overrides) it was not trained with:
+    a canonical config that changed after the run would otherwise label an old model with the new recipe."""
+    from rocmre.training.config import RunConfig
+
+    trained = RunConfig.from_yaml(folder / "run_config.yaml").model_dump(mode="json")
+    expected = RunConfig.from_yaml(REPO / v.config, overrides).model_dump(mode="json")
+    diff = config_differences(trained, expected)
+    if diff:
+        raise SystemExit(f"{folder} was not trained with the config variant {v.name!r} asks for today ({v.config} "
+                         f"{' '.join(overrides)}); differences (trained -> asked): {'; '.join(diff)}. Retrain it "
+                         "with --force, or score it under a variant that matches.")
+
+
 # --- aggregation (pure: tested on synthetic results) -------------------------------------------------------------
 
 def mean_std(values: list[float]) -> dict[str, float | None]:
@@ -548,6 +578,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = run_folder(out_root, b, n, s)
         if not (folder / "metrics.json").is_file():
             raise SystemExit(f"no trained model in {folder} (train it, or drop --skip-train)")
+        check_trained_config(folder, variants[n], [*run_overrides(variants[n], b, s, bundle), *args.set])
         result, p = evaluate_run(folder, data)
         if not result["machine"]:
             result["machine"] = f"{machine_description()} (where it was scored; the run recorded none)"

@@ -88,6 +88,20 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
     assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == ["seed=1", "model.text_backbone=/b/minilm-l6"]
 
 
+def test_a_run_is_scored_only_under_the_config_it_was_trained_with(bench, tmp_path: Path) -> None:
+    from rocmre.training.config import RunConfig
+
+    v = bench.VARIANTS["roc_name_swap"]
+    trained = RunConfig.from_yaml(bench.REPO / v.config, ["data.name_swap_prob=0.5", "seed=2"])
+    trained.output_dir = "somewhere/else"
+    (tmp_path / "run_config.yaml").write_text(trained.to_yaml(), encoding="utf-8")
+    bench.check_trained_config(tmp_path, v, bench.run_overrides(v, "minilm-l6", 2, None))  # same recipe: passes
+    with pytest.raises(SystemExit, match=r"data.name_swap_prob: 0.5 -> 0.0.*seed: 2 -> 3"):
+        bench.check_trained_config(tmp_path, bench.VARIANTS["roc"], ["seed=3"])
+    assert bench.config_differences({"a": {"b": 1}, "output_dir": "x"}, {"a": {"b": 2}, "output_dir": "y"}) == [
+        "a.b: 1 -> 2"]
+
+
 def test_aggregate_rows(bench) -> None:
     results, _ = synthetic(bench)
     rows = bench.aggregate_rows(results, bench.VARIANTS)
