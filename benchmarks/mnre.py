@@ -71,8 +71,11 @@ class BenchVariant:
 
 
 VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
-    BenchVariant("roc", "configs/mnre_roc.yaml", [], "ROC"),
-    BenchVariant("classifier", "configs/mnre_cls.yaml", [], "classifier (same encoder, linear head)"),
+    # every variant names its name-swap probability, so that a variant keeps its meaning when a canonical config
+    # changes (check_trained_config refuses runs trained otherwise)
+    BenchVariant("roc", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.0"], "ROC, names as written"),
+    BenchVariant("classifier", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.0"],
+                 "classifier (same encoder, linear head), names as written"),
     BenchVariant("roc_name_swap", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.5"],
                  "ROC + training-time name swapping (p=0.5)", baseline="classifier_name_swap"),
     BenchVariant("classifier_name_swap", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.5"],

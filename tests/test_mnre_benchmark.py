@@ -83,9 +83,12 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
     assert bench.run_folder(tmp_path, "minilm-l6", "roc", 2) == tmp_path / "roc-s2"
     assert bench.run_folder(tmp_path, "mpnet-base", "roc", 2) == tmp_path / "mpnet-base" / "roc-s2"
     roc = bench.VARIANTS["roc"]
-    assert bench.run_overrides(roc, "minilm-l6", 3, None) == ["seed=3"]
-    assert bench.run_overrides(roc, "mpnet-base", 3, None) == ["seed=3", "model.text_backbone=mpnet-base"]
-    assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == ["seed=1", "model.text_backbone=/b/minilm-l6"]
+    swap = "data.name_swap_prob=0.0"  # every variant names it: it keeps its meaning if a canonical config changes
+    assert bench.run_overrides(roc, "minilm-l6", 3, None) == [swap, "seed=3"]
+    assert bench.run_overrides(roc, "mpnet-base", 3, None) == [swap, "seed=3", "model.text_backbone=mpnet-base"]
+    assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == [swap, "seed=1",
+                                                                      "model.text_backbone=/b/minilm-l6"]
+    assert all(any(o.startswith("data.name_swap_prob=") for o in v.overrides) for v in bench.VARIANTS.values())
 
 
 def test_a_run_is_scored_only_under_the_config_it_was_trained_with(bench, tmp_path: Path) -> None:
