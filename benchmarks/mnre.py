@@ -329,7 +329,8 @@ def render(payload: dict) -> list[str]:
     lines += ["", "Mean ± sample standard deviation over seeds, in points. The CI is a paired bootstrap over test "
               f"records ({payload['resamples']:,} resamples): each resample draws records once and sums each "
               "system's micro-F1 counts over its seeds; shown as observed difference [2.5 %, 97.5 %]. "
-              "Name-replaced drop: test micro-F1 minus name-replaced test micro-F1, per seed, averaged.", ""]
+              "Name-replaced drop: test micro-F1 minus name-replaced test micro-F1, per seed, averaged.", "",
+              "![test and name-replaced test micro-F1 per row, mean ± std, one dot per seed](mnre.png)", ""]
     lines += targets_lines(payload.get("summary")) + [""]
     lines += [f"Scoring: {payload.get('scoring', '')} Negative label: `{payload['negative_label']}`. Each model's "
               "checkpoint and None margin were chosen on validation by the trainer; test and the name-replaced test "
@@ -379,6 +380,42 @@ def render(payload: dict) -> list[str]:
               f"entity: {st['still_with_train_name']}. Replacement names per type: "
               + ", ".join(f"{k} {v}" for k, v in st["pool_sizes"].items()) + "."]
     return lines
+
+
+def plot_rows(payload: dict, path: Path) -> Path:
+    """``mnre.png``: per row, test and name-replaced test micro-F1 as mean ± std bars with each seed's dot, so the
+    seed spread and what unseen names cost can be seen at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["rows"]
+    by_row: dict[tuple[str, str], list[dict]] = {}
+    for r in payload["seed_results"]:
+        by_row.setdefault((r["backbone"], r["variant"]), []).append(r)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.2))
+    width = 0.38
+    splits = (("test", "test", "tab:blue"), ("name_swap", "name-replaced test", "tab:orange"))
+    for k, (key, label, colour) in enumerate(splits):
+        means = [r["test_micro_f1" if key == "test" else "name_swap_micro_f1"] for r in rows]
+        xs = [i + (k - 0.5) * width for i in range(len(rows))]
+        ax.bar(xs, [m["mean"] for m in means], width, yerr=[m["std"] for m in means], capsize=3, color=colour,
+               alpha=0.55, label=label)
+        for x, r in zip(xs, rows, strict=True):
+            dots = [100 * s[key]["micro_f1"] for s in by_row.get((r["backbone"], r["variant"]), [])]
+            ax.scatter([x] * len(dots), dots, s=12, color="black", zorder=3)
+    names = [r["variant"] if r["backbone"] == DEFAULT_BACKBONE else f"{r['backbone']}\n{r['variant']}" for r in rows]
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
+    values = [100 * s[key]["micro_f1"] for s in payload["seed_results"] for key, _, _ in splits]
+    ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 3))
+    ax.set_ylabel("micro-F1 (points)")
+    ax.set_title(f"MNRE: mean ± std over seeds, dots = seeds ({payload['machine']})", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # --- training and scoring ----------------------------------------------------------------------------------------
@@ -520,7 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.render_only:
         payload = json.loads((results / "mnre.json").read_text(encoding="utf-8"))
         (results / "mnre.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
-        print(f"rendered {results / 'mnre.md'}")
+        plot_rows(payload, results / "mnre.png")
+        print(f"rendered {results / 'mnre.md'} and mnre.png")
         return
     variants = dict(VARIANTS)
     for spec in args.add_variant:
@@ -611,6 +649,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_limit:
         payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
     suite.write(results, "mnre", render(payload), payload)
+    print(f"plotted {plot_rows(payload, results / 'mnre.png')}")
 
 
 if __name__ == "__main__":

@@ -212,3 +212,5 @@ def test_render_and_render_only(bench, tmp_path: Path) -> None:
     (tmp_path / "mnre.json").write_text(json.dumps(payload), encoding="utf-8")
     bench.main(["--render-only", "--results", str(tmp_path)])
     assert (tmp_path / "mnre.md").read_text(encoding="utf-8") == text + "\n"
+    png = (tmp_path / "mnre.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
