@@ -1,10 +1,10 @@
 """MNRE quality with error bars (issue 11): ROC and the classifier over several seeds, a paired bootstrap CI of
 their difference, and the name-replaced test set.
 
-    python benchmarks/mnre.py --jobs 3                                   # ROC + classifier, seeds 1,2,3
-    python benchmarks/mnre.py --variants roc,classifier,roc_name_swap --backbone minilm-l6,mpnet-base
+    python benchmarks/mnre.py --jobs 3             # the canonical configs (ROC + classifier), seeds 1,2,3
+    python benchmarks/mnre.py --variants roc,classifier,roc_name_swap,classifier_name_swap --backbone mpnet-base
     python benchmarks/mnre.py --add-variant 'roc_t10=configs/mnre_roc.yaml;model.temperature=0.1' \
-        --variants roc,classifier,roc_t10
+        --variants roc_name_swap,classifier_name_swap,roc_t10
     python benchmarks/mnre.py --render-only                              # Markdown again from mnre.json
 
 Every model is trained by ``python -m rocmre train --config C --set seed=S`` into
@@ -77,9 +77,9 @@ VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
     BenchVariant("classifier", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.0"],
                  "classifier (same encoder, linear head), names as written"),
     BenchVariant("roc_name_swap", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.5"],
-                 "ROC + training-time name swapping (p=0.5)", baseline="classifier_name_swap"),
+                 "ROC, canonical config: names swapped in training (p=0.5)", baseline="classifier_name_swap"),
     BenchVariant("classifier_name_swap", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.5"],
-                 "classifier + training-time name swapping (p=0.5)"),
+                 "classifier, canonical config: names swapped in training (p=0.5)"),
     BenchVariant("roc_name_swap_all", "configs/mnre_roc.yaml", ["data.name_swap_prob=1.0"],
                  "ROC + training-time name swapping (p=1: every name that has a same-type replacement)",
                  baseline="classifier_name_swap_all"),
@@ -532,8 +532,9 @@ def evaluate_run(folder: Path, data: EvalData) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="roc,classifier", help=f"comma-separated, from {list(VARIANTS)} "
-                        "and --add-variant")
+    parser.add_argument("--variants", default="roc_name_swap,classifier_name_swap",
+                        help=f"comma-separated, from {list(VARIANTS)} and --add-variant (default: the canonical "
+                        "configs of both paradigms)")
     parser.add_argument("--add-variant", action="append", default=[], metavar="NAME[@BASELINE]=CONFIG[;OVERRIDE...]",
                         help="define a variant (then name it in --variants); @BASELINE: the classifier variant a "
                         "ROC variant is paired with (default classifier)")

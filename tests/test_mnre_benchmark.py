@@ -100,7 +100,8 @@ def test_a_run_is_scored_only_under_the_config_it_was_trained_with(bench, tmp_pa
     (tmp_path / "run_config.yaml").write_text(trained.to_yaml(), encoding="utf-8")
     bench.check_trained_config(tmp_path, v, bench.run_overrides(v, "minilm-l6", 2, None))  # same recipe: passes
     with pytest.raises(SystemExit, match=r"data.name_swap_prob: 0.5 -> 0.0.*seed: 2 -> 3"):
-        bench.check_trained_config(tmp_path, bench.VARIANTS["roc"], ["seed=3"])
+        bench.check_trained_config(tmp_path, bench.VARIANTS["roc"],
+                                   bench.run_overrides(bench.VARIANTS["roc"], "minilm-l6", 3, None))
     assert bench.config_differences({"a": {"b": 1}, "output_dir": "x"}, {"a": {"b": 2}, "output_dir": "y"}) == [
         "a.b: 1 -> 2"]
 
