@@ -340,6 +340,9 @@ def render(payload: dict) -> list[str]:
         lines += [f"Run from an {payload['bundle']}.", ""]
     if payload.get("overrides"):
         lines += [f"Overrides applied to every run: `{' '.join(payload['overrides'])}`.", ""]
+    if payload.get("missing_runs"):
+        lines += ["Asked for but never trained (left out; their rows have fewer seeds): "
+                  + ", ".join(payload["missing_runs"]) + ".", ""]
     lines += ["## ROC - classifier per seed (paired bootstrap over test records)", "",
               "| backbone | ROC variant | classifier variant | seed | ROC - classifier [95 % CI] |",
               "| --- | --- | --- | --- | --- |"]
@@ -546,6 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], help="override for every run: section.key=value")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only evaluate existing models")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="with --skip-train: leave out runs that were never trained (named in mnre.md) instead "
+                        "of stopping")
     parser.add_argument("--bundle", default=None, help="a folder made by benchmarks/offline_bundle.py (data, caches, "
                         "text backbones as <bundle>/<backbone>)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
@@ -615,11 +621,15 @@ def main(argv: list[str] | None = None) -> None:
 
     data = eval_data(base, args.name_swap_seed if args.name_swap_seed is not None else DEFAULT_SEED,
                      args.eval_limit)
-    seed_results, preds = [], {}
+    seed_results, preds, missing = [], {}, []
     for b, n, s in jobs:
         folder = run_folder(out_root, b, n, s)
         if not (folder / "metrics.json").is_file():
-            raise SystemExit(f"no trained model in {folder} (train it, or drop --skip-train)")
+            if args.skip_missing:
+                missing.append(f"{b} {n} seed {s}")
+                print(f"left out {b} {n} seed {s}: no trained model in {folder}", flush=True)
+                continue
+            raise SystemExit(f"no trained model in {folder} (train it, drop --skip-train, or pass --skip-missing)")
         check_trained_config(folder, variants[n], [*run_overrides(variants[n], b, s, bundle), *args.set])
         result, p = evaluate_run(folder, data)
         if not result["machine"]:
@@ -646,6 +656,7 @@ def main(argv: list[str] | None = None) -> None:
         "variants": {n: {"config": variants[n].config, "overrides": variants[n].overrides,
                          "title": variants[n].title, "paradigm": variants[n].paradigm} for n in names},
         "rows": rows, "comparisons": comparisons, "seed_results": seed_results, "name_swap": data.stats,
+        "missing_runs": missing,
     }
     if args.eval_limit:
         payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
