@@ -269,11 +269,15 @@ def _ci(c: dict | None) -> str:
     return "-" if c is None else f"{c['observed']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
 
 
-def _vs(c: dict | None) -> str:
-    """A lead-table CI cell; names the classifier variant when it is not the plain classifier."""
+def _vs(c: dict | None, own_baseline: str = BASELINE) -> str:
+    """A lead-table CI cell; names the classifier variant when it is not the plain classifier, and says so when the
+    ROC variant's own baseline (same recipe) was not scored."""
     if c is None:
         return "-"
-    return _ci(c["pooled"]) + ("" if c["baseline"] == BASELINE else f" vs `{c['baseline']}`")
+    cell = _ci(c["pooled"]) + ("" if c["baseline"] == BASELINE else f" vs `{c['baseline']}`")
+    if c["baseline"] != own_baseline:
+        cell += f" vs the plain classifier (`{own_baseline}` not scored)"
+    return cell
 
 
 def _variant_label(r: dict) -> str:
@@ -309,14 +313,15 @@ def targets_lines(summary: dict | None) -> list[str]:
 def render(payload: dict) -> list[str]:
     """mnre.md: the lead table, targets, CIs, per-seed rows, the name-replaced test set."""
     rows, comps = payload["rows"], payload["comparisons"]
+    own = payload.get("variants", {})
     lines = ["# MNRE: retrieval (ROC) against classification, with seeds and error bars", "",
              f"Produced by `{payload['command']}` at commit `{payload['commit']}` on {payload['machine']} "
              f"({payload['date']}).", ""]
     if payload.get("warning"):
         lines += [f"**{payload['warning']}**", ""]
     lines += ["| backbone | paradigm | seeds | test micro-F1 | test macro-F1 | test accuracy | val micro-F1 | "
-              "name-replaced test micro-F1 | name-replaced drop | ROC - classifier (same recipe), pooled 95 % CI | "
-              "budget | hardware |",
+              "name-replaced test micro-F1 | name-replaced drop | ROC - classifier of the same recipe, pooled "
+              "95 % CI | budget | hardware |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         c = matched_comparison(r, comps) if r["paradigm"] == "roc" else None
@@ -325,7 +330,8 @@ def render(payload: dict) -> list[str]:
         lines.append(f"| `{r['backbone']}` | {_variant_label(r)} | {len(r['seeds'])} | "
                      f"**{_pm(r['test_micro_f1'])}** | {_pm(r['test_macro_f1'])} | {_pm(r['test_accuracy'])} | "
                      f"{_pm(r['val_micro_f1'])} | {_pm(r['name_swap_micro_f1'])} | {_pm(r['name_swap_drop'])} | "
-                     f"{_vs(c)} | {budget} | {r['hardware'] or '-'} |")
+                     f"{_vs(c, own.get(r['variant'], {}).get('baseline', BASELINE))} | {budget} | "
+                     f"{r['hardware'] or '-'} |")
     lines += ["", "Mean ± sample standard deviation over seeds, in points. The CI is a paired bootstrap over test "
               f"records ({payload['resamples']:,} resamples): each resample draws records once and sums each "
               "system's micro-F1 counts over its seeds; shown as observed difference [2.5 %, 97.5 %]. "
@@ -654,7 +660,8 @@ def main(argv: list[str] | None = None) -> None:
                       "out, to fit the GPU machine's 64 MiB transfer)")) if bundle else "",
         "overrides": args.set, "seeds": seeds, "backbones": backbones, "resamples": args.resamples,
         "variants": {n: {"config": variants[n].config, "overrides": variants[n].overrides,
-                         "title": variants[n].title, "paradigm": variants[n].paradigm} for n in names},
+                         "title": variants[n].title, "paradigm": variants[n].paradigm,
+                         "baseline": variants[n].baseline} for n in names},
         "rows": rows, "comparisons": comparisons, "seed_results": seed_results, "name_swap": data.stats,
         "missing_runs": missing,
     }

@@ -166,6 +166,8 @@ def test_roc_variant_is_paired_with_its_own_baseline(bench) -> None:
     plain = [r for r in results if r["variant"] != "classifier_name_swap"]
     comps = bench.compare_paradigms(plain, preds, "None", resamples=50)
     assert [(c["variant"], c["baseline"]) for c in comps] == [("roc", "classifier"), ("roc_name_swap", "classifier")]
+    assert "(`classifier_name_swap` not scored)" in bench._vs(comps[1], "classifier_name_swap")
+    assert "not scored" not in bench._vs(comps[0], "classifier")
     rows = bench.aggregate_rows(plain, bench.VARIANTS)
     assert bench.build_summary(rows, comps, "x")["cls_test_micro_f1_mean"] == rows[1]["test_micro_f1"]["mean"]
     # a variant defined on the command line names its own baseline
@@ -198,7 +200,8 @@ def test_render_and_render_only(bench, tmp_path: Path) -> None:
                "date": "2025-01-01 00:00 UTC", "command": "python benchmarks/mnre.py", "data": "mnre/RE_data",
                "images": "train 1/10", "negative_label": "None", "scoring": "micro-F1.", "bundle": "",
                "overrides": [], "seeds": [1, 2, 3], "backbones": ["minilm-l6", "mpnet-base"], "resamples": 200,
-               "rows": rows, "comparisons": comps, "seed_results": results, "name_swap": stats}
+               "rows": rows, "comparisons": comps, "seed_results": results, "name_swap": stats,
+               "missing_runs": ["minilm-l6 roc_name_swap_all seed 42"]}
     lines = bench.render(payload)
     text = "\n".join(lines)
     table = [ln for ln in lines if ln.startswith("| `")]
@@ -209,6 +212,7 @@ def test_render_and_render_only(bench, tmp_path: Path) -> None:
     assert "NVIDIA H100 (CUDA), x86_64" in lead[0] and "6 epochs" in lead[0]
     assert "Targets (issue 11)" in text and "ROC test micro-F1 >= 68" in text
     assert "| `minilm-l6` | `roc` | `classifier` | pooled |" in text and "134 of 400 test records changed" in text
+    assert "never trained (left out; their rows have fewer seeds): minilm-l6 roc_name_swap_all seed 42." in text
     assert sum(ln.startswith("| `minilm-l6` | `classifier` | ") for ln in lines) == 3  # per-seed rows
     (tmp_path / "mnre.json").write_text(json.dumps(payload), encoding="utf-8")
     bench.main(["--render-only", "--results", str(tmp_path)])
