@@ -51,6 +51,30 @@ def test_packed_weights_follow_in_place_changes_and_replaced_tensors():
     assert not packed._entries
 
 
+@needs_packing
+def test_views_made_anew_each_call_are_packed_once():
+    """An attention layer's query/key/value weights and biases are ``chunk`` views made on every call: the packed
+    copy is kept across calls (one pack per slot), and an in-place change of the parameter still repacks."""
+    torch.manual_seed(0)
+    x = _bf16(3, 8)
+    proj, proj_bias = _bf16(12, 8), _bf16(12)
+    packed = PackedLinears()
+    made = []
+    with torch.no_grad():
+        for _ in range(3):
+            w_q, _, w_v = proj.chunk(3)
+            b_q, _, b_v = proj_bias.chunk(3)
+            packed.linear("q", x, w_q, b_q, proj)
+            got = packed.linear("v", x, w_v, b_v, proj)
+            made.append(packed._entries["v"][4])
+        assert made[0] is made[1] is made[2]  # packed once
+        proj_bias.add_(1.0)  # in place, through the parameter: its views' entries are made again
+        w_v, b_v = proj.chunk(3)[2], proj_bias.chunk(3)[2]
+        torch.testing.assert_close(packed.linear("v", x, w_v, b_v, proj), F.linear(x, w_v, b_v))
+    assert packed._entries["v"][4] is not made[0]
+    assert not torch.allclose(got.float(), F.linear(x, w_v, b_v).float())
+
+
 def test_packed_path_stays_out_of_fp32_and_autograd():
     torch.manual_seed(0)
     packed = PackedLinears()

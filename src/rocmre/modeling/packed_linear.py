@@ -54,6 +54,12 @@ def packing_supported() -> bool:
     return _SUPPORT
 
 
+def _owner(t: torch.Tensor) -> torch.Tensor:
+    """The tensor ``t`` is a view of (itself when it is none): views made anew on each call (an attention layer's
+    ``in_proj_bias.chunk(3)``) then keep one packed entry instead of being packed again every call."""
+    return t if t._base is None else t._base
+
+
 def _version(t: torch.Tensor) -> int:
     # inference tensors (bf16 copies made under inference mode) keep no version: they are replaced, not edited
     return 0 if t.is_inference() else t._version
@@ -86,13 +92,15 @@ class PackedLinears:
         input projection), whose identity and version decide when the packed copy is made again."""
         if not self.applies(x, weight):
             return F.linear(x, weight, bias)
-        owner = weight if source is None else source
+        owner = _owner(weight) if source is None else source
+        bias_owner = None if bias is None else _owner(bias)
         entry = self._entries.get(key)
         if (entry is None or entry[0] is not owner or entry[1] != _version(owner)
-                or entry[2] is not bias or (bias is not None and entry[3] != _version(bias))):
+                or entry[2] is not bias_owner or (bias is not None and entry[3] != _version(bias_owner))):
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
             low_bias = None if bias is None else bias.detach().to(torch.bfloat16)
-            entry = (owner, _version(owner), bias, None if bias is None else _version(bias), packed, low_bias)
+            entry = (owner, _version(owner), bias_owner, None if bias is None else _version(bias_owner), packed,
+                     low_bias)
             self._entries[key] = entry
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
         out = torch.ops.mkldnn._linear_pointwise(flat, entry[4], entry[5], "none", [], "")
