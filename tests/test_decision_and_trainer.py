@@ -279,8 +279,9 @@ def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_
     cached, plain = run("cached", True), run("plain", False)
     assert plain.states_cache is None and not plain.model._prefix_states
     assert cached.model._prefix_states  # the description texts' prefix states are kept too
-    assert len(cached.states_cache) == 24 and cached.states_cache.reused > 0
-    assert cached.states_cache.computed > 24  # swapped records were recomputed
+    # kept: the records met at least once as written (a record swapped in both epochs is never kept)
+    assert 20 <= len(cached.states_cache) <= 24 and cached.states_cache.reused > 0
+    assert cached.states_cache.computed > 24  # swapped records were computed for their batches
     assert np.allclose(cached.state.losses, plain.state.losses, atol=1e-4)
     wa = load_file(str(tmp_path / "cached" / "model.safetensors"))
     wb = load_file(str(tmp_path / "plain" / "model.safetensors"))

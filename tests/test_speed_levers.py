@@ -336,3 +336,38 @@ def test_marker_rows_start_from_the_chosen_words(tmp_path):
         init_marker_rows(bert, tok, MARKERS, ["<", ">", "{", "persons"])
     with pytest.raises(ValueError, match="needs 4 words"):
         init_marker_rows(bert, tok, MARKERS, ["<", ">"])
+
+
+def test_frozen_states_cache_keeps_the_records_as_written():
+    """A name-swapped variant (keep=False) gets its own prefix states for its batch, and the states kept for the
+    record stay those of the record as written: the next epoch reuses them instead of recomputing."""
+    from types import SimpleNamespace
+
+    from rocmre.modeling.features import PairFeatures
+    from rocmre.modeling.freezing import run_lower_layers
+    from rocmre.training.frozen_states import FrozenStatesCache
+
+    bert = _tiny_bert()
+    model = SimpleNamespace(frozen_prefix_layers=1, encoder=SimpleNamespace(text_model=bert))
+    cache = FrozenStatesCache(model)
+
+    def batch_of(rows: list[list[int]]):
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        feats = [PairFeatures(r, 0, 1, "person", "person") for r in rows]
+        return {"input_ids": ids, "attention_mask": mask}, feats
+
+    written, swapped = [[1, 5, 6, 2], [1, 7, 8, 9, 2]], [[1, 5, 6, 2], [1, 11, 12, 2]]
+    batch, feats = batch_of(written)
+    with torch.no_grad():
+        cache.attach(batch, [0, 1], feats)
+        assert (cache.computed, cache.reused) == (2, 0)
+        batch, feats = batch_of(swapped)  # record 1 with other names this epoch
+        cache.attach(batch, [0, 1], feats, keep=[True, False])
+        assert (cache.computed, cache.reused) == (3, 1)
+        want = run_lower_layers(bert, torch.tensor([swapped[1]]), torch.ones(1, 4, dtype=torch.long), 1)[0]
+        torch.testing.assert_close(batch["text_prefix_states"][1, :4], want)
+        batch, feats = batch_of(written)  # the next epoch: as written again, nothing to compute
+        cache.attach(batch, [0, 1], feats, keep=[True, True])
+    assert (cache.computed, cache.reused) == (3, 3)

@@ -353,7 +353,7 @@ class Trainer:
                 batch = {k: v.to(accelerator.device) for k, v in runtime.collator(items).items()}
                 with self._autocast():
                     if states_cache is not None:
-                        states_cache.attach(batch, b, items)
+                        states_cache.attach(batch, b, items, keep=[epoch_feats[i] is train_feats[i] for i in b])
                     out = wrapped(batch, descriptions_per_relation=cfg.train.descriptions_per_relation,
                                   generator=desc_gen, refresh_descriptions=state.step % refresh_every == 0)
                 accelerator.backward(out.loss)
