@@ -517,6 +517,9 @@ def main() -> None:
     parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
     parser.add_argument("--fp32-run", default=None, help="a finished run of --roc-config with the fp32 lever")
     parser.add_argument("--train", action="store_true", help="train the missing full runs first (long)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the missing full runs (--fast-run, --fp32-run) and stop; --render-only then reads "
+                             "them into the results")
     parser.add_argument("--fp32-paused-seconds", type=float, default=0.0,
                         help="seconds the --fp32-run training was stopped (SIGSTOP) while it ran; subtracted from its "
                              "wall time, and said so in the results")
@@ -554,11 +557,13 @@ def main() -> None:
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime, resolve_precision
 
-    if args.train:
+    if args.train or args.train_only:
         if args.fast_run and not (Path(args.fast_run) / "metrics.json").is_file():
             train_full(args.roc_config, args.fast_run, [])
         if args.fp32_run and not (Path(args.fp32_run) / "metrics.json").is_file():
             train_full(args.roc_config, args.fp32_run, LEVERS[FP32] + ["train.inference_precision=fp32"])
+        if args.train_only:
+            return
     threads = torch.get_num_threads()
     roc_cfg = RunConfig.from_yaml(args.roc_config)
     train = load_run_data(roc_cfg, "train")

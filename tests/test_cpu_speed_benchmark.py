@@ -179,3 +179,24 @@ def test_update_results_keeps_every_other_figure(bench, tmp_path, monkeypatch):
     assert after["command"] == before["command"] + " && python benchmarks/cpu_speed.py --ratio-only --steps 2"
     assert after["ratio_commit"] and after["raw"] == before["raw"]
     assert "| 1.05x | <= 1.10x |" in (tmp_path / "cpu_speed.md").read_text(encoding="utf-8")
+
+
+def test_train_only_trains_the_missing_full_runs_and_stops(bench, tmp_path, monkeypatch):
+    """``--train-only``: the fast run as the config is, the fp32 run with every speed switch off (the config's
+    recipe, e.g. its name swapping, kept), nothing measured afterwards, finished runs not trained again."""
+    calls = []
+    monkeypatch.setattr(bench, "train_full", lambda config, out, overrides: calls.append((out, overrides)))
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "metrics.json").write_text("{}")
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--train-only", "--fast-run", str(tmp_path / "fast"),
+                                     "--fp32-run", str(tmp_path / "fp32"), "--results", str(tmp_path / "results")])
+    bench.main()
+    assert calls == [(str(tmp_path / "fast"), []),
+                     (str(tmp_path / "fp32"), bench.LEVERS[bench.FP32] + ["train.inference_precision=fp32"])]
+    assert not (tmp_path / "results").exists()
+    calls.clear()
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--train-only", "--fast-run", str(done)])
+    bench.main()
+    assert calls == []
+    assert not any("name_swap" in o for o in bench.LEVERS[bench.FP32])
