@@ -371,3 +371,39 @@ def test_frozen_states_cache_keeps_the_records_as_written():
         batch, feats = batch_of(written)  # the next epoch: as written again, nothing to compute
         cache.attach(batch, [0, 1], feats, keep=[True, True])
     assert (cache.computed, cache.reused) == (3, 3)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_frozen_states_prepared_before_an_epoch_equal_the_in_step_ones(bf16):
+    """``prepare`` (length-sorted inference batches through the lean forward, on bf16 weight copies under bf16
+    autocast) gives the states the step would compute, up to float rounding; the steps then compute nothing, and
+    an epoch's swapped variants are forgotten at the next ``prepare`` while the records as written stay."""
+    from types import SimpleNamespace
+
+    from rocmre.modeling.features import PairFeatures
+    from rocmre.modeling.freezing import run_lower_layers
+    from rocmre.training.frozen_states import FrozenStatesCache
+
+    bert = _tiny_bert()
+    bert.config._attn_implementation = "sdpa"
+    model = SimpleNamespace(frozen_prefix_layers=2, encoder=SimpleNamespace(text_model=bert),
+                            tokenizer=SimpleNamespace(pad_token_id=0), parameters=bert.parameters)
+    cache = FrozenStatesCache(model)
+    rows = [[1, 5, 6, 2], [1, 7, 8, 9, 10, 2], [1, 3, 2]]
+    feats = [PairFeatures(r, 0, 1, "person", "person") for r in rows]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        assert cache.prepare([0, 1, 2], feats, [True, True, False]) == 3
+    for i, r in enumerate(rows):
+        with torch.no_grad(), autocast:
+            want = run_lower_layers(bert, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long), 2)[0]
+        torch.testing.assert_close(cache._lookup(i, tuple(r)), want, atol=3e-2 if bf16 else 1e-5,
+                                   rtol=3e-2 if bf16 else 1e-5)
+    width = 6
+    batch = {"input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+             "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])}
+    cache.attach(batch, [0, 1, 2], feats, keep=[True, True, False])
+    assert (cache.computed, cache.reused) == (3, 3) and len(cache) == 2
+    with autocast:  # the next epoch: record 2 as written, nothing else to compute
+        assert cache.prepare([0, 1, 2], feats, [True, True, True]) == 1
+    assert len(cache) == 3 and not cache._epoch

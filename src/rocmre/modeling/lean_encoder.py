@@ -77,15 +77,17 @@ class LeanBertForward:
             self._qkv[index] = kept
         return kept[1], kept[2]
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, H) final hidden states; ``attention_mask`` (B, L) is 1 at real tokens."""
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 n_layers: int | None = None) -> torch.Tensor:
+        """(B, L, H) final hidden states (after the first ``n_layers`` layers when given); ``attention_mask``
+        (B, L) is 1 at real tokens."""
         model = self.text_model
         linear = self.packed.linear
         hidden = model.embeddings(input_ids=input_ids)
         bsz, length, size = hidden.shape
         # (B, 1, 1, L): every query sees the real tokens; no mask at all when nothing is padded (one pair)
         keep = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
-        for i, layer in enumerate(model.encoder.layer):
+        for i, layer in enumerate(model.encoder.layer[:n_layers]):
             attention = layer.attention.self
             heads = attention.num_attention_heads
             weight, bias = self._projection(i, attention)

@@ -1,21 +1,31 @@
 """The output of a model's frozen lower text layers, computed once per training record and reused every epoch.
 
 With ``model.frozen_text_layers = N`` and ``model.trainable_markers: false`` nothing below layer N trains, and those
-layers run without dropout: their output depends on a record's token ids alone. :class:`FrozenStatesCache` computes
-it the first time a record is met (inside the training step's batch, under the step's autocast) and keeps it, so
-that later epochs run only the layers above N. A record whose ids changed (``data.name_swap_prob``) is computed for
-its batch without replacing the kept states of the record as written, which the next epochs mostly meet again.
+layers run without dropout: their output depends on a record's token ids alone. :class:`FrozenStatesCache` keeps
+it per record, so that training steps run only the layers above N. Before each epoch :meth:`FrozenStatesCache.prepare`
+computes what the epoch will need and is not kept yet, in length-sorted inference batches (the lean eval-mode
+forward of ``modeling/lean_encoder.py`` on bf16 weight copies when the step runs under bf16 autocast: the same
+products as inside a step, float rounding aside); :meth:`FrozenStatesCache.attach` puts the states into each step's
+batch (and computes any still missing there). A record whose ids changed this epoch (``data.name_swap_prob``) gets
+states for this epoch only, and the states kept for the record as written stay, since the next epochs mostly meet
+it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from rocmre.modeling.features import PairFeatures
 from rocmre.modeling.freezing import pad_states, run_lower_layers
+from rocmre.modeling.lean_encoder import LeanBertForward, lean_forward_supported
 from rocmre.modeling.model import RelationModel
+from rocmre.modeling.runtime import Bf16MatrixWeights
+
+StatesEntry = tuple[tuple[int, ...], torch.Tensor]  # (token ids, (L, H) states)
 
 
 class FrozenStatesCache:
@@ -27,12 +37,54 @@ class FrozenStatesCache:
                              "model.trainable_markers: false")
         self.model = model
         self.n_layers = model.frozen_prefix_layers
-        self._states: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
+        self._states: dict[int, StatesEntry] = {}  # records as written, kept for the whole run
+        self._epoch: dict[int, StatesEntry] = {}  # this epoch's changed records (name-swapped variants)
+        text = model.encoder.text_model
+        self._lean = LeanBertForward(text) if lean_forward_supported(text) else None
+        self._low_weights = Bf16MatrixWeights(nn.ModuleList(text.encoder.layer[:self.n_layers]))
         self.computed = 0
         self.reused = 0
 
     def __len__(self) -> int:
         return len(self._states)
+
+    def _lookup(self, index: int, ids: tuple[int, ...]) -> torch.Tensor | None:
+        for kept in (self._epoch, self._states):
+            entry = kept.get(index)
+            if entry is not None and entry[0] == ids:
+                return entry[1]
+        return None
+
+    def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lean: bool) -> torch.Tensor:
+        text = self.model.encoder.text_model
+        if not (lean and self._lean is not None and lean_forward_supported(text)):
+            return run_lower_layers(text, input_ids, attention_mask, self.n_layers)
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        with self._low_weights.swapped() if bf16 and input_ids.device.type == "cpu" else contextlib.nullcontext():
+            return self._lean(input_ids, attention_mask, n_layers=self.n_layers)
+
+    @torch.no_grad()
+    def prepare(self, indices: Sequence[int], features: Sequence[PairFeatures], keep: Sequence[bool],
+                batch_size: int = 64) -> int:
+        """Before an epoch: compute the states of the records ``indices`` (into ``features``, the epoch's) that are
+        not kept yet, in length-sorted batches; ``keep[i]`` False marks an epoch-only variant (forgotten at the next
+        ``prepare``). Call it under the training step's autocast. Returns how many were computed."""
+        self._epoch = {}
+        todo = [i for i in indices if self._lookup(i, tuple(features[i].input_ids)) is None]
+        todo.sort(key=lambda i: len(features[i].input_ids))
+        pad = self.model.tokenizer.pad_token_id or 0
+        device = next(self.model.parameters()).device
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            rows = [features[i].input_ids for i in chunk]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+            hidden = self._compute(ids, mask, lean=True)
+            for k, (i, r) in enumerate(zip(chunk, rows, strict=True)):
+                (self._states if keep[i] else self._epoch)[i] = (tuple(r), hidden[k, :len(r)].clone())
+        self.computed += len(todo)
+        return len(todo)
 
     @torch.no_grad()
     def attach(self, batch: dict[str, torch.Tensor], indices: Sequence[int], features: Sequence[PairFeatures],
@@ -43,21 +95,18 @@ class FrozenStatesCache:
         record stay those of the record as written."""
         ids = [tuple(f.input_ids) for f in features]
         keep = [True] * len(ids) if keep is None else list(keep)
-        missing = [row for row, (i, key) in enumerate(zip(indices, ids, strict=True))
-                   if i not in self._states or self._states[i][0] != key]
-        fresh: dict[int, torch.Tensor] = {}
+        found = [self._lookup(i, key) for i, key in zip(indices, ids, strict=True)]
+        missing = [row for row, state in enumerate(found) if state is None]
         if missing:
             rows = torch.tensor(missing, device=batch["input_ids"].device)
             mask = batch["attention_mask"][rows]
             width = int(mask.sum(1).max())
-            hidden = run_lower_layers(self.model.encoder.text_model, batch["input_ids"][rows, :width],
-                                      mask[:, :width], self.n_layers)
+            hidden = self._compute(batch["input_ids"][rows, :width], mask[:, :width], lean=False)
             for k, row in enumerate(missing):
-                fresh[row] = hidden[k, :len(ids[row])].clone()
+                found[row] = hidden[k, :len(ids[row])].clone()
                 if keep[row]:
-                    self._states[indices[row]] = (ids[row], fresh[row])
+                    self._states[indices[row]] = (ids[row], found[row])
         self.computed += len(missing)
         self.reused += len(ids) - len(missing)
-        states, _ = pad_states([fresh[row] if row in fresh else self._states[i][1] for row, i in enumerate(indices)],
-                               width=batch["input_ids"].shape[1])
+        states, _ = pad_states(found, width=batch["input_ids"].shape[1])
         batch["text_prefix_states"] = states

@@ -347,13 +347,18 @@ class Trainer:
             batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths)
             padded = batches + batches[: steps_per_epoch * world - len(batches)]
             mine = padded[accelerator.process_index::world]
+            keep = [f is g for f, g in zip(epoch_feats, train_feats, strict=True)]  # False: swapped this epoch
+            if states_cache is not None:  # the frozen prefix of every record this epoch needs, in inference batches
+                with self._autocast():
+                    states_cache.prepare(sorted({i for b in mine[state.batch_in_epoch:] for i in b}), epoch_feats,
+                                         keep, batch_size=cfg.train.eval_batch_size)
             for b in mine[state.batch_in_epoch:]:
                 t0 = time.time()
                 items = [epoch_feats[i] for i in b]
                 batch = {k: v.to(accelerator.device) for k, v in runtime.collator(items).items()}
                 with self._autocast():
                     if states_cache is not None:
-                        states_cache.attach(batch, b, items, keep=[epoch_feats[i] is train_feats[i] for i in b])
+                        states_cache.attach(batch, b, items, keep=[keep[i] for i in b])
                     out = wrapped(batch, descriptions_per_relation=cfg.train.descriptions_per_relation,
                                   generator=desc_gen, refresh_descriptions=state.step % refresh_every == 0)
                 accelerator.backward(out.loss)
