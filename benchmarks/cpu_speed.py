@@ -275,6 +275,11 @@ def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair:
     less ``fp32_paused_s`` seconds it spent stopped; the F1 delta from the two CPU runs, else from ``delta_pair``,
     two runs of another machine, named as such)."""
     s, notes = res["summary"], res["notes"]
+    if fast and fp32 and "run_config" in fast and "run_config" in fp32:
+        differ = recipe_differences(fast["run_config"], fp32["run_config"])
+        if differ:
+            raise SystemExit(f"{fp32['folder']} is not {fast['folder']} with the fp32 lever: they also differ in "
+                             f"{', '.join(differ)}; train the fp32 run from the same config (--train-only)")
     res["fp32_run_paused_seconds"] = fp32_paused_s
     if fast:
         s["full_training_minutes"] = fast["timings"]["train_minutes"]
@@ -488,7 +493,35 @@ def run_metrics(folder: str | None) -> dict | None:
     path = Path(folder) / "metrics.json"
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: train it first (--train) or give a finished run")
-    return json.loads(path.read_text(encoding="utf-8")) | {"folder": folder}
+    out = json.loads(path.read_text(encoding="utf-8")) | {"folder": folder}
+    run_config = Path(folder) / "run_config.yaml"
+    if run_config.is_file():
+        import yaml
+
+        out["run_config"] = yaml.safe_load(run_config.read_text(encoding="utf-8"))
+    return out
+
+
+def recipe_differences(fast_config: dict, fp32_config: dict) -> list[str]:
+    """The settings (``section.key``) in which an fp32 run differs from the fast run with the fp32 lever applied
+    (output and cache folders aside): empty when the pair compares the speed switches alone."""
+    from rocmre.training.config import RunConfig, apply_override
+
+    want = json.loads(json.dumps(fast_config))
+    for item in LEVERS[FP32] + ["train.inference_precision=fp32"]:
+        apply_override(want, item)
+    a = RunConfig.model_validate(want).model_dump()
+    b = RunConfig.model_validate(fp32_config).model_dump()
+    differ = []
+    for section in sorted(set(a) | set(b)):
+        if section in ("output_dir", "cache_dir"):
+            continue
+        if isinstance(a.get(section), dict) and isinstance(b.get(section), dict):
+            differ += [f"{section}.{k}" for k in sorted(set(a[section]) | set(b[section]))
+                       if a[section].get(k) != b[section].get(k)]
+        elif a.get(section) != b.get(section):
+            differ.append(section)
+    return differ
 
 
 def train_full(config: str, out: str, overrides: list[str]) -> None:

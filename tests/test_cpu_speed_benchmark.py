@@ -3,9 +3,12 @@ Markdown renders the summary contract (the timings themselves come from running 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+
+from rocmre.training.config import apply_override
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"full_training_minutes", "fp32_full_training_minutes", "val_micro_f1_delta_fast_vs_fp32",
@@ -114,6 +117,28 @@ def test_full_runs_fill_the_summary_and_a_pause_is_subtracted_and_said(bench):
     assert s["val_micro_f1_delta_fast_vs_fp32"] == pytest.approx(0.14)
     bench.apply_full_runs(res, run, None, None)
     assert s["fp32_full_training_minutes"] == 87.0 and "PROJECTED" in res["notes"]["fp32_full_training_minutes"]
+
+
+def test_an_fp32_run_of_another_recipe_is_refused(bench):
+    """The F1 delta compares the speed switches alone: an fp32 run trained from another recipe (here: without the
+    canonical config's name swapping) is refused, naming the setting."""
+    import yaml
+
+    fast_cfg = yaml.safe_load((REPO / "configs" / "mnre_roc.yaml").read_text())
+    fp32_cfg = json.loads(json.dumps(fast_cfg))
+    for item in bench.LEVERS[bench.FP32] + ["train.inference_precision=fp32", "output_dir=runs/fp32"]:
+        apply_override(fp32_cfg, item)
+    assert bench.recipe_differences(fast_cfg, fp32_cfg) == []
+    run = {"timings": {"train_minutes": 19.0}, "results": {"val": {"f1": 0.59}}, "folder": "runs/fast",
+           "run_config": fast_cfg}
+    fp32 = {"timings": {"train_minutes": 90.0}, "results": {"val": {"f1": 0.588}}, "folder": "runs/fp32",
+            "run_config": fp32_cfg}
+    res = {"summary": {}, "notes": {}, "projected_fp32_full_training_minutes": 87.0}
+    bench.apply_full_runs(res, run, fp32, None)
+    assert res["summary"]["val_micro_f1_delta_fast_vs_fp32"] == pytest.approx(0.2)
+    apply_override(fp32_cfg, "data.name_swap_prob=0.0")
+    with pytest.raises(SystemExit, match="data.name_swap_prob"):
+        bench.apply_full_runs(res, run, fp32, None)
 
 
 def test_interleaved_steps_alternate_models_and_drop_the_warm_up(bench):
