@@ -269,17 +269,35 @@ def canonical_step_ratio(roc_config: str, cls_config: str, train, steps: int) ->
             "roc_row": _lever_of(cfgs["roc"]), "classifier_row": _lever_of(cfgs["classifier"], cls=True)}
 
 
-def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair: list[str] | None,
-                    fp32_paused_s: float = 0.0) -> None:
-    """Fill the summary's full-training figures from finished runs' metrics.json (fp32: projected without a run,
-    less ``fp32_paused_s`` seconds it spent stopped; the F1 delta from the two CPU runs, else from ``delta_pair``,
-    two runs of another machine, named as such)."""
-    s, notes = res["summary"], res["notes"]
-    if fast and fp32 and "run_config" in fast and "run_config" in fp32:
+def _check_pair(fast: dict, fp32: dict) -> None:
+    if "run_config" in fast and "run_config" in fp32:
         differ = recipe_differences(fast["run_config"], fp32["run_config"])
         if differ:
             raise SystemExit(f"{fp32['folder']} is not {fast['folder']} with the fp32 lever: they also differ in "
                              f"{', '.join(differ)}; train the fp32 run from the same config (--train-only)")
+
+
+def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair: list[str] | None,
+                    fp32_paused_s: float = 0.0, earlier_pair: tuple[dict, dict] | None = None) -> None:
+    """Fill the summary's full-training figures from finished runs' metrics.json (fp32: projected without a run,
+    less ``fp32_paused_s`` seconds it spent stopped; the F1 delta from the two CPU runs, else from ``delta_pair``,
+    two runs of another machine, named as such). Without an fp32 run of the fast run's recipe, ``earlier_pair``
+    (a fast run and its fp32 run of an earlier canonical recipe, both CPU runs) gives the fp32 figures, and the
+    notes say how that recipe differs from the fast run's."""
+    s, notes = res["summary"], res["notes"]
+    if fast and fp32:
+        _check_pair(fast, fp32)
+    recipe = ""
+    if fp32 is None and earlier_pair is not None:
+        _check_pair(*earlier_pair)
+        res["earlier_recipe_pair"] = [run["folder"] for run in earlier_pair]
+        if fast and "run_config" in fast and "run_config" in earlier_pair[0]:
+            changed = config_differences(earlier_pair[0]["run_config"], fast["run_config"])
+            recipe = "; ".join(f"`{k}` {a} -> {b}" for k, (a, b) in changed.items())
+        recipe = (f"from the pair `{earlier_pair[0]['folder']}` / `{earlier_pair[1]['folder']}` of the canonical "
+                  f"recipe before {recipe or 'today'} (the same speed switches; the fp32 run of the fast run's "
+                  f"recipe is not finished)")
+        fp32 = earlier_pair[1]
     res["fp32_run_paused_seconds"] = fp32_paused_s
     if fast:
         s["full_training_minutes"] = fast["timings"]["train_minutes"]
@@ -294,11 +312,17 @@ def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair:
         else "measured (rocmre train, metrics.json)" if not fp32_paused_s
         else f"measured (rocmre train, metrics.json: {fp32['timings']['train_minutes']:.1f} min of wall time) less "
              f"{fp32_paused_s / 60:.1f} min during which the run was stopped (SIGSTOP) so that other timings could "
-             f"run on an idle machine")
+             f"run on an idle machine") + (f"; {recipe}" if recipe else "")
     res["fast_run_val_micro_f1"] = fast["results"]["val"]["f1"] if fast else None
     res["fp32_run_val_micro_f1"] = fp32["results"]["val"]["f1"] if fp32 else None
     res["fast_run"], res["fp32_run"] = (fast or {}).get("folder"), (fp32 or {}).get("folder")
-    if fast and fp32:
+    if recipe:
+        base = earlier_pair[0]["results"]["val"]["f1"]
+        s["val_micro_f1_delta_fast_vs_fp32"] = 100 * (base - fp32["results"]["val"]["f1"])
+        notes["val_micro_f1_delta_fast_vs_fp32"] = (
+            f"{100 * base:.2f} - {100 * fp32['results']['val']['f1']:.2f}, {recipe}; the fast run itself: val "
+            f"{100 * fast['results']['val']['f1']:.2f}" if fast else recipe)
+    elif fast and fp32:
         s["val_micro_f1_delta_fast_vs_fp32"] = 100 * (fast["results"]["val"]["f1"] - fp32["results"]["val"]["f1"])
         notes["val_micro_f1_delta_fast_vs_fp32"] = "the two full CPU runs (same seed)"
     elif delta_pair:
@@ -502,26 +526,34 @@ def run_metrics(folder: str | None) -> dict | None:
     return out
 
 
-def recipe_differences(fast_config: dict, fp32_config: dict) -> list[str]:
-    """The settings (``section.key``) in which an fp32 run differs from the fast run with the fp32 lever applied
-    (output and cache folders aside): empty when the pair compares the speed switches alone."""
-    from rocmre.training.config import RunConfig, apply_override
+def config_differences(first: dict, second: dict) -> dict[str, tuple]:
+    """``{"section.key": (first's value, second's value)}`` for every setting two run configs differ in (output and
+    cache folders aside; defaults filled in)."""
+    from rocmre.training.config import RunConfig
 
-    want = json.loads(json.dumps(fast_config))
-    for item in LEVERS[FP32] + ["train.inference_precision=fp32"]:
-        apply_override(want, item)
-    a = RunConfig.model_validate(want).model_dump()
-    b = RunConfig.model_validate(fp32_config).model_dump()
-    differ = []
+    a = RunConfig.model_validate(first).model_dump()
+    b = RunConfig.model_validate(second).model_dump()
+    differ = {}
     for section in sorted(set(a) | set(b)):
         if section in ("output_dir", "cache_dir"):
             continue
         if isinstance(a.get(section), dict) and isinstance(b.get(section), dict):
-            differ += [f"{section}.{k}" for k in sorted(set(a[section]) | set(b[section]))
-                       if a[section].get(k) != b[section].get(k)]
+            differ |= {f"{section}.{k}": (a[section].get(k), b[section].get(k))
+                       for k in sorted(set(a[section]) | set(b[section])) if a[section].get(k) != b[section].get(k)}
         elif a.get(section) != b.get(section):
-            differ.append(section)
+            differ[section] = (a.get(section), b.get(section))
     return differ
+
+
+def recipe_differences(fast_config: dict, fp32_config: dict) -> list[str]:
+    """The settings (``section.key``) in which an fp32 run differs from the fast run with the fp32 lever applied:
+    empty when the pair compares the speed switches alone."""
+    from rocmre.training.config import apply_override
+
+    want = json.loads(json.dumps(fast_config))
+    for item in LEVERS[FP32] + ["train.inference_precision=fp32"]:
+        apply_override(want, item)
+    return list(config_differences(want, fp32_config))
 
 
 def train_full(config: str, out: str, overrides: list[str]) -> None:
@@ -559,6 +591,9 @@ def main() -> None:
     parser.add_argument("--delta-pair", nargs=2, metavar=("FAST_METRICS", "FP32_METRICS"), default=None,
                         help="without --fp32-run: two metrics.json files of the same seed on the same hardware (e.g. a "
                              "GPU pair) that give val_micro_f1_delta_fast_vs_fp32; the Markdown names their hardware")
+    parser.add_argument("--earlier-recipe-pair", nargs=2, metavar=("FAST_RUN", "FP32_RUN"), default=None,
+                        help="without --fp32-run: a finished fast run and its fp32 run (run folders) of an earlier "
+                             "canonical recipe, for the fp32 figures; the notes say how the recipes differ")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--render-only", action="store_true",
                         help="no measuring: apply --delta-pair to the existing cpu_speed.json and rewrite the Markdown")
@@ -566,13 +601,18 @@ def main() -> None:
     if args.render_only:
         path = Path(args.results) / "cpu_speed.json"
         res = json.loads(path.read_text(encoding="utf-8"))
+        earlier = args.earlier_recipe_pair or (None if args.fp32_run else res.get("earlier_recipe_pair"))
         apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
-                        run_metrics(args.fp32_run or res.get("fp32_run")),
+                        None if earlier else run_metrics(args.fp32_run or res.get("fp32_run")),
                         args.delta_pair or res.get("delta_pair"),
-                        args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0))
+                        args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0),
+                        tuple(run_metrics(f) for f in earlier) if earlier else None)
+        if not earlier:
+            res.pop("earlier_recipe_pair", None)
         extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
                  if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else []) + (
-            [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else [])
+            [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else []) + (
+            ["--earlier-recipe-pair " + " ".join(args.earlier_recipe_pair)] if args.earlier_recipe_pair else [])
         addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
         if extra and not res["command"].endswith(addition):
             res["command"] += addition
@@ -867,7 +907,9 @@ def render(res: dict) -> str:
              "## Summary (targets from the speed issue)", "",
              "| measure | value | target |", "| --- | --- | --- |"]
     rows = [
-        ("full ROC training, fast config, 6 epochs (`full_training_minutes`)",
+        ("full ROC training, fast config, 6 epochs (`full_training_minutes`"
+         + (f"; `{res['fast_run']}`, val micro-F1 {100 * res['fast_run_val_micro_f1']:.2f}"
+            if res.get("fast_run") and res.get("fast_run_val_micro_f1") is not None else "") + ")",
          f"{_fmt(s['full_training_minutes'], '.1f')} min", "<= 20"),
         (f"the same in fp32 (`fp32_full_training_minutes`; {res['notes']['fp32_full_training_minutes']})",
          f"{_fmt(s['fp32_full_training_minutes'], '.1f')} min", ""),

@@ -140,6 +140,22 @@ def test_an_fp32_run_of_another_recipe_is_refused(bench):
     with pytest.raises(SystemExit, match="data.name_swap_prob"):
         bench.apply_full_runs(res, run, fp32, None)
 
+    # without an fp32 run of the fast run's recipe: a matched pair of the earlier recipe, the difference said
+    earlier_fast = json.loads(json.dumps(fast_cfg))
+    apply_override(earlier_fast, "data.name_swap_prob=0.0")
+    pair = ({"timings": {"train_minutes": 19.1}, "results": {"val": {"f1": 0.5793}}, "folder": "runs/old-fast",
+             "run_config": earlier_fast}, fp32)
+    res = {"summary": {}, "notes": {}, "projected_fp32_full_training_minutes": 87.0}
+    bench.apply_full_runs(res, run, None, None, fp32_paused_s=60.0, earlier_pair=pair)
+    s = res["summary"]
+    assert s["full_training_minutes"] == 19.0 and s["fp32_full_training_minutes"] == pytest.approx(89.0)
+    assert s["val_micro_f1_delta_fast_vs_fp32"] == pytest.approx(100 * (0.5793 - 0.588))
+    note = res["notes"]["val_micro_f1_delta_fast_vs_fp32"]
+    assert "`data.name_swap_prob` 0.0 -> 0.5" in note and "runs/old-fast" in note and "val 59.00" in note
+    assert res["earlier_recipe_pair"] == ["runs/old-fast", "runs/fp32"]
+    with pytest.raises(SystemExit, match="data.name_swap_prob"):  # the earlier pair must itself be matched
+        bench.apply_full_runs(res, run, None, None, earlier_pair=(run, fp32))
+
 
 def test_interleaved_steps_alternate_models_and_drop_the_warm_up(bench):
     calls = []
