@@ -530,19 +530,9 @@ def config_differences(first: dict, second: dict) -> dict[str, tuple]:
     """``{"section.key": (first's value, second's value)}`` for every setting two run configs differ in (output and
     cache folders aside; defaults filled in)."""
     from rocmre.training.config import RunConfig
+    from rocmre.training.config import config_differences as differences
 
-    a = RunConfig.model_validate(first).model_dump()
-    b = RunConfig.model_validate(second).model_dump()
-    differ = {}
-    for section in sorted(set(a) | set(b)):
-        if section in ("output_dir", "cache_dir"):
-            continue
-        if isinstance(a.get(section), dict) and isinstance(b.get(section), dict):
-            differ |= {f"{section}.{k}": (a[section].get(k), b[section].get(k))
-                       for k in sorted(set(a[section]) | set(b[section])) if a[section].get(k) != b[section].get(k)}
-        elif a.get(section) != b.get(section):
-            differ[section] = (a.get(section), b.get(section))
-    return differ
+    return differences(RunConfig.model_validate(first).model_dump(), RunConfig.model_validate(second).model_dump())
 
 
 def recipe_differences(fast_config: dict, fp32_config: dict) -> list[str]:

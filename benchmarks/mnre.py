@@ -115,20 +115,13 @@ def run_overrides(v: BenchVariant, backbone: str, seed: int, bundle: Path | None
     return [*v.overrides, f"seed={seed}", *extra]
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def config_differences(trained: dict, expected: dict, ignore: tuple[str, ...] = ("output_dir", "cache_dir")
                        ) -> list[str]:
     """``key: trained -> expected`` for every setting (dotted keys of two run-config dicts) a trained run does not
     share with what its variant asks for today, where it was written and its cache aside."""
-    a, b = _flat(trained), _flat(expected)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in ignore and a.get(k) != b.get(k)]
+    from rocmre.training.config import config_differences as differences
+
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in differences(trained, expected, ignore).items()]
 
 
 def check_trained_config(folder: Path, v: BenchVariant, overrides: list[str]) -> None:

@@ -115,3 +115,17 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {p!r} is not a section")
     node[leaf] = yaml.safe_load(raw)
+
+
+def config_differences(first: dict[str, Any], second: dict[str, Any],
+                       ignore: tuple[str, ...] = ("output_dir", "cache_dir")) -> dict[str, tuple[Any, Any]]:
+    """``{"a.b.c": (first's value, second's value)}`` for every dotted setting two run-config dicts differ in
+    (absent: None), sorted by key; the ``ignore`` keys (where a run was written and its cache) aside."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(first), flat(second)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)}
