@@ -572,6 +572,9 @@ def main() -> None:
     parser.add_argument("--fast-run", default=None, help="a finished run of --roc-config as it is (metrics.json)")
     parser.add_argument("--fp32-run", default=None, help="a finished run of --roc-config with the fp32 lever")
     parser.add_argument("--train", action="store_true", help="train the missing full runs first (long)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="with --train/--train-only: both full runs with this seed instead of the config's "
+                             "(a second seed-matched pair for the fast - fp32 delta)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the missing full runs (--fast-run, --fp32-run) and stop; --render-only then reads "
                              "them into the results")
@@ -621,10 +624,11 @@ def main() -> None:
     from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime, resolve_precision
 
     if args.train or args.train_only:
+        seed = [] if args.seed is None else [f"seed={args.seed}"]
         if args.fast_run and not (Path(args.fast_run) / "metrics.json").is_file():
-            train_full(args.roc_config, args.fast_run, [])
+            train_full(args.roc_config, args.fast_run, seed)
         if args.fp32_run and not (Path(args.fp32_run) / "metrics.json").is_file():
-            train_full(args.roc_config, args.fp32_run, LEVERS[FP32] + ["train.inference_precision=fp32"])
+            train_full(args.roc_config, args.fp32_run, LEVERS[FP32] + ["train.inference_precision=fp32"] + seed)
         if args.train_only:
             return
     threads = torch.get_num_threads()

@@ -241,3 +241,15 @@ def test_train_only_trains_the_missing_full_runs_and_stops(bench, tmp_path, monk
     bench.main()
     assert calls == []
     assert not any("name_swap" in o for o in bench.LEVERS[bench.FP32])
+
+
+def test_train_only_with_a_seed_trains_both_runs_with_it(bench, tmp_path, monkeypatch):
+    """``--seed N``: both full runs of a second seed-matched pair get ``seed=N``, and nothing else changes."""
+    calls = []
+    monkeypatch.setattr(bench, "train_full", lambda config, out, overrides: calls.append((out, overrides)))
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--train-only", "--seed", "1", "--fast-run",
+                                     str(tmp_path / "fast"), "--fp32-run", str(tmp_path / "fp32")])
+    bench.main()
+    assert calls == [(str(tmp_path / "fast"), ["seed=1"]),
+                     (str(tmp_path / "fp32"),
+                      bench.LEVERS[bench.FP32] + ["train.inference_precision=fp32", "seed=1"])]
