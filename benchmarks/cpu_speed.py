@@ -338,6 +338,78 @@ def apply_full_runs(res: dict, fast: dict | None, fp32: dict | None, delta_pair:
         notes["val_micro_f1_delta_fast_vs_fp32"] = "not measured"
 
 
+def full_run_pair(fast: dict, fp32: dict, fp32_paused_s: float = 0.0) -> dict:
+    """One seed-matched pair of full runs (``run_metrics``: the fast run and its fp32 twin, refused unless their
+    configs differ in the fp32 lever alone) as the results keep it, so that the figures outlive the run folders."""
+    _check_pair(fast, fp32)
+    return {"seed": fast.get("run_config", {}).get("seed"), "fast_run": fast["folder"], "fp32_run": fp32["folder"],
+            "fast_val_micro_f1": 100 * fast["results"]["val"]["f1"],
+            "fp32_val_micro_f1": 100 * fp32["results"]["val"]["f1"],
+            "fast_minutes": fast["timings"]["train_minutes"],
+            "fp32_minutes": fp32["timings"]["train_minutes"] - fp32_paused_s / 60,
+            "fp32_paused_seconds": fp32_paused_s, "fast_peak_rss_mb": fast["timings"].get("peak_rss_mb")}
+
+
+def recorded_pair(res: dict, seed: int | None) -> dict:
+    """The single fast/fp32 pair of results written before pairs were kept (``fast_run`` ... fields), as a pair;
+    ``seed``: the seed both were trained with (the config's: they were trained without ``--seed``)."""
+    return {"seed": seed, "fast_run": res["fast_run"], "fp32_run": res["fp32_run"],
+            "fast_val_micro_f1": 100 * res["fast_run_val_micro_f1"],
+            "fp32_val_micro_f1": 100 * res["fp32_run_val_micro_f1"],
+            "fast_minutes": res["summary"]["full_training_minutes"],
+            "fp32_minutes": res["summary"]["fp32_full_training_minutes"],
+            "fp32_paused_seconds": res.get("fp32_run_paused_seconds", 0.0),
+            "fast_peak_rss_mb": res["summary"].get("train_peak_rss_mb")}
+
+
+def apply_pairs(res: dict, pairs: list[dict]) -> None:
+    """Fill the summary's full-training figures from seed-matched pairs of full runs: the val micro-F1 delta is the
+    mean of the per-pair deltas (one seed's delta is within seed noise of zero either way); the fast and the fp32
+    training minutes and the training peak are the highest of the pairs' runs (pairs may be trained on different
+    hosts of the same machine type: a time target must hold on each). Replaces the single-pair fields."""
+    if not pairs:
+        raise ValueError("no full-run pairs")
+    s, notes = res["summary"], res["notes"]
+    for key in ("fast_run", "fp32_run", "fast_run_val_micro_f1", "fp32_run_val_micro_f1", "fp32_run_paused_seconds",
+                "earlier_recipe_pair", "delta_pair"):
+        res.pop(key, None)
+    res["full_run_pairs"] = pairs
+    deltas = [p["fast_val_micro_f1"] - p["fp32_val_micro_f1"] for p in pairs]
+    s["full_training_minutes"] = max(p["fast_minutes"] for p in pairs)
+    s["fp32_full_training_minutes"] = max(p["fp32_minutes"] for p in pairs)
+    s["val_micro_f1_delta_fast_vs_fp32"] = statistics.mean(deltas)
+    peaks = [p["fast_peak_rss_mb"] for p in pairs if p.get("fast_peak_rss_mb") is not None]
+    s["train_peak_rss_mb"] = max(peaks) if peaks else s.get("train_peak_rss_mb")
+    seeds = ", ".join(str(p["seed"]) for p in pairs)
+    paused = sum(p["fp32_paused_seconds"] for p in pairs)
+    notes["train_peak_rss_mb"] = "the highest of the full fast runs' metrics.json"
+    notes["fp32_full_training_minutes"] = (
+        f"the slowest of {len(pairs)} measured runs (rocmre train, metrics.json; seeds {seeds}: "
+        + ", ".join(f"{p['fp32_minutes']:.1f}" for p in pairs) + " min)"
+        + (f", less {paused / 60:.1f} min in all during which runs were stopped (SIGSTOP) so that other timings "
+           "could run on an idle machine" if paused else ""))
+    notes["val_micro_f1_delta_fast_vs_fp32"] = (
+        f"mean over {len(pairs)} seed-matched pairs of full CPU runs: "
+        + ", ".join(f"{d:+.2f} (seed {p['seed']})" for d, p in zip(deltas, pairs, strict=True))
+        + (f"; std of the per-pair deltas {statistics.stdev(deltas):.2f}" if len(pairs) > 1 else ""))
+
+
+def render_pairs(pairs: list[dict]) -> list[str]:
+    """The Markdown table of the seed-matched full runs."""
+    lines = ["", "## Full trainings: the fast config and its fp32 twin, seed-matched", "",
+             "Each pair: `rocmre train` of the canonical config as it is and with every speed switch off "
+             "(`cpu_speed.py --train-only [--seed N]`), same seed, same recipe otherwise; the summary takes the mean "
+             "of the val deltas and the slowest run's minutes.", "",
+             "| seed | fast run | val micro-F1 | minutes | fp32 run | val micro-F1 | minutes | fast - fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in pairs:
+        paused = f" ({p['fp32_paused_seconds'] / 60:.0f} min stopped, taken off)" if p["fp32_paused_seconds"] else ""
+        lines.append(f"| {p['seed']} | `{p['fast_run']}` | {p['fast_val_micro_f1']:.2f} | {p['fast_minutes']:.1f} | "
+                     f"`{p['fp32_run']}` | {p['fp32_val_micro_f1']:.2f} | {p['fp32_minutes']:.1f}{paused} | "
+                     f"{p['fast_val_micro_f1'] - p['fp32_val_micro_f1']:+.2f} |")
+    return lines
+
+
 def _median(pred: dict, key: str) -> float:
     return statistics.median(pred["pairs_per_s"][key])
 
@@ -587,6 +659,10 @@ def main() -> None:
     parser.add_argument("--earlier-recipe-pair", nargs=2, metavar=("FAST_RUN", "FP32_RUN"), default=None,
                         help="without --fp32-run: a finished fast run and its fp32 run (run folders) of an earlier "
                              "canonical recipe, for the fp32 figures; the notes say how the recipes differ")
+    parser.add_argument("--add-pair", nargs=2, metavar=("FAST_RUN", "FP32_RUN"), default=None,
+                        help="with --render-only: one more seed-matched pair of full runs (e.g. trained with --seed); "
+                             "the results keep every pair and the summary takes means over them "
+                             "(--fp32-paused-seconds then applies to this pair's fp32 run)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--render-only", action="store_true",
                         help="no measuring: apply --delta-pair to the existing cpu_speed.json and rewrite the Markdown")
@@ -595,17 +671,27 @@ def main() -> None:
         path = Path(args.results) / "cpu_speed.json"
         res = json.loads(path.read_text(encoding="utf-8"))
         earlier = args.earlier_recipe_pair or (None if args.fp32_run else res.get("earlier_recipe_pair"))
-        apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
-                        None if earlier else run_metrics(args.fp32_run or res.get("fp32_run")),
-                        args.delta_pair or res.get("delta_pair"),
-                        args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0),
-                        tuple(run_metrics(f) for f in earlier) if earlier else None)
-        if not earlier:
-            res.pop("earlier_recipe_pair", None)
+        if args.add_pair or res.get("full_run_pairs"):
+            from rocmre.training.config import RunConfig
+
+            pairs = res.get("full_run_pairs") or [recorded_pair(res, RunConfig.from_yaml(args.roc_config).seed)]
+            if args.add_pair:
+                new = full_run_pair(*(run_metrics(f) for f in args.add_pair), args.fp32_paused_seconds)
+                pairs = [p for p in pairs if p["fast_run"] != new["fast_run"]] + [new]
+            apply_pairs(res, pairs)
+        else:
+            apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
+                            None if earlier else run_metrics(args.fp32_run or res.get("fp32_run")),
+                            args.delta_pair or res.get("delta_pair"),
+                            args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0),
+                            tuple(run_metrics(f) for f in earlier) if earlier else None)
+            if not earlier:
+                res.pop("earlier_recipe_pair", None)
         extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
                  if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else []) + (
             [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else []) + (
-            ["--earlier-recipe-pair " + " ".join(args.earlier_recipe_pair)] if args.earlier_recipe_pair else [])
+            ["--earlier-recipe-pair " + " ".join(args.earlier_recipe_pair)] if args.earlier_recipe_pair else []) + (
+            ["--add-pair " + " ".join(args.add_pair)] if args.add_pair else [])
         addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
         if extra and not res["command"].endswith(addition):
             res["command"] += addition
@@ -900,9 +986,12 @@ def render(res: dict) -> str:
              "compare like with like. Other load on the machine slows every figure.", "",
              "## Summary (targets from the speed issue)", "",
              "| measure | value | target |", "| --- | --- | --- |"]
+    pairs = res.get("full_run_pairs")
     rows = [
         ("full ROC training, fast config, 6 epochs (`full_training_minutes`"
-         + (f"; `{res['fast_run']}`, val micro-F1 {100 * res['fast_run_val_micro_f1']:.2f}"
+         + (f"; the slowest of {len(pairs)} runs, seeds " + ", ".join(str(p["seed"]) for p in pairs) + ": "
+            + ", ".join(f"{p['fast_minutes']:.1f}" for p in pairs) + " min; pairs below" if pairs
+            else f"; `{res['fast_run']}`, val micro-F1 {100 * res['fast_run_val_micro_f1']:.2f}"
             if res.get("fast_run") and res.get("fast_run_val_micro_f1") is not None else "") + ")",
          f"{_fmt(s['full_training_minutes'], '.1f')} min", "<= 20"),
         (f"the same in fp32 (`fp32_full_training_minutes`; {res['notes']['fp32_full_training_minutes']})",
@@ -944,6 +1033,8 @@ def render(res: dict) -> str:
                   f"{_median(pred, 'default_unpacked') / _median(pred, 'bare'):.2f}x; "
                   f"{statistics.median(single['default_unpacked']):.1f} ms", "")]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if pairs:
+        lines += render_pairs(pairs)
     lines += [
              "", "## Training step by lever (batch 32)", "",
              "Median and mean of the timed steps; the mean counts ROC's description-refresh steps at their share.", "",
@@ -967,7 +1058,8 @@ def render(res: dict) -> str:
               f"- {res['steps_per_epoch']} steps per epoch, {res['epochs']:g} epochs; fp32 projection "
               f"{res['projected_fp32_full_training_minutes']:.1f} min",
               f"- full runs: fast `{res['fast_run']}` (val micro-F1 {_fmt(res['fast_run_val_micro_f1'], '.4f')}), "
-              f"fp32 `{res['fp32_run']}` (val micro-F1 {_fmt(res['fp32_run_val_micro_f1'], '.4f')})",
+              f"fp32 `{res['fp32_run']}` (val micro-F1 {_fmt(res['fp32_run_val_micro_f1'], '.4f')})" if not pairs
+              else f"- full runs: {len(pairs)} seed-matched pairs (table above)",
               f"- prediction on {pred['pairs']} test pairs without images, medians of {pred['rounds']} interleaved "
               "rounds (pairs/s): " + ", ".join(f"{k} {_median(pred, k):.1f}" for k in pred["pairs_per_s"])
               + f"; {pred['relations_10k']} relations' description vectors took "

@@ -253,3 +253,54 @@ def test_train_only_with_a_seed_trains_both_runs_with_it(bench, tmp_path, monkey
     assert calls == [(str(tmp_path / "fast"), ["seed=1"]),
                      (str(tmp_path / "fp32"),
                       bench.LEVERS[bench.FP32] + ["train.inference_precision=fp32", "seed=1"])]
+
+
+def test_seed_matched_pairs_average_into_the_summary_and_outlive_their_folders(bench, tmp_path, monkeypatch):
+    """``--render-only --add-pair FAST FP32``: results written with one pair keep it (read from their own fields,
+    the run folders may be gone), the new pair is checked like the first and added, the summary's val delta is the
+    mean over the pairs and its training minutes the slowest run's; the Markdown lists every pair."""
+    import yaml
+
+    fast_cfg = yaml.safe_load((REPO / "configs" / "mnre_roc.yaml").read_text())
+    fast_cfg["seed"] = 1
+    fp32_cfg = json.loads(json.dumps(fast_cfg))
+    for item in bench.LEVERS[bench.FP32] + ["train.inference_precision=fp32"]:
+        apply_override(fp32_cfg, item)
+    for name, cfg, minutes, f1 in (("fast", fast_cfg, 20.0, 0.58), ("fp32", fp32_cfg, 90.0, 0.584)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"timings": {"train_minutes": minutes, "peak_rss_mb": 5000.0}, "results": {"val": {"f1": f1}}}))
+    results = tmp_path / "results"
+    results.mkdir()
+    res = json.loads((REPO / "benchmarks" / "results" / "cpu_speed.json").read_text())
+    res["summary"] |= {"full_training_minutes": 19.0, "fp32_full_training_minutes": 86.0,
+                       "val_micro_f1_delta_fast_vs_fp32": 0.7, "train_peak_rss_mb": 5500.0}
+    res.pop("full_run_pairs", None)
+    res |= {"fast_run": "runs/gone-fast", "fp32_run": "runs/gone-fp32", "fast_run_val_micro_f1": 0.593,
+            "fp32_run_val_micro_f1": 0.586, "fp32_run_paused_seconds": 600.0, "command": "python x"}
+    (results / "cpu_speed.json").write_text(json.dumps(res))
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--render-only", "--results", str(results),
+                                     "--add-pair", str(tmp_path / "fast"), str(tmp_path / "fp32")])
+    bench.main()
+    out = json.loads((results / "cpu_speed.json").read_text())
+    s, pairs = out["summary"], out["full_run_pairs"]
+    assert [p["seed"] for p in pairs] == [42, 1] and "fast_run" not in out
+    assert pairs[0]["fast_val_micro_f1"] == pytest.approx(59.3) and pairs[0]["fp32_paused_seconds"] == 600.0
+    assert s["full_training_minutes"] == 20.0 and s["fp32_full_training_minutes"] == 90.0  # the slowest runs
+    assert s["val_micro_f1_delta_fast_vs_fp32"] == pytest.approx((0.7 - 0.4) / 2)
+    assert s["train_peak_rss_mb"] == 5500.0
+    assert "+0.70 (seed 42), -0.40 (seed 1)" in out["notes"]["val_micro_f1_delta_fast_vs_fp32"]
+    md = (results / "cpu_speed.md").read_text()
+    assert "| 1 | `" + str(tmp_path / "fast") + "` | 58.00 | 20.0 |" in md and "| -0.40 |" in md
+    assert out["command"].endswith("--add-pair " + str(tmp_path / "fast") + " " + str(tmp_path / "fp32"))
+    # rendering again keeps the pairs; a pair whose fp32 run is of another recipe is refused
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--render-only", "--results", str(results)])
+    bench.main()
+    assert json.loads((results / "cpu_speed.json").read_text())["full_run_pairs"] == pairs
+    fp32_cfg["seed"] = 2
+    (tmp_path / "fp32" / "run_config.yaml").write_text(yaml.safe_dump(fp32_cfg))
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--render-only", "--results", str(results),
+                                     "--add-pair", str(tmp_path / "fast"), str(tmp_path / "fp32")])
+    with pytest.raises(SystemExit, match="seed"):
+        bench.main()
