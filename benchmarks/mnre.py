@@ -85,6 +85,13 @@ VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
                  baseline="classifier_name_swap_all"),
     BenchVariant("classifier_name_swap_all", "configs/mnre_cls.yaml", ["data.name_swap_prob=1.0"],
                  "classifier + training-time name swapping (p=1)"),
+    # rare relations: the logit-adjusted loss (train.logit_adjustment, tau = 1) on the canonical recipe
+    BenchVariant("roc_logit_adjusted", "configs/mnre_roc.yaml",
+                 ["data.name_swap_prob=0.5", "train.logit_adjustment=1.0"],
+                 "ROC, canonical config + logit-adjusted loss (tau 1)", baseline="classifier_logit_adjusted"),
+    BenchVariant("classifier_logit_adjusted", "configs/mnre_cls.yaml",
+                 ["data.name_swap_prob=0.5", "train.logit_adjustment=1.0"],
+                 "classifier, canonical config + logit-adjusted loss (tau 1)"),
 ]}
 
 

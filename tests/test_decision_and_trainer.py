@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -292,3 +293,42 @@ def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_
     assert not any(p.requires_grad for p in text.embeddings.parameters())
     model.train()
     assert not text.encoder.layer[1].training and text.encoder.layer[2].training
+
+
+def test_logit_prior_offsets_by_hand():
+    from rocmre.training.trainer import logit_prior_offsets
+
+    off = logit_prior_offsets(["None", "None", "a", None, "unknown"], ["None", "a", "b"], tau=2.0)
+    # counts + 1: None 3, a 2, b 1 (None and unknown relations count for no label) over 6
+    assert off.tolist() == pytest.approx([2 * math.log(3 / 6), 2 * math.log(2 / 6), 2 * math.log(1 / 6)])
+
+
+@pytest.mark.parametrize("model_type", ["roc", "classifier"])
+def test_logit_adjustment_changes_the_training_loss_only(model_type, mnre_root, cache_dir, tmp_path):
+    """``train.logit_adjustment``: the trainer gives the model tau * log(prior) offsets from the training split; the
+    loss is the cross-entropy of the shifted logits, the logits themselves (prediction) are unchanged."""
+    import torch.nn.functional as F
+
+    from rocmre.training.setup import load_run_data
+    from rocmre.training.trainer import Trainer
+
+    cfg = tiny_run_config(model_type, tmp_path / "la", cache_dir)
+    cfg.train.epochs = 1
+    cfg.train.logit_adjustment = 1.0
+    trainer = Trainer(cfg, show_progress=False)
+    trainer.train()
+    model = trainer.model
+    offsets = model.loss_logit_offsets
+    assert offsets is not None and offsets.shape == (len(model.relation_labels),)
+    assert offsets[model.relation_labels.index("None")] == offsets.max()  # the most frequent relation
+    feats = trainer.runtime.featurize(load_run_data(cfg, "train", 8).records)
+    batch = trainer.runtime.collator(feats)
+    model.eval()
+    with torch.no_grad():
+        adjusted = model(batch)
+        model.loss_logit_offsets = None
+        plain = model(batch)
+    assert torch.equal(adjusted.logits, plain.logits)
+    assert adjusted.loss == pytest.approx(F.cross_entropy(plain.logits + offsets, batch["labels"]).item(), rel=1e-5)
+    assert plain.loss == pytest.approx(F.cross_entropy(plain.logits, batch["labels"]).item(), rel=1e-5)
+    assert adjusted.loss != pytest.approx(plain.loss.item(), rel=1e-3)

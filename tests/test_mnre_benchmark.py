@@ -89,6 +89,12 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
     assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == [swap, "seed=1",
                                                                       "model.text_backbone=/b/minilm-l6"]
     assert all(any(o.startswith("data.name_swap_prob=") for o in v.overrides) for v in bench.VARIANTS.values())
+    from rocmre.training.config import RunConfig
+
+    for v in bench.VARIANTS.values():  # every variant is a valid config; the logit-adjusted pair sets its switch
+        cfg = RunConfig.from_yaml(bench.REPO / v.config, v.overrides)
+        assert cfg.train.logit_adjustment == (1.0 if "logit_adjusted" in v.name else 0.0)
+    assert bench.VARIANTS["roc_logit_adjusted"].baseline == "classifier_logit_adjusted"
 
 
 def test_a_run_is_scored_only_under_the_config_it_was_trained_with(bench, tmp_path: Path) -> None:

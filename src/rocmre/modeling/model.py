@@ -156,6 +156,8 @@ class RelationModel(nn.Module):
         self._prefix_states: dict[str, torch.Tensor] = {}
         #: whether training keeps those states (the trainer sets ``train.cache_frozen_states``)
         self.cache_frozen_states = True
+        # added to the logits inside the training loss only (train.logit_adjustment; set by the trainer, not saved)
+        self.loss_logit_offsets: torch.Tensor | None = None
         # prediction only: vectors of filled description templates, few-shot prototypes per relation
         # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
         self._filled_vectors: dict[str, torch.Tensor] = {}
@@ -367,6 +369,12 @@ class RelationModel(nn.Module):
             best = best_description_index(sims, index, n_rel)
         return scores, best
 
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the relations, on logit-adjusted logits when ``loss_logit_offsets`` is set."""
+        if self.loss_logit_offsets is not None:
+            logits = logits + self.loss_logit_offsets.to(device=logits.device, dtype=logits.dtype)
+        return F.cross_entropy(logits, labels)
+
     def forward(self, batch: dict[str, torch.Tensor], descriptions_per_relation: int | None = None,
                 generator: torch.Generator | None = None, refresh_descriptions: bool = True) -> RelationModelOutput:
         """Scores of each pair over the relations; with ``labels`` in the batch, the training loss too."""
@@ -374,7 +382,7 @@ class RelationModel(nn.Module):
         labels = batch.get("labels")
         if self.classifier is not None:
             logits = self.classifier(pairs)
-            loss = F.cross_entropy(logits, labels) if labels is not None else None
+            loss = self._loss(logits, labels) if labels is not None else None
             return RelationModelOutput(logits, logits, pairs, loss)
         pairs_n = F.normalize(pairs, dim=-1)
         desc, index = self.description_vectors(descriptions_per_relation if self.training else None, generator,
@@ -388,7 +396,7 @@ class RelationModel(nn.Module):
         logits = cosine * inv_t
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits, labels)
+            loss = self._loss(logits, labels)
             if self.config.pair_pair_weight > 0:
                 loss = loss + self.config.pair_pair_weight * supervised_contrastive(
                     pairs_n, labels, self.config.pair_pair_temperature)

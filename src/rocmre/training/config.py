@@ -47,6 +47,10 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
     tune_none_margin: bool = True
+    # logit-adjusted training loss for rare relations (Menon et al., 2021): the cross-entropy sees each relation's
+    # logit plus tau * log(its share of the training records, add-one smoothed); prediction scores are left as they
+    # are, so frequent relations (None first) no longer win on their prior alone. 0 = the plain loss
+    logit_adjustment: float = Field(0.0, ge=0.0)
     evaluations_per_epoch: int = Field(1, ge=1)
     # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
     # CPUs), else fp32; the chosen value is recorded in metrics.json

@@ -138,6 +138,17 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[
     return batches
 
 
+def logit_prior_offsets(relations: list[str | None], labels: list[str], tau: float) -> torch.Tensor:
+    """``tau * log(prior)`` of each label over the training records' relations (add-one smoothed, so that a
+    relation without records gets a finite offset): the logit adjustment of ``train.logit_adjustment``."""
+    index = {label: i for i, label in enumerate(labels)}
+    counts = torch.ones(len(labels), dtype=torch.float64)
+    for relation in relations:
+        if relation in index:
+            counts[index[relation]] += 1
+    return (tau * torch.log(counts / counts.sum())).float()
+
+
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete ``checkpoint-N`` folder of a run, or ``None``."""
     found = list(iter_checkpoints(output_dir))
@@ -267,6 +278,9 @@ class Trainer:
         if train_data.labels is None:
             raise ValueError("the training data has no label set")
         model = build_model(cfg, train_data.labels.labels)
+        if cfg.train.logit_adjustment > 0:
+            model.loss_logit_offsets = logit_prior_offsets([r.relation for r in train_data.records],
+                                                           model.relation_labels, cfg.train.logit_adjustment)
         runtime = make_runtime(model, cfg)
         self.runtime = runtime
         if main:
