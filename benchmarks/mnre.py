@@ -92,6 +92,15 @@ VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
     BenchVariant("classifier_logit_adjusted", "configs/mnre_cls.yaml",
                  ["data.name_swap_prob=0.5", "train.logit_adjustment=1.0"],
                  "classifier, canonical config + logit-adjusted loss (tau 1)"),
+    # the same with None left out of the adjustment (train.logit_adjustment_scope: relations): rare relations gain
+    # against frequent ones, None keeps its prior against the relations together
+    BenchVariant("roc_logit_adjusted_relations", "configs/mnre_roc.yaml",
+                 ["data.name_swap_prob=0.5", "train.logit_adjustment=1.0", "train.logit_adjustment_scope=relations"],
+                 "ROC, canonical config + logit-adjusted loss among the relations, None unadjusted (tau 1)",
+                 baseline="classifier_logit_adjusted_relations"),
+    BenchVariant("classifier_logit_adjusted_relations", "configs/mnre_cls.yaml",
+                 ["data.name_swap_prob=0.5", "train.logit_adjustment=1.0", "train.logit_adjustment_scope=relations"],
+                 "classifier, canonical config + logit-adjusted loss among the relations, None unadjusted (tau 1)"),
 ]}
 
 

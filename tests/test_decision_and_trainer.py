@@ -303,6 +303,41 @@ def test_logit_prior_offsets_by_hand():
     assert off.tolist() == pytest.approx([2 * math.log(3 / 6), 2 * math.log(2 / 6), 2 * math.log(1 / 6)])
 
 
+def test_logit_prior_offsets_among_the_relations_leave_the_negative_label_alone():
+    from rocmre.training.trainer import logit_prior_offsets
+
+    off = logit_prior_offsets(["None"] * 5 + ["a", "a", "a", "b"], ["a", "None", "b", "c"], tau=0.5,
+                              negative_label="None")
+    # counts + 1 of the relations: a 4, b 2, c 1 (mean 7/3); None 0
+    assert off.tolist() == pytest.approx([0.5 * math.log(4 * 3 / 7), 0.0, 0.5 * math.log(2 * 3 / 7),
+                                          0.5 * math.log(3 / 7)])
+    with pytest.raises(ValueError, match="negative label 'none'"):
+        logit_prior_offsets(["a"], ["a", "b"], tau=1.0, negative_label="none")
+
+
+def test_the_trainer_adjusts_among_the_relations_when_asked(mnre_root, cache_dir, tmp_path, monkeypatch):
+    """``train.logit_adjustment_scope: relations``: the trainer passes the negative label, so None's offset is 0."""
+    from rocmre.training import trainer as trainer_module
+
+    seen = {}
+
+    def spy(relations, labels, tau, negative_label=None):
+        seen["args"] = (tau, negative_label)
+        raise RuntimeError("stop after the offsets")
+
+    monkeypatch.setattr(trainer_module, "logit_prior_offsets", spy)
+    cfg = tiny_run_config("roc", tmp_path / "scope", cache_dir)
+    cfg.train.logit_adjustment = 0.5
+    cfg.train.logit_adjustment_scope = "relations"
+    with pytest.raises(RuntimeError, match="stop after the offsets"):
+        trainer_module.Trainer(cfg, show_progress=False).train()
+    assert seen["args"] == (0.5, cfg.data.negative_label)
+    cfg.train.logit_adjustment_scope = "all"
+    with pytest.raises(RuntimeError, match="stop after the offsets"):
+        trainer_module.Trainer(cfg, show_progress=False).train()
+    assert seen["args"] == (0.5, None)
+
+
 @pytest.mark.parametrize("model_type", ["roc", "classifier"])
 def test_logit_adjustment_changes_the_training_loss_only(model_type, mnre_root, cache_dir, tmp_path):
     """``train.logit_adjustment``: the trainer gives the model tau * log(prior) offsets from the training split; the

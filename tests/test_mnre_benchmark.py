@@ -94,7 +94,9 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
     for v in bench.VARIANTS.values():  # every variant is a valid config; the logit-adjusted pair sets its switch
         cfg = RunConfig.from_yaml(bench.REPO / v.config, v.overrides)
         assert cfg.train.logit_adjustment == (1.0 if "logit_adjusted" in v.name else 0.0)
+        assert cfg.train.logit_adjustment_scope == ("relations" if v.name.endswith("_relations") else "all")
     assert bench.VARIANTS["roc_logit_adjusted"].baseline == "classifier_logit_adjusted"
+    assert bench.VARIANTS["roc_logit_adjusted_relations"].baseline == "classifier_logit_adjusted_relations"
 
 
 def test_a_run_is_scored_only_under_the_config_it_was_trained_with(bench, tmp_path: Path) -> None:

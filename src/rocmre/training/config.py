@@ -51,6 +51,10 @@ class TrainConfig(BaseModel):
     # logit plus tau * log(its share of the training records, add-one smoothed); prediction scores are left as they
     # are, so frequent relations (None first) no longer win on their prior alone. 0 = the plain loss
     logit_adjustment: float = Field(0.0, ge=0.0)
+    # which labels it adjusts: "all" (the negative label too: None, the most frequent, is pushed down hardest) or
+    # "relations" (the negative label's offset 0, each relation's tau * log(its prior / the relations' mean prior):
+    # rare relations gain against frequent ones while None keeps its prior mass against the relations together)
+    logit_adjustment_scope: Literal["all", "relations"] = "all"
     evaluations_per_epoch: int = Field(1, ge=1)
     # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
     # CPUs), else fp32; the chosen value is recorded in metrics.json

@@ -138,15 +138,28 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[
     return batches
 
 
-def logit_prior_offsets(relations: list[str | None], labels: list[str], tau: float) -> torch.Tensor:
+def logit_prior_offsets(relations: list[str | None], labels: list[str], tau: float,
+                        negative_label: str | None = None) -> torch.Tensor:
     """``tau * log(prior)`` of each label over the training records' relations (add-one smoothed, so that a
-    relation without records gets a finite offset): the logit adjustment of ``train.logit_adjustment``."""
+    relation without records gets a finite offset): the logit adjustment of ``train.logit_adjustment``.
+
+    With ``negative_label`` (``train.logit_adjustment_scope: relations``) that label's offset is 0 and each other
+    label's is ``tau * log(prior / mean prior of the other labels)``: the relations are balanced among themselves
+    while the negative label keeps its prior against all of them together."""
     index = {label: i for i, label in enumerate(labels)}
     counts = torch.ones(len(labels), dtype=torch.float64)
     for relation in relations:
         if relation in index:
             counts[index[relation]] += 1
-    return (tau * torch.log(counts / counts.sum())).float()
+    if negative_label is None:
+        return (tau * torch.log(counts / counts.sum())).float()
+    if negative_label not in index:
+        raise ValueError(f"the negative label {negative_label!r} is not among the model's labels")
+    positive = torch.ones(len(labels), dtype=torch.bool)
+    positive[index[negative_label]] = False
+    offsets = torch.zeros(len(labels), dtype=torch.float64)
+    offsets[positive] = tau * torch.log(counts[positive] / counts[positive].mean())
+    return offsets.float()
 
 
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -279,8 +292,10 @@ class Trainer:
             raise ValueError("the training data has no label set")
         model = build_model(cfg, train_data.labels.labels)
         if cfg.train.logit_adjustment > 0:
+            negative = cfg.data.negative_label if cfg.train.logit_adjustment_scope == "relations" else None
             model.loss_logit_offsets = logit_prior_offsets([r.relation for r in train_data.records],
-                                                           model.relation_labels, cfg.train.logit_adjustment)
+                                                           model.relation_labels, cfg.train.logit_adjustment,
+                                                           negative)
         runtime = make_runtime(model, cfg)
         self.runtime = runtime
         if main:
