@@ -84,6 +84,11 @@ LEVERS = {
 }
 ROC_ONLY = {name for name in LEVERS if "descriptions" in name}
 FP32 = next(iter(LEVERS))
+#: the computation switches alone, off: an fp32 twin that keeps the model the fast config trains (word embeddings
+#: and markers fixed, the lowest layers frozen) and undoes only how it is computed and batched
+#: (``--fp32-arithmetic-run``), to separate what the arithmetic costs from what the frozen prefix does
+ARITHMETIC_OFF = ["train.mixed_precision=no", "train.group_by_length=false", "train.fused_optimizer=false",
+                  "train.description_refresh_steps=1", "train.fast_dropout=false", "train.inference_precision=fp32"]
 
 
 #: torch operators by what they do, for the profile of a canonical step
@@ -348,6 +353,63 @@ def full_run_pair(fast: dict, fp32: dict, fp32_paused_s: float = 0.0) -> dict:
             "fast_minutes": fast["timings"]["train_minutes"],
             "fp32_minutes": fp32["timings"]["train_minutes"] - fp32_paused_s / 60,
             "fp32_paused_seconds": fp32_paused_s, "fast_peak_rss_mb": fast["timings"].get("peak_rss_mb")}
+
+
+def arithmetic_twin(twin: dict, pairs: list[dict], roc_config: str) -> dict:
+    """An fp32 twin that keeps the fast config's model (``run_metrics`` of a ``--fp32-arithmetic-run``) beside the
+    recorded fast run of its seed (``pairs``: ``full_run_pairs``); refused unless its config is ``roc_config`` with
+    that seed and :data:`ARITHMETIC_OFF` alone."""
+    import yaml
+
+    from rocmre.training.config import apply_override
+
+    seed = twin.get("run_config", {}).get("seed")
+    fast = next((p for p in pairs if p["seed"] == seed), None)
+    if fast is None:
+        raise SystemExit(f"{twin['folder']} was trained with seed {seed}: the results hold no fast run of that seed "
+                         f"(full runs of seeds {', '.join(str(p['seed']) for p in pairs) or 'none'})")
+    if "run_config" in twin:
+        want = yaml.safe_load(Path(roc_config).read_text(encoding="utf-8"))
+        for item in [*ARITHMETIC_OFF, f"seed={seed}"]:
+            apply_override(want, item)
+        differ = list(config_differences(want, twin["run_config"]))
+        if differ:
+            raise SystemExit(f"{twin['folder']} is not {roc_config} with the computation switches off alone: it also "
+                             f"differs in {', '.join(differ)}; train it with --train-only --fp32-arithmetic-run")
+    return {"seed": seed, "fast_run": fast["fast_run"], "fast_val_micro_f1": fast["fast_val_micro_f1"],
+            "twin_run": twin["folder"], "twin_val_micro_f1": 100 * twin["results"]["val"]["f1"],
+            "twin_minutes": twin["timings"]["train_minutes"]}
+
+
+def apply_arithmetic_twins(res: dict, twins: list[dict]) -> None:
+    """Keep the arithmetic twins and the mean val delta of the fast runs over them (outside the summary, whose
+    delta stays against the fp32 runs with every switch off)."""
+    res["arithmetic_twins"] = twins
+    res["val_micro_f1_delta_fast_vs_fp32_arithmetic"] = statistics.mean(
+        t["fast_val_micro_f1"] - t["twin_val_micro_f1"] for t in twins)
+
+
+def render_arithmetic_twins(res: dict) -> list[str]:
+    """The Markdown table of the fp32 twins that keep the fast config's model."""
+    twins = res.get("arithmetic_twins")
+    if not twins:
+        return []
+    switches = ", ".join(f"`{o}`" for o in ARITHMETIC_OFF)
+    lines = ["", "## The computation alone: fp32 twins that keep the fast config's model", "",
+             "The fp32 runs above undo every speed switch, the frozen prefix included (word embeddings and markers "
+             "fixed, the two lowest layers frozen), which changes the model trained, not only its arithmetic. Each "
+             f"twin here is the canonical config with only the computation switches off ({switches}; "
+             "`cpu_speed.py --train-only --seed N --fp32-arithmetic-run DIR`), beside the fast run of its seed. "
+             "Mean fast - twin: "
+             f"**{res['val_micro_f1_delta_fast_vs_fp32_arithmetic']:+.2f}** points of val micro-F1 (not the "
+             "summary's delta, which stays against the runs with every switch off).", "",
+             "| seed | fast run | val micro-F1 | fp32 twin (prefix kept) | val micro-F1 | minutes | fast - twin |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for t in twins:
+        lines.append(f"| {t['seed']} | `{t['fast_run']}` | {t['fast_val_micro_f1']:.2f} | `{t['twin_run']}` | "
+                     f"{t['twin_val_micro_f1']:.2f} | {t['twin_minutes']:.1f} | "
+                     f"{t['fast_val_micro_f1'] - t['twin_val_micro_f1']:+.2f} |")
+    return lines
 
 
 def recorded_pair(res: dict, seed: int | None) -> dict:
@@ -663,6 +725,10 @@ def main() -> None:
                         help="with --render-only: one more seed-matched pair of full runs (e.g. trained with --seed); "
                              "the results keep every pair and the summary takes means over them "
                              "(--fp32-paused-seconds then applies to this pair's fp32 run)")
+    parser.add_argument("--fp32-arithmetic-run", default=None,
+                        help="an fp32 twin that keeps the fast config's model (frozen prefix) and turns off only the "
+                             "computation switches: trained with --train/--train-only [--seed N]; with --render-only "
+                             "added to the results beside the recorded fast run of its seed")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--render-only", action="store_true",
                         help="no measuring: apply --delta-pair to the existing cpu_speed.json and rewrite the Markdown")
@@ -679,6 +745,12 @@ def main() -> None:
                 new = full_run_pair(*(run_metrics(f) for f in args.add_pair), args.fp32_paused_seconds)
                 pairs = [p for p in pairs if p["fast_run"] != new["fast_run"]] + [new]
             apply_pairs(res, pairs)
+            if args.fp32_arithmetic_run:
+                new_twin = arithmetic_twin(run_metrics(args.fp32_arithmetic_run), pairs, args.roc_config)
+                twins = [t for t in res.get("arithmetic_twins", []) if t["twin_run"] != new_twin["twin_run"]]
+                apply_arithmetic_twins(res, [*twins, new_twin])
+        elif args.fp32_arithmetic_run:
+            raise SystemExit("--fp32-arithmetic-run needs seed-matched full runs in the results (--add-pair)")
         else:
             apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
                             None if earlier else run_metrics(args.fp32_run or res.get("fp32_run")),
@@ -691,7 +763,8 @@ def main() -> None:
                  if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else []) + (
             [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else []) + (
             ["--earlier-recipe-pair " + " ".join(args.earlier_recipe_pair)] if args.earlier_recipe_pair else []) + (
-            ["--add-pair " + " ".join(args.add_pair)] if args.add_pair else [])
+            ["--add-pair " + " ".join(args.add_pair)] if args.add_pair else []) + (
+            [f"--fp32-arithmetic-run {args.fp32_arithmetic_run}"] if args.fp32_arithmetic_run else [])
         addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
         if extra and not res["command"].endswith(addition):
             res["command"] += addition
@@ -715,6 +788,8 @@ def main() -> None:
             train_full(args.roc_config, args.fast_run, seed)
         if args.fp32_run and not (Path(args.fp32_run) / "metrics.json").is_file():
             train_full(args.roc_config, args.fp32_run, LEVERS[FP32] + ["train.inference_precision=fp32"] + seed)
+        if args.fp32_arithmetic_run and not (Path(args.fp32_arithmetic_run) / "metrics.json").is_file():
+            train_full(args.roc_config, args.fp32_arithmetic_run, ARITHMETIC_OFF + seed)
         if args.train_only:
             return
     threads = torch.get_num_threads()
@@ -1035,6 +1110,7 @@ def render(res: dict) -> str:
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     if pairs:
         lines += render_pairs(pairs)
+    lines += render_arithmetic_twins(res)
     lines += [
              "", "## Training step by lever (batch 32)", "",
              "Median and mean of the timed steps; the mean counts ROC's description-refresh steps at their share.", "",

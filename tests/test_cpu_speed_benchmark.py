@@ -304,3 +304,61 @@ def test_seed_matched_pairs_average_into_the_summary_and_outlive_their_folders(b
                                      "--add-pair", str(tmp_path / "fast"), str(tmp_path / "fp32")])
     with pytest.raises(SystemExit, match="seed"):
         bench.main()
+
+
+def test_the_arithmetic_twin_keeps_the_model_and_turns_off_each_computation_switch(bench, tmp_path, monkeypatch):
+    """``--fp32-arithmetic-run``: trained as the canonical config with only the computation switches off (each one
+    set in the canonical config, none of the frozen-prefix switches touched), then added beside the recorded fast run
+    of its seed, outside the summary; a twin of another recipe or of a seed without a fast run is refused."""
+    import yaml
+
+    from rocmre.training.config import RunConfig
+
+    canonical = yaml.safe_load((REPO / "configs" / "mnre_roc.yaml").read_text())
+    twin_cfg = json.loads(json.dumps(canonical))
+    for item in bench.ARITHMETIC_OFF:
+        apply_override(twin_cfg, item)
+    differ = bench.config_differences(canonical, twin_cfg)
+    assert set(differ) == {o.split("=")[0] for o in bench.ARITHMETIC_OFF}
+    assert not any(k.startswith("model.") for k in differ)
+    assert RunConfig.model_validate(twin_cfg).model.frozen_text_layers == 2
+
+    calls = []
+    monkeypatch.setattr(bench, "train_full", lambda config, out, overrides: calls.append((out, overrides)))
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--train-only", "--seed", "1", "--fp32-arithmetic-run",
+                                     str(tmp_path / "twin")])
+    bench.main()
+    assert calls == [(str(tmp_path / "twin"), bench.ARITHMETIC_OFF + ["seed=1"])]
+
+    twin_cfg["seed"] = 1
+    (tmp_path / "twin").mkdir()
+    (tmp_path / "twin" / "run_config.yaml").write_text(yaml.safe_dump(twin_cfg))
+    (tmp_path / "twin" / "metrics.json").write_text(json.dumps(
+        {"timings": {"train_minutes": 50.0}, "results": {"val": {"f1": 0.589}}}))
+    results = tmp_path / "results"
+    results.mkdir()
+    res = json.loads((REPO / "benchmarks" / "results" / "cpu_speed.json").read_text())
+    res.pop("arithmetic_twins", None)
+    summary = dict(res["summary"])
+    (results / "cpu_speed.json").write_text(json.dumps(res))
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--render-only", "--results", str(results),
+                                     "--fp32-arithmetic-run", str(tmp_path / "twin")])
+    bench.main()
+    out = json.loads((results / "cpu_speed.json").read_text())
+    fast = next(p for p in res["full_run_pairs"] if p["seed"] == 1)
+    assert out["summary"] == summary
+    assert out["arithmetic_twins"] == [{"seed": 1, "fast_run": fast["fast_run"],
+                                        "fast_val_micro_f1": fast["fast_val_micro_f1"],
+                                        "twin_run": str(tmp_path / "twin"), "twin_val_micro_f1": pytest.approx(58.9),
+                                        "twin_minutes": 50.0}]
+    assert out["val_micro_f1_delta_fast_vs_fp32_arithmetic"] == pytest.approx(fast["fast_val_micro_f1"] - 58.9)
+    md = (results / "cpu_speed.md").read_text()
+    assert "## The computation alone" in md and f"{fast['fast_val_micro_f1'] - 58.9:+.2f} |" in md
+    assert out["command"].endswith("--fp32-arithmetic-run " + str(tmp_path / "twin"))
+
+    for bad, match in (("model.frozen_text_layers=0", "model.frozen_text_layers"), ("seed=7", "seed 7")):
+        cfg = json.loads(json.dumps(twin_cfg))
+        apply_override(cfg, bad)
+        (tmp_path / "twin" / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(SystemExit, match=match):
+            bench.main()
