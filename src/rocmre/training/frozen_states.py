@@ -6,9 +6,9 @@ it per record, so that training steps run only the layers above N. Before each e
 computes what the epoch will need and is not kept yet, in length-sorted inference batches (the lean eval-mode
 forward of ``modeling/lean_encoder.py`` on bf16 weight copies when the step runs under bf16 autocast: the same
 products as inside a step, float rounding aside); :meth:`FrozenStatesCache.attach` puts the states into each step's
-batch (and computes any still missing there). A record whose ids changed this epoch (``data.name_swap_prob``) gets
-states for this epoch only, and the states kept for the record as written stay, since the next epochs mostly meet
-it again.
+batch (and computes any still missing there, the same way). A record whose ids changed this epoch
+(``data.name_swap_prob``) gets states for this epoch only, and the states kept for the record as written stay, since
+the next epochs mostly meet it again.
 """
 
 from __future__ import annotations
@@ -55,9 +55,11 @@ class FrozenStatesCache:
                 return entry[1]
         return None
 
-    def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lean: bool) -> torch.Tensor:
+    def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The lower layers' output: the lean forward where the encoder supports it (``prepare`` and ``attach``
+        alike, so a record's states do not depend on which of them computed it), else the encoder's own layers."""
         text = self.model.encoder.text_model
-        if not (lean and self._lean is not None and lean_forward_supported(text)):
+        if not (self._lean is not None and lean_forward_supported(text)):
             return run_lower_layers(text, input_ids, attention_mask, self.n_layers)
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         with self._low_weights.swapped() if bf16 and input_ids.device.type == "cpu" else contextlib.nullcontext():
@@ -80,7 +82,7 @@ class FrozenStatesCache:
             width = max(map(len, rows))
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-            hidden = self._compute(ids, mask, lean=True)
+            hidden = self._compute(ids, mask)
             for k, (i, r) in enumerate(zip(chunk, rows, strict=True)):
                 (self._states if keep[i] else self._epoch)[i] = (tuple(r), hidden[k, :len(r)].clone())
         self.computed += len(todo)
@@ -101,7 +103,7 @@ class FrozenStatesCache:
             rows = torch.tensor(missing, device=batch["input_ids"].device)
             mask = batch["attention_mask"][rows]
             width = int(mask.sum(1).max())
-            hidden = self._compute(batch["input_ids"][rows, :width], mask[:, :width], lean=False)
+            hidden = self._compute(batch["input_ids"][rows, :width], mask[:, :width])
             for k, row in enumerate(missing):
                 found[row] = hidden[k, :len(ids[row])].clone()
                 if keep[row]:
