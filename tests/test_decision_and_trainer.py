@@ -367,3 +367,69 @@ def test_logit_adjustment_changes_the_training_loss_only(model_type, mnre_root, 
     assert adjusted.loss == pytest.approx(F.cross_entropy(plain.logits + offsets, batch["labels"]).item(), rel=1e-5)
     assert plain.loss == pytest.approx(F.cross_entropy(plain.logits, batch["labels"]).item(), rel=1e-5)
     assert adjusted.loss != pytest.approx(plain.loss.item(), rel=1e-3)
+
+
+def test_weight_average_by_hand():
+    """``WeightAverage``: the warm-up then the set decay, frozen weights left out, the averaged weights swapped in
+    and the current ones restored, and its state saved and restored whole."""
+    from rocmre.training.weight_average import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    net[1].weight.requires_grad_(False)
+    avg = WeightAverage(net, decay=0.5)
+    assert avg.names == ["0.weight", "0.bias", "1.bias"]
+    start = net[0].weight.detach().clone()
+    assert avg.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0) < 0.5: warm-up
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    avg.update()
+    torch.testing.assert_close(avg.shadow[0], start + 0.9)
+    for _ in range(20):
+        avg.update()
+    assert avg.current_decay() == 0.5 and avg.updates == 21
+    torch.testing.assert_close(avg.shadow[0], start + 1.0)  # converged on the unchanged weights
+    with torch.no_grad():
+        net[0].weight.add_(2.0)
+    avg.update()  # decay 0.5: half-way
+    torch.testing.assert_close(avg.shadow[0], start + 2.0)
+    with avg.swapped():
+        torch.testing.assert_close(net[0].weight.detach(), start + 2.0)
+    torch.testing.assert_close(net[0].weight.detach(), start + 3.0)
+    other = WeightAverage(net, decay=0.5)
+    other.load_state_dict(avg.state_dict())
+    assert other.updates == 22 and all(torch.equal(a, b) for a, b in zip(other.shadow, avg.shadow, strict=True))
+    with pytest.raises(ValueError, match="does not fit"):
+        other.load_state_dict({"0.weight": start})
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_the_trainer_keeps_the_weight_average_and_resumes_it(mnre_root, cache_dir, tmp_path):
+    """``train.ema_decay``: validation and the saved model use the averaged weights (the checkpoint of the best step
+    holds them in ``ema.safetensors`` beside the raw weights); a killed run resumes to the same model."""
+    from rocmre.training.trainer import find_latest_checkpoint, train
+    from rocmre.training.weight_average import EMA_NAME
+
+    full = _config(tmp_path / "full", cache_dir, ema_decay=0.9, keep_checkpoints=10)
+    train(full, show_progress=False)
+    results = _results(tmp_path / "full")
+    best = tmp_path / "full" / "checkpoints" / f"checkpoint-{results['best_step']}"
+    raw, ema = load_file(str(best / "model.safetensors")), load_file(str(best / EMA_NAME))
+    model = load_file(str(tmp_path / "full" / "model.safetensors"))
+    trained = [k for k in ema if k != "__updates__"]
+    assert trained and int(ema["__updates__"]) == results["best_step"]
+    assert all(torch.equal(model[k], ema[k]) for k in trained)
+    assert any(not torch.equal(model[k], raw[k]) for k in trained)
+
+    cut = _config(tmp_path / "cut", cache_dir, ema_decay=0.9, keep_checkpoints=10)
+    (tmp_path / "cut.yaml").write_text(cut.to_yaml())
+    script = KILLER.format(tests=str(Path(__file__).parent), config=str(tmp_path / "cut.yaml"))
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (find_latest_checkpoint(tmp_path / "cut") / EMA_NAME).is_file()
+    train(cut, show_progress=False, resume_from_checkpoint=True)
+    assert _results(tmp_path / "cut") == results
+    resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(model[k], resumed[k]) for k in model)

@@ -76,6 +76,9 @@ class TrainConfig(BaseModel):
     # false): their output is computed once per training record and per description text and reused (same
     # computation, float rounding aside: training/frozen_states.py); ignored for other models
     cache_frozen_states: bool = True
+    # an exponential moving average of the trainable weights (decay per step, e.g. 0.998) is validated and kept as
+    # the model instead of the raw weights (training/weight_average.py); None: the raw weights
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)

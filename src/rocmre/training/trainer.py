@@ -48,6 +48,7 @@ from rocmre.training.setup import (
     require_records,
     resolve_precision,
 )
+from rocmre.training.weight_average import EMA_NAME, WeightAverage
 
 logger = logging.getLogger(__name__)
 
@@ -346,8 +347,14 @@ class Trainer:
             return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        self.weight_average = average
         if resume is not None:
             model.load_state_dict(load_file(str(resume / WEIGHTS_NAME)))
+            if average is not None:
+                if not (resume / EMA_NAME).is_file():
+                    raise ValueError(f"{resume} has no {EMA_NAME}: it was written without train.ema_decay")
+                average.load_state_dict(load_file(str(resume / EMA_NAME)))
             optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
             scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
             rng_file = resume / f"rng_state_{accelerator.process_index}.pt"
@@ -395,6 +402,8 @@ class Trainer:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                if average is not None:
+                    average.update()
                 state.step += 1
                 state.batch_in_epoch += 1
                 loss = float(out.loss.detach())
@@ -412,7 +421,10 @@ class Trainer:
                     state.batch_in_epoch = 0
                 evaluate_now = state.step % eval_every == 0 or state.step >= total_steps
                 if evaluate_now:
-                    self._evaluate(runtime, val_feats, val_gold, state, loss, bar)
+                    with average.swapped() if average is not None else contextlib.nullcontext():
+                        if average is not None:
+                            model.train()  # new weights: cached description vectors and weight copies are stale
+                        self._evaluate(runtime, val_feats, val_gold, state, loss, bar)
                     wrapped.train()
                 if evaluate_now or (cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0):
                     state.timings = {"train_seconds": train_before + train_seconds,
@@ -521,6 +533,8 @@ class Trainer:
         if acc.is_main_process:
             save_file(_state_dict(model), str(tmp / WEIGHTS_NAME))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if self.weight_average is not None:
+                save_file(self.weight_average.state_dict(), str(tmp / EMA_NAME))
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / STATE_NAME).write_text(state.to_json(), encoding="utf-8")
             _replace_dir(tmp, final)
