@@ -95,6 +95,8 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
         cfg = RunConfig.from_yaml(bench.REPO / v.config, v.overrides)
         assert cfg.train.logit_adjustment == (1.0 if "logit_adjusted" in v.name else 0.0)
         assert cfg.train.logit_adjustment_scope == ("relations" if v.name.endswith("_relations") else "all")
+        assert cfg.train.ema_decay == (0.998 if v.name.endswith("_ema") else None)
+    assert bench.VARIANTS["roc_ema"].baseline == "classifier_ema"
     assert bench.VARIANTS["roc_logit_adjusted"].baseline == "classifier_logit_adjusted"
     assert bench.VARIANTS["roc_logit_adjusted_relations"].baseline == "classifier_logit_adjusted_relations"
 
