@@ -402,7 +402,8 @@ def render_arithmetic_twins(res: dict) -> list[str]:
              "`cpu_speed.py --train-only --seed N --fp32-arithmetic-run DIR`), beside the fast run of its seed. "
              "Mean fast - twin: "
              f"**{res['val_micro_f1_delta_fast_vs_fp32_arithmetic']:+.2f}** points of val micro-F1 (not the "
-             "summary's delta, which stays against the runs with every switch off).", "",
+             "summary's delta, which stays against the runs with every switch off). Minutes: the twin's wall time, "
+             "whatever else shared the machine (not a speed figure).", "",
              "| seed | fast run | val micro-F1 | fp32 twin (prefix kept) | val micro-F1 | minutes | fast - twin |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for t in twins:
