@@ -361,18 +361,14 @@ def arithmetic_twin(twin: dict, pairs: list[dict], roc_config: str) -> dict:
     that seed and :data:`ARITHMETIC_OFF` alone."""
     import yaml
 
-    from rocmre.training.config import apply_override
-
     seed = twin.get("run_config", {}).get("seed")
     fast = next((p for p in pairs if p["seed"] == seed), None)
     if fast is None:
         raise SystemExit(f"{twin['folder']} was trained with seed {seed}: the results hold no fast run of that seed "
                          f"(full runs of seeds {', '.join(str(p['seed']) for p in pairs) or 'none'})")
     if "run_config" in twin:
-        want = yaml.safe_load(Path(roc_config).read_text(encoding="utf-8"))
-        for item in [*ARITHMETIC_OFF, f"seed={seed}"]:
-            apply_override(want, item)
-        differ = list(config_differences(want, twin["run_config"]))
+        canonical = yaml.safe_load(Path(roc_config).read_text(encoding="utf-8"))
+        differ = recipe_differences(canonical, twin["run_config"], [*ARITHMETIC_OFF, f"seed={seed}"])
         if differ:
             raise SystemExit(f"{twin['folder']} is not {roc_config} with the computation switches off alone: it also "
                              f"differs in {', '.join(differ)}; train it with --train-only --fp32-arithmetic-run")
@@ -670,13 +666,13 @@ def config_differences(first: dict, second: dict) -> dict[str, tuple]:
     return differences(RunConfig.model_validate(first).model_dump(), RunConfig.model_validate(second).model_dump())
 
 
-def recipe_differences(fast_config: dict, fp32_config: dict) -> list[str]:
-    """The settings (``section.key``) in which an fp32 run differs from the fast run with the fp32 lever applied:
-    empty when the pair compares the speed switches alone."""
+def recipe_differences(fast_config: dict, fp32_config: dict, switches: list[str] | None = None) -> list[str]:
+    """The settings (``section.key``) in which an fp32 run differs from the fast run with ``switches`` applied
+    (default: the fp32 lever): empty when the pair compares those switches alone."""
     from rocmre.training.config import apply_override
 
     want = json.loads(json.dumps(fast_config))
-    for item in LEVERS[FP32] + ["train.inference_precision=fp32"]:
+    for item in LEVERS[FP32] + ["train.inference_precision=fp32"] if switches is None else switches:
         apply_override(want, item)
     return list(config_differences(want, fp32_config))
 
