@@ -415,9 +415,9 @@ def plot_rows(payload: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = payload["rows"]
-    by_row: dict[tuple[str, str], list[dict]] = {}
+    by_row: dict[tuple[str, str, str], list[dict]] = {}
     for r in payload["seed_results"]:
-        by_row.setdefault((r["backbone"], r["variant"]), []).append(r)
+        by_row.setdefault((r.get("source", ""), r["backbone"], r["variant"]), []).append(r)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.2))
     width = 0.38
     splits = (("test", "test", "tab:blue"), ("name_swap", "name-replaced test", "tab:orange"))
@@ -427,9 +427,12 @@ def plot_rows(payload: dict, path: Path) -> Path:
         ax.bar(xs, [m["mean"] for m in means], width, yerr=[m["std"] for m in means], capsize=3, color=colour,
                alpha=0.55, label=label)
         for x, r in zip(xs, rows, strict=True):
-            dots = [100 * s[key]["micro_f1"] for s in by_row.get((r["backbone"], r["variant"]), [])]
+            dots = [100 * s[key]["micro_f1"]
+                    for s in by_row.get((r.get("source", ""), r["backbone"], r["variant"]), [])]
             ax.scatter([x] * len(dots), dots, s=12, color="black", zorder=3)
     names = [r["variant"] if r["backbone"] == DEFAULT_BACKBONE else f"{r['backbone']}\n{r['variant']}" for r in rows]
+    if any(r.get("source") for r in rows):  # a combined file: say where each row ran
+        names = [f"{n}\n{_short_hardware(r['hardware'])}" for n, r in zip(names, rows, strict=True)]
     ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
     values = [100 * s[key]["micro_f1"] for s in payload["seed_results"] for key, _, _ in splits]
     ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 3))
@@ -440,6 +443,86 @@ def plot_rows(payload: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _short_hardware(hardware: str | None) -> str:
+    return "-" if not hardware else hardware.split(" (")[0].split(",")[0]
+
+
+def combine(paths: list[Path], command: str) -> dict[str, Any]:
+    """One payload from several mnre.json files (each made by this script, on any machine): every row, comparison
+    and run tagged with its ``source`` file, and the summary of the ROC row with the best mean validation micro-F1
+    over all of them, compared with the classifier of its own file (its commit and hardware are that file's)."""
+    rows, comps, seeds, sources = [], [], [], []
+    for path in paths:
+        part = json.loads(path.read_text(encoding="utf-8"))
+        if "rows" not in part or "comparisons" not in part:
+            raise SystemExit(f"{path}: not a results file of benchmarks/mnre.py (no rows or comparisons)")
+        if part.get("sources"):
+            raise SystemExit(f"{path}: already a combined file; combine its sources instead")
+        src = str(path)
+        sources.append({"path": src, "command": part["command"], "commit": part["commit"],
+                        "machine": part["machine"], "date": part["date"], "bundle": part.get("bundle", ""),
+                        "overrides": part.get("overrides", []), "summary": part.get("summary")})
+        own = part.get("variants", {})
+        rows += [{**r, "source": src, "own_baseline": own.get(r["variant"], {}).get("baseline", BASELINE)}
+                 for r in part["rows"]]
+        comps += [{**c, "source": src} for c in part["comparisons"]]
+        seeds += [{**r, "source": src} for r in part["seed_results"]]
+    roc = [r for r in rows if r["paradigm"] == "roc"]
+    summary = None
+    if roc:
+        best = max(roc, key=lambda r: r["val_micro_f1"]["mean"])
+        own = [r for r in rows if r["source"] == best["source"]]
+        src = next(s for s in sources if s["path"] == best["source"])
+        summary = build_summary([best] + [r for r in own if r["paradigm"] != "roc"],
+                                [c for c in comps if c["source"] == best["source"]], src["commit"])
+    first = json.loads(paths[0].read_text(encoding="utf-8"))
+    return {"summary": summary, "commit": suite.git_commit(), "machine": "several (see the hardware column)",
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command, "sources": sources,
+            "data": first["data"], "images": first["images"], "negative_label": first["negative_label"],
+            "scoring": first.get("scoring", ""), "resamples": first["resamples"], "rows": rows,
+            "comparisons": comps, "seed_results": seeds}
+
+
+def render_combined(payload: dict) -> list[str]:
+    """The combined mnre.md: one lead table (backbone x paradigm x hardware), the targets for the best ROC row, and
+    where each row comes from; per-seed detail stays in each source's own mnre.md."""
+    rows, comps = payload["rows"], payload["comparisons"]
+    index = {s["path"]: i + 1 for i, s in enumerate(payload["sources"])}
+    lines = ["# MNRE: retrieval (ROC) against classification, with seeds and error bars: every backbone and machine",
+             "", f"Combined by `{payload['command']}` at commit `{payload['commit']}` ({payload['date']}) from "
+             f"{len(payload['sources'])} result files of `benchmarks/mnre.py`; each row was produced by its source's "
+             "command (listed below). GPU and CPU rows are separate rows: their budgets differ.", "",
+             "| backbone | paradigm | seeds | test micro-F1 | test macro-F1 | test accuracy | val micro-F1 | "
+             "name-replaced test micro-F1 | name-replaced drop | ROC - classifier of the same recipe, pooled 95 % CI | "
+             "budget | hardware | source |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        c = next((c for c in comps if c["source"] == r["source"] and c["backbone"] == r["backbone"]
+                  and c["variant"] == r["variant"]), None) if r["paradigm"] == "roc" else None
+        minutes = r["train_minutes"]["mean"]
+        budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
+        lines.append(f"| `{r['backbone']}` | {_variant_label(r)} | {len(r['seeds'])} | "
+                     f"**{_pm(r['test_micro_f1'])}** | {_pm(r['test_macro_f1'])} | {_pm(r['test_accuracy'])} | "
+                     f"{_pm(r['val_micro_f1'])} | {_pm(r['name_swap_micro_f1'])} | {_pm(r['name_swap_drop'])} | "
+                     f"{_vs(c, r['own_baseline'])} | {budget} | {r['hardware'] or '-'} | "
+                     f"[{index[r['source']]}] |")
+    lines += ["", "Mean ± sample standard deviation over seeds, in points; the CI is each source's paired bootstrap "
+              f"over test records ({payload['resamples']:,} resamples), pooled over seeds.", "",
+              "![test and name-replaced test micro-F1 per row, mean ± std, one dot per seed](mnre.png)", ""]
+    lines += targets_lines(payload.get("summary")) + [""]
+    if payload.get("summary"):
+        lines += [f"The summary's numbers come from the source at commit `{payload['summary']['commit']}`.", ""]
+    lines += [f"Scoring: {payload.get('scoring', '')} Negative label: `{payload['negative_label']}`. Data: MNRE-2 "
+              f"(`{payload['data']}`); records with their image: {payload['images']}.", "", "## Sources", ""]
+    for s in payload["sources"]:
+        md = Path(s["path"]).with_suffix(".md")
+        lines.append(f"{index[s['path']]}. `{md}` (per-seed rows and CIs there): `{s['command']}` at commit "
+                     f"`{s['commit']}` on {s['machine']} ({s['date']})"
+                     + (f"; {s['bundle']}" if s.get("bundle") else "")
+                     + (f"; overrides `{' '.join(s['overrides'])}`" if s.get("overrides") else "") + ".")
+    return lines
 
 
 # --- training and scoring ----------------------------------------------------------------------------------------
@@ -580,11 +663,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score only a seeded subset of val/test (smoke runs; never for results)")
     parser.add_argument("--render-only", action="store_true", help="rewrite mnre.md from mnre.json")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="MNRE_JSON",
+                        help="merge results files of this script (e.g. GPU and CPU runs) into <results>/mnre.*")
     args = parser.parse_args(argv)
     results = Path(args.results)
+    if args.combine:
+        sources = [Path(p) for p in args.combine]
+        if any(p.resolve() == (results / "mnre.json").resolve() for p in sources):
+            parser.error(f"--combine would overwrite its own source {results / 'mnre.json'}")
+        payload = combine(sources, shlex.join(["python", "benchmarks/mnre.py", *(argv if argv is not None
+                                                                                 else sys.argv[1:])]))
+        suite.write(results, "mnre", render_combined(payload), payload)
+        print(f"plotted {plot_rows(payload, results / 'mnre.png')}")
+        return
     if args.render_only:
         payload = json.loads((results / "mnre.json").read_text(encoding="utf-8"))
-        (results / "mnre.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
+        render_fn = render_combined if payload.get("sources") else render
+        (results / "mnre.md").write_text("\n".join(render_fn(payload)) + "\n", encoding="utf-8")
         plot_rows(payload, results / "mnre.png")
         print(f"rendered {results / 'mnre.md'} and mnre.png")
         return

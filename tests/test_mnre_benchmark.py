@@ -229,3 +229,41 @@ def test_render_and_render_only(bench, tmp_path: Path) -> None:
     assert (tmp_path / "mnre.md").read_text(encoding="utf-8") == text + "\n"
     png = (tmp_path / "mnre.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_combine_merges_result_files_and_keeps_each_rows_source(bench, tmp_path: Path) -> None:
+    """Two result files (say a GPU and a CPU run) -> one lead table with a source per row; the summary is the best
+    ROC row by validation over both, compared with its own file's classifier, at its own file's commit."""
+    payloads = []
+    for name, backbones, commit, machine in (("gpu", ("mpnet-base",), "gpu111", "NVIDIA H200 (CUDA), x86_64"),
+                                             ("cpu", ("minilm-l6",), "cpu222", "CPU x86_64, 2 cores")):
+        results, preds = synthetic(bench, backbones=backbones)
+        for r in results:
+            r["machine"] = machine
+        rows = bench.aggregate_rows(results, bench.VARIANTS)
+        comps = bench.compare_paradigms(results, preds, "None", resamples=100)
+        payload = {"summary": bench.build_summary(rows, comps, commit), "commit": commit, "machine": machine,
+                   "date": "2026-01-01 00:00 UTC", "command": f"python benchmarks/mnre.py ({name})",
+                   "data": "mnre/RE_data", "images": "train 1/10", "negative_label": "None", "scoring": "micro-F1.",
+                   "bundle": "", "overrides": [], "resamples": 100, "rows": rows, "comparisons": comps,
+                   "seed_results": results, "variants": {}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mnre.json").write_text(json.dumps(payload), encoding="utf-8")
+        payloads.append(payload)
+    out = tmp_path / "all"
+    bench.main(["--combine", str(tmp_path / "gpu" / "mnre.json"), str(tmp_path / "cpu" / "mnre.json"),
+                "--results", str(out)])
+    combined = json.loads((out / "mnre.json").read_text(encoding="utf-8"))
+    assert tuple(combined["summary"]) == bench.SUMMARY_KEYS
+    assert combined["summary"] == payloads[0]["summary"]  # mpnet: the better validation score, its own commit
+    assert [s["commit"] for s in combined["sources"]] == ["gpu111", "cpu222"]
+    text = (out / "mnre.md").read_text(encoding="utf-8")
+    lead = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert len(lead) == 4 and lead[0].startswith("| `mpnet-base` | roc |") and lead[0].endswith("| [1] |")
+    assert lead[3].startswith("| `minilm-l6` | classifier |") and "CPU x86_64" in lead[3] and lead[3].endswith("[2] |")
+    assert "python benchmarks/mnre.py (cpu)" in text and "Targets (issue 11)" in text
+    assert (out / "mnre.png").read_bytes().startswith(b"\x89PNG")
+    bench.main(["--render-only", "--results", str(out)])  # a combined file renders as one again
+    assert (out / "mnre.md").read_text(encoding="utf-8") == text
+    with pytest.raises(SystemExit):  # a combined file is not a source
+        bench.main(["--combine", str(out / "mnre.json"), "--results", str(tmp_path / "again")])
