@@ -299,6 +299,26 @@ def _variant_label(r: dict) -> str:
     return f"{r['paradigm']} (`{r['variant']}`)" if r["variant"] not in ("roc", BASELINE) else r["paradigm"]
 
 
+LEAD_COLUMNS = ("backbone", "paradigm", "seeds", "test micro-F1", "test macro-F1", "test accuracy", "val micro-F1",
+                "name-replaced test micro-F1", "name-replaced drop",
+                "ROC - classifier of the same recipe, pooled 95 % CI", "budget", "hardware")
+
+
+def _lead_header(extra: tuple[str, ...] = ()) -> list[str]:
+    columns = (*LEAD_COLUMNS, *extra)
+    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
+def _lead_row(r: dict, c: dict | None, own_baseline: str, extra: tuple[str, ...] = ()) -> str:
+    """One lead-table row: a (backbone, variant) aggregate and, for ROC, its comparison with a classifier."""
+    minutes = r["train_minutes"]["mean"]
+    budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
+    cells = [f"`{r['backbone']}`", _variant_label(r), str(len(r["seeds"])), f"**{_pm(r['test_micro_f1'])}**",
+             _pm(r["test_macro_f1"]), _pm(r["test_accuracy"]), _pm(r["val_micro_f1"]), _pm(r["name_swap_micro_f1"]),
+             _pm(r["name_swap_drop"]), _vs(c, own_baseline), budget, r["hardware"] or "-", *extra]
+    return "| " + " | ".join(cells) + " |"
+
+
 def targets_lines(summary: dict | None) -> list[str]:
     """Issue 11's targets against the summary, met or not, with the numbers."""
     if summary is None:
@@ -334,19 +354,10 @@ def render(payload: dict) -> list[str]:
              f"({payload['date']}).", ""]
     if payload.get("warning"):
         lines += [f"**{payload['warning']}**", ""]
-    lines += ["| backbone | paradigm | seeds | test micro-F1 | test macro-F1 | test accuracy | val micro-F1 | "
-              "name-replaced test micro-F1 | name-replaced drop | ROC - classifier of the same recipe, pooled "
-              "95 % CI | budget | hardware |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += _lead_header()
     for r in rows:
         c = matched_comparison(r, comps) if r["paradigm"] == "roc" else None
-        minutes = r["train_minutes"]["mean"]
-        budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
-        lines.append(f"| `{r['backbone']}` | {_variant_label(r)} | {len(r['seeds'])} | "
-                     f"**{_pm(r['test_micro_f1'])}** | {_pm(r['test_macro_f1'])} | {_pm(r['test_accuracy'])} | "
-                     f"{_pm(r['val_micro_f1'])} | {_pm(r['name_swap_micro_f1'])} | {_pm(r['name_swap_drop'])} | "
-                     f"{_vs(c, own.get(r['variant'], {}).get('baseline', BASELINE))} | {budget} | "
-                     f"{r['hardware'] or '-'} |")
+        lines.append(_lead_row(r, c, own.get(r["variant"], {}).get("baseline", BASELINE)))
     lines += ["", "Mean ± sample standard deviation over seeds, in points. The CI is a paired bootstrap over test "
               f"records ({payload['resamples']:,} resamples): each resample draws records once and sums each "
               "system's micro-F1 counts over its seeds; shown as observed difference [2.5 %, 97.5 %]. "
@@ -494,20 +505,11 @@ def render_combined(payload: dict) -> list[str]:
              "", f"Combined by `{payload['command']}` at commit `{payload['commit']}` ({payload['date']}) from "
              f"{len(payload['sources'])} result files of `benchmarks/mnre.py`; each row was produced by its source's "
              "command (listed below). GPU and CPU rows are separate rows: their budgets differ.", "",
-             "| backbone | paradigm | seeds | test micro-F1 | test macro-F1 | test accuracy | val micro-F1 | "
-             "name-replaced test micro-F1 | name-replaced drop | ROC - classifier of the same recipe, pooled 95 % CI | "
-             "budget | hardware | source |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             *_lead_header(("source",))]
     for r in rows:
         c = next((c for c in comps if c["source"] == r["source"] and c["backbone"] == r["backbone"]
                   and c["variant"] == r["variant"]), None) if r["paradigm"] == "roc" else None
-        minutes = r["train_minutes"]["mean"]
-        budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
-        lines.append(f"| `{r['backbone']}` | {_variant_label(r)} | {len(r['seeds'])} | "
-                     f"**{_pm(r['test_micro_f1'])}** | {_pm(r['test_macro_f1'])} | {_pm(r['test_accuracy'])} | "
-                     f"{_pm(r['val_micro_f1'])} | {_pm(r['name_swap_micro_f1'])} | {_pm(r['name_swap_drop'])} | "
-                     f"{_vs(c, r['own_baseline'])} | {budget} | {r['hardware'] or '-'} | "
-                     f"[{index[r['source']]}] |")
+        lines.append(_lead_row(r, c, r["own_baseline"], (f"[{index[r['source']]}]",)))
     lines += ["", "Mean ± sample standard deviation over seeds, in points; the CI is each source's paired bootstrap "
               f"over test records ({payload['resamples']:,} resamples), pooled over seeds.", "",
               "![test and name-replaced test micro-F1 per row, mean ± std, one dot per seed](mnre.png)", ""]
