@@ -4,8 +4,8 @@
 # 3 seeds each, side by side on the one GPU, each under the same time budget (train.max_minutes).
 #
 # The weights travel as int8 with a scale per row (benchmarks/offline_bundle.py --int8: sentence vectors of the
-# dequantized encoder have cosine 0.9991 with the original's on 64 MNRE sentences); gzipped, the bundle is about
-# 104 MiB, over the 64 MiB one transfer takes, so it travels in two calls to the same warm machine.
+# dequantized encoder have cosine 0.9991 with the original's on 64 MNRE sentences); gzipped, the bundle is
+# 102 MiB, over the 64 MiB one transfer takes, so it travels in two calls to the same warm machine.
 # Here:
 #   python benchmarks/offline_bundle.py --out .devcarry/bundle --backbone mpnet-base --fp16 --int8 --no-crops
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

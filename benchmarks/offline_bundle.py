@@ -8,8 +8,9 @@ The folder holds: the MNRE text and images (``data/``), the entity-type and imag
 every MNRE record (``cache/``; the tagger and the vision encoder then never run there), and one folder per text
 backbone (``minilm-l6/``, ``mpnet-base/``). With ``--fp16`` the weights are stored in half precision to halve the
 size, and are loaded back as float32. With ``--int8`` every matrix is stored as int8 with one fp16 scale per row
-(absmax; vectors stay fp16), a quarter of the fp32 size, so that mpnet-base (438 MB; 105 MiB so, 94 MiB gzipped)
-can travel to a machine that takes 64 MiB a transfer, in two pieces of a tarball (benchmarks/gpu_mpnet_h200.sh);
+(absmax; vectors stay fp16), a quarter of the fp32 size, so that mpnet-base (438 MB; 105 MiB so; the whole bundle
+gzipped, 102 MiB) can travel to a machine that takes 64 MiB a transfer, in two pieces of a tarball
+(benchmarks/gpu_mpnet_h200.sh);
 ``--unpack`` writes the dequantized float32 ``model.safetensors`` there. Training then starts from
 the dequantized weights, not the exact pretrained ones (how close they are: :func:`int8_fidelity`, printed when
 packing). On the target: ``ROCMRE_DATA=<out>/data ROCMRE_CACHE=<out>/cache`` and
