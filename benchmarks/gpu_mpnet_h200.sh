@@ -13,7 +13,10 @@
 #       annotated-types typing-inspection typing-extensions
 #   mkdir -p .devcarry/part1 && (cd .devcarry && tar czf - bundle | split -b 56m - part1/bundle.tgz.)
 #   mv .devcarry/part1/bundle.tgz.ab .devcarry/part2/
-# (MNRE_ARGS: more mnre.py arguments, e.g. a smoke run's; MAX_MINUTES: the time budget of each run.)
+# Environment: MAX_MINUTES, the time budget of each run (default 4.5; empty: none, the 6 epochs alone);
+# SEEDS, VARIANTS, JOBS; TRAIN_SECONDS, a deadline after which the runs that finished are scored; MNRE_ARGS, more
+# mnre.py arguments (a smoke run's, say).
+# results/h200_mpnet: the defaults. results/h200_mpnet_steps: MAX_MINUTES= SEEDS=1,2 JOBS=4 (the same steps for both).
 # There: first call, carrying .devcarry/part1:   bash benchmarks/gpu_mpnet_h200.sh stage
 #        then at once, carrying .devcarry/part2: ROCMRE_COMMIT=<commit> bash benchmarks/gpu_mpnet_h200.sh run
 set -u
@@ -35,10 +38,19 @@ run)
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   python3 benchmarks/offline_bundle.py --unpack /tmp/bundle || exit 1
   mkdir -p "$OUT/results" /tmp/mnre
-  python3 benchmarks/mnre.py --bundle /tmp/bundle --backbone mpnet-base --jobs 6 --seeds 1,2,3 \
-    --variants roc_name_swap,classifier_name_swap --set train.max_minutes="${MAX_MINUTES:-4.5}" \
-    --out-root /tmp/mnre --results "$OUT/results" ${MNRE_ARGS:-} 2>&1 | tee "$OUT/mnre.log"
+  cap=()
+  [ -n "${MAX_MINUTES-4.5}" ] && cap=(--set "train.max_minutes=${MAX_MINUTES-4.5}")
+  args=(--bundle /tmp/bundle --backbone mpnet-base --jobs "${JOBS:-6}" --seeds "${SEEDS:-1,2,3}"
+        --variants "${VARIANTS:-roc_name_swap,classifier_name_swap}" "${cap[@]}" --out-root /tmp/mnre
+        --results "$OUT/results" ${MNRE_ARGS:-})
+  # TRAIN_SECONDS: a deadline for training and scoring together; past it, what finished training is scored
+  timeout "${TRAIN_SECONDS:-100000}" python3 benchmarks/mnre.py "${args[@]}" 2>&1 | tee "$OUT/mnre.log"
   rc=$?
+  if [ "$rc" = 124 ]; then
+    echo "deadline: scoring the runs that finished" | tee -a "$OUT/mnre.log"
+    python3 benchmarks/mnre.py "${args[@]}" --skip-train --skip-missing 2>&1 | tee -a "$OUT/mnre.log"
+    rc=$?
+  fi
   (cd /tmp/mnre && tar czf "$OUT/runs.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='text_encoder' \
     --exclude='checkpoints' --exclude='checkpoint-*' .)
   exit $rc

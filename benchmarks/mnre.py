@@ -755,6 +755,8 @@ def main(argv: list[str] | None = None) -> None:
         seed_results.append({"backbone": b, "variant": n, "seed": s, **result})
         preds[(b, n, s)] = p
         print(f"scored {b} {n} seed {s}: test micro-F1 {100 * result['test']['micro_f1']:.2f}", flush=True)
+    if not seed_results:
+        raise SystemExit("no trained model to score: " + ", ".join(missing))
     neg = base.data.negative_label
     rows = aggregate_rows(seed_results, variants)
     comparisons = compare_paradigms(seed_results, preds, neg, args.resamples, variants=variants)
