@@ -367,3 +367,36 @@ def test_relations_without_descriptions_fall_back_to_label_names_or_fail(tmp_pat
     cfg.model.missing_descriptions = "error"
     with pytest.raises(ValueError, match="lack relations of the data"):
         relation_set(cfg, labels)
+
+
+def test_pair_pair_weight_adds_the_supervised_contrastive_term(tiny_roc_dir, mnre_root, cache_dir):
+    """``model.pair_pair_weight`` (the ``roc_pair_pair`` benchmark variant) adds weight x SupCon over the batch's
+    pair vectors to the ROC loss, and nothing when 0; SupCon checked by hand on two pairs of labels."""
+    import torch
+
+    from rocmre.modeling.model import RelationModel, supervised_contrastive
+    from rocmre.modeling.runtime import ModelRuntime
+
+    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    sim = z @ z.T / 0.1
+    expected = []
+    for i in range(4):
+        others = [j for j in range(4) if j != i]
+        log_norm = torch.logsumexp(sim[i, others], dim=0)
+        expected.append(-(sim[i, i ^ 1] - log_norm))  # each pair's one positive is its neighbour
+    assert float(supervised_contrastive(z, labels, 0.1)) == pytest.approx(float(torch.stack(expected).mean()), 1e-5)
+
+    model = RelationModel.from_pretrained(tiny_roc_dir).eval()
+    runtime = ModelRuntime(model, cache_dir)
+    records = read_mnre(mnre_root, "train").records[:16]
+    batch = runtime.collator(runtime.featurize(records, with_labels=True))
+    losses = {}
+    for weight in (0.0, 0.5):
+        model.config.pair_pair_weight = weight
+        with torch.no_grad():
+            out = model(batch, descriptions_per_relation=2, generator=torch.Generator().manual_seed(0))
+        losses[weight] = (float(out.loss), out.pair_embeddings)
+    term = supervised_contrastive(losses[0.5][1], batch["labels"], model.config.pair_pair_temperature)
+    assert losses[0.5][0] - losses[0.0][0] == pytest.approx(0.5 * float(term), rel=1e-4, abs=1e-6)
+    assert float(term) > 0
