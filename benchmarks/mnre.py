@@ -481,7 +481,9 @@ def combine(paths: list[Path], command: str) -> dict[str, Any]:
                         "machine": part["machine"], "date": part["date"], "bundle": part.get("bundle", ""),
                         "overrides": part.get("overrides", []), "summary": part.get("summary")})
         own = part.get("variants", {})
-        rows += [{**r, "source": src, "own_baseline": own.get(r["variant"], {}).get("baseline", BASELINE)}
+        # a file older than per-variant baselines records none: today's definition of the variant says it
+        rows += [{**r, "source": src, "own_baseline": own.get(r["variant"], {}).get("baseline")
+                  or (VARIANTS[r["variant"]].baseline if r["variant"] in VARIANTS else BASELINE)}
                  for r in part["rows"]]
         comps += [{**c, "source": src} for c in part["comparisons"]]
         seeds += [{**r, "source": src} for r in part["seed_results"]]
