@@ -433,3 +433,49 @@ def test_the_trainer_keeps_the_weight_average_and_resumes_it(mnre_root, cache_di
     assert _results(tmp_path / "cut") == results
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(model[k], resumed[k]) for k in model)
+
+
+# -- score offsets of relations added without retraining -------------------------------------------------------------
+
+
+def test_relation_offsets_come_before_the_type_prior_and_the_margin():
+    from rocmre.modeling.decision import DecisionRule
+
+    scores = np.array([[0.30, 0.50, 0.55], [0.10, 0.20, 0.90]])
+    plain = DecisionRule(["None", "a", "new"], "None")
+    shifted = DecisionRule(["None", "a", "new"], "None", relation_offsets=[0.0, 0.0, -0.1])
+    assert plain.decide(scores).predictions == ["new", "new"]
+    d = shifted.decide(scores)
+    assert d.predictions == ["a", "new"]  # 0.45 < 0.50; 0.80 still first
+    assert d.scores[0, 2] == pytest.approx(0.45) and d.model_scores[0, 2] == pytest.approx(0.55)
+    assert DecisionRule(["None", "a"], "None", relation_offsets=[0.0, 0.0]).relation_offsets is None  # all 0: off
+    with pytest.raises(ValueError, match="relation_offsets"):
+        DecisionRule(["None", "a"], "None", relation_offsets=[0.0])
+
+
+def test_tune_added_offset_takes_the_offset_closest_to_zero_within_the_drop():
+    from rocmre.modeling.decision import DecisionRule, tune_added_offset
+
+    labels = ["None", "seen", "new"]
+    # two seen records the new relation steals at offset 0 (by 0.05 and 0.15), one new-relation record, one None
+    scores = np.array([[0.1, 0.50, 0.55], [0.1, 0.50, 0.65], [0.1, 0.2, 0.6], [0.9, 0.1, 0.2]])
+    gold = ["seen", "seen", "new", "None"]
+    rule = DecisionRule(labels, "None")
+
+    def predict(offset: float) -> list[str]:
+        rule.relation_offsets = np.array([0.0, 0.0, offset])
+        return rule.decide(scores).predictions
+
+    before = predict(-1e6)
+    assert before == ["seen", "seen", "seen", "None"]
+    # seen micro-F1 before: 2 of 2 right = 1.0; to -0.04 both are stolen (drop 100), from -0.06 to -0.14 one is
+    # (1 of 2 predicted relations right, 1 of 2 gold found: F1 0.5, drop 50), from -0.16 none is
+    offset, drop = tune_added_offset(predict, gold, before, {"new"}, "None", max_drop=1.0,
+                                     grid=[-0.02 * i for i in range(20)])
+    assert offset == pytest.approx(-0.16) and drop == pytest.approx(0.0)
+    offset, drop = tune_added_offset(predict, gold, before, {"new"}, "None", max_drop=60.0,
+                                     grid=[-0.02 * i for i in range(20)])
+    assert offset == pytest.approx(-0.06) and drop == pytest.approx(50.0)
+    # nothing within the drop: the smallest drop found
+    offset, drop = tune_added_offset(predict, gold, before, {"new"}, "None", max_drop=1.0, grid=[0.0, -0.1])
+    assert offset == pytest.approx(-0.1) and drop == pytest.approx(50.0)

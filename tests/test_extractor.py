@@ -182,3 +182,58 @@ def test_save_and_reload(extractor: RelationExtractor, tiny_roc_dir: Path, cache
     for args in ((TEXT, "Barack Obama", "Paris", None), (TOKENS, (5, 7), (3, 4), image_file)):
         k = len(ex.relations)
         assert_same(reloaded.predict(*args, top_k=k), ex.predict(*args, top_k=k))
+
+
+def test_score_offsets_are_data_and_tuned_on_labelled_records(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path,
+                                                              mnre_root: Path) -> None:
+    from rocmre.data import read_mnre
+    from rocmre.descriptions.store import DataFormatError, RelationDescriptions
+
+    ex = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    text = "Lionel Messi scored twice for Inter Miami on Sunday"
+    first = ex.predict(text, "Lionel Messi", "Inter Miami", top_k=len(ex.relations) + 1)
+    ex.add_relations({NEW_RELATION: {"descriptions": NEW_DESCRIPTIONS, "score_offset": -0.25}})
+    scores = {c.relation: c.score for c in ex.predict(text, "Lionel Messi", "Inter Miami",
+                                                      top_k=len(ex.relations)).top_k}
+    plain = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    plain.add_relations({NEW_RELATION: NEW_DESCRIPTIONS})
+    unshifted = {c.relation: c.score for c in plain.predict(text, "Lionel Messi", "Inter Miami",
+                                                            top_k=len(plain.relations)).top_k}
+    assert scores[NEW_RELATION] == pytest.approx(unshifted[NEW_RELATION] - 0.25, abs=1e-5)
+    assert {r: s for r, s in scores.items() if r != NEW_RELATION} == pytest.approx(
+        {c.relation: c.score for c in first.top_k}, abs=1e-5)  # the others untouched
+    out = tmp_path / "saved"
+    ex.save_pretrained(out)
+    reloaded = RelationExtractor.from_pretrained(out, cache_dir=cache_dir)
+    assert reloaded.model.descriptions.relations[NEW_RELATION].score_offset == pytest.approx(-0.25)
+    for bad, error in (("x", TypeError), (float("nan"), ValueError), (True, TypeError)):
+        with pytest.raises(error, match="score_offset"):
+            ex.add_relations({"/per/misc/coached_by": {"descriptions": ["The tail coaches the head."],
+                                                       "score_offset": bad}})
+    assert "/per/misc/coached_by" not in ex.relations  # nothing added
+    data = ex.model.descriptions.to_dict()
+    data["relations"][NEW_RELATION]["score_offset"] = "low"
+    with pytest.raises(DataFormatError, match=r"score_offset"):
+        RelationDescriptions.from_dict(data, "relations.json")
+    # tuned on labelled records: the trained relations lose at most the allowed drop, and the offset is stored
+    records = read_mnre(mnre_root, "val").records[:120]
+    offset, drop = ex.tune_score_offset(records, [NEW_RELATION], max_seen_drop=0.0)
+    assert offset <= 0.0 and drop <= 0.0 + 1e-9
+    assert ex.model.descriptions.relations[NEW_RELATION].score_offset == pytest.approx(offset)
+    gold = [r.relation for r in records]
+    with_new = [p.relation for p in ex.predict_batch([ex_input(r) for r in records])]
+    ex.remove_relations([NEW_RELATION])
+    without = [p.relation for p in ex.predict_batch([ex_input(r) for r in records])]
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    assert evaluate_predictions(gold, with_new, "None").f1 >= evaluate_predictions(gold, without, "None").f1 - 1e-9
+    with pytest.raises(KeyError, match="unknown"):
+        ex.tune_score_offset(records, ["/no/such/relation"])
+    with pytest.raises(ValueError, match="negative label"):
+        ex.tune_score_offset(records, ["None"])
+
+
+def ex_input(record: Any) -> dict[str, Any]:
+    """A record as a predict_batch input (tokens and spans)."""
+    return {"text": list(record.tokens), "head": [record.head.start, record.head.end],
+            "tail": [record.tail.start, record.tail.end]}

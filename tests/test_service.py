@@ -175,6 +175,30 @@ def test_add_and_remove_relation(client: httpx.Client, api: RelationExtractor) -
     assert_error(client.delete("/relations", params={"name": "None"}), 400, "negative label")
 
 
+def test_relation_score_offset_through_the_service(client: httpx.Client) -> None:
+    name = "/per/org/plays_for"
+    texts = ["The head is an athlete who plays for the tail, a sports team."]
+    pair = {"text": "Lionel Messi plays for Inter Miami", "head": "Lionel Messi", "tail": "Inter Miami", "top_k": 50}
+    assert client.post("/relations", json={name: {"descriptions": texts}}).status_code == 200
+    plain = {c["relation"]: c["score"] for c in client.post("/predict", json=pair).json()["top_k"]}
+    client.delete("/relations", params={"name": name})
+    assert client.post("/relations", json={name: {"descriptions": texts, "score_offset": -0.5}}).status_code == 200
+    try:
+        shifted = {c["relation"]: c["score"] for c in client.post("/predict", json=pair).json()["top_k"]}
+        assert shifted[name] == pytest.approx(plain[name] - 0.5, abs=1e-5)
+        listed = {r["name"] for r in client.get("/relations").json()["relations"]}
+        assert name in listed
+    finally:
+        client.delete("/relations", params={"name": name})
+    for bad in ("low", None, 1e9):
+        body = {"/x/y": {"descriptions": ["The head y the tail."], "score_offset": bad}}
+        if bad is None:
+            assert client.post("/relations", json=body).status_code == 200  # null: no offset
+            client.delete("/relations", params={"name": "/x/y"})
+        else:
+            assert_error(client.post("/relations", json=body), 422, "score_offset")
+
+
 # -- bad requests ------------------------------------------------------------------------------
 def test_missing_and_invalid_fields(client: httpx.Client) -> None:
     assert_error(client.post("/predict", json={"text": TEXT, "tail": "Paris"}), 422, "head", "Field required")

@@ -27,11 +27,17 @@ A relation may also carry labelled **examples** (optional ``"examples"``: a list
 format of ``rocmre predict``, e.g. ``{"text": "...", "head": "...", "tail": "..."}``; an ``image`` is a file path):
 the model scores pairs against their mean pair vector too (``model.prototype_weight``). Files without
 ``examples`` load as before.
+
+A relation may carry a ``"score_offset"`` (a number, default 0): added to its score before any other step of the
+decision rule. Relations added without retraining score on another scale than the trained ones and take some of
+their pairs; :meth:`rocmre.inference.extractor.RelationExtractor.tune_score_offset` chooses a negative offset for
+them on labelled records, so that the trained relations lose at most a given number of F1 points.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +76,15 @@ def fill_template(text: str, head: str, tail: str) -> str:
     return text.replace("{head}", head).replace("{tail}", tail)
 
 
+def checked_offset(value: Any, what: str = "score_offset") -> float:
+    """A relation's score offset as a float; anything but a finite number raises (``what`` names it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    return float(value)
+
+
 def example_to_pair(example: Mapping[str, Any]) -> PairInput:
     """A stored example as a :class:`~rocmre.data.inputs.PairInput` (``tokens`` wins over ``text``, as in JSONL
     files); ``PairInputError`` for unknown keys or missing fields."""
@@ -95,6 +110,8 @@ class RelationEntry:
     tail_types: list[str] = field(default_factory=list)
     #: labelled pairs (JSON objects in ``rocmre predict``'s input format) whose mean pair vector is a prototype
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: added to the relation's score before the decision rule's other steps (see the module docstring)
+    score_offset: float = 0.0
 
     @property
     def texts(self) -> list[str]:
@@ -135,6 +152,17 @@ class RelationDescriptions:
         if self._with_examples is None or self._with_examples[0] != key:
             self._with_examples = (key, [label for label, entry in self.relations.items() if entry.examples])
         return list(self._with_examples[1])
+
+    def score_offsets(self, labels: Iterable[str]) -> list[float]:
+        """Each label's ``score_offset`` (0 for a label without an entry)."""
+        return [self.relations[lab].score_offset if lab in self.relations else 0.0 for lab in labels]
+
+    def set_score_offset(self, label: str, offset: float) -> None:
+        """Set one relation's score offset (a finite number)."""
+        if label not in self.relations:
+            raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
+        self.relations[label].score_offset = checked_offset(offset, f"relation {label!r}: score_offset")
+        self.revision += 1
 
     def subset(self, labels: Iterable[str]) -> RelationDescriptions:
         """A copy holding only ``labels`` (in that order); unknown labels raise KeyError."""
@@ -186,6 +214,7 @@ class RelationDescriptions:
                     "tail_types": e.tail_types,
                     "descriptions": [{"text": d.text, "provenance": d.provenance} for d in e.descriptions],
                 } | ({"examples": e.examples} if e.examples else {})
+                | ({"score_offset": e.score_offset} if e.score_offset else {})
                 for label, e in self.relations.items()
             },
         }
@@ -230,9 +259,13 @@ class RelationDescriptions:
                 if not isinstance(ex, Mapping):
                     raise DataFormatError("an example is an object with text (or tokens), head and tail", source,
                                           None, f"{where}.examples[{i}]")
+            try:
+                offset = checked_offset(entry.get("score_offset", 0.0), "score_offset")
+            except (TypeError, ValueError) as e:
+                raise DataFormatError(str(e), source, None, f"{where}.score_offset") from None
             out.relations[label] = RelationEntry(descs, list(entry.get("head_types", []) or []),
                                                  list(entry.get("tail_types", []) or []),
-                                                 [dict(ex) for ex in examples])
+                                                 [dict(ex) for ex in examples], offset)
         if out.negative_label is not None and out.negative_label not in out.relations:
             raise DataFormatError(f"negative label {out.negative_label!r} has no descriptions", source, None,
                                   "negative_label")

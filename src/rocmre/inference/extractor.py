@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -31,11 +32,12 @@ from rocmre.descriptions.store import (
     RelationDescriptions,
     RelationEntry,
     check_template,
+    checked_offset,
     example_to_pair,
     fill_template,
     is_template,
 )
-from rocmre.modeling.decision import SecondStageScorer
+from rocmre.modeling.decision import ABSENT_OFFSET, OFFSET_GRID, SecondStageScorer, tune_added_offset
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime
 
@@ -191,7 +193,9 @@ class RelationExtractor:
           ``tokens``, ``head``, ``tail``, optional ``image`` as a file path, ``head_type``/``tail_type``). The
           relation then also scores pairs against the mean of its examples' pair vectors (a prototype):
           ``(1 - w) * description score + w * prototype score``, ``w = model.config.prototype_weight``. Examples
-          are saved with the model (``save_pretrained``); image paths are stored absolute.
+          are saved with the model (``save_pretrained``); image paths are stored absolute;
+        * ``score_offset`` (a number) is added to the relation's score before the decision rule's other steps; see
+          :meth:`tune_score_offset` for choosing one on labelled records.
 
         Names and descriptions must be non-empty strings (an existing relation may be given only examples); the
         negative label cannot be given descriptions (it is decided by the model's None margin, not retrieved). A
@@ -202,23 +206,69 @@ class RelationExtractor:
         parsed = _parse_relations(relations, self.model.config.negative_label, current.labels)
         updated = RelationDescriptions(name=current.name, negative_label=current.negative_label)
         updated.relations = {k: RelationEntry(list(v.descriptions), list(v.head_types), list(v.tail_types),
-                                              [dict(e) for e in v.examples])
+                                              [dict(e) for e in v.examples], v.score_offset)
                              for k, v in current.relations.items()}
         added = []
-        for name, (texts, head_types, tail_types, examples) in parsed.items():
+        for name, (texts, head_types, tail_types, examples, offset) in parsed.items():
             prov = dict(provenance or {"method": "hand", "added_at_inference": True})
             updated.add(name, [Description(t, dict(prov)) for t in texts], head_types=head_types,
                         tail_types=tail_types, examples=examples)
+            if offset is not None:
+                updated.set_score_offset(name, offset)
             if name not in current:
                 added.append(name)
         self.model.set_descriptions(updated)
-        if any(examples for *_, examples in parsed.values()):
+        if any(examples for *_, examples, _ in parsed.values()):
             try:  # prototypes now: the first prediction is not slowed down, and a failure changes nothing
                 self.model.prototype_vectors()
             except Exception:
                 self.model.set_descriptions(current)
                 raise
         return added
+
+    def tune_score_offset(self, records: Sequence[RelationRecord], relations: Iterable[str],
+                          max_seen_drop: float = 1.0, grid: Sequence[float] = OFFSET_GRID,
+                          batch_size: int = 64, show_progress: bool = False) -> tuple[float, float]:
+        """Choose one score offset for ``relations`` (added without retraining) on labelled ``records`` and set it:
+        the offset closest to zero whose micro-F1 on the records of the other relations (the negative label
+        included) is at most ``max_seen_drop`` points below their micro-F1 without ``relations``. Returns
+        ``(offset, drop)``; see :func:`rocmre.modeling.decision.tune_added_offset`.
+
+        ``records`` are labelled :class:`~rocmre.data.record.RelationRecord` (from rocmre's readers), ideally
+        validation data of the trained relations (records of ``relations`` themselves are left out of the drop).
+        Saved with the model like the descriptions (``score_offset`` of each relation).
+        """
+        rels = list(relations)
+        unknown = [r for r in rels if r not in self.relations]
+        if unknown or not rels:
+            raise KeyError(f"unknown relations {unknown}; known: {self.relations}" if unknown
+                           else "give at least one relation to tune an offset for")
+        if self.model.config.negative_label in rels:
+            raise ValueError(f"the negative label {self.model.config.negative_label!r} is decided by the None "
+                             "margin: it takes no score offset")
+        records = list(records)
+        gold = [r.relation for r in records]
+        if any(g is None for g in gold):
+            raise ValueError("tune_score_offset needs labelled records (each with its relation)")
+        feats = self.runtime.featurize(records, with_labels=False, show_progress=show_progress)
+        scored = self.runtime.score(feats, batch_size, show_progress)
+        rule = self.runtime.decision_rule
+        cols = [rule.labels.index(r) for r in rels]
+        base = np.asarray(self.model.descriptions.score_offsets(rule.labels), dtype=np.float64)
+
+        def predict(offset: float) -> list[str]:
+            offsets = base.copy()
+            offsets[cols] = offset
+            rule.relation_offsets = offsets
+            return rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description,
+                               records).predictions
+
+        before = predict(ABSENT_OFFSET)  # as if the relations were not there
+        offset, drop = tune_added_offset(predict, gold, before, set(rels), self.model.config.negative_label,
+                                         max_seen_drop, grid)
+        for r in rels:  # the decision rule is built from the descriptions at each call: nothing else to refresh
+            self.model.descriptions.set_score_offset(r, offset)
+        return offset, drop
 
     def remove_relations(self, names: Iterable[str]) -> None:
         """Remove relations from retrieval (the negative label cannot be removed)."""
@@ -329,12 +379,12 @@ def _entity_info(e: Entity, etype: str) -> dict[str, Any]:
 
 
 def _parse_relations(relations: Any, negative_label: str, existing: Collection[str] = ()
-                     ) -> dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]]]]:
-    """``{name: (descriptions, head_types, tail_types, examples)}`` from :meth:`RelationExtractor.add_relations`'
-    argument, every description template and example checked."""
+                     ) -> dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]], float | None]]:
+    """``{name: (descriptions, head_types, tail_types, examples, score_offset or None)}`` from
+    :meth:`RelationExtractor.add_relations`' argument, every description template, example and offset checked."""
     if not isinstance(relations, Mapping):
         raise TypeError(f"relations must be a dict of name -> descriptions, got {type(relations).__name__}")
-    out: dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]]]] = {}
+    out: dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]], float | None]] = {}
     for name, spec in relations.items():
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"relation names must be non-empty strings, got {name!r}")
@@ -342,6 +392,7 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
             raise ValueError(f"{name!r} is the negative label: it is decided by the None margin and cannot be given "
                              "descriptions")
         examples: Any = ()
+        offset = None
         if isinstance(spec, Mapping):
             unknown = sorted(str(k) for k in spec if k not in RELATION_KEYS)
             if unknown:
@@ -349,6 +400,8 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
             texts, head_types, tail_types = spec.get("descriptions", []), spec.get("head_types", ()), \
                 spec.get("tail_types", ())
             examples = spec.get("examples", ()) or ()
+            if spec.get("score_offset") is not None:
+                offset = checked_offset(spec["score_offset"], f"relation {name!r}: score_offset")
         else:
             texts, head_types, tail_types = spec, (), ()
         if isinstance(texts, str):
@@ -370,12 +423,12 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
         if isinstance(examples, str | Mapping) or not isinstance(examples, Sequence):
             raise TypeError(f"relation {name!r}: examples must be a list of pairs (dicts with text, head, tail)")
         out[name] = (list(texts), list(head_types), list(tail_types),
-                     [_checked_example(ex, name, i) for i, ex in enumerate(examples)])
+                     [_checked_example(ex, name, i) for i, ex in enumerate(examples)], offset)
     return out
 
 
 #: the keys of a relation given as a dict to :meth:`RelationExtractor.add_relations`
-RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples")
+RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples", "score_offset")
 
 
 def _checked_example(example: Any, relation: str, i: int) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 Every caller (training-time validation, None-margin tuning, ``rocmre evaluate``, :class:`RelationExtractor`, the
 CLI and the service) turns scores into relations through :class:`DecisionRule`, so they cannot disagree. In order:
 
+0. **relation offsets** (optional): each relation's ``score_offset`` (stored with its descriptions; 0 unless set,
+   see :func:`tune_added_offset`) is added to its score;
 1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
    ``type_penalty`` per contradicted side;
 2. **None margin**: the validation-tuned margin is added to the negative relation's score;
@@ -16,7 +18,7 @@ CLI and the service) turns scores into relations through :class:`DecisionRule`, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,7 +106,7 @@ class DecisionRule:
     def __init__(self, labels: Sequence[str], negative_label: str, *, none_margin: float = 0.0,
                  type_constraint: bool = False, type_penalty: float = 0.2,
                  type_compatibility: np.ndarray | None = None, second_stage: SecondStageScorer | None = None,
-                 rerank_top_k: int = 5) -> None:
+                 rerank_top_k: int = 5, relation_offsets: Sequence[float] | None = None) -> None:
         self.labels = list(labels)
         self.negative_label = negative_label
         self.none_margin = float(none_margin)
@@ -113,6 +115,10 @@ class DecisionRule:
         self.type_compatibility = type_compatibility  # (R, 2, T) bool
         self.second_stage = second_stage
         self.rerank_top_k = rerank_top_k
+        offsets = None if relation_offsets is None else np.asarray(relation_offsets, dtype=np.float64)
+        if offsets is not None and offsets.shape != (len(self.labels),):
+            raise ValueError(f"relation_offsets has shape {offsets.shape}, expected ({len(self.labels)},)")
+        self.relation_offsets = offsets if offsets is not None and offsets.any() else None
         if type_constraint and type_compatibility is None:
             raise ValueError("type_constraint needs the relations' type compatibility table")
 
@@ -125,13 +131,16 @@ class DecisionRule:
         return cls(model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
-                   second_stage=second_stage, rerank_top_k=rerank_top_k)
+                   second_stage=second_stage, rerank_top_k=rerank_top_k,
+                   relation_offsets=model_offsets(model))
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
                      tail_types: np.ndarray | None) -> np.ndarray:
-        """Model scores with the type prior applied (no margin)."""
+        """Model scores with the relation offsets and the type prior applied (no margin)."""
         scores = np.asarray(model_scores, dtype=np.float64).copy()
+        if self.relation_offsets is not None and len(scores):
+            scores += self.relation_offsets
         if self.type_constraint and len(scores):
             if head_types is None or tail_types is None:
                 raise ValueError("type-constrained decisions need the records' entity types")
@@ -215,3 +224,50 @@ class DecisionRule:
             if f1 > best[1] + 1e-12:
                 best = (float(m), f1)
         return best
+
+
+def model_offsets(model: Any) -> list[float] | None:
+    """The score offsets a ROC model's relations carry (None for a classifier or when all are 0)."""
+    descriptions = getattr(model, "descriptions", None)
+    if model.config.model_type != "roc" or descriptions is None:
+        return None
+    offsets = descriptions.score_offsets(model.relation_labels)
+    return offsets if any(offsets) else None
+
+
+#: an offset that puts a relation below every other (its answers "as if it were not there")
+ABSENT_OFFSET = -1.0e6
+
+#: the offsets :func:`tune_added_offset` tries by default, closest to zero first
+OFFSET_GRID = tuple(-0.01 * i for i in range(51))
+
+
+def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[str], before: Sequence[str],
+                      added: Collection[str], negative_label: str, max_drop: float = 1.0,
+                      grid: Sequence[float] = OFFSET_GRID) -> tuple[float, float]:
+    """The offset closest to zero for relations added without retraining that keeps the others' micro-F1 within
+    ``max_drop`` points: ``(offset, drop)``.
+
+    ``predict(offset)`` gives the answers with ``offset`` added to every added relation's score; ``before`` the
+    answers without the added relations. The drop is measured on the records whose gold relation is not an added
+    one (micro-F1 before minus after, in points). Offsets are tried in ``grid`` order, from the one closest to
+    zero; when none keeps the drop within ``max_drop``, the one with the smallest drop is returned.
+    """
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    keep = [i for i, g in enumerate(gold) if g not in added]
+    if len(before) != len(gold):
+        raise ValueError(f"{len(before)} answers before adding for {len(gold)} gold labels")
+    gold_kept = [gold[i] for i in keep]
+    f1_before = evaluate_predictions(gold_kept, [before[i] for i in keep], negative_label).f1
+    best: tuple[float, float] | None = None
+    for offset in sorted((float(x) for x in grid), key=abs):
+        pred = predict(offset)
+        drop = 100.0 * (f1_before - evaluate_predictions(gold_kept, [pred[i] for i in keep], negative_label).f1)
+        if drop <= max_drop:
+            return offset, drop
+        if best is None or drop < best[1] - 1e-12:
+            best = (offset, drop)
+    if best is None:
+        raise ValueError("the offset grid is empty")
+    return best
