@@ -208,6 +208,47 @@ def test_predict_cli_with_relations_file(tiny_roc_dir: Path, cache_dir: Path, tm
     assert result.exit_code == 2 and f"{relations}:1: not valid JSON" in result.stderr
 
 
+def test_predict_cli_tunes_the_offset_of_added_relations(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path,
+                                                          mnre_root: Path) -> None:
+    from rocmre.data import read_mnre
+    from rocmre.data.jsonl import record_to_json
+
+    records = read_mnre(mnre_root, "val").records[:80]
+    labelled = tmp_path / "val.jsonl"
+    labelled.write_text("".join(json.dumps(record_to_json(r)) + "\n" for r in records), encoding="utf-8")
+    relations = tmp_path / "new.json"
+    relations.write_text(json.dumps({NEW: ["{head} plays for {tail}."]}), encoding="utf-8")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(EXAMPLE) + "\n", encoding="utf-8")
+    out = tmp_path / "preds.jsonl"
+    args = ["predict", "--model", str(tiny_roc_dir), "--cache-dir", str(cache_dir), "--relations", str(relations),
+            "--input", str(pairs), "--output", str(out), "--top-k", "50", "--quiet", "--tune-offset-on",
+            str(labelled), "--max-seen-drop", "0"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "score offset of the added relations" in result.stderr
+    (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    api = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    api.add_relations({NEW: ["{head} plays for {tail}."]})
+    offset, drop = api.tune_score_offset(records, [NEW], max_seen_drop=0.0)
+    assert drop <= 1e-9 and f"{offset:+.2f}" in result.stderr
+    expected = {c.relation: c.score for c in predict_example(api).top_k}
+    assert {c["relation"]: c["score"] for c in row["top_k"]} == pytest.approx(expected, abs=1e-6)
+    # a descriptions file keeps the offset
+    saved = tmp_path / "saved"
+    api.save_pretrained(saved)
+    store = json.loads((saved / "descriptions.json").read_text(encoding="utf-8"))
+    if offset:
+        assert store["relations"][NEW]["score_offset"] == pytest.approx(offset)
+    from rocmre.cli.predict import load_relations_file
+
+    store["relations"][NEW]["score_offset"] = -0.3
+    (tmp_path / "store.json").write_text(json.dumps(store), encoding="utf-8")
+    assert load_relations_file(tmp_path / "store.json")[NEW]["score_offset"] == pytest.approx(-0.3)
+    result = CliRunner().invoke(cli_app, [a for a in args if a not in ("--relations", str(relations))])
+    assert result.exit_code == 2 and "give --relations too" in result.stderr
+
+
 @pytest.fixture
 def server(tiny_roc_dir: Path, cache_dir: Path) -> Iterator[httpx.Client]:
     extractor = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)

@@ -110,7 +110,7 @@ def load_relations_file(path: Path) -> dict[str, Any]:
     if data.get("format") == FORMAT:
         store = RelationDescriptions.from_dict(data, str(path))
         return {name: {"descriptions": e.texts, "examples": e.examples, "head_types": e.head_types,
-                       "tail_types": e.tail_types}
+                       "tail_types": e.tail_types} | ({"score_offset": e.score_offset} if e.score_offset else {})
                 for name, e in store.relations.items() if name != store.negative_label}
     out: dict[str, Any] = {}
     for name, spec in data.items():
@@ -144,6 +144,14 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                                                        "{name: [descriptions]} or {name: {descriptions, examples, "
                                                        "head_types, tail_types}}; descriptions may use {head} and "
                                                        "{tail}."),
+            tune_offset_on: Path | None = typer.Option(
+                None, "--tune-offset-on", exists=True, dir_okay=False,
+                help="Labelled pairs (JSONL with 'relation') of the model's trained relations: choose one score "
+                     "offset for the --relations relations so that the trained relations lose at most "
+                     "--max-seen-drop F1 points on them (RelationExtractor.tune_score_offset)."),
+            max_seen_drop: float = typer.Option(1.0, "--max-seen-drop", min=0.0,
+                                                help="With --tune-offset-on: the F1 points the trained relations "
+                                                     "may lose."),
             missing_image: str = typer.Option("error", "--missing-image",
                                               help="A listed image that does not exist: 'error' (a bad line) "
                                                    "or 'ignore' (predict from the text)."),
@@ -166,6 +174,8 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     if missing_image not in ("error", "ignore"):
         fail(f"--missing-image must be 'error' or 'ignore', not {missing_image!r}")
     new_relations = None
+    if tune_offset_on is not None and relations is None:
+        fail("--tune-offset-on tunes the offset of the relations of --relations: give --relations too")
     if relations is not None:
         try:
             new_relations = load_relations_file(relations)
@@ -182,6 +192,23 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             extractor.add_relations(new_relations)
         except (ValueError, TypeError) as e:
             fail(f"{relations}: {e}")
+    if tune_offset_on is not None:
+        from rocmre.data.jsonl import read_jsonl
+
+        try:
+            labelled = read_jsonl(tune_offset_on, negative_label=extractor.model.config.negative_label,
+                                  missing_image="mark")  # a pair whose image is missing is scored from its text
+        except DataFormatError as e:
+            fail(str(e))
+        unlabelled = [i for i, r in enumerate(labelled.records) if r.relation is None]
+        if unlabelled:
+            fail(f"{tune_offset_on}: record {unlabelled[0] + 1} has no 'relation': --tune-offset-on needs "
+                 "labelled pairs")
+        offset, drop = extractor.tune_score_offset(labelled.records, list(new_relations or {}), max_seen_drop,
+                                                   show_progress=not quiet)
+        with_image = sum(r.image_path is not None and Path(r.image_path).is_file() for r in labelled.records)
+        typer.echo(f"score offset of the added relations: {offset:+.2f} (the others lose {drop:.2f} F1 points on "
+                   f"{len(labelled.records)} labelled pairs, {with_image} with their image)", err=True)
 
     def report(e: DataFormatError) -> None:
         from tqdm.auto import tqdm
