@@ -97,6 +97,10 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
         assert cfg.train.logit_adjustment_scope == ("relations" if v.name.endswith("_relations") else "all")
         assert cfg.train.ema_decay == (0.998 if v.name.endswith("_ema") else None)
     assert bench.VARIANTS["roc_ema"].baseline == "classifier_ema"
+    for name in ("roc_long", "classifier_long"):  # the longer-training pair: 10 epochs, otherwise canonical
+        assert RunConfig.from_yaml(bench.REPO / bench.VARIANTS[name].config, bench.VARIANTS[name].overrides
+                                   ).train.epochs == 10
+    assert bench.VARIANTS["roc_long"].baseline == "classifier_long"
     assert bench.VARIANTS["roc_logit_adjusted"].baseline == "classifier_logit_adjusted"
     assert bench.VARIANTS["roc_logit_adjusted_relations"].baseline == "classifier_logit_adjusted_relations"
 
