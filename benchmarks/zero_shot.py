@@ -142,7 +142,7 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
 
 ROW_METRICS = ("unseen_only_top1", "generalized_top1", "held_out_micro_f1", "seen_micro_f1_drop",
                "val_unseen_only_top1", "val_generalized_top1", "val_micro_f1_after", "val_seen_micro_f1_drop",
-               "score_offset")
+               "score_offset", "none_margin")
 
 
 def aggregate(fold_rows: list[dict]) -> list[dict]:
@@ -362,10 +362,11 @@ class Scorer:
         return {s: self.runtime.score(self.features[s], self.cfg.train.eval_batch_size) for s in ("val", "test")}
 
     def decide(self, scored, split: str, second_stage=None, type_prior: bool | None = None,
-               offsets: np.ndarray | None = None):
+               offsets: np.ndarray | None = None, none_margins: np.ndarray | None = None):
         """(first-stage scores after the relation offsets and the type prior (N, R), decisions through the
         decision path). ``type_prior`` switches the rule's soft type prior on or off (None: as the model was
-        trained); ``offsets`` (R,) replaces the relations' score offsets (None: as stored, all 0 here)."""
+        trained); ``offsets`` / ``none_margins`` (R,) replace the relations' score offsets / extra None margins
+        (None: as stored, all 0 here)."""
         from rocmre.modeling.decision import DecisionRule
 
         rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K)
@@ -377,6 +378,8 @@ class Scorer:
                                 second_stage=second_stage, rerank_top_k=RERANK_TOP_K)
         if offsets is not None:
             rule.relation_offsets = np.asarray(offsets, dtype=np.float64)
+        if none_margins is not None:
+            rule.relation_none_margins = np.asarray(none_margins, dtype=np.float64)
         records = self.data[split].records
         dec = rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description, records)
         prior = rule.prior_scores(scored.scores, scored.head_types, scored.tail_types)
@@ -435,7 +438,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 4
+SCORING_VERSION = 5
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
@@ -468,10 +471,11 @@ def calibrate_new(scored: dict, labels: Sequence[str], new: Sequence[str], val_g
     return out
 
 
-#: the row suffix of a decision setting whose added relations get one score offset, chosen on validation by
-#: :func:`rocmre.modeling.decision.tune_added_offset`: the offset closest to zero that keeps the seen relations'
-#: validation micro-F1 within the issue's seen-drop target
+#: the row suffixes of a decision setting whose added relations get one score offset (or one extra None margin),
+#: chosen on validation by :func:`rocmre.modeling.decision.tune_added_offset`: the value closest to zero that keeps
+#: the seen relations' validation micro-F1 within the issue's seen-drop target
 OFFSET_SUFFIX = " + offset"
+NONE_MARGIN_SUFFIX = " + None margin"
 
 
 #: prototype weights scored besides the model's own (rows `... + 5-shot (w=W)`)
@@ -494,7 +498,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     ``{"model": SentencePrior, "cache": {}, "weights": [...]}`` or None; its rows are always scored in full (it
     needs one pass of the small sentence encoder per record)."""
     from rocmre.evaluation.metrics import evaluate_predictions
-    from rocmre.modeling.decision import tune_added_offset
+    from rocmre.modeling.decision import NONE_MARGIN_GRID, OFFSET_GRID, tune_added_offset
 
     held = FOLDS[fold]
     sc = Scorer(folder, data)
@@ -529,41 +533,53 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
         calibrated = calibrate_new(raw, sc.model.relation_labels, held, data["val"].gold, neg)
         held_cols = [sc.model.relation_labels.index(r) for r in held]
 
-        def offset_vector(offset: float) -> np.ndarray:
+        def vector(value: float | None) -> np.ndarray | None:
+            if value is None:
+                return None
             vec = np.zeros(len(sc.model.relation_labels))
-            vec[held_cols] = offset
+            vec[held_cols] = value
             return vec
 
-        settings = []  # (row suffix, base suffix, type prior, second stage, calibrate, offset or None)
+        def knobs(kind: str | None, value: float | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+            """(score offsets, extra None margins) for the decision rule"""
+            return (vector(value), None) if kind == "offset" else (None, vector(value))
+
+        settings = []  # (row suffix, base suffix, type prior, second stage, calibrate, (kind, value) or None)
         for base, prior_on, stage, calibrate in stages:
             if only is not None and base not in only:
                 continue
             settings.append((base, base, prior_on, stage, calibrate, None))
-            if base in full and not calibrate:  # its twin with an offset for the added relations, tuned on val
-                def predict(offset: float, stage=stage, prior_on=prior_on, scored=raw["val"]) -> list[str]:
-                    return sc.decide(scored, "val", stage, prior_on, offset_vector(offset))[1].predictions
+            if base in full and not calibrate:  # its twins with a value for the added relations, tuned on val
+                for kind, row_suffix, grid in (("offset", OFFSET_SUFFIX, OFFSET_GRID),
+                                               ("none_margin", NONE_MARGIN_SUFFIX, NONE_MARGIN_GRID)):
+                    def predict(value: float, stage=stage, prior_on=prior_on, kind=kind) -> list[str]:
+                        return sc.decide(raw["val"], "val", stage, prior_on, *knobs(kind, value))[1].predictions
 
-                offset, _ = tune_added_offset(predict, data["val"].gold, before[base, "val"], set(held), neg,
-                                              TARGETS["seen_micro_f1_drop"])
-                settings.append((base + OFFSET_SUFFIX, base, prior_on, stage, calibrate, offset))
+                    value, _ = tune_added_offset(predict, data["val"].gold, before[base, "val"], set(held), neg,
+                                                 TARGETS["seen_micro_f1_drop"], grid)
+                    settings.append((base + row_suffix, base, prior_on, stage, calibrate, (kind, value)))
         rows = []
-        for suffix, base, prior_on, stage, calibrate, offset in settings:
+        for suffix, base, prior_on, stage, calibrate, tuned in settings:
             scored = calibrated if calibrate else raw
-            offsets = None if offset is None else offset_vector(offset)
+            offsets, none_margins = knobs(*tuned) if tuned is not None else (None, None)
             weight = kind_suffix.split("w=")[-1].rstrip(")")
             title = {"": "", " + 5-shot": f", {SHOTS} examples per new relation",
                      " + 5-shot (all relations)": f", {SHOTS} examples per relation (new and trained)"}.get(
                 kind_suffix, f", {SHOTS} examples per new relation, prototype weight {weight}")
-            shown = suffix if offset is None else base + " + new relations' score offset chosen on val"
+            shown = suffix if tuned is None else base + {
+                "offset": " + new relations' score offset chosen on val",
+                "none_margin": " + new relations' extra None margin chosen on val"}[tuned[0]]
             row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
                                    "kind": "5-shot" if kind_suffix else "zero-shot",
                                    "row": variant.name + suffix + kind_suffix, "title": variant.title + shown + title,
-                                   "score_offset": offset}
+                                   "score_offset": tuned[1] if tuned and tuned[0] == "offset" else None,
+                                   "none_margin": tuned[1] if tuned and tuned[0] == "none_margin" else None}
             if base not in full:
                 row["scope"] = "held-out pairs only"
             for split in ("val", "test"):
                 gold = data[split].gold
-                prior, dec = sc.decide(scored[split], split, stage if base in full else None, prior_on, offsets)
+                prior, dec = sc.decide(scored[split], split, stage if base in full else None, prior_on, offsets,
+                                       none_margins)
                 if stage is None:
                     m = held_out_metrics(prior, dec.labels, gold, dec.predictions, held, neg)
                 else:  # top-1 metrics: the re-ranker orders the first stage's top-k candidates
@@ -703,11 +719,15 @@ def render(payload: dict) -> list[str]:
               "contradicts a relation's signature costs that relation `type_penalty`), switched on at inference "
               "time; the None margin stays as tuned without it. Rows with a dash in the F1 and drop columns "
               "were scored on the held-out pairs only (`--reranker-scope held_out`) and cannot be the summary row. "
-              f"Rows ending `{OFFSET_SUFFIX}`: the added relations share one score offset, added to their scores "
+              f"Rows with `{OFFSET_SUFFIX}`: the added relations share one score offset, added to their scores "
               "before the decision rule's other steps; per fold and setting it is the offset closest to zero (0 to "
               "-0.5 by 0.01) whose seen-relation drop on validation is at most "
-              f"{TARGETS['seen_micro_f1_drop']:g} point (`RelationExtractor.tune_score_offset` does the same for "
-              "a user); the chosen offsets are in the per-fold table.", ""]
+              f"{TARGETS['seen_micro_f1_drop']:g} point. Rows with `{NONE_MARGIN_SUFFIX}`: instead, one extra None "
+              "margin (0 to 0.5 by 0.01, chosen the same way): an added relation is the answer only where it beats "
+              "None (margin included) by that much more, elsewhere the best of the other relations or None is; the "
+              "top-1 columns (first-stage ranking) do not move, only what is answered does "
+              "(`RelationExtractor.tune_score_offset(..., kind=...)` does either for a "
+              "user); the chosen values are in the per-fold table.", ""]
     lines += targets_lines(payload.get("summary"), payload.get("summary_row"),
                            payload.get("summary_five_shot_row")) + [""]
     lines += ["The summary row is the zero-shot row with the best mean validation generalised top-1 among the rows "
@@ -731,16 +751,17 @@ def render(payload: dict) -> list[str]:
     if payload.get("sentence_prior"):
         lines += [f"Sentence prior: {payload['sentence_prior']}", ""]
     lines += ["## Per fold", "", "| fold | row | unseen-only top-1 | generalised top-1 | held-out micro-F1 | "
-              "seen drop | val seen drop | score offset | seen micro-F1 before | train min |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "seen drop | val seen drop | score offset | extra None margin | seen micro-F1 before | train min |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def num(x: float | None, fmt: str = ".2f") -> str:
-        return "-" if x is None else format(x, fmt)
+        return "-" if x is None else format(x + 0.0, fmt)  # (+ 0.0: no "-0.00")
 
     for r in fold_rows:
         lines.append(f"| {r['fold']} | `{r['row']}` | {_p(r['unseen_only_top1'])} | {_p(r.get('generalized_top1'))} "
                      f"| {_p(r.get('held_out_micro_f1'))} | {num(r.get('seen_micro_f1_drop'))} | "
                      f"{num(r.get('val_seen_micro_f1_drop'))} | {num(r.get('score_offset'))} | "
+                     f"{num(r.get('none_margin'))} | "
                      f"{_p(r.get('seen_micro_f1_before'))} | {num(r.get('train_minutes'), '.1f')} |")
     shown = [n for n in ("types_only", "frozen_encoder") if any(r["row"] == n for r in fold_rows)]
     shown += [n for n in (payload.get("summary_row"), payload.get("summary_five_shot_row")) if n]

@@ -28,9 +28,12 @@ format of ``rocmre predict``, e.g. ``{"text": "...", "head": "...", "tail": "...
 the model scores pairs against their mean pair vector too (``model.prototype_weight``). Files without
 ``examples`` load as before.
 
-A relation may carry a ``"score_offset"`` (a number, default 0): added to its score before any other step of the
-decision rule. Relations added without retraining score on another scale than the trained ones and take some of
-their pairs; :meth:`rocmre.inference.extractor.RelationExtractor.tune_score_offset` chooses a negative offset for
+A relation may carry a ``"score_offset"`` (a number, default 0), added to its score before any other step of the
+decision rule, and a ``"none_margin"`` (default 0): the relation is the answer only where its score beats the
+negative label's (None margin included) by that much more; elsewhere the best of the others is (a higher bar for
+being answered, its ranking among the relations unchanged). Relations
+added without retraining score on another scale than the trained ones and take some of their pairs (and of the
+None records); :meth:`rocmre.inference.extractor.RelationExtractor.tune_score_offset` chooses either number for
 them on labelled records, so that the trained relations lose at most a given number of F1 points.
 """
 
@@ -112,6 +115,8 @@ class RelationEntry:
     examples: list[dict[str, Any]] = field(default_factory=list)
     #: added to the relation's score before the decision rule's other steps (see the module docstring)
     score_offset: float = 0.0
+    #: the extra margin over the negative label the relation must clear to be the answer (see the module docstring)
+    none_margin: float = 0.0
 
     @property
     def texts(self) -> list[str]:
@@ -162,6 +167,17 @@ class RelationDescriptions:
         if label not in self.relations:
             raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
         self.relations[label].score_offset = checked_offset(offset, f"relation {label!r}: score_offset")
+        self.revision += 1
+
+    def none_margins(self, labels: Iterable[str]) -> list[float]:
+        """Each label's ``none_margin`` (0 for a label without an entry)."""
+        return [self.relations[lab].none_margin if lab in self.relations else 0.0 for lab in labels]
+
+    def set_none_margin(self, label: str, margin: float) -> None:
+        """Set one relation's extra None margin (a finite number)."""
+        if label not in self.relations:
+            raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
+        self.relations[label].none_margin = checked_offset(margin, f"relation {label!r}: none_margin")
         self.revision += 1
 
     def subset(self, labels: Iterable[str]) -> RelationDescriptions:
@@ -215,6 +231,7 @@ class RelationDescriptions:
                     "descriptions": [{"text": d.text, "provenance": d.provenance} for d in e.descriptions],
                 } | ({"examples": e.examples} if e.examples else {})
                 | ({"score_offset": e.score_offset} if e.score_offset else {})
+                | ({"none_margin": e.none_margin} if e.none_margin else {})
                 for label, e in self.relations.items()
             },
         }
@@ -259,13 +276,15 @@ class RelationDescriptions:
                 if not isinstance(ex, Mapping):
                     raise DataFormatError("an example is an object with text (or tokens), head and tail", source,
                                           None, f"{where}.examples[{i}]")
-            try:
-                offset = checked_offset(entry.get("score_offset", 0.0), "score_offset")
-            except (TypeError, ValueError) as e:
-                raise DataFormatError(str(e), source, None, f"{where}.score_offset") from None
+            numbers = {}
+            for key in ("score_offset", "none_margin"):
+                try:
+                    numbers[key] = checked_offset(entry.get(key, 0.0), key)
+                except (TypeError, ValueError) as e:
+                    raise DataFormatError(str(e), source, None, f"{where}.{key}") from None
             out.relations[label] = RelationEntry(descs, list(entry.get("head_types", []) or []),
                                                  list(entry.get("tail_types", []) or []),
-                                                 [dict(ex) for ex in examples], offset)
+                                                 [dict(ex) for ex in examples], **numbers)
         if out.negative_label is not None and out.negative_label not in out.relations:
             raise DataFormatError(f"negative label {out.negative_label!r} has no descriptions", source, None,
                                   "negative_label")

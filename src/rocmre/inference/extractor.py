@@ -37,7 +37,13 @@ from rocmre.descriptions.store import (
     fill_template,
     is_template,
 )
-from rocmre.modeling.decision import ABSENT_OFFSET, OFFSET_GRID, SecondStageScorer, tune_added_offset
+from rocmre.modeling.decision import (
+    ABSENT_OFFSET,
+    NONE_MARGIN_GRID,
+    OFFSET_GRID,
+    SecondStageScorer,
+    tune_added_offset,
+)
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime
 
@@ -194,8 +200,9 @@ class RelationExtractor:
           relation then also scores pairs against the mean of its examples' pair vectors (a prototype):
           ``(1 - w) * description score + w * prototype score``, ``w = model.config.prototype_weight``. Examples
           are saved with the model (``save_pretrained``); image paths are stored absolute;
-        * ``score_offset`` (a number) is added to the relation's score before the decision rule's other steps; see
-          :meth:`tune_score_offset` for choosing one on labelled records.
+        * ``score_offset`` (a number) is added to the relation's score before the decision rule's other steps, and
+          ``none_margin`` is the extra margin over None it must clear to be the answer; see
+          :meth:`tune_score_offset` for choosing either on labelled records.
 
         Names and descriptions must be non-empty strings (an existing relation may be given only examples); the
         negative label cannot be given descriptions (it is decided by the model's None margin, not retrieved). A
@@ -206,15 +213,17 @@ class RelationExtractor:
         parsed = _parse_relations(relations, self.model.config.negative_label, current.labels)
         updated = RelationDescriptions(name=current.name, negative_label=current.negative_label)
         updated.relations = {k: RelationEntry(list(v.descriptions), list(v.head_types), list(v.tail_types),
-                                              [dict(e) for e in v.examples], v.score_offset)
+                                              [dict(e) for e in v.examples], v.score_offset, v.none_margin)
                              for k, v in current.relations.items()}
         added = []
-        for name, (texts, head_types, tail_types, examples, offset) in parsed.items():
+        for name, (texts, head_types, tail_types, examples, numbers) in parsed.items():
             prov = dict(provenance or {"method": "hand", "added_at_inference": True})
             updated.add(name, [Description(t, dict(prov)) for t in texts], head_types=head_types,
                         tail_types=tail_types, examples=examples)
-            if offset is not None:
-                updated.set_score_offset(name, offset)
+            if "score_offset" in numbers:
+                updated.set_score_offset(name, numbers["score_offset"])
+            if "none_margin" in numbers:
+                updated.set_none_margin(name, numbers["none_margin"])
             if name not in current:
                 added.append(name)
         self.model.set_descriptions(updated)
@@ -227,17 +236,22 @@ class RelationExtractor:
         return added
 
     def tune_score_offset(self, records: Sequence[RelationRecord], relations: Iterable[str],
-                          max_seen_drop: float = 1.0, grid: Sequence[float] = OFFSET_GRID,
-                          batch_size: int = 64, show_progress: bool = False) -> tuple[float, float]:
-        """Choose one score offset for ``relations`` (added without retraining) on labelled ``records`` and set it:
-        the offset closest to zero whose micro-F1 on the records of the other relations (the negative label
-        included) is at most ``max_seen_drop`` points below their micro-F1 without ``relations``. Returns
-        ``(offset, drop)``; see :func:`rocmre.modeling.decision.tune_added_offset`.
+                          max_seen_drop: float = 1.0, kind: str = "score_offset",
+                          grid: Sequence[float] | None = None, batch_size: int = 64,
+                          show_progress: bool = False) -> tuple[float, float]:
+        """Choose one number for ``relations`` (added without retraining) on labelled ``records`` and set it: the
+        value closest to zero whose micro-F1 on the records of the other relations (the negative label included)
+        is at most ``max_seen_drop`` points below their micro-F1 without ``relations``. Returns ``(value, drop)``;
+        see :func:`rocmre.modeling.decision.tune_added_offset`.
 
-        ``records`` are labelled :class:`~rocmre.data.record.RelationRecord` (from rocmre's readers), ideally
-        validation data of the trained relations (records of ``relations`` themselves are left out of the drop).
-        Saved with the model like the descriptions (``score_offset`` of each relation).
+        ``kind="score_offset"`` tunes a (negative) offset added to their scores (grid 0 to -0.5); ``"none_margin"``
+        an extra None margin they must clear to be the answer (grid 0 to 0.5), which leaves their ranking among
+        the relations as it is. ``records`` are labelled :class:`~rocmre.data.record.RelationRecord` (from
+        rocmre's readers), ideally validation data of the trained relations (records of ``relations`` themselves
+        are left out of the drop). Saved with the model like the descriptions.
         """
+        if kind not in ("score_offset", "none_margin"):
+            raise ValueError(f"kind must be 'score_offset' or 'none_margin', not {kind!r}")
         rels = list(relations)
         unknown = [r for r in rels if r not in self.relations]
         if unknown or not rels:
@@ -245,7 +259,7 @@ class RelationExtractor:
                            else "give at least one relation to tune an offset for")
         if self.model.config.negative_label in rels:
             raise ValueError(f"the negative label {self.model.config.negative_label!r} is decided by the None "
-                             "margin: it takes no score offset")
+                             f"margin: it takes no {kind}")
         records = list(records)
         gold = [r.relation for r in records]
         if any(g is None for g in gold):
@@ -254,21 +268,30 @@ class RelationExtractor:
         scored = self.runtime.score(feats, batch_size, show_progress)
         rule = self.runtime.decision_rule
         cols = [rule.labels.index(r) for r in rels]
-        base = np.asarray(self.model.descriptions.score_offsets(rule.labels), dtype=np.float64)
+        store = self.model.descriptions
+        offsets = np.asarray(store.score_offsets(rule.labels), dtype=np.float64)
+        margins = np.asarray(store.none_margins(rule.labels), dtype=np.float64)
 
-        def predict(offset: float) -> list[str]:
-            offsets = base.copy()
-            offsets[cols] = offset
-            rule.relation_offsets = offsets
+        def answers(offsets: np.ndarray, margins: np.ndarray) -> list[str]:
+            rule.relation_offsets, rule.relation_none_margins = offsets, margins
             return rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description,
                                records).predictions
 
-        before = predict(ABSENT_OFFSET)  # as if the relations were not there
-        offset, drop = tune_added_offset(predict, gold, before, set(rels), self.model.config.negative_label,
-                                         max_seen_drop, grid)
+        def with_value(value: float) -> list[str]:
+            changed = (offsets if kind == "score_offset" else margins).copy()
+            changed[cols] = value
+            return answers(changed, margins) if kind == "score_offset" else answers(offsets, changed)
+
+        absent = offsets.copy()
+        absent[cols] = ABSENT_OFFSET
+        before = answers(absent, margins)  # as if the relations were not there
+        value, drop = tune_added_offset(with_value, gold, before, set(rels), self.model.config.negative_label,
+                                        max_seen_drop,
+                                        grid if grid is not None else
+                                        OFFSET_GRID if kind == "score_offset" else NONE_MARGIN_GRID)
         for r in rels:  # the decision rule is built from the descriptions at each call: nothing else to refresh
-            self.model.descriptions.set_score_offset(r, offset)
-        return offset, drop
+            (store.set_score_offset if kind == "score_offset" else store.set_none_margin)(r, value)
+        return value, drop
 
     def remove_relations(self, names: Iterable[str]) -> None:
         """Remove relations from retrieval (the negative label cannot be removed)."""
@@ -379,12 +402,12 @@ def _entity_info(e: Entity, etype: str) -> dict[str, Any]:
 
 
 def _parse_relations(relations: Any, negative_label: str, existing: Collection[str] = ()
-                     ) -> dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]], float | None]]:
-    """``{name: (descriptions, head_types, tail_types, examples, score_offset or None)}`` from
+                     ) -> dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]], dict[str, float]]]:
+    """``{name: (descriptions, head_types, tail_types, examples, {score_offset, none_margin: as given})}`` from
     :meth:`RelationExtractor.add_relations`' argument, every description template, example and offset checked."""
     if not isinstance(relations, Mapping):
         raise TypeError(f"relations must be a dict of name -> descriptions, got {type(relations).__name__}")
-    out: dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]], float | None]] = {}
+    out: dict[str, tuple[list[str], list[str], list[str], list[dict[str, Any]], dict[str, float]]] = {}
     for name, spec in relations.items():
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"relation names must be non-empty strings, got {name!r}")
@@ -392,7 +415,7 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
             raise ValueError(f"{name!r} is the negative label: it is decided by the None margin and cannot be given "
                              "descriptions")
         examples: Any = ()
-        offset = None
+        numbers: dict[str, float] = {}
         if isinstance(spec, Mapping):
             unknown = sorted(str(k) for k in spec if k not in RELATION_KEYS)
             if unknown:
@@ -400,8 +423,9 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
             texts, head_types, tail_types = spec.get("descriptions", []), spec.get("head_types", ()), \
                 spec.get("tail_types", ())
             examples = spec.get("examples", ()) or ()
-            if spec.get("score_offset") is not None:
-                offset = checked_offset(spec["score_offset"], f"relation {name!r}: score_offset")
+            for key in ("score_offset", "none_margin"):
+                if spec.get(key) is not None:
+                    numbers[key] = checked_offset(spec[key], f"relation {name!r}: {key}")
         else:
             texts, head_types, tail_types = spec, (), ()
         if isinstance(texts, str):
@@ -423,12 +447,12 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
         if isinstance(examples, str | Mapping) or not isinstance(examples, Sequence):
             raise TypeError(f"relation {name!r}: examples must be a list of pairs (dicts with text, head, tail)")
         out[name] = (list(texts), list(head_types), list(tail_types),
-                     [_checked_example(ex, name, i) for i, ex in enumerate(examples)], offset)
+                     [_checked_example(ex, name, i) for i, ex in enumerate(examples)], numbers)
     return out
 
 
 #: the keys of a relation given as a dict to :meth:`RelationExtractor.add_relations`
-RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples", "score_offset")
+RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples", "score_offset", "none_margin")
 
 
 def _checked_example(example: Any, relation: str, i: int) -> dict[str, Any]:

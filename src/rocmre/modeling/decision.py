@@ -7,12 +7,16 @@ CLI and the service) turns scores into relations through :class:`DecisionRule`, 
    see :func:`tune_added_offset`) is added to its score;
 1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
    ``type_penalty`` per contradicted side;
-2. **None margin**: the validation-tuned margin is added to the negative relation's score;
+2. **None margin**: the validation-tuned margin is added to the negative relation's score; a relation with an extra
+   ``none_margin`` (0 unless set: a relation added without retraining may have to clear a higher bar than the
+   trained ones) that does not beat that score by its extra margin cannot be the answer (step 4);
 3. **second stage** (optional): a :class:`SecondStageScorer` re-scores each record's top ``rerank_top_k``
    relations, the negative label excluded (for example a cross-encoder over the marked text and each candidate's
    description, :mod:`rocmre.modeling.reranker`); it may only reorder them: the block keeps the first stage's best
    score at its top, so the None decision is the first stage's, and the other relations are shifted below it;
-4. **ranking**: the answer is the highest-scoring relation; :meth:`Decisions.top_k` lists alternatives with the
+4. **gate**: the relations that failed their extra None margin in step 2 are capped just below the negative
+   label's score, so the answer is the best of the others (the negative label included);
+5. **ranking**: the answer is the highest-scoring relation; :meth:`Decisions.top_k` lists alternatives with the
    best-matching description of each.
 """
 
@@ -106,7 +110,8 @@ class DecisionRule:
     def __init__(self, labels: Sequence[str], negative_label: str, *, none_margin: float = 0.0,
                  type_constraint: bool = False, type_penalty: float = 0.2,
                  type_compatibility: np.ndarray | None = None, second_stage: SecondStageScorer | None = None,
-                 rerank_top_k: int = 5, relation_offsets: Sequence[float] | None = None) -> None:
+                 rerank_top_k: int = 5, relation_offsets: Sequence[float] | None = None,
+                 relation_none_margins: Sequence[float] | None = None) -> None:
         self.labels = list(labels)
         self.negative_label = negative_label
         self.none_margin = float(none_margin)
@@ -119,6 +124,10 @@ class DecisionRule:
         if offsets is not None and offsets.shape != (len(self.labels),):
             raise ValueError(f"relation_offsets has shape {offsets.shape}, expected ({len(self.labels)},)")
         self.relation_offsets = offsets if offsets is not None and offsets.any() else None
+        extra = None if relation_none_margins is None else np.asarray(relation_none_margins, dtype=np.float64)
+        if extra is not None and extra.shape != (len(self.labels),):
+            raise ValueError(f"relation_none_margins has shape {extra.shape}, expected ({len(self.labels)},)")
+        self.relation_none_margins = extra if extra is not None and extra.any() else None
         if type_constraint and type_compatibility is None:
             raise ValueError("type_constraint needs the relations' type compatibility table")
 
@@ -132,7 +141,7 @@ class DecisionRule:
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
-                   relation_offsets=model_offsets(model))
+                   relation_offsets=model_offsets(model), relation_none_margins=model_none_margins(model))
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
@@ -155,6 +164,26 @@ class DecisionRule:
             scores = scores.copy()
             scores[:, self.labels.index(self.negative_label)] += margin
         return scores
+
+    def _gated(self, scores: np.ndarray) -> np.ndarray | None:
+        """(N, R) the relations that do not clear the negative label's score (margin included) by their extra
+        None margin; None when no relation has one."""
+        extra = self.relation_none_margins
+        if extra is None or self.negative_label not in self.labels or not len(scores):
+            return None
+        neg = self.labels.index(self.negative_label)
+        gated = (scores < scores[:, [neg]] + extra[None, :]) & (extra[None, :] != 0)
+        gated[:, neg] = False
+        return gated
+
+    def _apply_gate(self, scores: np.ndarray, gated: np.ndarray | None) -> np.ndarray:
+        """Gated relations are capped just below the negative label's final score: they cannot be the answer,
+        and every other relation competes as before."""
+        if gated is None or not gated.any():
+            return scores
+        neg = self.labels.index(self.negative_label)
+        cap = scores[:, [neg]] - 1e-6
+        return np.where(gated, np.minimum(scores, cap), scores)
 
     def _rerank(self, scores: np.ndarray, records: Sequence[Any] | None) -> np.ndarray:
         """The second stage orders each record's top ``rerank_top_k`` relations (the negative label excluded).
@@ -199,7 +228,8 @@ class DecisionRule:
         """The answers for ``model_scores`` (N, R); ``none_margin`` overrides the rule's margin (tuning only)."""
         margin = self.none_margin if none_margin is None else float(none_margin)
         scores = self._with_margin(self.prior_scores(model_scores, head_types, tail_types), margin)
-        scores = self._rerank(scores, records)
+        gated = self._gated(scores)
+        scores = self._apply_gate(self._rerank(scores, records), gated)
         return Decisions(self.labels, self.negative_label, np.asarray(model_scores), scores, best_description,
                          {"none_margin": margin, "type_constraint": self.type_constraint,
                           "second_stage": type(self.second_stage).__name__ if self.second_stage else None})
@@ -235,11 +265,22 @@ def model_offsets(model: Any) -> list[float] | None:
     return offsets if any(offsets) else None
 
 
+def model_none_margins(model: Any) -> list[float] | None:
+    """The extra None margins a ROC model's relations carry (None for a classifier or when all are 0)."""
+    descriptions = getattr(model, "descriptions", None)
+    if model.config.model_type != "roc" or descriptions is None:
+        return None
+    margins = descriptions.none_margins(model.relation_labels)
+    return margins if any(margins) else None
+
+
 #: an offset that puts a relation below every other (its answers "as if it were not there")
 ABSENT_OFFSET = -1.0e6
 
 #: the offsets :func:`tune_added_offset` tries by default, closest to zero first
-OFFSET_GRID = tuple(-0.01 * i for i in range(51))
+OFFSET_GRID = tuple(round(-0.01 * i, 2) + 0.0 for i in range(51))  # (+ 0.0: 0, not -0)
+#: the extra None margins it tries by default
+NONE_MARGIN_GRID = tuple(round(0.01 * i, 2) for i in range(51))
 
 
 def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[str], before: Sequence[str],
@@ -248,10 +289,11 @@ def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[
     """The offset closest to zero for relations added without retraining that keeps the others' micro-F1 within
     ``max_drop`` points: ``(offset, drop)``.
 
-    ``predict(offset)`` gives the answers with ``offset`` added to every added relation's score; ``before`` the
-    answers without the added relations. The drop is measured on the records whose gold relation is not an added
-    one (micro-F1 before minus after, in points). Offsets are tried in ``grid`` order, from the one closest to
-    zero; when none keeps the drop within ``max_drop``, the one with the smallest drop is returned.
+    ``predict(offset)`` gives the answers with ``offset`` given to every added relation (added to its score, or to
+    its None margin with :data:`NONE_MARGIN_GRID`); ``before`` the answers without the added relations. The drop is
+    measured on the records whose gold relation is not an added one (micro-F1 before minus after, in points).
+    Offsets are tried from the one closest to zero; when none keeps the drop within ``max_drop``, the one with the
+    smallest drop is returned.
     """
     from rocmre.evaluation.metrics import evaluate_predictions
 
