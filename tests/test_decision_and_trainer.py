@@ -479,3 +479,23 @@ def test_tune_added_offset_takes_the_offset_closest_to_zero_within_the_drop():
     # nothing within the drop: the smallest drop found
     offset, drop = tune_added_offset(predict, gold, before, {"new"}, "None", max_drop=1.0, grid=[0.0, -0.1])
     assert offset == pytest.approx(-0.1) and drop == pytest.approx(50.0)
+
+
+def test_extra_none_margin_gates_an_added_relation_without_moving_its_rank():
+    from rocmre.modeling.decision import DecisionRule
+
+    labels = ["None", "seen", "new"]
+    scores = np.array([[0.30, 0.40, 0.45],    # new first but only 0.15 over None: gated, seen answers
+                       [0.30, 0.10, 0.45],    # gated, nothing else clears None: None
+                       [0.30, 0.40, 0.70]])   # 0.40 over None: answered
+    rule = DecisionRule(labels, "None", none_margin=0.0, relation_none_margins=[0.0, 0.0, 0.2])
+    d = rule.decide(scores)
+    assert d.predictions == ["seen", "None", "new"]
+    assert rule.prior_scores(scores, None, None) == pytest.approx(scores)  # the ranking itself is unchanged
+    assert d.scores[0, 2] < d.scores[0, 0] and d.scores[2, 2] == pytest.approx(0.70)
+    # the None margin counts: with 0.25 of it, the third record's new relation would need 0.7 > 0.3 + 0.25 + 0.2
+    assert DecisionRule(labels, "None", none_margin=0.25, relation_none_margins=[0.0, 0.0, 0.2]
+                        ).decide(scores).predictions == ["None", "None", "None"]
+    assert DecisionRule(labels, "None", relation_none_margins=[0, 0, 0]).relation_none_margins is None
+    with pytest.raises(ValueError, match="relation_none_margins"):
+        DecisionRule(labels, "None", relation_none_margins=[0.1])

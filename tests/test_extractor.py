@@ -227,6 +227,14 @@ def test_score_offsets_are_data_and_tuned_on_labelled_records(tiny_roc_dir: Path
     from rocmre.evaluation.metrics import evaluate_predictions
 
     assert evaluate_predictions(gold, with_new, "None").f1 >= evaluate_predictions(gold, without, "None").f1 - 1e-9
+    # the other kind: an extra None margin, stored and saved the same way
+    ex.add_relations({NEW_RELATION: NEW_DESCRIPTIONS})
+    margin, drop = ex.tune_score_offset(records, [NEW_RELATION], max_seen_drop=0.0, kind="none_margin")
+    assert margin >= 0.0 and drop <= 1e-9
+    assert ex.model.descriptions.relations[NEW_RELATION].none_margin == pytest.approx(margin)
+    assert ex.model.descriptions.to_dict()["relations"][NEW_RELATION].get("none_margin", 0.0) == pytest.approx(margin)
+    with pytest.raises(ValueError, match="kind"):
+        ex.tune_score_offset(records, [NEW_RELATION], kind="bias")
     with pytest.raises(KeyError, match="unknown"):
         ex.tune_score_offset(records, ["/no/such/relation"])
     with pytest.raises(ValueError, match="negative label"):

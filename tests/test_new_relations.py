@@ -247,6 +247,10 @@ def test_predict_cli_tunes_the_offset_of_added_relations(tiny_roc_dir: Path, cac
     assert load_relations_file(tmp_path / "store.json")[NEW]["score_offset"] == pytest.approx(-0.3)
     result = CliRunner().invoke(cli_app, [a for a in args if a not in ("--relations", str(relations))])
     assert result.exit_code == 2 and "give --relations too" in result.stderr
+    result = CliRunner().invoke(cli_app, [*args, "--tune-kind", "none_margin"])
+    assert result.exit_code == 0 and "none margin of the added relations" in result.stderr, result.stderr
+    result = CliRunner().invoke(cli_app, [*args, "--tune-kind", "bias"])
+    assert result.exit_code == 2 and "--tune-kind" in result.stderr
 
 
 @pytest.fixture

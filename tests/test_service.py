@@ -190,6 +190,14 @@ def test_relation_score_offset_through_the_service(client: httpx.Client) -> None
         assert name in listed
     finally:
         client.delete("/relations", params={"name": name})
+    assert client.post("/relations", json={name: {"descriptions": texts, "none_margin": 0.3}}).status_code == 200
+    try:
+        gated = {c["relation"]: c["score"] for c in client.post("/predict", json=pair).json()["top_k"]}
+        assert gated[name] <= plain[name] + 1e-6  # capped below None where it does not clear the extra margin
+    finally:
+        client.delete("/relations", params={"name": name})
+    assert_error(client.post("/relations", json={"/x/y": {"descriptions": ["d"], "none_margin": "x"}}), 422,
+                 "none_margin")
     for bad in ("low", None, 1e9):
         body = {"/x/y": {"descriptions": ["The head y the tail."], "score_offset": bad}}
         if bad is None:

@@ -111,6 +111,7 @@ def load_relations_file(path: Path) -> dict[str, Any]:
         store = RelationDescriptions.from_dict(data, str(path))
         return {name: {"descriptions": e.texts, "examples": e.examples, "head_types": e.head_types,
                        "tail_types": e.tail_types} | ({"score_offset": e.score_offset} if e.score_offset else {})
+                | ({"none_margin": e.none_margin} if e.none_margin else {})
                 for name, e in store.relations.items() if name != store.negative_label}
     out: dict[str, Any] = {}
     for name, spec in data.items():
@@ -149,6 +150,9 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                 help="Labelled pairs (JSONL with 'relation') of the model's trained relations: choose one score "
                      "offset for the --relations relations so that the trained relations lose at most "
                      "--max-seen-drop F1 points on them (RelationExtractor.tune_score_offset)."),
+            tune_kind: str = typer.Option("score_offset", "--tune-kind",
+                                          help="With --tune-offset-on: 'score_offset' (added to their scores) or "
+                                               "'none_margin' (the extra margin over None they must clear)."),
             max_seen_drop: float = typer.Option(1.0, "--max-seen-drop", min=0.0,
                                                 help="With --tune-offset-on: the F1 points the trained relations "
                                                      "may lose."),
@@ -204,10 +208,13 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
         if unlabelled:
             fail(f"{tune_offset_on}: record {unlabelled[0] + 1} has no 'relation': --tune-offset-on needs "
                  "labelled pairs")
+        if tune_kind not in ("score_offset", "none_margin"):
+            fail(f"--tune-kind must be 'score_offset' or 'none_margin', not {tune_kind!r}")
         offset, drop = extractor.tune_score_offset(labelled.records, list(new_relations or {}), max_seen_drop,
-                                                   show_progress=not quiet)
+                                                   kind=tune_kind, show_progress=not quiet)
         with_image = sum(r.image_path is not None and Path(r.image_path).is_file() for r in labelled.records)
-        typer.echo(f"score offset of the added relations: {offset:+.2f} (the others lose {drop:.2f} F1 points on "
+        typer.echo(f"{tune_kind.replace('_', ' ')} of the added relations: {offset:+.2f} (the others lose {drop:.2f} "
+                   "F1 points on "
                    f"{len(labelled.records)} labelled pairs, {with_image} with their image)", err=True)
 
     def report(e: DataFormatError) -> None:

@@ -195,6 +195,9 @@ class RelationSpec(BaseModel):
     score_offset: float | None = Field(None, allow_inf_nan=False, ge=-10.0, le=10.0,
                                        description="Added to the relation's score before the decision (a negative "
                                                    "offset keeps a new relation from taking trained ones' pairs).")
+    none_margin: float | None = Field(None, allow_inf_nan=False, ge=-10.0, le=10.0,
+                                      description="The extra margin over None the relation must clear to be the "
+                                                  "answer (its ranking among relations unchanged).")
 
 
 def _relation_kind(value: Any) -> str | None:
@@ -209,7 +212,7 @@ RelationValue = Annotated[
     Annotated[list[str], Tag("description-list")] | Annotated[RelationSpec, Tag("relation-object")],
     Discriminator(_relation_kind, custom_error_type="relation_spec",
                   custom_error_message="a relation is a list of descriptions, or an object with 'descriptions', "
-                                       "'examples', 'head_types', 'tail_types', 'score_offset'")]
+                                       "'examples', 'head_types', 'tail_types', 'score_offset', 'none_margin'")]
 RelationsBody = TypeAdapter(dict[str, RelationValue])
 
 
@@ -749,7 +752,8 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
             clean[name.strip()] = descriptions if spec is None else {
                 "descriptions": descriptions, "examples": [ex.to_example() for ex in spec.examples],
                 "head_types": list(spec.head_types), "tail_types": list(spec.tail_types)} | (
-                {} if spec.score_offset is None else {"score_offset": spec.score_offset})
+                {} if spec.score_offset is None else {"score_offset": spec.score_offset}) | (
+                {} if spec.none_margin is None else {"none_margin": spec.none_margin})
         added = await locked(add_checked, clean)
         return AddRelationsResponse(added=added, relations=len(extractor.relations))
 
