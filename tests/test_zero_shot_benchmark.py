@@ -106,23 +106,22 @@ def test_summary_contract_and_rendering(bench, tmp_path):
     assert json.loads((tmp_path / "zero_shot.json").read_text())["summary"] == summary
 
 
-def test_summary_prefers_rows_within_the_seen_drop_on_validation(bench):
+def test_summary_prefers_the_untuned_row_of_equal_validation_top1(bench):
     fold_rows = []
     for f in "ABC":
         fold_rows += [_fold_row("types_only", "types-only", f, 0.3),
-                      {**_fold_row("roc", "zero-shot", f, 0.6, 4.0), "val_seen_micro_f1_drop": 3.5},
-                      {**_fold_row("roc + None margin", "zero-shot", f, 0.5, 0.4), "val_seen_micro_f1_drop": 0.8,
-                       "none_margin": 0.1},
-                      {**_fold_row("roc + None margin + 5-shot", "5-shot", f, 0.7, 0.9), "val_seen_micro_f1_drop": 1.0}]
+                      {**_fold_row("roc + None margin", "zero-shot", f, 0.6, 0.4), "none_margin": 0.1},
+                      _fold_row("roc", "zero-shot", f, 0.6, 4.0),  # the same ranking: its twin only gates answers
+                      _fold_row("roc + offset", "zero-shot", f, 0.5, 0.3),
+                      _fold_row("roc + 5-shot", "5-shot", f, 0.7, 0.9)]
     rows = bench.aggregate(fold_rows)
     summary, chosen, shot = bench.build_summary(rows, "abc")
-    assert chosen == "roc + None margin"  # "roc" has the better val generalised top-1 but loses 3.5 val points
-    assert shot == "roc + None margin + 5-shot"
-    assert summary["seen_micro_f1_drop"] == pytest.approx(0.4)
+    assert chosen == "roc" and shot == "roc + 5-shot"
+    assert summary["seen_micro_f1_drop"] == pytest.approx(4.0)
     assert next(r for r in rows if r["row"] == "roc + None margin")["none_margin"]["mean"] == pytest.approx(0.1)
-    # no row within the target on validation: the best val generalised top-1 of all
-    over = [{**r, "val_seen_micro_f1_drop": 2.0} if "val_seen_micro_f1_drop" in r else r for r in fold_rows]
-    assert bench.build_summary(bench.aggregate(over), "abc")[1] == "roc"
+    # a tuned row with the better validation top-1 is chosen like any other
+    better = [{**r, "val_generalized_top1": 0.9} if r["row"] == "roc + offset" else r for r in fold_rows]
+    assert bench.build_summary(bench.aggregate(better), "abc")[1] == "roc + offset"
 
 
 def test_calibration_matches_the_seen_relations_distribution(bench):
