@@ -158,26 +158,17 @@ class RelationDescriptions:
             self._with_examples = (key, [label for label, entry in self.relations.items() if entry.examples])
         return list(self._with_examples[1])
 
-    def score_offsets(self, labels: Iterable[str]) -> list[float]:
-        """Each label's ``score_offset`` (0 for a label without an entry)."""
-        return [self.relations[lab].score_offset if lab in self.relations else 0.0 for lab in labels]
+    def numbers(self, key: str, labels: Iterable[str]) -> list[float]:
+        """Each label's ``score_offset`` or ``none_margin`` (``key``; 0 for a label without an entry)."""
+        return [getattr(self.relations[lab], key) if lab in self.relations else 0.0 for lab in labels]
 
-    def set_score_offset(self, label: str, offset: float) -> None:
-        """Set one relation's score offset (a finite number)."""
+    def set_number(self, key: str, label: str, value: float) -> None:
+        """Set one relation's ``score_offset`` or ``none_margin`` (``key``) to a finite number."""
+        if key not in ("score_offset", "none_margin"):
+            raise ValueError(f"a relation's numbers are 'score_offset' and 'none_margin', not {key!r}")
         if label not in self.relations:
             raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
-        self.relations[label].score_offset = checked_offset(offset, f"relation {label!r}: score_offset")
-        self.revision += 1
-
-    def none_margins(self, labels: Iterable[str]) -> list[float]:
-        """Each label's ``none_margin`` (0 for a label without an entry)."""
-        return [self.relations[lab].none_margin if lab in self.relations else 0.0 for lab in labels]
-
-    def set_none_margin(self, label: str, margin: float) -> None:
-        """Set one relation's extra None margin (a finite number)."""
-        if label not in self.relations:
-            raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
-        self.relations[label].none_margin = checked_offset(margin, f"relation {label!r}: none_margin")
+        setattr(self.relations[label], key, checked_offset(value, f"relation {label!r}: {key}"))
         self.revision += 1
 
     def subset(self, labels: Iterable[str]) -> RelationDescriptions:

@@ -220,10 +220,8 @@ class RelationExtractor:
             prov = dict(provenance or {"method": "hand", "added_at_inference": True})
             updated.add(name, [Description(t, dict(prov)) for t in texts], head_types=head_types,
                         tail_types=tail_types, examples=examples)
-            if "score_offset" in numbers:
-                updated.set_score_offset(name, numbers["score_offset"])
-            if "none_margin" in numbers:
-                updated.set_none_margin(name, numbers["none_margin"])
+            for key, value in numbers.items():
+                updated.set_number(key, name, value)
             if name not in current:
                 added.append(name)
         self.model.set_descriptions(updated)
@@ -269,8 +267,8 @@ class RelationExtractor:
         rule = self.runtime.decision_rule
         cols = [rule.labels.index(r) for r in rels]
         store = self.model.descriptions
-        offsets = np.asarray(store.score_offsets(rule.labels), dtype=np.float64)
-        margins = np.asarray(store.none_margins(rule.labels), dtype=np.float64)
+        offsets = np.asarray(store.numbers("score_offset", rule.labels), dtype=np.float64)
+        margins = np.asarray(store.numbers("none_margin", rule.labels), dtype=np.float64)
 
         def answers(offsets: np.ndarray, margins: np.ndarray) -> list[str]:
             rule.relation_offsets, rule.relation_none_margins = offsets, margins
@@ -290,7 +288,7 @@ class RelationExtractor:
                                         grid if grid is not None else
                                         OFFSET_GRID if kind == "score_offset" else NONE_MARGIN_GRID)
         for r in rels:  # the decision rule is built from the descriptions at each call: nothing else to refresh
-            (store.set_score_offset if kind == "score_offset" else store.set_none_margin)(r, value)
+            store.set_number(kind, r, value)
         return value, drop
 
     def remove_relations(self, names: Iterable[str]) -> None:

@@ -141,7 +141,8 @@ class DecisionRule:
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
-                   relation_offsets=model_offsets(model), relation_none_margins=model_none_margins(model))
+                   relation_offsets=model_numbers(model, "score_offset"),
+                   relation_none_margins=model_numbers(model, "none_margin"))
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
@@ -256,22 +257,14 @@ class DecisionRule:
         return best
 
 
-def model_offsets(model: Any) -> list[float] | None:
-    """The score offsets a ROC model's relations carry (None for a classifier or when all are 0)."""
+def model_numbers(model: Any, key: str) -> list[float] | None:
+    """The ``score_offset`` or ``none_margin`` (``key``) of each of a ROC model's relations (None for a classifier
+    or when all are 0)."""
     descriptions = getattr(model, "descriptions", None)
     if model.config.model_type != "roc" or descriptions is None:
         return None
-    offsets = descriptions.score_offsets(model.relation_labels)
-    return offsets if any(offsets) else None
-
-
-def model_none_margins(model: Any) -> list[float] | None:
-    """The extra None margins a ROC model's relations carry (None for a classifier or when all are 0)."""
-    descriptions = getattr(model, "descriptions", None)
-    if model.config.model_type != "roc" or descriptions is None:
-        return None
-    margins = descriptions.none_margins(model.relation_labels)
-    return margins if any(margins) else None
+    values = descriptions.numbers(key, model.relation_labels)
+    return values if any(values) else None
 
 
 #: an offset that puts a relation below every other (its answers "as if it were not there")
