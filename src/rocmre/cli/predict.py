@@ -110,8 +110,7 @@ def load_relations_file(path: Path) -> dict[str, Any]:
     if data.get("format") == FORMAT:
         store = RelationDescriptions.from_dict(data, str(path))
         return {name: {"descriptions": e.texts, "examples": e.examples, "head_types": e.head_types,
-                       "tail_types": e.tail_types} | ({"score_offset": e.score_offset} if e.score_offset else {})
-                | ({"none_margin": e.none_margin} if e.none_margin else {})
+                       "tail_types": e.tail_types} | e.numbers()
                 for name, e in store.relations.items() if name != store.negative_label}
     out: dict[str, Any] = {}
     for name, spec in data.items():
@@ -180,6 +179,10 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     new_relations = None
     if tune_offset_on is not None and relations is None:
         fail("--tune-offset-on tunes the offset of the relations of --relations: give --relations too")
+    from rocmre.descriptions.store import RELATION_NUMBERS
+
+    if tune_kind not in RELATION_NUMBERS:
+        fail(f"--tune-kind must be one of {', '.join(RELATION_NUMBERS)}, not {tune_kind!r}")
     if relations is not None:
         try:
             new_relations = load_relations_file(relations)
@@ -208,8 +211,6 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
         if unlabelled:
             fail(f"{tune_offset_on}: record {unlabelled[0] + 1} has no 'relation': --tune-offset-on needs "
                  "labelled pairs")
-        if tune_kind not in ("score_offset", "none_margin"):
-            fail(f"--tune-kind must be 'score_offset' or 'none_margin', not {tune_kind!r}")
         offset, drop = extractor.tune_score_offset(labelled.records, list(new_relations or {}), max_seen_drop,
                                                    kind=tune_kind, show_progress=not quiet)
         with_image = sum(r.image_path is not None and Path(r.image_path).is_file() for r in labelled.records)

@@ -79,8 +79,13 @@ def fill_template(text: str, head: str, tail: str) -> str:
     return text.replace("{head}", head).replace("{tail}", tail)
 
 
-def checked_offset(value: Any, what: str = "score_offset") -> float:
-    """A relation's score offset as a float; anything but a finite number raises (``what`` names it)."""
+#: the numbers a relation may carry besides its texts (see the module docstring), each 0 unless set
+RELATION_NUMBERS = ("score_offset", "none_margin")
+
+
+def checked_number(value: Any, what: str = "score_offset") -> float:
+    """One of a relation's :data:`RELATION_NUMBERS` as a float; anything but a finite number raises (``what``
+    names it)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
@@ -121,6 +126,10 @@ class RelationEntry:
     @property
     def texts(self) -> list[str]:
         return [d.text for d in self.descriptions]
+
+    def numbers(self) -> dict[str, float]:
+        """The relation's :data:`RELATION_NUMBERS` that are set (not 0), as stored in a descriptions file."""
+        return {key: getattr(self, key) for key in RELATION_NUMBERS if getattr(self, key)}
 
 
 class RelationDescriptions:
@@ -164,11 +173,11 @@ class RelationDescriptions:
 
     def set_number(self, key: str, label: str, value: float) -> None:
         """Set one relation's ``score_offset`` or ``none_margin`` (``key``) to a finite number."""
-        if key not in ("score_offset", "none_margin"):
-            raise ValueError(f"a relation's numbers are 'score_offset' and 'none_margin', not {key!r}")
+        if key not in RELATION_NUMBERS:
+            raise ValueError(f"a relation's numbers are {RELATION_NUMBERS}, not {key!r}")
         if label not in self.relations:
             raise KeyError(f"unknown relation {label!r}; known: {self.labels}")
-        setattr(self.relations[label], key, checked_offset(value, f"relation {label!r}: {key}"))
+        setattr(self.relations[label], key, checked_number(value, f"relation {label!r}: {key}"))
         self.revision += 1
 
     def subset(self, labels: Iterable[str]) -> RelationDescriptions:
@@ -220,9 +229,7 @@ class RelationDescriptions:
                     "head_types": e.head_types,
                     "tail_types": e.tail_types,
                     "descriptions": [{"text": d.text, "provenance": d.provenance} for d in e.descriptions],
-                } | ({"examples": e.examples} if e.examples else {})
-                | ({"score_offset": e.score_offset} if e.score_offset else {})
-                | ({"none_margin": e.none_margin} if e.none_margin else {})
+                } | ({"examples": e.examples} if e.examples else {}) | e.numbers()
                 for label, e in self.relations.items()
             },
         }
@@ -268,9 +275,9 @@ class RelationDescriptions:
                     raise DataFormatError("an example is an object with text (or tokens), head and tail", source,
                                           None, f"{where}.examples[{i}]")
             numbers = {}
-            for key in ("score_offset", "none_margin"):
+            for key in RELATION_NUMBERS:
                 try:
-                    numbers[key] = checked_offset(entry.get(key, 0.0), key)
+                    numbers[key] = checked_number(entry.get(key, 0.0), key)
                 except (TypeError, ValueError) as e:
                     raise DataFormatError(str(e), source, None, f"{where}.{key}") from None
             out.relations[label] = RelationEntry(descs, list(entry.get("head_types", []) or []),

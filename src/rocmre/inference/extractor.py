@@ -28,11 +28,12 @@ from rocmre.data.inputs import (
 )
 from rocmre.data.record import Entity, RelationRecord
 from rocmre.descriptions.store import (
+    RELATION_NUMBERS,
     Description,
     RelationDescriptions,
     RelationEntry,
     check_template,
-    checked_offset,
+    checked_number,
     example_to_pair,
     fill_template,
     is_template,
@@ -248,8 +249,8 @@ class RelationExtractor:
         rocmre's readers), ideally validation data of the trained relations (records of ``relations`` themselves
         are left out of the drop). Saved with the model like the descriptions.
         """
-        if kind not in ("score_offset", "none_margin"):
-            raise ValueError(f"kind must be 'score_offset' or 'none_margin', not {kind!r}")
+        if kind not in RELATION_NUMBERS:
+            raise ValueError(f"kind must be one of {RELATION_NUMBERS}, not {kind!r}")
         rels = list(relations)
         unknown = [r for r in rels if r not in self.relations]
         if unknown or not rels:
@@ -267,26 +268,22 @@ class RelationExtractor:
         rule = self.runtime.decision_rule
         cols = [rule.labels.index(r) for r in rels]
         store = self.model.descriptions
-        offsets = np.asarray(store.numbers("score_offset", rule.labels), dtype=np.float64)
-        margins = np.asarray(store.numbers("none_margin", rule.labels), dtype=np.float64)
+        stored = {key: np.asarray(store.numbers(key, rule.labels), dtype=np.float64) for key in RELATION_NUMBERS}
 
-        def answers(offsets: np.ndarray, margins: np.ndarray) -> list[str]:
-            rule.relation_offsets, rule.relation_none_margins = offsets, margins
+        def answers(key: str, value: float) -> list[str]:
+            """The answers with ``value`` as the ``key`` of every relation in ``relations``."""
+            numbers = dict(stored)
+            numbers[key] = stored[key].copy()
+            numbers[key][cols] = value
+            rule.relation_offsets, rule.relation_none_margins = numbers["score_offset"], numbers["none_margin"]
             return rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description,
                                records).predictions
 
-        def with_value(value: float) -> list[str]:
-            changed = (offsets if kind == "score_offset" else margins).copy()
-            changed[cols] = value
-            return answers(changed, margins) if kind == "score_offset" else answers(offsets, changed)
-
-        absent = offsets.copy()
-        absent[cols] = ABSENT_OFFSET
-        before = answers(absent, margins)  # as if the relations were not there
-        value, drop = tune_added_offset(with_value, gold, before, set(rels), self.model.config.negative_label,
-                                        max_seen_drop,
-                                        grid if grid is not None else
-                                        OFFSET_GRID if kind == "score_offset" else NONE_MARGIN_GRID)
+        before = answers("score_offset", ABSENT_OFFSET)  # as if the relations were not there
+        default_grid = OFFSET_GRID if kind == "score_offset" else NONE_MARGIN_GRID
+        value, drop = tune_added_offset(lambda v: answers(kind, v), gold, before, set(rels),
+                                        self.model.config.negative_label, max_seen_drop,
+                                        grid if grid is not None else default_grid)
         for r in rels:  # the decision rule is built from the descriptions at each call: nothing else to refresh
             store.set_number(kind, r, value)
         return value, drop
@@ -421,9 +418,9 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
             texts, head_types, tail_types = spec.get("descriptions", []), spec.get("head_types", ()), \
                 spec.get("tail_types", ())
             examples = spec.get("examples", ()) or ()
-            for key in ("score_offset", "none_margin"):
+            for key in RELATION_NUMBERS:
                 if spec.get(key) is not None:
-                    numbers[key] = checked_offset(spec[key], f"relation {name!r}: {key}")
+                    numbers[key] = checked_number(spec[key], f"relation {name!r}: {key}")
         else:
             texts, head_types, tail_types = spec, (), ()
         if isinstance(texts, str):
@@ -450,7 +447,7 @@ def _parse_relations(relations: Any, negative_label: str, existing: Collection[s
 
 
 #: the keys of a relation given as a dict to :meth:`RelationExtractor.add_relations`
-RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples", "score_offset", "none_margin")
+RELATION_KEYS = ("descriptions", "head_types", "tail_types", "examples", *RELATION_NUMBERS)
 
 
 def _checked_example(example: Any, relation: str, i: int) -> dict[str, Any]:

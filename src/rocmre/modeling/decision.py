@@ -120,16 +120,19 @@ class DecisionRule:
         self.type_compatibility = type_compatibility  # (R, 2, T) bool
         self.second_stage = second_stage
         self.rerank_top_k = rerank_top_k
-        offsets = None if relation_offsets is None else np.asarray(relation_offsets, dtype=np.float64)
-        if offsets is not None and offsets.shape != (len(self.labels),):
-            raise ValueError(f"relation_offsets has shape {offsets.shape}, expected ({len(self.labels)},)")
-        self.relation_offsets = offsets if offsets is not None and offsets.any() else None
-        extra = None if relation_none_margins is None else np.asarray(relation_none_margins, dtype=np.float64)
-        if extra is not None and extra.shape != (len(self.labels),):
-            raise ValueError(f"relation_none_margins has shape {extra.shape}, expected ({len(self.labels)},)")
-        self.relation_none_margins = extra if extra is not None and extra.any() else None
+        self.relation_offsets = self._per_relation(relation_offsets, "relation_offsets")
+        self.relation_none_margins = self._per_relation(relation_none_margins, "relation_none_margins")
         if type_constraint and type_compatibility is None:
             raise ValueError("type_constraint needs the relations' type compatibility table")
+
+    def _per_relation(self, values: Sequence[float] | None, name: str) -> np.ndarray | None:
+        """One number per relation as an array (None when not given or all 0)."""
+        if values is None:
+            return None
+        array = np.asarray(values, dtype=np.float64)
+        if array.shape != (len(self.labels),):
+            raise ValueError(f"{name} has shape {array.shape}, expected ({len(self.labels)},)")
+        return array if array.any() else None
 
     @classmethod
     def from_model(cls, model: Any, second_stage: SecondStageScorer | None = None,
