@@ -72,6 +72,10 @@ VARIANTS: dict[str, suite.Variant] = {v.name: v for v in [
     suite.Variant("roc_frozen_descriptions", "configs/mnre_roc.yaml",
                   ["data.name_swap_prob=0.0", "model.freeze_description_encoder=true"],
                   "ROC, description tower frozen (anchored to the pretrained sentence space)"),
+    suite.Variant("roc_identity_descriptions", "configs/mnre_roc.yaml",
+                  ["data.name_swap_prob=0.0", "model.freeze_description_encoder=true",
+                   "model.description_projection=identity"],
+                  "ROC, description vectors = the frozen sentence encoder's own (no learned projection)"),
 ]}
 
 

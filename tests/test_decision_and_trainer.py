@@ -206,6 +206,7 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
                   description_refresh_steps=2, inference_precision="bf16", checkpoint_every=None,
                   fast_dropout=True)
     cfg.model.freeze_description_encoder = True
+    cfg.model.description_projection = "identity"
     cfg.model.frozen_text_layers = 2
     cfg.data.name_swap_prob = 0.5
     train(cfg, show_progress=False)
@@ -214,6 +215,9 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     m = RelationModel.from_pretrained(tmp_path / "switches")
     assert m.config.freeze_description_encoder
     assert not any(p.requires_grad for p in m.description_encoder.parameters())
+    proj = m.description_projection  # identity, frozen, and still the identity after training
+    assert m.config.description_projection == "identity" and not proj.weight.requires_grad
+    assert torch.equal(proj.weight, torch.eye(proj.in_features)) and not proj.bias.any()
     text = m.encoder.text_model
     assert [n for n, p in text.embeddings.named_parameters() if p.requires_grad] == ["word_embeddings.added"]
     assert not any(p.requires_grad for p in text.encoder.layer[1].parameters())
@@ -499,3 +503,16 @@ def test_extra_none_margin_gates_an_added_relation_without_moving_its_rank():
     assert DecisionRule(labels, "None", relation_none_margins=[0, 0, 0]).relation_none_margins is None
     with pytest.raises(ValueError, match="relation_none_margins"):
         DecisionRule(labels, "None", relation_none_margins=[0.1])
+
+
+def test_identity_description_projection_needs_matching_widths():
+    from torch import nn
+
+    from rocmre.modeling.model import fix_identity
+
+    square = nn.Linear(6, 6)
+    fix_identity(square)
+    x = torch.randn(3, 6)
+    assert torch.allclose(square(x), x) and not any(p.requires_grad for p in square.parameters())
+    with pytest.raises(ValueError, match="pair_dim equal to the text encoder's width \\(6\\), got 4"):
+        fix_identity(nn.Linear(6, 4))

@@ -400,3 +400,32 @@ def test_pair_pair_weight_adds_the_supervised_contrastive_term(tiny_roc_dir, mnr
     term = supervised_contrastive(losses[0.5][1], batch["labels"], model.config.pair_pair_temperature)
     assert losses[0.5][0] - losses[0.0][0] == pytest.approx(0.5 * float(term), rel=1e-4, abs=1e-6)
     assert float(term) > 0
+
+
+def test_cosine_margin_lowers_only_the_gold_relation_in_the_loss(tiny_roc_dir, mnre_root, cache_dir):
+    """``model.cosine_margin`` (the ``roc_margin`` benchmark variant): the loss is cross-entropy over
+    (cosine - margin on the gold relation) / temperature; the scores a prediction reads do not move."""
+    import torch
+    import torch.nn.functional as F
+
+    from rocmre.modeling.model import RelationModel, margin_logits
+    from rocmre.modeling.runtime import ModelRuntime
+
+    cos = torch.tensor([[0.5, 0.2, 0.1], [0.0, 0.3, 0.4]])
+    assert torch.allclose(margin_logits(cos, torch.tensor([0, 2]), 0.1),
+                          torch.tensor([[0.4, 0.2, 0.1], [0.0, 0.3, 0.3]]))
+
+    model = RelationModel.from_pretrained(tiny_roc_dir).eval()
+    runtime = ModelRuntime(model, cache_dir)
+    batch = runtime.collator(runtime.featurize(read_mnre(mnre_root, "train").records[:16], with_labels=True))
+    outs = {}
+    for margin in (0.0, 0.1):
+        model.config.cosine_margin = margin
+        with torch.no_grad():
+            outs[margin] = model(batch, descriptions_per_relation=2, generator=torch.Generator().manual_seed(0))
+    model.config.cosine_margin = 0.0
+    inv_t = model.log_inverse_temperature.exp()
+    expected = F.cross_entropy(margin_logits(outs[0.1].scores, batch["labels"], 0.1) * inv_t, batch["labels"])
+    assert float(outs[0.1].loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(outs[0.1].loss) > float(outs[0.0].loss)
+    assert torch.equal(outs[0.1].scores, outs[0.0].scores)

@@ -58,10 +58,17 @@ class ModelConfig(BaseModel):
     # a frozen copy of the pretrained text encoder describes the relations (only the projection trains): the
     # description space stays anchored to the sentence encoder, and description states are computed once
     freeze_description_encoder: bool = False
+    # "identity": the description vectors are the description tower's mean-pooled states themselves (no learned
+    # map; needs pair_dim equal to the text encoder's width): with a frozen tower, the pair encoder must land in
+    # the pretrained sentence space, where a relation never trained on is described as well as the others
+    description_projection: Literal["learned", "identity"] = "learned"
     description_max_length: int = Field(48, ge=8)
     # contrastive retrieval
     temperature: float = Field(0.05, gt=0.0)
     learnable_temperature: bool = True
+    # additive margin (as CosFace): in the training loss only, the gold relation's cosine is lowered by this much
+    # before the temperature, so a pair must beat every other relation's descriptions by at least the margin
+    cosine_margin: float = Field(0.0, ge=0.0, lt=1.0)
     pair_pair_weight: float = Field(0.0, ge=0.0)
     pair_pair_temperature: float = Field(0.1, gt=0.0)
     # few-shot relations (prediction only): a relation added with labelled examples scores

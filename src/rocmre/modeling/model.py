@@ -47,6 +47,22 @@ MAX_FILLED_TEXTS = 4096
 _TYPE_PROMPT = re.compile(r"\[\s*(?:" + "|".join(ENTITY_TYPES) + r")\s*\]")
 
 
+def fix_identity(linear: nn.Linear) -> None:
+    """Make ``linear`` the identity map and freeze it (``model.description_projection="identity"``)."""
+    if linear.in_features != linear.out_features:
+        raise ValueError(f"model.description_projection='identity' needs model.pair_dim equal to the text encoder's "
+                         f"width ({linear.in_features}), got {linear.out_features}")
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(linear.in_features))
+        linear.bias.zero_()
+    linear.requires_grad_(False)
+
+
+def margin_logits(cosine: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """``cosine`` (B, R) with each row's gold relation lowered by ``margin`` (``model.cosine_margin``)."""
+    return cosine - margin * F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
+
+
 @dataclass
 class RelationModelOutput:
     """What a forward pass returns."""
@@ -142,6 +158,8 @@ class RelationModel(nn.Module):
             if config.freeze_description_encoder:  # anchored to the pretrained sentence space: never trained
                 self.description_encoder.requires_grad_(False)
             self.description_projection = nn.Linear(hidden, config.pair_dim)
+            if config.description_projection == "identity":
+                fix_identity(self.description_projection)
             self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)),
                                                         requires_grad=config.learnable_temperature)
             self.classifier = None
@@ -396,7 +414,8 @@ class RelationModel(nn.Module):
         logits = cosine * inv_t
         loss = None
         if labels is not None:
-            loss = self._loss(logits, labels)
+            margin = self.config.cosine_margin
+            loss = self._loss(logits if not margin else margin_logits(cosine, labels, margin) * inv_t, labels)
             if self.config.pair_pair_weight > 0:
                 loss = loss + self.config.pair_pair_weight * supervised_contrastive(
                     pairs_n, labels, self.config.pair_pair_temperature)
