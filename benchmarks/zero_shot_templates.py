@@ -80,9 +80,9 @@ def score_fold(folder: Path, fold: str, data: dict, sets: dict, prior) -> list[d
     """The rows of one fold model: each description set x each setting, val and test held-out pairs."""
     held = zs.FOLDS[fold]
     sub = held_out_only(data, held)
+    sc = zs.Scorer(folder, sub)  # loaded and featurised once; each set is added, scored and removed again
     rows = []
     for kind, descriptions in sets.items():
-        sc = zs.Scorer(folder, sub)
         sc.extractor.add_relations({r: {"descriptions": descriptions.texts(r),
                                         "head_types": list(descriptions.relations[r].head_types),
                                         "tail_types": list(descriptions.relations[r].tail_types)} for r in held},
@@ -107,6 +107,7 @@ def score_fold(folder: Path, fold: str, data: dict, sets: dict, prior) -> list[d
                 prefix = "val_" if split == "val" else ""
                 row[prefix + "unseen_only_top1"], row[prefix + "generalized_top1"] = u, g
             rows.append(row)
+        sc.extractor.remove_relations(held)
     return rows
 
 

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rocmre import __version__
+from rocmre.descriptions.store import RELATION_NUMBERS
 from rocmre.inference.extractor import EntityNotFoundError, PairInput, Prediction, RelationExtractor, tokenize
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -751,9 +752,8 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
             spec = specs.get(name)
             clean[name.strip()] = descriptions if spec is None else {
                 "descriptions": descriptions, "examples": [ex.to_example() for ex in spec.examples],
-                "head_types": list(spec.head_types), "tail_types": list(spec.tail_types)} | (
-                {} if spec.score_offset is None else {"score_offset": spec.score_offset}) | (
-                {} if spec.none_margin is None else {"none_margin": spec.none_margin})
+                "head_types": list(spec.head_types), "tail_types": list(spec.tail_types)} | {
+                key: getattr(spec, key) for key in RELATION_NUMBERS if getattr(spec, key) is not None}
         added = await locked(add_checked, clean)
         return AddRelationsResponse(added=added, relations=len(extractor.relations))
 
