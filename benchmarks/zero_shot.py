@@ -445,7 +445,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 5
+SCORING_VERSION = 6
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
@@ -453,7 +453,9 @@ SCORING_VERSION = 5
 STAGES: tuple[tuple[str, bool, float | None, bool], ...] = (
     ("", False, None, False), (" + type prior", True, None, False), (" + calibration", False, None, True),
     (" + type prior + calibration", True, None, True), (" + re-ranker", False, 1.0, False),
-    (" + re-ranker (w=0.5)", False, 0.5, False), (" + type prior + calibration + re-ranker (w=0.5)", True, 0.5, True))
+    (" + re-ranker (w=0.5)", False, 0.5, False), (" + type prior + re-ranker", True, 1.0, False),
+    (" + type prior + re-ranker (w=0.5)", True, 0.5, False),
+    (" + type prior + calibration + re-ranker (w=0.5)", True, 0.5, True))
 
 
 def calibrate_new(scored: dict, labels: Sequence[str], new: Sequence[str], val_gold: Sequence[str],

@@ -104,3 +104,30 @@ def test_bad_settings_and_inputs_give_clear_errors(encoder, descriptions, record
         prior(None, descriptions.labels, np.array([[1]]), np.array([[0.5]]))
     with pytest.raises(IndexError, match="out of range"):
         prior.relation_scores(records[:1], descriptions.labels, np.array([[99]]))
+
+
+def test_sentences_and_filled_templates_are_encoded_once_and_the_cache_is_bounded(encoder, descriptions, records,
+                                                                                   monkeypatch):
+    extended = descriptions.subset(descriptions.labels)
+    extended.add("/per/loc/visited", ["{head} visited {tail}.", "{head} went to {tail}."])
+    labels = [*descriptions.labels, "/per/loc/visited"]
+    cand = np.array([[1, 2, len(labels) - 1]] * len(records))
+    reference = SentencePrior(encoder=encoder, descriptions=extended, cache_size=0).relation_scores(
+        records, labels, cand)
+    prior = SentencePrior(encoder=encoder, descriptions=extended)
+    calls: list[list[str]] = []
+    encode = prior.encode
+    monkeypatch.setattr(prior, "encode", lambda texts, show_progress=False: (calls.append(list(texts)),
+                                                                             encode(texts))[1])
+    first = prior.relation_scores(records, labels, cand)
+    encoded_first = sum(len(c) for c in calls)
+    again = prior.relation_scores(records, labels, cand)
+    np.testing.assert_allclose(first, reference, atol=1e-6)
+    np.testing.assert_allclose(again, first, atol=0)
+    assert sum(len(c) for c in calls) == encoded_first  # nothing encoded the second time
+    assert encoded_first > 0
+    small = SentencePrior(encoder=encoder, descriptions=extended, cache_size=3)
+    small.relation_scores(records, labels, cand)
+    assert len(small._recent) == 3
+    with pytest.raises(ValueError, match="cache_size"):
+        SentencePrior(encoder=encoder, descriptions=extended, cache_size=-1)

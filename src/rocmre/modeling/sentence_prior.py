@@ -15,11 +15,14 @@ Use::
     extractor = RelationExtractor(model, second_stage=prior, rerank_top_k=5)
 
 Descriptions that are templates (``{head} plays for {tail}.``) are filled with each pair's mentions; plain ones
-are encoded once per text and kept.
+are encoded once per text and kept. Sentences and filled templates are kept in a bounded least-recently-used cache
+(``cache_size`` texts), so scoring the same records again (another weight, another description set) encodes
+nothing twice.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,9 +49,12 @@ class SentencePrior:
     def __init__(self, backbone: str = "minilm-l6",
                  descriptions: RelationDescriptions | Callable[[], RelationDescriptions] | None = None,
                  weight: float = 0.2, negative_label: str = "None", batch_size: int = 128,
-                 max_length: int = 128, cache_dir: Path | None = None, encoder: Any = None) -> None:
+                 max_length: int = 128, cache_dir: Path | None = None, encoder: Any = None,
+                 cache_size: int = 20_000) -> None:
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"the sentence prior's weight must be in [0, 1], got {weight}")
+        if cache_size < 0:
+            raise ValueError(f"the sentence prior's cache_size must be >= 0, got {cache_size}")
         if encoder is None:
             from rocmre.backbones.text import load_text_backbone
 
@@ -60,6 +66,8 @@ class SentencePrior:
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
         self._text_vectors: dict[str, torch.Tensor] = {}  # plain description text -> unit vector
+        self.cache_size = int(cache_size)
+        self._recent: OrderedDict[str, torch.Tensor] = OrderedDict()  # sentences and filled templates, LRU
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> torch.Tensor:
@@ -75,6 +83,24 @@ class SentencePrior:
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1).float())
         return torch.cat(out) if out else torch.zeros(0, int(self.backbone.hidden_size))
+
+    def encode_cached(self, texts: Sequence[str], show_progress: bool = False) -> list[torch.Tensor]:
+        """Unit vectors of ``texts`` as :meth:`encode`, each distinct text encoded once and the most recent
+        ``cache_size`` kept for later calls."""
+        found: dict[str, torch.Tensor] = {}
+        for t in texts:
+            if t not in found and t in self._recent:
+                self._recent.move_to_end(t)
+                found[t] = self._recent[t]
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            for t, v in zip(missing, self.encode(missing, show_progress), strict=True):
+                found[t] = v
+                if self.cache_size:
+                    self._recent[t] = v
+            while len(self._recent) > self.cache_size:
+                self._recent.popitem(last=False)
+        return [found[t] for t in texts]
 
     def _plain_vectors(self, texts: Sequence[str]) -> None:
         missing = sorted({t for t in texts if t not in self._text_vectors})
@@ -100,7 +126,7 @@ class SentencePrior:
         rows = np.flatnonzero(keep.any(1)) if keep.size else np.zeros(0, dtype=np.int64)
         if not len(rows):
             return out
-        sentences = self.encode([" ".join(records[i].tokens) for i in rows], show_progress)
+        sentences = self.encode_cached([" ".join(records[i].tokens) for i in rows], show_progress)
         plain = {lab: [t for t in store.texts(lab) if not is_template(t)] for lab in wanted}
         self._plain_vectors([t for texts in plain.values() for t in texts])
         templates = {lab: [t for t in store.texts(lab) if is_template(t)] for lab in wanted}
@@ -113,7 +139,7 @@ class SentencePrior:
                     for t in templates[labels[j]] if keep[i, c] else ():
                         keys.append((i, t))
                         texts.append(fill_template(t, rec.head.name, rec.tail.name))
-            filled = dict(zip(keys, self.encode(texts), strict=True))
+            filled = dict(zip(keys, self.encode_cached(texts), strict=True))
 
         def centre(vecs: list[torch.Tensor]) -> torch.Tensor:
             return F.normalize(torch.stack(vecs).mean(0), dim=-1)
