@@ -445,7 +445,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 6
+SCORING_VERSION = 7
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
@@ -491,10 +491,13 @@ NONE_MARGIN_SUFFIX = " + None margin"
 PROTOTYPE_WEIGHTS = (0.1, 0.25)
 
 
-def sentence_prior_stages(weights: Sequence[float]) -> list[tuple[str, bool, float]]:
-    """(row suffix, soft type prior on, weight) of the sentence-prior rows (``--sentence-prior``)."""
-    return [(f"{' + type prior' if prior_on else ''} + sentence prior (w={w:g})", prior_on, float(w))
-            for w in weights for prior_on in (False, True)]
+def sentence_prior_stages(weights: Sequence[float], views: Sequence[str] = ("plain",)
+                          ) -> list[tuple[str, bool, float, str]]:
+    """(row suffix, soft type prior on, weight, sentence view) of the sentence-prior rows (``--sentence-prior``,
+    ``--sentence-prior-views``); the plain view's rows keep their names from before views existed."""
+    return [(f"{' + type prior' if prior_on else ''} + sentence prior (w={w:g}"
+             f"{'' if view == 'plain' else ', ' + view})", prior_on, float(w), view)
+            for view in views for w in weights for prior_on in (False, True)]
 
 
 def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict[str, SplitData],
@@ -504,8 +507,9 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     entity types of val and test. ``reranker_cache``: ``{"model": CrossEncoderReranker, "cache": {}}`` of the
     fold, or None. ``rerank_scope="held_out"`` scores re-ranker rows on the held-out pairs only (their top-1
     metrics; no full decision, no seen-relation drop): a CPU can afford that much. ``sentence_prior``:
-    ``{"model": SentencePrior, "cache": {}, "weights": [...]}`` or None; its rows are always scored in full (it
-    needs one pass of the small sentence encoder per record)."""
+    ``{"weights": [...], "views": {view: {"model": SentencePrior, "cache": {}}}}`` or None; its rows are always
+    scored in full (it needs one pass of the small sentence encoder per record); the typed view reads this fold
+    model's tagged entity types."""
     from rocmre.evaluation.metrics import evaluate_predictions
     from rocmre.modeling.decision import NONE_MARGIN_GRID, OFFSET_GRID, tune_added_offset
 
@@ -521,9 +525,11 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                                                             reranker_cache["cache"], w), calibrate))
     always_full = set()
     if sentence_prior is not None:
-        for suffix, prior_on, w in sentence_prior_stages(sentence_prior["weights"]):
-            stages.append((suffix, prior_on, CachedReranker(sentence_prior["model"], descriptions,
-                                                            sentence_prior["cache"], w), False))
+        for view in sentence_prior["views"].values():
+            view["model"].entity_types = sc.runtime.featurizer.entity_types
+        for suffix, prior_on, w, view in sentence_prior_stages(sentence_prior["weights"], sentence_prior["views"]):
+            stage = sentence_prior["views"][view]
+            stages.append((suffix, prior_on, CachedReranker(stage["model"], descriptions, stage["cache"], w), False))
             always_full.add(suffix)
     full = {suffix for suffix, _, stage, _ in stages
             if stage is None or rerank_scope == "all" or suffix in always_full}
@@ -635,7 +641,8 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
         mixed = {split: dataclasses.replace(five[split], scores=zero[split].scores
                                             + (w / w0) * (five[split].scores - zero[split].scores))
                  for split in five}
-        rows += rows_now(f" + 5-shot (w={w:.2f})", mixed, only=("", " + type prior"))
+        rows += rows_now(f" + 5-shot (w={w:.2f})", mixed, only=[s for s, _, _, _ in stages if s in always_full]
+                         + ["", " + type prior"])
     # the same, with every trained relation given 5 of its training examples too: all relations then score
     # against a prototype, on one scale (a prototype alone scores high on every pair of its types)
     trained = [r for r in sc.model.relation_labels if r != neg and r not in held]
@@ -844,6 +851,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentence-prior", default="", metavar="W[,W...]",
                         help="also score every model with the untrained sentence encoder as second stage "
                              "(rocmre.modeling.sentence_prior), at these weights in [0, 1]")
+    parser.add_argument("--sentence-prior-views", default="plain", metavar="VIEW[,VIEW...]",
+                        help="what the sentence prior reads of a record, from "
+                             "rocmre.modeling.sentence_prior.SENTENCE_VIEWS (typed: role and type after each "
+                             "mention); rows for each")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only score existing models")
     parser.add_argument("--train-only", action="store_true", help="train the fold models (and re-rankers), no scoring")
@@ -881,6 +892,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--sentence-prior {args.sentence_prior!r}: expected comma-separated numbers")
     if any(not 0.0 <= w <= 1.0 for w in prior_weights):
         parser.error(f"--sentence-prior {args.sentence_prior!r}: weights must be in [0, 1]")
+    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
+
+    prior_views = [v.strip() for v in args.sentence_prior_views.split(",") if v.strip()]
+    if not prior_views or any(v not in SENTENCE_VIEWS for v in prior_views):
+        parser.error(f"--sentence-prior-views {args.sentence_prior_views!r}: expected some of {SENTENCE_VIEWS}")
     threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
     if not args.skip_train:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -929,7 +945,8 @@ def main(argv: list[str] | None = None) -> None:
         "sentence_prior": (f"`rocmre.modeling.sentence_prior.SentencePrior`: the untrained "
                            f"`{Path(str(base.model.text_backbone)).name}` (cosine between the plain sentence and each "
                            f"candidate's description centre) reorders the first stage's top {RERANK_TOP_K} "
-                           f"non-None relations, mixed by per-record z-scores with weight w; weights {prior_weights}"
+                           f"non-None relations, mixed by per-record z-scores with weight w; weights {prior_weights}; "
+                           f"sentence views {prior_views} (typed: `Name (head person)`, the tagged types)"
                            if prior_weights else ""),
     }
     if args.eval_limit:
@@ -937,12 +954,18 @@ def main(argv: list[str] | None = None) -> None:
     fold_rows: list[dict] = []
     rerank: dict[str, dict] = {}
     # the baseline's encoder serves every fold; its scores of (record, relation) are shared between models
-    sentence_prior = {"model": sentence_encoder, "cache": {}, "weights": prior_weights} if prior_weights else None
+    sentence_prior = None
+    if prior_weights:
+        sentence_prior = {"weights": prior_weights, "views": {
+            v: {"model": sentence_encoder if v == "plain" else
+                SentencePrior(encoder=sentence_encoder.backbone, negative_label=neg, sentence_view=v), "cache": {}}
+            for v in prior_views}}
     for v in variants:
         for f in folds:
             folder = out_root / f"{v}-{f}"
             key = {"version": SCORING_VERSION, "eval_limit": args.eval_limit, "reranker": args.reranker,
                    "scope": args.reranker_scope, "seed": base.seed, "sentence_prior": prior_weights,
+                   "sentence_prior_views": prior_views if prior_weights else [],
                    "model": (folder / "model.safetensors").stat().st_mtime}
             cached = folder / "zero_shot_rows.json"
             hit = json.loads(cached.read_text()) if cached.is_file() else None

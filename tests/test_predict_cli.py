@@ -210,6 +210,22 @@ def test_sentence_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, 
         assert [c["score"] for c in line["top_k"]] == pytest.approx([c.score for c in p.top_k], abs=1e-5)
     api.use_sentence_prior(None)
     assert api.runtime.second_stage is None
+    typed = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, sentence_prior=1.0,
+                                              sentence_view="typed")
+    stage = typed.runtime.second_stage
+    assert stage.sentence_view == "typed" and stage.entity_types == typed.runtime.featurizer.entity_types
+    result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file), "--output",
+                                      str(out), "--sentence-prior", "1.0", "--sentence-view", "typed", "--top-k",
+                                      "3", "--quiet", "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    cli = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    for line, p in zip(cli, typed.predict_batch(pairs, top_k=3), strict=True):
+        assert [c["relation"] for c in line["top_k"]] == [c.relation for c in p.top_k]
+    for bad, message in ((["--sentence-view", "typed"], "give --sentence-prior too"),
+                         (["--sentence-prior", "1.0", "--sentence-view", "bold"], "--sentence-view must be one of")):
+        result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file),
+                                          "--output", str(out), "--quiet", "--cache-dir", str(cache_dir), *bad])
+        assert result.exit_code != 0 and message in result.output, result.output
 
 
 def test_sentence_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):

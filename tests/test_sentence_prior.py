@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rocmre.data.record import RelationRecord
+from rocmre.data.record import Entity, RelationRecord
 from rocmre.descriptions.store import RelationDescriptions, load_builtin
 from rocmre.modeling.decision import DecisionRule
 from rocmre.modeling.reranker import combine
-from rocmre.modeling.sentence_prior import SentencePrior
+from rocmre.modeling.sentence_prior import SentencePrior, typed_sentence
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,51 @@ def test_sentences_and_filled_templates_are_encoded_once_and_the_cache_is_bounde
     assert len(small._recent) == 3
     with pytest.raises(ValueError, match="cache_size"):
         SentencePrior(encoder=encoder, descriptions=extended, cache_size=-1)
+
+
+def test_typed_sentence_writes_role_and_type_after_each_mention():
+    rec = RelationRecord(tokens=["Lionel", "Messi", "joined", "FC", "Barcelona", "today"],
+                         head=Entity("Lionel Messi", 0, 2), tail=Entity("FC Barcelona", 3, 5))
+    assert typed_sentence(rec, "person", "organization") == \
+        "Lionel Messi (head person) joined FC Barcelona (tail organization) today"
+    assert typed_sentence(rec, "miscellaneous", None) == \
+        "Lionel Messi (head thing) joined FC Barcelona (tail entity) today"  # unknown type: "entity"
+    same_end = RelationRecord(tokens=["the", "Paris", "Saint-Germain", "club"],
+                              head=Entity("Paris Saint-Germain", 1, 3),
+                              tail=Entity("Saint-Germain", 2, 3, type="location"))
+    assert typed_sentence(same_end) == "the Paris Saint-Germain (head entity) (tail location) club"
+    image_tail = RelationRecord(tokens=["Obama", "waves"], head=Entity("Obama", 0, 1, type="person"),
+                                tail=Entity("object", box=(0.1, 0.1, 0.5, 0.5)))
+    assert typed_sentence(image_tail) == "Obama (head person) waves"  # an image object has no mention to mark
+
+
+def test_typed_view_reads_records_types_then_the_tagger(encoder, descriptions, records, monkeypatch):
+    asked: list[int] = []
+
+    def tagger(recs):
+        asked.append(len(recs))
+        return [("person", "location")] * len(recs)
+
+    given = RelationRecord(tokens=list(records[1].tokens), head=Entity(records[1].head.name, *records[1].head.span,
+                                                                       type="organization"),
+                           tail=Entity(records[1].tail.name, *records[1].tail.span, type="organization"))
+    prior = SentencePrior(encoder=encoder, descriptions=descriptions, sentence_view="typed", entity_types=tagger)
+    texts = prior.sentences([records[0], given])
+    assert asked == [1]  # only the record without types is tagged
+    assert "(head person)" in texts[0] and "(tail location)" in texts[0]
+    assert "(head organization)" in texts[1] and "(tail organization)" in texts[1]
+    seen: list[str] = []
+    encode = prior.encode
+    monkeypatch.setattr(prior, "encode", lambda t, show_progress=False: (seen.extend(t), encode(t))[1])
+    typed = prior.relation_scores(records[:2], descriptions.labels, np.array([[1, 2]] * 2))
+    assert texts[0] in seen
+    plain = SentencePrior(encoder=encoder, descriptions=descriptions)
+    assert plain.sentences(records[:1]) == [" ".join(records[0].tokens)]
+    assert not np.allclose(typed, plain.relation_scores(records[:2], descriptions.labels, np.array([[1, 2]] * 2)))
+    untagged = SentencePrior(encoder=encoder, descriptions=descriptions, sentence_view="typed")
+    assert "(head entity)" in untagged.sentences(records[:1])[0]  # no tagger: the word "entity"
+    with pytest.raises(ValueError, match="2 type pairs for 1 records"):
+        SentencePrior(encoder=encoder, sentence_view="typed",
+                      entity_types=lambda recs: [("person", "person")] * 2).sentences(records[:1])
+    with pytest.raises(ValueError, match="sentence_view"):
+        SentencePrior(encoder=encoder, sentence_view="bold")

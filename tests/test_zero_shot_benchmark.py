@@ -165,8 +165,16 @@ def test_cached_reranker_scores_each_pair_once(bench):
 
 def test_sentence_prior_rows_and_option(bench, tmp_path):
     stages = bench.sentence_prior_stages([0.2, 0.5])
-    assert stages == [(" + sentence prior (w=0.2)", False, 0.2), (" + type prior + sentence prior (w=0.2)", True, 0.2),
-                      (" + sentence prior (w=0.5)", False, 0.5), (" + type prior + sentence prior (w=0.5)", True, 0.5)]
-    for bad in ("x", "0.2,1.5"):
+    assert stages == [(" + sentence prior (w=0.2)", False, 0.2, "plain"),
+                      (" + type prior + sentence prior (w=0.2)", True, 0.2, "plain"),
+                      (" + sentence prior (w=0.5)", False, 0.5, "plain"),
+                      (" + type prior + sentence prior (w=0.5)", True, 0.5, "plain")]
+    typed = bench.sentence_prior_stages([0.5], ["plain", "typed"])
+    assert [s[0] for s in typed] == [" + sentence prior (w=0.5)", " + type prior + sentence prior (w=0.5)",
+                                     " + sentence prior (w=0.5, typed)",
+                                     " + type prior + sentence prior (w=0.5, typed)"]
+    assert [s[3] for s in typed] == ["plain", "plain", "typed", "typed"]
+    for bad in (["--sentence-prior", "x"], ["--sentence-prior", "0.2,1.5"],
+                ["--sentence-prior", "0.2", "--sentence-prior-views", "plain,bold"]):
         with pytest.raises(SystemExit):
-            bench.main(["--sentence-prior", bad, "--out-root", str(tmp_path), "--skip-train"])
+            bench.main([*bad, "--out-root", str(tmp_path), "--skip-train"])

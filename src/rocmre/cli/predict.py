@@ -167,12 +167,21 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                                                           help="Mix the untrained sentence encoder into the order of "
                                                                "each pair's top relations with this weight (ROC; "
                                                                "see benchmarks/results/zero_shot.md)."),
+            sentence_view: str = typer.Option("plain", "--sentence-view",
+                                              help="What --sentence-prior reads: 'plain' (the sentence) or 'typed' "
+                                                   "(each mention followed by its role and entity type)."),
             precision: str | None = typer.Option(None, "--precision",
                                                  help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
                                                       "(default: what the model was validated with)."),
             quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Predict the relation of every pair in a JSONL file: one output line per input line, in order."""
     from rocmre.inference.extractor import RelationExtractor
+    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
+
+    if sentence_view not in SENTENCE_VIEWS:
+        fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")
+    if sentence_view != "plain" and sentence_prior is None:
+        fail("--sentence-view chooses what --sentence-prior reads: give --sentence-prior too")
 
     if missing_image not in ("error", "ignore"):
         fail(f"--missing-image must be 'error' or 'ignore', not {missing_image!r}")
@@ -191,7 +200,7 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
-                                                      sentence_prior=sentence_prior)
+                                                      sentence_prior=sentence_prior, sentence_view=sentence_view)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     if new_relations is not None:

@@ -45,6 +45,9 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
                                                         help="Mix the untrained sentence encoder into the order of "
                                                              "each pair's top relations with this weight (ROC; "
                                                              "see benchmarks/results/zero_shot.md)."),
+          sentence_view: str = typer.Option("plain", "--sentence-view",
+                                            help="What --sentence-prior reads: 'plain' (the sentence) or 'typed' "
+                                                 "(each mention followed by its role and entity type)."),
           precision: str | None = typer.Option(None, "--precision",
                                                help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
                                                     "(default: what the model was validated with)."),
@@ -57,13 +60,19 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     except ImportError as e:
         fail(f"serving needs the 'serve' extra (pip install 'rocmre[serve]'): {e}")
     from rocmre.inference.extractor import RelationExtractor
+    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
+
+    if sentence_view not in SENTENCE_VIEWS:
+        fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")
+    if sentence_view != "plain" and sentence_prior is None:
+        fail("--sentence-view chooses what --sentence-prior reads: give --sentence-prior too")
 
     if api_token is not None and not api_token.strip():
         fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
-                                                      sentence_prior=sentence_prior)
+                                                      sentence_prior=sentence_prior, sentence_view=sentence_view)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch,

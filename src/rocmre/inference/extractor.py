@@ -97,12 +97,13 @@ class RelationExtractor:
     def from_pretrained(cls, directory: str | Path, descriptions: str | Path | RelationDescriptions | None = None,
                         device: str = "cpu", cache_dir: str | Path | None = None,
                         precision: str | None = None, type_prior: bool | None = None,
-                        sentence_prior: float | None = None) -> RelationExtractor:
+                        sentence_prior: float | None = None, sentence_view: str = "plain") -> RelationExtractor:
         """Load a model folder; ``descriptions`` (a file or set) replaces its relation set at load time.
 
         ``type_prior`` switches the decision rule's soft entity-type prior on or off (see :attr:`type_prior`);
         by default the model's own setting. ``sentence_prior`` (a weight in [0, 1]) plugs the untrained sentence
-        encoder in as second stage (see :meth:`use_sentence_prior`); by default none.
+        encoder in as second stage (see :meth:`use_sentence_prior`, which ``sentence_view`` is passed to); by
+        default none.
 
         ``precision``: ``fp32``, ``bf16`` (autocast; about 1.5x faster on CPUs with native bfloat16, scores differ
         in the third decimal) or ``auto`` (bf16 where the hardware has it); by default the model's own
@@ -121,15 +122,18 @@ class RelationExtractor:
         if type_prior is not None:
             extractor.type_prior = type_prior
         if sentence_prior is not None:
-            extractor.use_sentence_prior(sentence_prior, cache_dir=Path(cache_dir) if cache_dir else None)
+            extractor.use_sentence_prior(sentence_prior, cache_dir=Path(cache_dir) if cache_dir else None,
+                                         sentence_view=sentence_view)
         return extractor
 
     def use_sentence_prior(self, weight: float | None, backbone: str | None = None,
-                           cache_dir: Path | None = None) -> None:
+                           cache_dir: Path | None = None, sentence_view: str = "plain") -> None:
         """Reorder each pair's top relations by mixing in the untrained sentence encoder's cosine between the
         sentence and each relation's descriptions (:class:`~rocmre.modeling.sentence_prior.SentencePrior`, weight
         in [0, 1]; ``None`` removes it). It follows the current relation set, relations added later included;
         the None decision stays the model's. ``backbone`` defaults to the model's pretrained text backbone.
+        ``sentence_view="typed"`` has the encoder read each mention followed by its role and tagged entity type
+        (``Messi (head person)``) instead of the plain sentence.
         What it does for added relations: ``benchmarks/results/zero_shot.md``."""
         if weight is None:
             self.runtime.second_stage = None
@@ -141,7 +145,8 @@ class RelationExtractor:
         self.runtime.second_stage = SentencePrior(backbone or str(self.model.config.text_backbone),
                                                   descriptions=lambda: self.model.descriptions, weight=weight,
                                                   negative_label=self.model.config.negative_label,
-                                                  cache_dir=cache_dir)
+                                                  cache_dir=cache_dir, sentence_view=sentence_view,
+                                                  entity_types=self.runtime.featurizer.entity_types)
 
     @property
     def type_prior(self) -> bool:

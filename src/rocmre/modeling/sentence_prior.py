@@ -14,6 +14,12 @@ Use::
     prior = SentencePrior(descriptions=extractor.model.descriptions, weight=0.2)
     extractor = RelationExtractor(model, second_stage=prior, rerank_top_k=5)
 
+The sentence is the record's plain text (``sentence_view="plain"``) or, with ``sentence_view="typed"``, the same
+text with each argument's role and entity type written after its mention in the descriptions' own words (``Messi
+(head person) joined Barcelona (tail organization)``): the plain sentence is the same for every pair in it and does
+not say which pair is asked about. Types come from the records, else from ``entity_types`` (an extractor passes its
+tagger's), else the word ``entity``.
+
 Descriptions that are templates (``{head} plays for {tail}.``) are filled with each pair's mentions; plain ones
 are encoded once per text and kept. Sentences and filled templates are kept in a bounded least-recently-used cache
 (``cache_size`` texts), so scoring the same records again (another weight, another description set) encodes
@@ -36,7 +42,33 @@ from rocmre.data.record import RelationRecord
 from rocmre.descriptions.store import RelationDescriptions, fill_template, is_template
 from rocmre.modeling.reranker import check_candidates, scored_candidates, second_stage_scores
 
-__all__ = ["SentencePrior"]
+__all__ = ["SENTENCE_VIEWS", "SentencePrior", "typed_sentence"]
+
+#: what the sentence encoder reads of a record (see the module docstring)
+SENTENCE_VIEWS = ("plain", "typed")
+
+#: entity types (rocmre.data.entity_types.ENTITY_TYPES) as the curated descriptions write them
+_TYPE_WORDS = {"person": "person", "organization": "organization", "location": "location",
+               "miscellaneous": "thing", "object": "object"}
+
+
+def typed_sentence(record: RelationRecord, head_type: str | None = None, tail_type: str | None = None) -> str:
+    """``record``'s text with ``(head <type>)`` / ``(tail <type>)`` written after the head and tail mentions
+    (an image-object tail, which has no span, is not written; an unknown type reads ``entity``)."""
+    def note(role: str, entity_type: str | None) -> str:
+        return f"({role} {_TYPE_WORDS.get(entity_type or '', 'entity')})"
+
+    after: dict[int, list[str]] = {}
+    for role, ent, typ in (("head", record.head, head_type or record.head.type),
+                           ("tail", record.tail, tail_type or record.tail.type)):
+        if not ent.is_object:
+            end = min(max(ent.span[1], 1), len(record.tokens)) - 1
+            after.setdefault(end, []).append(note(role, typ))
+    words: list[str] = []
+    for i, tok in enumerate(record.tokens):
+        words.append(tok)
+        words += after.get(i, [])
+    return " ".join(words)
 
 
 class SentencePrior:
@@ -44,13 +76,20 @@ class SentencePrior:
     description centre, mixed into the first stage's order with ``weight`` (0: first stage only, 1: the sentence
     encoder only). A :class:`~rocmre.modeling.decision.SecondStageScorer`; set :attr:`descriptions` to the
     relations it may score (a relation without descriptions there raises ``KeyError``), or to a function that
-    returns the current set (an extractor passes its model's, so relations added later are scored)."""
+    returns the current set (an extractor passes its model's, so relations added later are scored).
+    ``sentence_view``: one of :data:`SENTENCE_VIEWS`; ``entity_types``: records -> [(head type, tail type)] for
+    the typed view (records' own types win)."""
 
     def __init__(self, backbone: str = "minilm-l6",
                  descriptions: RelationDescriptions | Callable[[], RelationDescriptions] | None = None,
                  weight: float = 0.2, negative_label: str = "None", batch_size: int = 128,
                  max_length: int = 128, cache_dir: Path | None = None, encoder: Any = None,
-                 cache_size: int = 20_000) -> None:
+                 cache_size: int = 20_000, sentence_view: str = "plain",
+                 entity_types: Callable[[Sequence[RelationRecord]], Sequence[tuple[str, str]]] | None = None
+                 ) -> None:
+        if sentence_view not in SENTENCE_VIEWS:
+            raise ValueError(f"the sentence prior's sentence_view must be one of {SENTENCE_VIEWS}, "
+                             f"got {sentence_view!r}")
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"the sentence prior's weight must be in [0, 1], got {weight}")
         if cache_size < 0:
@@ -61,6 +100,8 @@ class SentencePrior:
             encoder = load_text_backbone(backbone, cache_dir=cache_dir)
         self.backbone = encoder  # a TextBackbone: .model and .tokenizer
         self.descriptions = descriptions
+        self.sentence_view = sentence_view
+        self.entity_types = entity_types
         self.weight = float(weight)
         self.negative_label = negative_label
         self.batch_size = int(batch_size)
@@ -102,6 +143,25 @@ class SentencePrior:
                 self._recent.popitem(last=False)
         return [found[t] for t in texts]
 
+    def sentences(self, records: Sequence[RelationRecord]) -> list[str]:
+        """What the encoder reads of each record (:attr:`sentence_view`)."""
+        if self.sentence_view == "plain":
+            return [" ".join(r.tokens) for r in records]
+        records = list(records)
+        need = [i for i, r in enumerate(records)
+                if r.head.type is None or (r.tail.type is None and not r.tail.is_object)]
+        tagged: dict[int, tuple[str, str]] = {}
+        if need and self.entity_types is not None:
+            found = list(self.entity_types([records[i] for i in need]))
+            if len(found) != len(need):
+                raise ValueError(f"entity_types returned {len(found)} type pairs for {len(need)} records")
+            tagged = dict(zip(need, (tuple(t) for t in found), strict=True))
+        out = []
+        for i, r in enumerate(records):
+            head, tail = tagged.get(i, (None, None))
+            out.append(typed_sentence(r, r.head.type or head, r.tail.type or tail))
+        return out
+
     def _plain_vectors(self, texts: Sequence[str]) -> None:
         missing = sorted({t for t in texts if t not in self._text_vectors})
         if missing:
@@ -111,8 +171,8 @@ class SentencePrior:
     def relation_scores(self, records: Sequence[RelationRecord], labels: Sequence[str], candidates: np.ndarray,
                         descriptions: RelationDescriptions | None = None, mask: np.ndarray | None = None,
                         show_progress: bool = False) -> np.ndarray:
-        """(N, k) cosines between each record's sentence and the centre (normalised mean) of each candidate
-        relation's descriptions; entries where ``mask`` is False are skipped (left at 0)."""
+        """(N, k) cosines between each record's sentence (its :attr:`sentence_view`) and the centre (normalised
+        mean) of each candidate relation's descriptions; entries where ``mask`` is False are skipped (left at 0)."""
         records = list(records)
         cand = check_candidates(records, labels, candidates, "the sentence prior")
         store = descriptions if descriptions is not None else self.descriptions
@@ -126,7 +186,7 @@ class SentencePrior:
         rows = np.flatnonzero(keep.any(1)) if keep.size else np.zeros(0, dtype=np.int64)
         if not len(rows):
             return out
-        sentences = self.encode_cached([" ".join(records[i].tokens) for i in rows], show_progress)
+        sentences = self.encode_cached(self.sentences([records[i] for i in rows]), show_progress)
         plain = {lab: [t for t in store.texts(lab) if not is_template(t)] for lab in wanted}
         self._plain_vectors([t for texts in plain.values() for t in texts])
         templates = {lab: [t for t in store.texts(lab) if is_template(t)] for lab in wanted}
