@@ -296,9 +296,24 @@ def run_reranker_training(fold: str, out_root: Path, sets: list[str], reranker_s
 
 # --- scoring -----------------------------------------------------------------------------------------------------
 
+def tagged_entity_types(cfg):
+    """records -> [(head type, tail type)] from the run's entity tagger and type cache (what the fold models'
+    featurisers tag), for the sentence prior's typed view."""
+    from rocmre.modeling.features import TypeCache
+    from rocmre.training.setup import run_cache_dir
+
+    cache = TypeCache(cfg.model.entity_tagger, run_cache_dir(cfg))
+
+    def types(records: Sequence) -> list[tuple[str, str]]:
+        tagged = cache.types([(r.tokens, [r.head.span, r.tail.span]) for r in records])
+        return [(r.head.type or t[0], r.tail.type or t[1]) for r, t in zip(records, tagged, strict=True)]
+
+    return types
+
+
 def frozen_encoder_rows(encoder, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
-    """The untrained sentence encoder: cosine between each sentence and the centre of each relation's curated
-    descriptions (no markers, no training), per fold. ``encoder``: a
+    """The untrained sentence encoder: cosine between each sentence (as ``encoder.sentences`` writes it: plain,
+    or typed) and the centre of each relation's curated descriptions (no training), per fold. ``encoder``: a
     :class:`~rocmre.modeling.sentence_prior.SentencePrior` (its ``encode``: mean-pooled unit vectors)."""
     import torch
     import torch.nn.functional as F
@@ -309,7 +324,7 @@ def frozen_encoder_rows(encoder, data: dict[str, SplitData], descriptions, negat
     out: dict[str, dict] = {}
     for split in ("val", "test"):
         idx = [i for i, g in enumerate(data[split].gold) if any(g in f for f in FOLDS.values())]
-        sents = encode([" ".join(data[split].records[i].tokens) for i in idx])
+        sents = encode(encoder.sentences([data[split].records[i] for i in idx]))
         scores = (sents @ centres.T).numpy()
         gold = [data[split].gold[i] for i in idx]
         for fold, held in FOLDS.items():
@@ -508,8 +523,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     fold, or None. ``rerank_scope="held_out"`` scores re-ranker rows on the held-out pairs only (their top-1
     metrics; no full decision, no seen-relation drop): a CPU can afford that much. ``sentence_prior``:
     ``{"weights": [...], "views": {view: {"model": SentencePrior, "cache": {}}}}`` or None; its rows are always
-    scored in full (it needs one pass of the small sentence encoder per record); the typed view reads this fold
-    model's tagged entity types."""
+    scored in full (it needs one pass of the small sentence encoder per record)."""
     from rocmre.evaluation.metrics import evaluate_predictions
     from rocmre.modeling.decision import NONE_MARGIN_GRID, OFFSET_GRID, tune_added_offset
 
@@ -525,8 +539,6 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                                                             reranker_cache["cache"], w), calibrate))
     always_full = set()
     if sentence_prior is not None:
-        for view in sentence_prior["views"].values():
-            view["model"].entity_types = sc.runtime.featurizer.entity_types
         for suffix, prior_on, w, view in sentence_prior_stages(sentence_prior["weights"], sentence_prior["views"]):
             stage = sentence_prior["views"][view]
             stages.append((suffix, prior_on, CachedReranker(stage["model"], descriptions, stage["cache"], w), False))
@@ -802,7 +814,8 @@ def render(payload: dict) -> list[str]:
                      f"{num(r.get('val_seen_micro_f1_drop'))} | {num(r.get('score_offset'))} | "
                      f"{num(r.get('none_margin'))} | "
                      f"{_p(r.get('seen_micro_f1_before'))} | {num(r.get('train_minutes'), '.1f')} |")
-    shown = [n for n in ("types_only", "frozen_encoder") if any(r["row"] == n for r in fold_rows)]
+    shown = [n for n in ("types_only", "frozen_encoder", "frozen_encoder_typed")
+             if any(r["row"] == n for r in fold_rows)]
     shown += [n for n in (payload.get("summary_row"), payload.get("summary_five_shot_row")) if n]
     lines += ["", "## Per held-out relation (test)", "",
               "Unseen-only top-1 / generalised top-1 per relation, in %, for the baselines and the summary row.", "",
@@ -958,8 +971,14 @@ def main(argv: list[str] | None = None) -> None:
     if prior_weights:
         sentence_prior = {"weights": prior_weights, "views": {
             v: {"model": sentence_encoder if v == "plain" else
-                SentencePrior(encoder=sentence_encoder.backbone, negative_label=neg, sentence_view=v), "cache": {}}
+                SentencePrior(encoder=sentence_encoder.backbone, negative_label=neg, sentence_view=v,
+                              entity_types=tagged_entity_types(base)), "cache": {}}
             for v in prior_views}}
+        if "typed" in prior_views:  # the baseline as the typed view reads records
+            typed = frozen_encoder_rows(sentence_prior["views"]["typed"]["model"], data, descriptions, neg)
+            baselines += baseline_rows("frozen_encoder_typed", f"frozen `{Path(str(base.model.text_backbone)).name}`"
+                                       ", no training, typed sentence (`Name (head person)`)", "frozen-encoder",
+                                       {f: v for f, v in typed.items() if f in folds})
     for v in variants:
         for f in folds:
             folder = out_root / f"{v}-{f}"

@@ -161,6 +161,8 @@ def render(payload: dict) -> list[str]:
     lines = ["# Description templates for relations added without retraining", "",
              f"Produced by `{payload['command']}` at commit `{payload['commit']}` on {payload['machine']} "
              f"({payload['date']}).", "",
+             f"Sentence view of the sentence prior and the frozen encoder: `{payload.get('sentence_view', 'plain')}`"
+             " (typed: each mention followed by its role and tagged entity type).", "",
              "Fold models: `benchmarks/zero_shot.py`'s, variant "
              f"`{payload['variant']}` in `{payload['out_root']}` (three folds of five MNRE relations held out of "
              "training; nothing is trained here). The held-out relations are added with the curated descriptions "
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="roc_frozen_descriptions", choices=list(zs.VARIANTS))
     parser.add_argument("--folds", default=",".join(zs.FOLDS))
     parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--sentence-view", default="plain", choices=("plain", "typed"),
+                        help="what the sentence prior (and the frozen encoder) reads of a record "
+                             "(rocmre.modeling.sentence_prior.SENTENCE_VIEWS)")
     args = parser.parse_args(argv)
 
     import torch
@@ -211,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     data = zs.load_splits(base, None)
     curated, templates = load_builtin("mnre"), load_builtin("mnre_templates")
     sets = {kind: description_set(curated, templates, kind) for kind in DESCRIPTION_SETS}
-    prior = SentencePrior(str(base.model.text_backbone), negative_label=base.data.negative_label)
+    prior = SentencePrior(str(base.model.text_backbone), negative_label=base.data.negative_label,
+                          sentence_view=args.sentence_view, entity_types=zs.tagged_entity_types(base))
     fold_rows = frozen_rows(data, sets, prior, folds)
     for fold, folder in folders.items():
         print(f"scoring {folder.name}", flush=True)
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"commit": suite.git_commit(), "machine": machine_description(), "torch": torch.__version__,
                "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *(argv or sys.argv[1:])]),
-               "variant": args.variant, "out_root": args.out_root, "folds": {f: zs.FOLDS[f] for f in folds},
+               "variant": args.variant, "out_root": args.out_root, "sentence_view": args.sentence_view,
+               "folds": {f: zs.FOLDS[f] for f in folds},
                "best_on_validation": best_on_validation(rows), "rows": rows, "fold_rows": fold_rows}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
