@@ -460,7 +460,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 7
+SCORING_VERSION = 8
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
@@ -590,9 +590,10 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
             scored = calibrated if calibrate else raw
             offsets, none_margins = knobs(*tuned) if tuned is not None else (None, None)
             weight = kind_suffix.split("w=")[-1].rstrip(")")
+            whom = "relation (new and trained)" if "all relations" in kind_suffix else "new relation"
             title = {"": "", " + 5-shot": f", {SHOTS} examples per new relation",
                      " + 5-shot (all relations)": f", {SHOTS} examples per relation (new and trained)"}.get(
-                kind_suffix, f", {SHOTS} examples per new relation, prototype weight {weight}")
+                kind_suffix, f", {SHOTS} examples per {whom}, prototype weight {weight}")
             shown = suffix if tuned is None else base + {
                 "offset": " + new relations' score offset chosen on val",
                 "none_margin": " + new relations' extra None margin chosen on val"}[tuned[0]]
@@ -660,7 +661,14 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     trained = [r for r in sc.model.relation_labels if r != neg and r not in held]
     sc.extractor.add_relations({r: {"examples": ex}
                                 for r, ex in sample_shots(data["train"].records, trained, SHOTS, seed).items()})
-    rows += rows_now(" + 5-shot (all relations)")
+    five_all = sc.score()
+    rows += rows_now(" + 5-shot (all relations)", five_all)
+    for w in PROTOTYPE_WEIGHTS:  # every relation's prototype at another weight, from the same two passes
+        mixed = {split: dataclasses.replace(five_all[split], scores=zero[split].scores
+                                            + (w / w0) * (five_all[split].scores - zero[split].scores))
+                 for split in five_all}
+        rows += rows_now(f" + 5-shot (all relations, w={w:.2f})", mixed,
+                         only=[s for s, _, _, _ in stages if s in always_full] + ["", " + type prior"])
     return rows, {split: sc.types(split) for split in ("val", "test")}
 
 
