@@ -4,6 +4,7 @@
     python benchmarks/zero_shot.py --jobs 3                                  # every fold, variant `roc`
     python benchmarks/zero_shot.py --variants roc,roc_frozen_descriptions --reranker --set train.epochs=2
     python benchmarks/zero_shot.py --variants roc_frozen_descriptions --sentence-prior 0.2,0.33
+    python benchmarks/zero_shot.py --variants roc_frozen_descriptions --sentence-prior 0.33 --sentence-prior-views typed
     python benchmarks/zero_shot.py --render-only                             # Markdown again from the JSON
 
 For each fold and variant a model is trained by ``python -m rocmre train`` with the fold's relations in
@@ -14,7 +15,9 @@ seeded training examples each (their prototypes). Every model is also scored wit
 prior switched on (an inference-time switch), and with ``--reranker`` a cross-encoder re-ranker
 (``rocmre.modeling.reranker``) is trained per fold on the seen relations and used as the decision path's second
 stage (``--reranker-scope held_out`` scores those rows on the held-out pairs only, which a CPU affords); with
-``--sentence-prior`` the untrained sentence encoder is that second stage (``rocmre.modeling.sentence_prior``).
+``--sentence-prior`` the untrained sentence encoder is that second stage (``rocmre.modeling.sentence_prior``),
+reading the plain sentence or, with ``--sentence-prior-views typed``, each mention followed by its role and tagged
+entity type (a frozen-encoder baseline row with that view is added too).
 Writes ``<results>/zero_shot.{md,json}``; the JSON's ``summary`` is the row with the best mean validation
 generalised top-1 (selected on validation, reported on test).
 """

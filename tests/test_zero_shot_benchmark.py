@@ -178,3 +178,15 @@ def test_sentence_prior_rows_and_option(bench, tmp_path):
                 ["--sentence-prior", "0.2", "--sentence-prior-views", "plain,bold"]):
         with pytest.raises(SystemExit):
             bench.main([*bad, "--out-root", str(tmp_path), "--skip-train"])
+
+
+def test_tagged_entity_types_keep_given_types_and_tag_the_rest(bench, tmp_path):
+    from rocmre.data.record import Entity, RelationRecord
+    from rocmre.training.config import RunConfig
+
+    cfg = RunConfig.model_validate({"model": {"entity_tagger": "none"}, "cache_dir": str(tmp_path)})
+    types = bench.tagged_entity_types(cfg)
+    given = RelationRecord(tokens=["Obama", "in", "Paris"], head=Entity("Obama", 0, 1, type="person"),
+                           tail=Entity("Paris", 2, 3))
+    assert types([given]) == [("person", "unknown")]  # the null tagger knows nothing; the given type wins
+    assert (tmp_path / "entity-types" / "none.json").is_file()  # tagged once, cached in the run's cache folder
