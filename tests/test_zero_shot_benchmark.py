@@ -190,3 +190,18 @@ def test_tagged_entity_types_keep_given_types_and_tag_the_rest(bench, tmp_path):
                            tail=Entity("Paris", 2, 3))
     assert types([given]) == [("person", "unknown")]  # the null tagger knows nothing; the given type wins
     assert (tmp_path / "entity-types" / "none.json").is_file()  # tagged once, cached in the run's cache folder
+
+
+def test_markdown_keeps_the_summary_family_and_json_keeps_every_row(bench):
+    best, shot = "v + type prior", "v + type prior + 5-shot (all relations)"
+    show = lambda name: bench.shown_in_markdown(name, best, shot)  # noqa: E731
+    assert show("types_only") and show("v") and show("v + sentence prior (w=0.2)") and show(best)
+    assert show(best + " + offset") and show(best + " + None margin")
+    assert not show("v + offset") and not show("v + sentence prior (w=0.2) + None margin")
+    assert show(best + " + 5-shot") and show(best + " + 5-shot (w=0.25)") and show(shot)
+    assert show(best + " + None margin + 5-shot (all relations)") and not show(best + " + None margin + 5-shot")
+    assert not show("v + 5-shot") and not show("v + sentence prior (w=0.2) + 5-shot (all relations)")
+    payload = {"summary": {"a": 1}, "rows": [{"row": "x", "v": [1, 2]}, {"row": "y"}], "empty": [], "n": 3}
+    text = bench.dump_rows_per_line(payload)
+    assert json.loads(text) == payload and text.count("\n") == 11  # one line per row, not per field
+    assert "\n  {\"row\": \"x\", \"v\": [1, 2]},\n" in text
