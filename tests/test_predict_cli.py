@@ -221,7 +221,7 @@ def test_sentence_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, 
     cli = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     for line, p in zip(cli, typed.predict_batch(pairs, top_k=3), strict=True):
         assert [c["relation"] for c in line["top_k"]] == [c.relation for c in p.top_k]
-    for bad, message in ((["--sentence-view", "typed"], "give --sentence-prior too"),
+    for bad, message in ((["--sentence-view", "typed"], "no sentence prior is on"),
                          (["--sentence-prior", "1.0", "--sentence-view", "bold"], "--sentence-view must be one of")):
         result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file),
                                           "--output", str(out), "--quiet", "--cache-dir", str(cache_dir), *bad])
@@ -231,3 +231,23 @@ def test_sentence_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, 
 def test_sentence_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):
     with pytest.raises(TypeError, match="ROC models only"):
         RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, sentence_prior=0.5)
+
+
+def test_sentence_prior_is_saved_with_the_model(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path):
+    """``use_sentence_prior`` is part of the model: saved, loaded again, overridden or switched off at load time."""
+    from rocmre.modeling.sentence_prior import SentencePrior
+
+    m = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    m.use_sentence_prior(0.5, sentence_view="typed")
+    m.save_pretrained(tmp_path / "saved")
+    back = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir)
+    stage = back.runtime.second_stage
+    assert isinstance(stage, SentencePrior) and stage.weight == 0.5 and stage.sentence_view == "typed"
+    pair = PairInput("Barack Obama visited Paris", "Barack Obama", "Paris")
+    assert list(back.predict_batch([pair], top_k=3))[0].top_k == list(m.predict_batch([pair], top_k=3))[0].top_k
+    plain = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir, sentence_view="plain")
+    assert plain.runtime.second_stage.sentence_view == "plain" and plain.runtime.second_stage.weight == 0.5
+    off = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir, sentence_prior=0)
+    assert off.runtime.second_stage is None and off.model.config.sentence_prior_weight is None
+    off.save_pretrained(tmp_path / "off")
+    assert RelationExtractor.from_pretrained(tmp_path / "off", cache_dir=cache_dir).runtime.second_stage is None

@@ -44,10 +44,12 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
           sentence_prior: float | None = typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
                                                         help="Mix the untrained sentence encoder into the order of "
                                                              "each pair's top relations with this weight (ROC; "
-                                                             "see benchmarks/results/zero_shot.md)."),
-          sentence_view: str = typer.Option("plain", "--sentence-view",
-                                            help="What --sentence-prior reads: 'plain' (the sentence) or 'typed' "
-                                                 "(each mention followed by its role and entity type)."),
+                                                             "see benchmarks/results/zero_shot.md); 0 switches off a "
+                                                             "saved one."),
+          sentence_view: str | None = typer.Option(None, "--sentence-view",
+                                            help="What the sentence prior reads: 'plain' (the sentence) or 'typed' "
+                                                 "(each mention followed by its role and entity type); default: the "
+                                                 "model's saved setting, else plain."),
           precision: str | None = typer.Option(None, "--precision",
                                                help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
                                                     "(default: what the model was validated with)."),
@@ -62,10 +64,8 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     from rocmre.inference.extractor import RelationExtractor
     from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
 
-    if sentence_view not in SENTENCE_VIEWS:
+    if sentence_view is not None and sentence_view not in SENTENCE_VIEWS:
         fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")
-    if sentence_view != "plain" and sentence_prior is None:
-        fail("--sentence-view chooses what --sentence-prior reads: give --sentence-prior too")
 
     if api_token is not None and not api_token.strip():
         fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
