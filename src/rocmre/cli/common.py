@@ -62,3 +62,37 @@ def data_dir_option() -> Path | None:
     return typer.Option(None, "--data-dir", file_okay=False,
                         help="Folder where relative dataset paths are looked up (default: $ROCMRE_DATA, else ./data, "
                              "else ../shared/data).")
+
+
+# -- the decision-path options of `predict` and `serve` (the same text on both) ------------------------------------
+
+def type_prior_option() -> bool | None:
+    return typer.Option(None, "--type-prior/--no-type-prior",
+                        help="Soft entity-type prior on or off (default: the model's setting); helps relations added "
+                             "with type signatures.")
+
+
+def sentence_prior_option() -> float | None:
+    return typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
+                        help="Mix the untrained sentence encoder into the order of each pair's top relations with "
+                             "this weight (ROC; see benchmarks/results/zero_shot.md); 0 switches off a saved one.")
+
+
+def sentence_view_option() -> str | None:
+    return typer.Option(None, "--sentence-view",
+                        help="What the sentence prior reads: 'plain' (the sentence) or 'typed' (each mention followed "
+                             "by its role and entity type); default: the model's saved setting, else plain.")
+
+
+def precision_option() -> str | None:
+    return typer.Option(None, "--precision",
+                        help="fp32, bf16 (faster on CPUs with native bfloat16) or auto (default: what the model was "
+                             "validated with).")
+
+
+def check_sentence_view(sentence_view: str | None) -> None:
+    """Exit with a clear message unless ``--sentence-view`` is absent or one of the known views."""
+    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
+
+    if sentence_view is not None and sentence_view not in SENTENCE_VIEWS:
+        fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")

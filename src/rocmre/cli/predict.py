@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rocmre.cli.common import fail
+from rocmre.cli.common import (
+    check_sentence_view,
+    fail,
+    precision_option,
+    sentence_prior_option,
+    sentence_view_option,
+    type_prior_option,
+)
 from rocmre.data.record import DataFormatError
 
 if TYPE_CHECKING:
@@ -160,28 +167,14 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
                                                    "or 'ignore' (predict from the text)."),
             cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
             device: str = typer.Option("cpu", "--device"),
-            type_prior: bool | None = typer.Option(None, "--type-prior/--no-type-prior",
-                                                     help="Soft entity-type prior on or off (default: the model's "
-                                                          "setting); helps relations added with type signatures."),
-            sentence_prior: float | None = typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
-                                                          help="Mix the untrained sentence encoder into the order of "
-                                                               "each pair's top relations with this weight (ROC; "
-                                                               "see benchmarks/results/zero_shot.md); 0 switches off a "
-                                                               "saved one."),
-            sentence_view: str | None = typer.Option(None, "--sentence-view",
-                                              help="What the sentence prior reads: 'plain' (the sentence) or 'typed' "
-                                                   "(each mention followed by its role and entity type); default: the "
-                                                   "model's saved setting, else plain."),
-            precision: str | None = typer.Option(None, "--precision",
-                                                 help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
-                                                      "(default: what the model was validated with)."),
+            type_prior: bool | None = type_prior_option(),
+            sentence_prior: float | None = sentence_prior_option(),
+            sentence_view: str | None = sentence_view_option(),
+            precision: str | None = precision_option(),
             quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Predict the relation of every pair in a JSONL file: one output line per input line, in order."""
     from rocmre.inference.extractor import RelationExtractor
-    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
-
-    if sentence_view is not None and sentence_view not in SENTENCE_VIEWS:
-        fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")
+    check_sentence_view(sentence_view)
 
     if missing_image not in ("error", "ignore"):
         fail(f"--missing-image must be 'error' or 'ignore', not {missing_image!r}")

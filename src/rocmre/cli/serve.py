@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from rocmre.cli.common import fail
+from rocmre.cli.common import (
+    check_sentence_view,
+    fail,
+    precision_option,
+    sentence_prior_option,
+    sentence_view_option,
+    type_prior_option,
+)
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -38,21 +45,10 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
                                                    help="Relation descriptions replacing the model's set."),
           cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
           device: str = typer.Option("cpu", "--device"),
-          type_prior: bool | None = typer.Option(None, "--type-prior/--no-type-prior",
-                                                   help="Soft entity-type prior on or off (default: the model's "
-                                                        "setting); helps relations added with type signatures."),
-          sentence_prior: float | None = typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
-                                                        help="Mix the untrained sentence encoder into the order of "
-                                                             "each pair's top relations with this weight (ROC; "
-                                                             "see benchmarks/results/zero_shot.md); 0 switches off a "
-                                                             "saved one."),
-          sentence_view: str | None = typer.Option(None, "--sentence-view",
-                                            help="What the sentence prior reads: 'plain' (the sentence) or 'typed' "
-                                                 "(each mention followed by its role and entity type); default: the "
-                                                 "model's saved setting, else plain."),
-          precision: str | None = typer.Option(None, "--precision",
-                                               help="fp32, bf16 (faster on CPUs with native bfloat16) or auto "
-                                                    "(default: what the model was validated with)."),
+          type_prior: bool | None = type_prior_option(),
+          sentence_prior: float | None = sentence_prior_option(),
+          sentence_view: str | None = sentence_view_option(),
+          precision: str | None = precision_option(),
           log_level: str = typer.Option("info", "--log-level")) -> None:
     """Serve a model over HTTP: POST /predict, /predict/batch, GET/POST /relations, /health, a web page at /."""
     try:
@@ -62,10 +58,7 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     except ImportError as e:
         fail(f"serving needs the 'serve' extra (pip install 'rocmre[serve]'): {e}")
     from rocmre.inference.extractor import RelationExtractor
-    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
-
-    if sentence_view is not None and sentence_view not in SENTENCE_VIEWS:
-        fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")
+    check_sentence_view(sentence_view)
 
     if api_token is not None and not api_token.strip():
         fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
