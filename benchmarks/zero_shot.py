@@ -299,21 +299,6 @@ def run_reranker_training(fold: str, out_root: Path, sets: list[str], reranker_s
 
 # --- scoring -----------------------------------------------------------------------------------------------------
 
-def tagged_entity_types(cfg):
-    """records -> [(head type, tail type)] from the run's entity tagger and type cache (what the fold models'
-    featurisers tag), for the sentence prior's typed view."""
-    from rocmre.modeling.features import TypeCache
-    from rocmre.training.setup import run_cache_dir
-
-    cache = TypeCache(cfg.model.entity_tagger, run_cache_dir(cfg))
-
-    def types(records: Sequence) -> list[tuple[str, str]]:
-        tagged = cache.types([(r.tokens, [r.head.span, r.tail.span]) for r in records])
-        return [(r.head.type or t[0], r.tail.type or t[1]) for r, t in zip(records, tagged, strict=True)]
-
-    return types
-
-
 def frozen_encoder_rows(encoder, data: dict[str, SplitData], descriptions, negative_label: str) -> dict:
     """The untrained sentence encoder: cosine between each sentence (as ``encoder.sentences`` writes it: plain,
     or typed) and the centre of each relation's curated descriptions (no training), per fold. ``encoder``: a
@@ -653,12 +638,15 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     rows += rows_now(" + 5-shot", five)
     # other prototype weights, from the same two passes: the mixed score is linear in the weight
     w0 = sc.model.config.prototype_weight
+    swept = [suffix for suffix, _, _, _ in stages if suffix in always_full] + ["", " + type prior"]
+
+    def reweighted(with_examples: dict, w: float) -> dict:
+        return {split: dataclasses.replace(with_examples[split], scores=zero[split].scores
+                                           + (w / w0) * (with_examples[split].scores - zero[split].scores))
+                for split in with_examples}
+
     for w in PROTOTYPE_WEIGHTS:
-        mixed = {split: dataclasses.replace(five[split], scores=zero[split].scores
-                                            + (w / w0) * (five[split].scores - zero[split].scores))
-                 for split in five}
-        rows += rows_now(f" + 5-shot (w={w:.2f})", mixed, only=[s for s, _, _, _ in stages if s in always_full]
-                         + ["", " + type prior"])
+        rows += rows_now(f" + 5-shot (w={w:.2f})", reweighted(five, w), only=swept)
     # the same, with every trained relation given 5 of its training examples too: all relations then score
     # against a prototype, on one scale (a prototype alone scores high on every pair of its types)
     trained = [r for r in sc.model.relation_labels if r != neg and r not in held]
@@ -666,12 +654,8 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                                 for r, ex in sample_shots(data["train"].records, trained, SHOTS, seed).items()})
     five_all = sc.score()
     rows += rows_now(" + 5-shot (all relations)", five_all)
-    for w in PROTOTYPE_WEIGHTS:  # every relation's prototype at another weight, from the same two passes
-        mixed = {split: dataclasses.replace(five_all[split], scores=zero[split].scores
-                                            + (w / w0) * (five_all[split].scores - zero[split].scores))
-                 for split in five_all}
-        rows += rows_now(f" + 5-shot (all relations, w={w:.2f})", mixed,
-                         only=[s for s, _, _, _ in stages if s in always_full] + ["", " + type prior"])
+    for w in PROTOTYPE_WEIGHTS:
+        rows += rows_now(f" + 5-shot (all relations, w={w:.2f})", reweighted(five_all, w), only=swept)
     return rows, {split: sc.types(split) for split in ("val", "test")}
 
 
@@ -751,8 +735,9 @@ def twin_lines(rows: list[dict], best_row: str | None) -> list[str]:
 
 
 def shown_in_markdown(name: str, summary_row: str | None, shot_row: str | None) -> bool:
-    """Whether a row goes into the Markdown (the JSON keeps every row): baselines and every zero-shot setting as it
-    is, the summary row's tuned twins, its 5-shot settings, and the chosen 5-shot setting's twins."""
+    """Whether a row goes into the Markdown and the JSON's ``fold_rows`` (the JSON's ``rows`` keep every row):
+    baselines and every zero-shot setting as it is, the summary row's tuned twins, its 5-shot settings, and the
+    chosen 5-shot setting's twins."""
     tuned = OFFSET_SUFFIX in name or NONE_MARGIN_SUFFIX in name
     base, five, shot = name.partition(" + 5-shot")
     if not five:
@@ -788,7 +773,8 @@ def render(payload: dict) -> list[str]:
                      f"{_pm(r['val_unseen_only_top1'])} | {_pm(r['val_generalized_top1'])} | {r['budget']} |")
     if left_out:
         lines += ["", f"{left_out} more rows (the tuned twins and 5-shot settings of the rows that are not the summary "
-                  "row) are in `zero_shot.json`, per fold under `fold_rows`."]
+                  "row) are in `zero_shot.json` under `rows` (mean ± std over folds); their per-fold rows stay beside "
+                  "each fold model (`<out-root>/<model>/zero_shot_rows.json`)."]
     lines += ["", "Mean ± standard deviation over the three folds, in % (the drop in F1 points). Unseen-only top-1: "
               "test pairs whose gold relation is held out, candidates = the fold's 5 held-out relations. Generalised "
               "top-1: the same pairs, candidates = every non-None relation, seen and held out. Both read the first "
@@ -886,10 +872,10 @@ def dump_rows_per_line(payload: dict) -> str:
 def write(results: Path, payload: dict) -> None:
     results.mkdir(parents=True, exist_ok=True)
     summary_row, shot_row = payload.get("summary_row"), payload.get("summary_five_shot_row")
-    # per-relation numbers are kept for the rows the Markdown shows (the per-relation table reads some of them)
-    payload = {**payload, "fold_rows": [r if shown_in_markdown(r["row"], summary_row, shot_row)
-                                        else {k: v for k, v in r.items() if k != "per_relation"}
-                                        for r in payload["fold_rows"]]}
+    # every row's mean ± std is kept; per fold only the rows the Markdown shows (the rest of each model's per-fold
+    # rows stay in <out-root>/<model>/zero_shot_rows.json): thousands of them would make a file of megabytes
+    payload = {**payload, "fold_rows": [r for r in payload["fold_rows"]
+                                        if shown_in_markdown(r["row"], summary_row, shot_row)]}
     (results / "zero_shot.json").write_text(dump_rows_per_line(payload), encoding="utf-8")
     (results / "zero_shot.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
     print(f"wrote {results / 'zero_shot.md'} and zero_shot.json")
@@ -987,7 +973,9 @@ def main(argv: list[str] | None = None) -> None:
     descriptions = RelationDescriptions.load(base.model.descriptions)
     neg = base.data.negative_label
     signatures = {r: (list(e.head_types), list(e.tail_types)) for r, e in descriptions.relations.items()}
+    from rocmre.data.name_swap import tagger_entity_types
     from rocmre.modeling.sentence_prior import SentencePrior
+    from rocmre.training.setup import run_cache_dir
 
     sentence_encoder = SentencePrior(str(base.model.text_backbone), negative_label=neg)
     frozen = frozen_encoder_rows(sentence_encoder, data, descriptions, neg)
@@ -1024,7 +1012,8 @@ def main(argv: list[str] | None = None) -> None:
         sentence_prior = {"weights": prior_weights, "views": {
             v: {"model": sentence_encoder if v == "plain" else
                 SentencePrior(encoder=sentence_encoder.backbone, negative_label=neg, sentence_view=v,
-                              entity_types=tagged_entity_types(base)), "cache": {}}
+                              entity_types=tagger_entity_types(base.model.entity_tagger, run_cache_dir(base))),
+                "cache": {}}
             for v in prior_views}}
         if "typed" in prior_views:  # the baseline as the typed view reads records
             typed = frozen_encoder_rows(sentence_prior["views"]["typed"]["model"], data, descriptions, neg)

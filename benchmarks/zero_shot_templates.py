@@ -201,9 +201,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from rocmre.data.name_swap import tagger_entity_types
     from rocmre.descriptions.store import load_builtin
     from rocmre.modeling.sentence_prior import SentencePrior
     from rocmre.training.config import RunConfig
+    from rocmre.training.setup import run_cache_dir
     from rocmre.training.trainer import machine_description
 
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     curated, templates = load_builtin("mnre"), load_builtin("mnre_templates")
     sets = {kind: description_set(curated, templates, kind) for kind in DESCRIPTION_SETS}
     prior = SentencePrior(str(base.model.text_backbone), negative_label=base.data.negative_label,
-                          sentence_view=args.sentence_view, entity_types=zs.tagged_entity_types(base))
+                          sentence_view=args.sentence_view,
+                          entity_types=tagger_entity_types(base.model.entity_tagger, run_cache_dir(base)))
     fold_rows = frozen_rows(data, sets, prior, folds)
     for fold, folder in folders.items():
         print(f"scoring {folder.name}", flush=True)

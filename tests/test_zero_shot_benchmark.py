@@ -180,18 +180,6 @@ def test_sentence_prior_rows_and_option(bench, tmp_path):
             bench.main([*bad, "--out-root", str(tmp_path), "--skip-train"])
 
 
-def test_tagged_entity_types_keep_given_types_and_tag_the_rest(bench, tmp_path):
-    from rocmre.data.record import Entity, RelationRecord
-    from rocmre.training.config import RunConfig
-
-    cfg = RunConfig.model_validate({"model": {"entity_tagger": "none"}, "cache_dir": str(tmp_path)})
-    types = bench.tagged_entity_types(cfg)
-    given = RelationRecord(tokens=["Obama", "in", "Paris"], head=Entity("Obama", 0, 1, type="person"),
-                           tail=Entity("Paris", 2, 3))
-    assert types([given]) == [("person", "unknown")]  # the null tagger knows nothing; the given type wins
-    assert (tmp_path / "entity-types" / "none.json").is_file()  # tagged once, cached in the run's cache folder
-
-
 def test_markdown_keeps_the_summary_family_and_json_keeps_every_row(bench):
     best, shot = "v + type prior", "v + type prior + 5-shot (all relations)"
     show = lambda name: bench.shown_in_markdown(name, best, shot)  # noqa: E731
