@@ -233,7 +233,8 @@ def test_sentence_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: P
         RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, sentence_prior=0.5)
 
 
-def test_sentence_prior_is_saved_with_the_model(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path):
+def test_sentence_prior_is_saved_with_the_model(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path,
+                                                 monkeypatch):
     """``use_sentence_prior`` is part of the model: saved, loaded again, overridden or switched off at load time."""
     from rocmre.modeling.sentence_prior import SentencePrior
 
@@ -245,8 +246,15 @@ def test_sentence_prior_is_saved_with_the_model(tiny_roc_dir: Path, cache_dir: P
     assert isinstance(stage, SentencePrior) and stage.weight == 0.5 and stage.sentence_view == "typed"
     pair = PairInput("Barack Obama visited Paris", "Barack Obama", "Paris")
     assert list(back.predict_batch([pair], top_k=3))[0].top_k == list(m.predict_batch([pair], top_k=3))[0].top_k
+    import rocmre.backbones.text as text_backbones
+
+    loads: list[str] = []
+    load = text_backbones.load_text_backbone
+    monkeypatch.setattr(text_backbones, "load_text_backbone",
+                        lambda name, **kw: (loads.append(name), load(name, **kw))[1])
     plain = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir, sentence_view="plain")
     assert plain.runtime.second_stage.sentence_view == "plain" and plain.runtime.second_stage.weight == 0.5
+    assert len(loads) == 1  # the saved prior's encoder serves the overriding view: loaded once
     off = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir, sentence_prior=0)
     assert off.runtime.second_stage is None and off.model.config.sentence_prior_weight is None
     off.save_pretrained(tmp_path / "off")

@@ -94,6 +94,7 @@ class RelationExtractor:
                                     rerank_top_k=rerank_top_k, precision=precision, persist_types=False)
         model.example_runtime = self.runtime  # relation examples are featurised like prediction inputs
         self._cache_dir = Path(cache_dir) if cache_dir else None
+        self._sentence_encoders: dict[str, Any] = {}  # backbone name -> loaded encoder, kept across settings
         if second_stage is None and model.config.sentence_prior_weight:
             self.use_sentence_prior(model.config.sentence_prior_weight)
 
@@ -156,11 +157,13 @@ class RelationExtractor:
 
         view = sentence_view or cfg.sentence_prior_view
         backbone = backbone or cfg.sentence_prior_backbone
-        self.runtime.second_stage = SentencePrior(backbone or str(cfg.text_backbone),
-                                                  descriptions=lambda: self.model.descriptions, weight=weight,
-                                                  negative_label=cfg.negative_label,
-                                                  cache_dir=cache_dir or self._cache_dir, sentence_view=view,
-                                                  entity_types=self.runtime.featurizer.entity_types)
+        name = backbone or str(cfg.text_backbone)
+        stage = SentencePrior(name, descriptions=lambda: self.model.descriptions, weight=weight,
+                              negative_label=cfg.negative_label, cache_dir=cache_dir or self._cache_dir,
+                              encoder=self._sentence_encoders.get(name), sentence_view=view,
+                              entity_types=self.runtime.featurizer.entity_types)
+        self._sentence_encoders[name] = stage.backbone
+        self.runtime.second_stage = stage
         cfg.sentence_prior_weight, cfg.sentence_prior_view, cfg.sentence_prior_backbone = float(weight), view, backbone
 
     @property
