@@ -17,7 +17,8 @@ prior switched on (an inference-time switch), and with ``--reranker`` a cross-en
 stage (``--reranker-scope held_out`` scores those rows on the held-out pairs only, which a CPU affords); with
 ``--sentence-prior`` the untrained sentence encoder is that second stage (``rocmre.modeling.sentence_prior``),
 reading the plain sentence or, with ``--sentence-prior-views typed``, each mention followed by its role and tagged
-entity type (a frozen-encoder baseline row with that view is added too).
+entity type (``typed_clean``: the same without a tweet's ``RT``, ``@handles`` and links); a frozen-encoder
+baseline row with each view is added too.
 Writes ``<results>/zero_shot.{md,json}``; the JSON's ``summary`` is the row with the best mean validation
 generalised top-1 (selected on validation, reported on test).
 """
@@ -65,6 +66,9 @@ SUMMARY_KEYS = ("folds", "unseen_only_top1", "generalized_top1", "five_shot_gene
 TARGETS = {"unseen_only_top1": 0.80, "over_types_only": 0.10, "generalized_top1": 0.40,
            "five_shot_generalized_top1": 0.60, "seen_micro_f1_drop": 1.0}
 RERANK_TOP_K = 5
+#: how the frozen-encoder baseline rows name what the sentence encoder read (rocmre.modeling.sentence_prior views)
+VIEW_TITLES = {"typed": "typed sentence (`Name (head person)`)",
+               "typed_clean": "typed sentence without `RT`, `@handles` and links"}
 
 
 #: training recipes, each trained once per fold with the fold's relations held out; names are kept as written
@@ -834,7 +838,7 @@ def render(payload: dict) -> list[str]:
                      f"{num(r.get('val_seen_micro_f1_drop'))} | {num(r.get('score_offset'))} | "
                      f"{num(r.get('none_margin'))} | "
                      f"{_p(r.get('seen_micro_f1_before'))} | {num(r.get('train_minutes'), '.1f')} |")
-    shown = [n for n in ("types_only", "frozen_encoder", "frozen_encoder_typed")
+    shown = [n for n in ("types_only", "frozen_encoder", "frozen_encoder_typed", "frozen_encoder_typed_clean")
              if any(r["row"] == n for r in fold_rows)]
     shown += [n for n in (payload.get("summary_row"), payload.get("summary_five_shot_row")) if n]
     lines += ["", "## Per held-out relation (test)", "",
@@ -905,7 +909,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sentence-prior-views", default="plain", metavar="VIEW[,VIEW...]",
                         help="what the sentence prior reads of a record, from "
                              "rocmre.modeling.sentence_prior.SENTENCE_VIEWS (typed: role and type after each "
-                             "mention); rows for each")
+                             "mention; typed_clean: typed without RT, @handles and links); rows for each")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only score existing models")
     parser.add_argument("--train-only", action="store_true", help="train the fold models (and re-rankers), no scoring")
@@ -999,7 +1003,8 @@ def main(argv: list[str] | None = None) -> None:
                            f"`{Path(str(base.model.text_backbone)).name}` (cosine between the plain sentence and each "
                            f"candidate's description centre) reorders the first stage's top {RERANK_TOP_K} "
                            f"non-None relations, mixed by per-record z-scores with weight w; weights {prior_weights}; "
-                           f"sentence views {prior_views} (typed: `Name (head person)`, the tagged types)"
+                           f"sentence views {prior_views} (typed: `Name (head person)`, the tagged types; "
+                           f"typed_clean: typed without `RT`, `@handles` and links)"
                            if prior_weights else ""),
     }
     if args.eval_limit:
@@ -1015,11 +1020,13 @@ def main(argv: list[str] | None = None) -> None:
                               entity_types=tagger_entity_types(base.model.entity_tagger, run_cache_dir(base))),
                 "cache": {}}
             for v in prior_views}}
-        if "typed" in prior_views:  # the baseline as the typed view reads records
-            typed = frozen_encoder_rows(sentence_prior["views"]["typed"]["model"], data, descriptions, neg)
-            baselines += baseline_rows("frozen_encoder_typed", f"frozen `{Path(str(base.model.text_backbone)).name}`"
-                                       ", no training, typed sentence (`Name (head person)`)", "frozen-encoder",
-                                       {f: v for f, v in typed.items() if f in folds})
+        for view in prior_views:  # the baseline as each other view reads records
+            if view == "plain":
+                continue
+            rows = frozen_encoder_rows(sentence_prior["views"][view]["model"], data, descriptions, neg)
+            baselines += baseline_rows(f"frozen_encoder_{view}", f"frozen `{Path(str(base.model.text_backbone)).name}`"
+                                       f", no training, {VIEW_TITLES[view]}", "frozen-encoder",
+                                       {f: v for f, v in rows.items() if f in folds})
     for v in variants:
         for f in folds:
             folder = out_root / f"{v}-{f}"

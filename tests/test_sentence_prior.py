@@ -15,7 +15,7 @@ from rocmre.data.record import Entity, RelationRecord
 from rocmre.descriptions.store import RelationDescriptions, load_builtin
 from rocmre.modeling.decision import DecisionRule
 from rocmre.modeling.reranker import combine
-from rocmre.modeling.sentence_prior import SentencePrior, typed_sentence
+from rocmre.modeling.sentence_prior import SentencePrior, is_tweet_noise, typed_sentence
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,20 @@ def test_typed_sentence_writes_role_and_type_after_each_mention():
     image_tail = RelationRecord(tokens=["Obama", "waves"], head=Entity("Obama", 0, 1, type="person"),
                                 tail=Entity("object", box=(0.1, 0.1, 0.5, 0.5)))
     assert typed_sentence(image_tail) == "Obama (head person) waves"  # an image object has no mention to mark
+
+
+def test_typed_clean_view_drops_addressing_and_links_outside_the_mentions(encoder, descriptions):
+    tokens = ["RT", "@fcb_news", ":", "Messi", "signs", "for", "@PSG", "https://t.co/x1", "#", "Paris"]
+    rec = RelationRecord(tokens=tokens, head=Entity("Messi", 3, 4), tail=Entity("@PSG", 6, 7))
+    assert typed_sentence(rec, "person", "organization", drop_noise=True) == \
+        "Messi (head person) signs for @PSG (tail organization) # Paris"  # a mention stays, even a @handle
+    assert typed_sentence(rec, "person", "organization") == \
+        "RT @fcb_news : Messi (head person) signs for @PSG (tail organization) https://t.co/x1 # Paris"
+    assert [t for t in ["RT", "rt", "@a_b:", ":", "http://x", "RTs", "a:b", "#", "@"] if is_tweet_noise(t)] == \
+        ["RT", "rt", "@a_b:", ":", "http://x"]
+    clean = SentencePrior(encoder=encoder, descriptions=descriptions, sentence_view="typed_clean",
+                          entity_types=lambda recs: [("person", "organization")] * len(recs))
+    assert clean.sentences([rec]) == ["Messi (head person) signs for @PSG (tail organization) # Paris"]
 
 
 def test_typed_view_reads_records_types_then_the_tagger(encoder, descriptions, records, monkeypatch):

@@ -80,8 +80,9 @@ def sentence_prior_option() -> float | None:
 
 def sentence_view_option() -> str | None:
     return typer.Option(None, "--sentence-view",
-                        help="What the sentence prior reads: 'plain' (the sentence) or 'typed' (each mention followed "
-                             "by its role and entity type); default: the model's saved setting, else plain.")
+                        help="What the sentence prior reads: 'plain' (the sentence), 'typed' (each mention followed "
+                             "by its role and entity type) or 'typed_clean' (typed, without RT, @handles and "
+                             "links); default: the model's saved setting, else plain.")
 
 
 def precision_option() -> str | None:

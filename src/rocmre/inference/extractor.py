@@ -143,8 +143,9 @@ class RelationExtractor:
         in [0, 1]; ``None`` or 0 removes it). It follows the current relation set, relations added later
         included; the None decision stays the model's. ``backbone`` defaults to the saved one, else the model's
         pretrained text backbone. ``sentence_view="typed"`` has the encoder read each mention followed by its role
-        and tagged entity type (``Messi (head person)``) instead of the plain sentence (default: the saved view,
-        else ``"plain"``). The setting is saved with the model (:meth:`save_pretrained`).
+        and tagged entity type (``Messi (head person)``) instead of the plain sentence, ``"typed_clean"`` the same
+        without a tweet's ``RT``, ``@handles`` and links (default: the saved view, else ``"plain"``). The
+        setting is saved with the model (:meth:`save_pretrained`).
         What it does for added relations: ``benchmarks/results/zero_shot.md``."""
         cfg = self.model.config
         if not weight:

@@ -82,7 +82,7 @@ class ModelConfig(BaseModel):
     # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
     # (rocmre.modeling.sentence_prior.SENTENCE_VIEWS); the backbone None means the model's text backbone
     sentence_prior_weight: float | None = Field(None, ge=0.0, le=1.0)
-    sentence_prior_view: Literal["plain", "typed"] = "plain"
+    sentence_prior_view: Literal["plain", "typed", "typed_clean"] = "plain"
     sentence_prior_backbone: str | None = None
     none_margin: float = 0.0
     # label set (filled in at training time)

@@ -17,8 +17,10 @@ Use::
 The sentence is the record's plain text (``sentence_view="plain"``) or, with ``sentence_view="typed"``, the same
 text with each argument's role and entity type written after its mention in the descriptions' own words (``Messi
 (head person) joined Barcelona (tail organization)``): the plain sentence is the same for every pair in it and does
-not say which pair is asked about. Types come from the records, else from ``entity_types`` (an extractor passes its
-tagger's), else the word ``entity``.
+not say which pair is asked about. ``sentence_view="typed_clean"`` is the typed text without a tweet's
+addressing and links (``RT``, ``@handle``, ``http...`` tokens and a lone ``:``; tokens inside the mentions are
+kept), which say nothing about the relation and pull the sentence vector towards every other tweet. Types come from
+the records, else from ``entity_types`` (an extractor passes its tagger's), else the word ``entity``.
 
 Descriptions that are templates (``{head} plays for {tail}.``) are filled with each pair's mentions; plain ones
 are encoded once per text and kept. Sentences and filled templates are kept in a bounded least-recently-used cache
@@ -28,6 +30,7 @@ nothing twice.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,23 +45,35 @@ from rocmre.data.record import RelationRecord
 from rocmre.descriptions.store import RelationDescriptions, fill_template, is_template
 from rocmre.modeling.reranker import check_candidates, scored_candidates, second_stage_scores
 
-__all__ = ["SENTENCE_VIEWS", "SentencePrior", "typed_sentence"]
+__all__ = ["SENTENCE_VIEWS", "SentencePrior", "is_tweet_noise", "typed_sentence"]
 
 #: what the sentence encoder reads of a record (see the module docstring)
-SENTENCE_VIEWS = ("plain", "typed")
+SENTENCE_VIEWS = ("plain", "typed", "typed_clean")
+
+#: tokens of a tweet's addressing and links: the retweet marker, @handles (with a trailing colon), URLs, a lone colon
+_TWEET_NOISE = re.compile(r"^(?:RT|rt|:|@\w+:?|https?://\S*)$")
+
+
+def is_tweet_noise(token: str) -> bool:
+    """Whether ``token`` is addressing or a link (``RT``, ``@handle``, ``@handle:``, ``http...``, ``:``), which the
+    ``typed_clean`` view drops."""
+    return bool(_TWEET_NOISE.match(token))
 
 #: entity types (rocmre.data.entity_types.ENTITY_TYPES) as the curated descriptions write them
 _TYPE_WORDS = {"person": "person", "organization": "organization", "location": "location",
                "miscellaneous": "thing", "object": "object"}
 
 
-def typed_sentence(record: RelationRecord, head_type: str | None = None, tail_type: str | None = None) -> str:
+def typed_sentence(record: RelationRecord, head_type: str | None = None, tail_type: str | None = None,
+                   drop_noise: bool = False) -> str:
     """``record``'s text with ``(head <type>)`` / ``(tail <type>)`` written after the head and tail mentions
-    (an image-object tail, which has no span, is not written; an unknown type reads ``entity``)."""
+    (an image-object tail, which has no span, is not written; an unknown type reads ``entity``). ``drop_noise``
+    leaves out the tokens :func:`is_tweet_noise` matches, except inside the mentions."""
     def note(role: str, entity_type: str | None) -> str:
         return f"({role} {_TYPE_WORDS.get(entity_type or '', 'entity')})"
 
     after: dict[int, list[str]] = {}
+    mentions = [ent.span for ent in (record.head, record.tail) if not ent.is_object]
     for role, ent, typ in (("head", record.head, head_type or record.head.type),
                            ("tail", record.tail, tail_type or record.tail.type)):
         if not ent.is_object:
@@ -66,6 +81,8 @@ def typed_sentence(record: RelationRecord, head_type: str | None = None, tail_ty
             after.setdefault(end, []).append(note(role, typ))
     words: list[str] = []
     for i, tok in enumerate(record.tokens):
+        if drop_noise and is_tweet_noise(tok) and not any(start <= i < end for start, end in mentions):
+            continue
         words.append(tok)
         words += after.get(i, [])
     return " ".join(words)
@@ -159,7 +176,8 @@ class SentencePrior:
         out = []
         for i, r in enumerate(records):
             head, tail = tagged.get(i, (None, None))
-            out.append(typed_sentence(r, r.head.type or head, r.tail.type or tail))
+            out.append(typed_sentence(r, r.head.type or head, r.tail.type or tail,
+                                      drop_noise=self.sentence_view == "typed_clean"))
         return out
 
     def _plain_vectors(self, texts: Sequence[str]) -> None:
