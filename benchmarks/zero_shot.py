@@ -838,7 +838,7 @@ def render(payload: dict) -> list[str]:
                      f"{num(r.get('val_seen_micro_f1_drop'))} | {num(r.get('score_offset'))} | "
                      f"{num(r.get('none_margin'))} | "
                      f"{_p(r.get('seen_micro_f1_before'))} | {num(r.get('train_minutes'), '.1f')} |")
-    shown = [n for n in ("types_only", "frozen_encoder", "frozen_encoder_typed", "frozen_encoder_typed_clean")
+    shown = [n for n in ("types_only", "frozen_encoder", *(f"frozen_encoder_{view}" for view in VIEW_TITLES))
              if any(r["row"] == n for r in fold_rows)]
     shown += [n for n in (payload.get("summary_row"), payload.get("summary_five_shot_row")) if n]
     lines += ["", "## Per held-out relation (test)", "",

@@ -173,10 +173,10 @@ def test_sentence_prior_rows_and_option(bench, tmp_path):
     assert [s[0] for s in typed] == [" + sentence prior (w=0.5)", " + type prior + sentence prior (w=0.5)",
                                      " + sentence prior (w=0.5, typed)",
                                      " + type prior + sentence prior (w=0.5, typed)"]
+    assert [s[3] for s in typed] == ["plain", "plain", "typed", "typed"]
     from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
 
     assert set(bench.VIEW_TITLES) == set(SENTENCE_VIEWS) - {"plain"}  # each view's frozen-encoder row has a title
-    assert [s[3] for s in typed] == ["plain", "plain", "typed", "typed"]
     for bad in (["--sentence-prior", "x"], ["--sentence-prior", "0.2,1.5"],
                 ["--sentence-prior", "0.2", "--sentence-prior-views", "plain,bold"]):
         with pytest.raises(SystemExit):
