@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: what the sentence prior reads of a pair (rocmre.modeling.sentence_prior): the plain sentence, the sentence with
+#: each mention's role and type written after it, or that without a tweet's RT, @handles and links
+SentenceView = Literal["plain", "typed", "typed_clean"]
+
 
 class ModelConfig(BaseModel):
     """Everything that determines a model's architecture and its retrieval behaviour."""
@@ -80,9 +84,9 @@ class ModelConfig(BaseModel):
     type_penalty: float = Field(0.2, ge=0.0)
     # prediction only: the untrained sentence encoder as the decision path's second stage
     # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
-    # (rocmre.modeling.sentence_prior.SENTENCE_VIEWS); the backbone None means the model's text backbone
+    # (SentenceView); the backbone None means the model's text backbone
     sentence_prior_weight: float | None = Field(None, ge=0.0, le=1.0)
-    sentence_prior_view: Literal["plain", "typed", "typed_clean"] = "plain"
+    sentence_prior_view: SentenceView = "plain"
     sentence_prior_backbone: str | None = None
     none_margin: float = 0.0
     # label set (filled in at training time)

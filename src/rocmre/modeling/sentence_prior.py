@@ -34,7 +34,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -43,12 +43,14 @@ from tqdm.auto import tqdm
 
 from rocmre.data.record import RelationRecord
 from rocmre.descriptions.store import RelationDescriptions, fill_template, is_template
+from rocmre.modeling.config import SentenceView
 from rocmre.modeling.reranker import check_candidates, scored_candidates, second_stage_scores
 
 __all__ = ["SENTENCE_VIEWS", "SentencePrior", "is_tweet_noise", "typed_sentence"]
 
-#: what the sentence encoder reads of a record (see the module docstring)
-SENTENCE_VIEWS = ("plain", "typed", "typed_clean")
+#: what the sentence encoder reads of a record (see the module docstring); a new view is one more name in
+#: :data:`rocmre.modeling.config.SentenceView`, which the saved config validates against
+SENTENCE_VIEWS: tuple[str, ...] = get_args(SentenceView)
 
 #: tokens of a tweet's addressing and links: the retweet marker, @handles (with a trailing colon), URLs, a lone colon
 _TWEET_NOISE = re.compile(r"^(?:RT|rt|:|@\w+:?|https?://\S*)$")
