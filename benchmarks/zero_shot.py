@@ -452,7 +452,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 8
+SCORING_VERSION = 9
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
@@ -496,6 +496,9 @@ NONE_MARGIN_SUFFIX = " + None margin"
 
 #: prototype weights scored besides the model's own (rows `... + 5-shot (w=W)`)
 PROTOTYPE_WEIGHTS = (0.1, 0.25)
+#: prototype weights of the centred rows (``model.prototype_centering``; rows `... + 5-shot (all relations, centred,
+#: w=W)`): centring takes back the lift over None that made larger weights cost the trained relations
+CENTRED_PROTOTYPE_WEIGHTS = (0.1, 0.25, 0.4)
 
 
 def sentence_prior_stages(weights: Sequence[float], views: Sequence[str] = ("plain",)
@@ -583,9 +586,11 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
             offsets, none_margins = knobs(*tuned) if tuned is not None else (None, None)
             weight = kind_suffix.split("w=")[-1].rstrip(")")
             whom = "relation (new and trained)" if "all relations" in kind_suffix else "new relation"
+            centred = (", centred (prototypes reorder the relations, the None decision keeps its level)"
+                       if "centred" in kind_suffix else "")
             title = {"": "", " + 5-shot": f", {SHOTS} examples per new relation",
                      " + 5-shot (all relations)": f", {SHOTS} examples per relation (new and trained)"}.get(
-                kind_suffix, f", {SHOTS} examples per {whom}, prototype weight {weight}")
+                kind_suffix, f", {SHOTS} examples per {whom}, prototype weight {weight}{centred}")
             shown = suffix if tuned is None else base + {
                 "offset": " + new relations' score offset chosen on val",
                 "none_margin": " + new relations' extra None margin chosen on val"}[tuned[0]]
@@ -660,6 +665,12 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     rows += rows_now(" + 5-shot (all relations)", five_all)
     for w in PROTOTYPE_WEIGHTS:
         rows += rows_now(f" + 5-shot (all relations, w={w:.2f})", reweighted(five_all, w), only=swept)
+    # and centred: each pair's mean change over the non-None relations taken off again (still linear in the weight)
+    sc.model.config.prototype_centering = True
+    five_centred = sc.score()
+    sc.model.config.prototype_centering = False
+    for w in CENTRED_PROTOTYPE_WEIGHTS:
+        rows += rows_now(f" + 5-shot (all relations, centred, w={w:.2f})", reweighted(five_centred, w), only=swept)
     return rows, {split: sc.types(split) for split in ("val", "test")}
 
 

@@ -121,6 +121,41 @@ def test_examples_lift_their_relation(extractor: RelationExtractor) -> None:
                                                                  abs=1e-5)
 
 
+def test_centred_prototypes_keep_none_and_the_relations_level(extractor: RelationExtractor) -> None:
+    def scores() -> dict[str, float]:
+        return {c.relation: c.score for c in predict_example(extractor).top_k}
+
+    extractor.model.config.prototype_weight = 0.5
+    extractor.add_relations({NEW: [DESCRIPTION]})
+    without = scores()
+    extractor.add_relations({NEW: {"examples": [EXAMPLE]}})
+    mixed = scores()
+    extractor.model.config.prototype_centering = True
+    centred = scores()
+    relations = [r for r in without if r != "None"]
+    assert mixed[NEW] > without[NEW] and mixed["None"] == pytest.approx(without["None"], abs=1e-5)
+    # centred: None keeps its score, the relations' mean stays where it was, their order is the mix's
+    assert centred["None"] == pytest.approx(without["None"], abs=1e-5)
+    assert sum(centred[r] for r in relations) == pytest.approx(sum(without[r] for r in relations), abs=1e-4)
+    assert sorted(relations, key=centred.__getitem__) == sorted(relations, key=mixed.__getitem__)
+    other = next(r for r in relations if r != NEW)
+    assert centred[NEW] - centred[other] == pytest.approx(mixed[NEW] - mixed[other], abs=1e-5)
+
+
+def test_centred_scores_are_linear_in_the_prototype_weight(extractor: RelationExtractor) -> None:
+    """benchmarks/zero_shot.py scores one weight and re-weights the rest linearly, centred rows included."""
+    extractor.model.config.prototype_centering = True
+    extractor.add_relations({NEW: {"descriptions": [DESCRIPTION], "examples": [EXAMPLE, OTHER]}})
+
+    def scores(weight: float) -> list[float]:
+        extractor.model.config.prototype_weight = weight
+        return [c.score for c in sorted(predict_example(extractor).top_k, key=lambda c: c.relation)]
+
+    zero, low, high = scores(0.0), scores(0.1), scores(0.4)
+    assert high != pytest.approx(zero, abs=1e-3)
+    assert high == pytest.approx([z + 4 * (lo - z) for z, lo in zip(zero, low, strict=True)], abs=1e-4)
+
+
 def test_existing_relation_takes_examples_alone(extractor: RelationExtractor) -> None:
     existing = next(r for r in extractor.relations if r != "None")
     texts = extractor.describe_relations()[existing]

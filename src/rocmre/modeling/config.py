@@ -80,6 +80,10 @@ class ModelConfig(BaseModel):
     # weight best on validation over every record in benchmarks/results/zero_shot.md (0.5 cost trained relations
     # 25-30 F1 points); models trained before keep the weight saved in their config
     prototype_weight: float = Field(0.1, ge=0.0, le=1.0)
+    # prototypes reorder the relations without lifting them as a whole over None: per pair, the mean change they made
+    # over the non-None relations is taken off again (pair-to-prototype cosines run higher than pair-to-description
+    # ones, so an uncentred mix answers None less often). Pays when every relation has examples (zero_shot.md)
+    prototype_centering: bool = False
     type_constraint: bool = False
     type_penalty: float = Field(0.2, ge=0.0)
     # prediction only: the untrained sentence encoder as the decision path's second stage

@@ -550,14 +550,21 @@ class RelationModel(nn.Module):
         return F.normalize(z.mean(0), dim=-1)
 
     def _with_prototypes(self, pairs: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval)."""
+        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval); with
+        ``prototype_centering``, each pair's mean change over the non-None relations is subtracted from them."""
         weight = self.config.prototype_weight
         proto = self.prototype_vectors() if weight > 0 else None
         if proto is None:
             return cosine
         rows, mask = proto
         proto_scores = (pairs @ rows.T.to(pairs.dtype)).to(cosine.dtype)
-        return torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
+        mixed = torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
+        if self.config.prototype_centering:
+            relations = torch.tensor([label != self.config.negative_label for label in self.relation_labels],
+                                     device=mixed.device)
+            shift = (mixed - cosine)[:, relations].mean(1, keepdim=True)
+            mixed = torch.where(relations, mixed - shift, mixed)
+        return mixed
 
     # -- building, saving, loading ------------------------------------------------------------
     @classmethod
