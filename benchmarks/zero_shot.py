@@ -884,14 +884,28 @@ def dump_rows_per_line(payload: dict) -> str:
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
+def rounded(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float in it rounded to ``digits`` decimals (dicts and lists walked)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def write(results: Path, payload: dict) -> None:
     results.mkdir(parents=True, exist_ok=True)
     summary_row, shot_row = payload.get("summary_row"), payload.get("summary_five_shot_row")
     # every row's mean ± std is kept; per fold only the rows the Markdown shows (the rest of each model's per-fold
-    # rows stay in <out-root>/<model>/zero_shot_rows.json): thousands of them would make a file of megabytes
+    # rows stay in <out-root>/<model>/zero_shot_rows.json): thousands of them would make a file of megabytes.
+    # The JSON's rows keep 6 decimals (far below the 0.1 points shown; the Markdown is rendered before rounding);
+    # the summary stays exact
     payload = {**payload, "fold_rows": [r for r in payload["fold_rows"]
                                         if shown_in_markdown(r["row"], summary_row, shot_row)]}
-    (results / "zero_shot.json").write_text(dump_rows_per_line(payload), encoding="utf-8")
+    stored = {**payload, "rows": rounded(payload["rows"]), "fold_rows": rounded(payload["fold_rows"])}
+    (results / "zero_shot.json").write_text(dump_rows_per_line(stored), encoding="utf-8")
     (results / "zero_shot.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
     print(f"wrote {results / 'zero_shot.md'} and zero_shot.json")
 

@@ -194,5 +194,7 @@ def test_markdown_keeps_the_summary_family_and_json_keeps_every_row(bench):
     assert not show("v + 5-shot") and not show("v + sentence prior (w=0.2) + 5-shot (all relations)")
     payload = {"summary": {"a": 1}, "rows": [{"row": "x", "v": [1, 2]}, {"row": "y"}], "empty": [], "n": 3}
     text = bench.dump_rows_per_line(payload)
+    assert bench.rounded({"a": [0.123456789, {"b": 2.0000004}], "c": "x", "n": 3}) == {"a": [0.123457, {"b": 2.0}],
+                                                                                       "c": "x", "n": 3}
     assert json.loads(text) == payload and text.count("\n") == 11  # one line per row, not per field
     assert "\n  {\"row\": \"x\", \"v\": [1, 2]},\n" in text
