@@ -83,6 +83,11 @@ VARIANTS: dict[str, suite.Variant] = {v.name: v for v in [
                   ["data.name_swap_prob=0.0", "model.freeze_description_encoder=true",
                    "model.description_projection=identity"],
                   "ROC, description vectors = the frozen sentence encoder's own (no learned projection)"),
+    suite.Variant("roc_mean_pooled_pairs", "configs/mnre_roc.yaml",
+                  ["data.name_swap_prob=0.0", "model.freeze_description_encoder=true",
+                   "model.description_projection=identity", "model.pair_pooling=markers_plus_mean"],
+                  "ROC, description vectors = the frozen sentence encoder's own, pair vector = the sentence's "
+                  "mean-pooled states + a learned marker residual that starts at zero"),
 ]}
 
 

@@ -516,3 +516,34 @@ def test_identity_description_projection_needs_matching_widths():
     assert torch.allclose(square(x), x) and not any(p.requires_grad for p in square.parameters())
     with pytest.raises(ValueError, match="pair_dim equal to the text encoder's width \\(6\\), got 4"):
         fix_identity(nn.Linear(6, 4))
+
+
+def test_mean_plus_markers_pooling_starts_at_the_sentence_vector_and_trains(mnre_root, cache_dir, tmp_path):
+    """``model.pair_pooling='markers_plus_mean'``: an untrained model's pair vector is the text's mean-pooled states
+    (the learned residual starts at zero); training moves the residual, and the switch is saved and reloaded."""
+    from rocmre.modeling.fusion import mean_pool
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.setup import build_model, load_run_data, make_runtime
+    from rocmre.training.trainer import train
+
+    cfg = _config(tmp_path / "mean", cache_dir, checkpoint_every=None)
+    cfg.model.pair_pooling = "markers_plus_mean"
+    cfg.model.freeze_description_encoder = True
+    cfg.model.description_projection = "identity"
+    data = load_run_data(cfg, "train", 8)
+    model = build_model(cfg, data.labels.labels).eval()
+    batch = make_runtime(model, cfg).collator(make_runtime(model, cfg).featurize(data.records, with_labels=True))
+    with torch.no_grad():
+        pair = model.encoder(batch)
+        text = model.encoder.text_model(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(pair, mean_pool(text, batch["attention_mask"]), atol=1e-4, rtol=1e-4)
+
+    train(cfg, show_progress=False)
+    trained = RelationModel.from_pretrained(tmp_path / "mean")
+    assert trained.config.pair_pooling == "markers_plus_mean"
+    assert trained.encoder.pair[-1].weight.abs().sum() > 0  # the residual moved off zero
+
+    cfg.model.pair_dim = 64  # the residual is added to the sentence vector: widths must match
+    with pytest.raises(ValueError, match="pair_pooling"):
+        build_model(cfg, data.labels.labels)

@@ -50,6 +50,11 @@ class ModelConfig(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)
     pair_activation: Literal["gelu", "tanh", "relu"] = "gelu"
+    # "markers": the pair vector is a learned map of the head and tail markers' states; "markers_plus_mean": the
+    # text's mean-pooled states plus a learned residual of the markers' states that starts at zero (needs pair_dim
+    # equal to the text encoder's width), so training starts from the pretrained sentence vector, the space of a
+    # frozen description tower, instead of learning a map into it from the trained relations alone
+    pair_pooling: Literal["markers", "markers_plus_mean"] = "markers"
     # relation semantic encoder (ROC)
     descriptions: str = "mnre"
     description_mode: Literal["descriptions", "label_names"] = "descriptions"

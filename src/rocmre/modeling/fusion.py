@@ -66,6 +66,12 @@ class ImageTokenizer(nn.Module):
         return self.dropout(torch.cat(parts, dim=1)), torch.cat(masks, dim=1)
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) mean of the states where ``mask`` (B, N) is set (a sentence-transformers sentence vector)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 class MultimodalPairEncoder(nn.Module):
     """Text encoder + image tokens, fused by N transformer layers; pair vector from the head and tail markers."""
 
@@ -88,8 +94,20 @@ class MultimodalPairEncoder(nn.Module):
             self.fusion_norm = nn.LayerNorm(hidden)
         else:
             self.fusion = None
-        self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim),
-                                  ACTIVATIONS[config.pair_activation]())
+        if config.pair_pooling == "markers_plus_mean":
+            if config.pair_dim != hidden:
+                raise ValueError(f"model.pair_pooling='markers_plus_mean' needs model.pair_dim equal to the text "
+                                 f"encoder's width ({hidden}), not {config.pair_dim}")
+            # a residual over the sentence's mean-pooled states: the last layer starts at zero, so an untrained
+            # model's pair vector is the pretrained sentence vector (where the frozen description tower lives)
+            residual = nn.Linear(hidden, config.pair_dim)
+            nn.init.zeros_(residual.weight)
+            nn.init.zeros_(residual.bias)
+            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, hidden),
+                                      ACTIVATIONS[config.pair_activation](), residual)
+        else:
+            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim),
+                                      ACTIVATIONS[config.pair_activation]())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, pair_dim) entity-pair vectors."""
@@ -122,7 +140,10 @@ class MultimodalPairEncoder(nn.Module):
         head, tail = out[:, 0], out[:, 1]
         if object_slot is not None:
             tail = torch.where(batch["object_mask"][:, None], (tail + out[:, 2]) / 2, tail)
-        return self.pair(torch.cat([head, tail], dim=-1))
+        pair = self.pair(torch.cat([head, tail], dim=-1))
+        if self.config.pair_pooling == "markers_plus_mean":
+            pair = pair + mean_pool(text, batch["attention_mask"]).to(pair.dtype)
+        return pair
 
     def train(self, mode: bool = True) -> MultimodalPairEncoder:
         if mode:  # weights are about to change

@@ -34,7 +34,7 @@ from rocmre.modeling.freezing import (
     run_lower_layers,
     run_upper_layers,
 )
-from rocmre.modeling.fusion import MultimodalPairEncoder
+from rocmre.modeling.fusion import MultimodalPairEncoder, mean_pool
 from rocmre.modeling.prompting import MARKERS
 
 KNOWN_VISION_SHAPES = {"efficientnet-lite0": (1280, 49)}
@@ -72,11 +72,6 @@ class RelationModelOutput:
     pair_embeddings: torch.Tensor  # (B, D)
     loss: torch.Tensor | None = None
     best_description: torch.Tensor | None = None  # (B, R) index of each relation's best-matching description
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def multi_description_rows(index: torch.Tensor, n_rel: int) -> torch.Tensor:
