@@ -532,7 +532,8 @@ def test_mean_plus_markers_pooling_starts_at_the_sentence_vector_and_trains(mnre
     cfg.model.description_projection = "identity"
     data = load_run_data(cfg, "train", 8)
     model = build_model(cfg, data.labels.labels).eval()
-    batch = make_runtime(model, cfg).collator(make_runtime(model, cfg).featurize(data.records, with_labels=True))
+    runtime = make_runtime(model, cfg)
+    batch = runtime.collator(runtime.featurize(data.records, with_labels=True))
     with torch.no_grad():
         pair = model.encoder(batch)
         text = model.encoder.text_model(input_ids=batch["input_ids"],

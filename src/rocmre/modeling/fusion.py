@@ -73,7 +73,8 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MultimodalPairEncoder(nn.Module):
-    """Text encoder + image tokens, fused by N transformer layers; pair vector from the head and tail markers."""
+    """Text encoder + image tokens, fused by N transformer layers; pair vector from the head and tail markers (and,
+    with ``pair_pooling='markers_plus_mean'``, the text's mean-pooled states)."""
 
     def __init__(self, config: ModelConfig, text_model: nn.Module, vision_dim: int, num_regions: int) -> None:
         super().__init__()
