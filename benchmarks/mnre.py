@@ -122,6 +122,14 @@ VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
     # initial temperature 0.05), for separation between confusable relations; the classifier has no cosine
     BenchVariant("roc_margin", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.5", "model.cosine_margin=0.1"],
                  "ROC, canonical config + additive cosine margin 0.1 in the loss", baseline="classifier_name_swap"),
+    # the recipe that takes new relations best (benchmarks/results/zero_shot.md, issue 10): the description vectors
+    # are the frozen sentence encoder's own and the pair vector is the sentence's mean-pooled states plus a marker
+    # residual that starts at zero; does it keep the canonical recipe's score on the trained relations?
+    BenchVariant("roc_mean_pooled_pairs", "configs/mnre_roc.yaml",
+                 ["data.name_swap_prob=0.5", "model.freeze_description_encoder=true",
+                  "model.description_projection=identity", "model.pair_pooling=markers_plus_mean"],
+                 "ROC, canonical config, description vectors = the frozen sentence encoder's own, pair vector = "
+                 "mean-pooled states + a marker residual starting at zero", baseline="classifier_name_swap"),
 ]}
 
 

@@ -37,6 +37,8 @@ for p in (str(REPO / "src"), str(HERE)):
 import suite  # noqa: E402
 import zero_shot as zs  # noqa: E402
 
+from rocmre.modeling.sentence_prior import SENTENCE_VIEWS  # noqa: E402
+
 DESCRIPTION_SETS = ("curated", "templates", "curated + templates")
 SENTENCE_PRIOR_WEIGHT = 0.33
 #: (row suffix, soft type prior on, sentence prior on)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="roc_frozen_descriptions", choices=list(zs.VARIANTS))
     parser.add_argument("--folds", default=",".join(zs.FOLDS))
     parser.add_argument("--results", default=str(HERE / "results"))
-    parser.add_argument("--sentence-view", default="plain", choices=("plain", "typed"),
+    parser.add_argument("--sentence-view", default="plain", choices=SENTENCE_VIEWS,
                         help="what the sentence prior (and the frozen encoder) reads of a record "
                              "(rocmre.modeling.sentence_prior.SENTENCE_VIEWS)")
     args = parser.parse_args(argv)
