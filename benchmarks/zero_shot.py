@@ -34,7 +34,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -367,11 +367,36 @@ class Scorer:
         self.cfg = RunConfig.from_yaml(folder / "run_config.yaml")
         self.metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         self.model = RelationModel.from_pretrained(folder, device=scoring_device())
+        self.model.max_filled_texts = 250_000  # every pair's filled templates stay encoded across the passes
         self.runtime = make_runtime(self.model, self.cfg)
         self.extractor = RelationExtractor(self.model, run_cache_dir(self.cfg))
         self.data = data
         self.features = {s: self.runtime.featurize(data[s].records, with_labels=False) for s in ("val", "test")}
         self.negative = self.cfg.data.negative_label
+        # the None margin of the rows that switch the type prior on at inference: the trained one until
+        # tune_prior_margin re-tunes it with the prior on (what a user does: RelationExtractor.tune_none_margin)
+        self.prior_none_margin = float(self.model.config.none_margin)
+
+    def prior_rule(self, second_stage=None):
+        """The model's decision rule with the soft type prior switched on (the margin of ``prior_none_margin``)."""
+        from rocmre.modeling.decision import DecisionRule
+
+        cfg = self.model.config
+        return DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=self.prior_none_margin,
+                            type_constraint=True, type_penalty=cfg.type_penalty,
+                            type_compatibility=self.model.type_compatibility().numpy(), second_stage=second_stage,
+                            rerank_top_k=RERANK_TOP_K)
+
+    def tune_prior_margin(self, scored_val, exclude: Collection[str]) -> float:
+        """Re-tune the None margin with the type prior on, on the validation records whose gold relation is not in
+        ``exclude`` (the trained relations and None: call it before relations are added), and keep it for the
+        rows with the prior on."""
+        keep = [i for i, g in enumerate(self.data["val"].gold) if g not in exclude]
+        heads = None if scored_val.head_types is None else np.asarray(scored_val.head_types)[keep]
+        tails = None if scored_val.tail_types is None else np.asarray(scored_val.tail_types)[keep]
+        self.prior_none_margin, _ = self.prior_rule().tune_none_margin(
+            np.asarray(scored_val.scores)[keep], [self.data["val"].gold[i] for i in keep], heads, tails)
+        return self.prior_none_margin
 
     def types(self, split: str) -> tuple[list[str], list[str]]:
         return [f.head_type for f in self.features[split]], [f.tail_type for f in self.features[split]]
@@ -390,11 +415,12 @@ class Scorer:
 
         rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K)
         if type_prior is not None and type_prior != rule.type_constraint:
-            cfg = self.model.config
-            rule = DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
-                                type_constraint=type_prior, type_penalty=cfg.type_penalty,
-                                type_compatibility=self.model.type_compatibility().numpy() if type_prior else None,
-                                second_stage=second_stage, rerank_top_k=RERANK_TOP_K)
+            if type_prior:
+                rule = self.prior_rule(second_stage)
+            else:
+                cfg = self.model.config
+                rule = DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
+                                    second_stage=second_stage, rerank_top_k=RERANK_TOP_K)
         if offsets is not None:
             rule.relation_offsets = np.asarray(offsets, dtype=np.float64)
         if none_margins is not None:
@@ -457,7 +483,30 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 9
+SCORING_VERSION = 10
+
+#: what the held-out relations are added with (``--held-out-descriptions``): their curated descriptions, or those
+#: and the hand-written ``{head}``/``{tail}`` templates of the built-in set ``mnre_templates`` (filled per pair)
+HELD_OUT_DESCRIPTIONS = {"curated": "curated", "curated+templates": "curated + templates"}
+
+
+def description_set(curated, templates, kind: str, only: Collection[str] | None = None):
+    """A :class:`RelationDescriptions` with every relation's texts from ``kind`` (``curated``, ``templates`` or
+    ``curated + templates``) and the curated set's type signatures and negative label; with ``only``, the other
+    relations keep their curated texts."""
+    from rocmre.descriptions.store import RelationDescriptions
+
+    def texts(label: str) -> list[str]:
+        if only is not None and label not in only:
+            return curated.texts(label)
+        return {"curated": curated.texts(label), "templates": templates.texts(label),
+                "curated + templates": curated.texts(label) + templates.texts(label)}[kind]
+
+    return RelationDescriptions.from_dict({
+        "format": "rocmre-descriptions/1", "name": f"{curated.name} ({kind})", "negative_label": curated.negative_label,
+        "relations": {label: {"head_types": list(e.head_types), "tail_types": list(e.tail_types),
+                              "descriptions": [{"text": t} for t in texts(label)]}
+                      for label, e in curated.relations.items()}}, f"<{kind}>")
 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
@@ -546,6 +595,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     full = {suffix for suffix, _, stage, _ in stages
             if stage is None or rerank_scope == "all" or suffix in always_full}
     scored = sc.score()  # before the relations are added, calibration has nothing to shift
+    prior_margin = sc.tune_prior_margin(scored["val"], set(held))
     before = {(suffix, split): sc.decide(scored[split], split, stage, prior_on)[1].predictions  # per stage
               for suffix, prior_on, stage, _ in stages if suffix in full for split in ("val", "test")}
     sc.extractor.add_relations({r: {"descriptions": descriptions.texts(r),
@@ -600,6 +650,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                 "offset": " + new relations' score offset chosen on val",
                 "none_margin": " + new relations' extra None margin chosen on val"}[tuned[0]]
             row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
+                                   "base_none_margin": prior_margin if prior_on else sc.model.config.none_margin,
                                    "kind": "5-shot" if kind_suffix else "zero-shot",
                                    "row": variant.name + suffix + kind_suffix, "title": variant.title + shown + title,
                                    "score_offset": tuned[1] if tuned and tuned[0] == "offset" else None,
@@ -795,6 +846,10 @@ def render(payload: dict) -> list[str]:
         lines += ["", f"{left_out} more rows (the tuned twins and 5-shot settings of the rows that are not the summary "
                   "row) are in `zero_shot.json` under `rows` (mean ± std over folds); their per-fold rows stay beside "
                   "each fold model (`<out-root>/<model>/zero_shot_rows.json`)."]
+    retuned = any("base_none_margin" in r for r in payload["fold_rows"])  # results before it: the trained margin
+    prior_margin_text = ("the None margin re-tuned with it on, on the validation records of the trained relations "
+                         "and None before the relations are added (`RelationExtractor.tune_none_margin`; per fold in "
+                         "the JSON's `base_none_margin`)" if retuned else "the None margin stays as tuned without it")
     lines += ["", "Mean ± standard deviation over the three folds, in % (the drop in F1 points). Unseen-only top-1: "
               "test pairs whose gold relation is held out, candidates = the fold's 5 held-out relations. Generalised "
               "top-1: the same pairs, candidates = every non-None relation, seen and held out. Both read the first "
@@ -806,7 +861,7 @@ def render(payload: dict) -> list[str]:
               "sentence encoder, cosine between the plain sentence and the centre of each relation's curated "
               "descriptions. Type prior: the decision rule's soft prior (each side whose tagged entity type "
               "contradicts a relation's signature costs that relation `type_penalty`), switched on at inference "
-              "time; the None margin stays as tuned without it. Rows with a dash in the F1 and drop columns "
+              f"time; {prior_margin_text}. Rows with a dash in the F1 and drop columns "
               "were scored on the held-out pairs only (`--reranker-scope held_out`) and cannot be the summary row. "
               f"Rows with `{OFFSET_SUFFIX}`: the added relations share one score offset, added to their scores "
               "before the decision rule's other steps; per fold and setting it is the offset closest to zero (0 to "
@@ -826,7 +881,11 @@ def render(payload: dict) -> list[str]:
               "prototypes for every relation) the one with the best validation micro-F1 over every record after "
               "adding, so a setting that wins the new relations by taking the trained relations' pairs is not "
               "chosen. `val micro-F1 after` is in the JSON.", ""]
-    lines += [f"Folds (train and val records of the held-out relations removed; their curated descriptions and type "
+    given = payload.get("held_out_descriptions", "curated")
+    given_text = ("curated descriptions" if given == "curated" else "curated descriptions and the hand-written "
+                  "`{head}`/`{tail}` templates of the built-in set `mnre_templates` (filled with each pair's "
+                  "mentions; a relation's vector per pair is the centre of all its texts)")
+    lines += [f"Folds (train and val records of the held-out relations removed; their {given_text} and type "
               f"signatures added afterwards with `RelationExtractor.add_relations`; 5-shot: {payload['shots']} "
               "examples per relation drawn, seeded by relation name, from its removed training records):", ""]
     for f, rels in payload["folds"].items():
@@ -940,6 +999,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="what the sentence prior reads of a record, from "
                              "rocmre.modeling.sentence_prior.SENTENCE_VIEWS (typed: role and type after each "
                              "mention; typed_clean: typed without RT, @handles and links); rows for each")
+    parser.add_argument("--held-out-descriptions", choices=list(HELD_OUT_DESCRIPTIONS), default="curated",
+                        help="what the held-out relations are added with: their curated descriptions, or those "
+                             "and the hand-written {head}/{tail} templates (built-in set mnre_templates, filled "
+                             "per pair); the frozen-encoder baselines read the curated ones either way")
     parser.add_argument("--force", action="store_true", help="retrain models that already exist")
     parser.add_argument("--skip-train", action="store_true", help="only score existing models")
     parser.add_argument("--train-only", action="store_true", help="train the fold models (and re-rankers), no scoring")
@@ -1005,6 +1068,15 @@ def main(argv: list[str] | None = None) -> None:
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
     data = load_splits(base, args.eval_limit)
     descriptions = RelationDescriptions.load(base.model.descriptions)
+    # per fold, what the model and the sentence prior read: the held-out relations' texts as asked, the others'
+    # curated ones (the trained relations keep the descriptions they were trained with)
+    added = {f: descriptions for f in folds}
+    if args.held_out_descriptions != "curated":
+        from rocmre.descriptions.store import load_builtin
+
+        templates = load_builtin("mnre_templates")
+        added = {f: description_set(descriptions, templates, HELD_OUT_DESCRIPTIONS[args.held_out_descriptions],
+                                    only=FOLDS[f]) for f in folds}
     neg = base.data.negative_label
     signatures = {r: (list(e.head_types), list(e.tail_types)) for r, e in descriptions.relations.items()}
     from rocmre.data.name_swap import tagger_entity_types
@@ -1029,6 +1101,7 @@ def main(argv: list[str] | None = None) -> None:
         "held_out_test_pairs": {f: sum(g in FOLDS[f] for g in data["test"].gold) for f in folds},
         "overrides": [o for o in args.set if not o.startswith("model.text_backbone=")], "bundle": bundle_note,
         "reranker": reranker_note,
+        "held_out_descriptions": HELD_OUT_DESCRIPTIONS[args.held_out_descriptions],
         "sentence_prior": (f"`rocmre.modeling.sentence_prior.SentencePrior`: the untrained "
                            f"`{Path(str(base.model.text_backbone)).name}` (cosine between the plain sentence and each "
                            f"candidate's description centre) reorders the first stage's top {RERANK_TOP_K} "
@@ -1063,6 +1136,7 @@ def main(argv: list[str] | None = None) -> None:
             key = {"version": SCORING_VERSION, "eval_limit": args.eval_limit, "reranker": args.reranker,
                    "scope": args.reranker_scope, "seed": base.seed, "sentence_prior": prior_weights,
                    "sentence_prior_views": prior_views if prior_weights else [],
+                   "held_out_descriptions": args.held_out_descriptions,
                    "model": (folder / "model.safetensors").stat().st_mtime}
             cached = folder / "zero_shot_rows.json"
             hit = json.loads(cached.read_text()) if cached.is_file() else None
@@ -1076,8 +1150,13 @@ def main(argv: list[str] | None = None) -> None:
 
                     rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
                                                                                device=scoring_device()), "cache": {}}
-                rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, descriptions, rerank.get(f),
-                                                 base.seed, args.reranker_scope, sentence_prior)
+                fold_prior = None  # its scores of (record, relation) are shared by the fold's models only: the
+                if sentence_prior is not None:  # same relation may read other texts in another fold
+                    fold_prior = {"weights": prior_weights,
+                                  "views": {view: {"model": stage["model"], "cache": stage["cache"].setdefault(f, {})}
+                                            for view, stage in sentence_prior["views"].items()}}
+                rows, type_of = score_fold_model(folder, f, VARIANTS[v], data, added[f], rerank.get(f),
+                                                 base.seed, args.reranker_scope, fold_prior)
                 cached.write_text(json.dumps({"key": key, "rows": rows, "types": type_of}) + "\n")
             if not any(r["kind"] == "types-only" for r in baselines):  # the tagged types, from the first model
                 baselines = baseline_rows("types_only", "types only (spaCy types vs type signatures)", "types-only",

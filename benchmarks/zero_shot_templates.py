@@ -47,22 +47,6 @@ SETTINGS = (("", False, False), (" + type prior", True, False),
 METRICS = ("unseen_only_top1", "generalized_top1", "val_unseen_only_top1", "val_generalized_top1")
 
 
-def description_set(curated, templates, kind: str):
-    """A :class:`RelationDescriptions` with every relation's texts from ``kind`` (one of
-    :data:`DESCRIPTION_SETS`) and the curated set's type signatures and negative label."""
-    from rocmre.descriptions.store import RelationDescriptions
-
-    def texts(label: str) -> list[str]:
-        return {"curated": curated.texts(label), "templates": templates.texts(label),
-                "curated + templates": curated.texts(label) + templates.texts(label)}[kind]
-
-    return RelationDescriptions.from_dict({
-        "format": "rocmre-descriptions/1", "name": f"mnre ({kind})", "negative_label": curated.negative_label,
-        "relations": {label: {"head_types": list(e.head_types), "tail_types": list(e.tail_types),
-                              "descriptions": [{"text": t} for t in texts(label)]}
-                      for label, e in curated.relations.items()}}, f"<{kind}>")
-
-
 def held_out_only(data: dict, held: list[str]) -> dict:
     """Val and test restricted to the pairs whose gold relation is in ``held``."""
     out = {}
@@ -219,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", [])
     data = zs.load_splits(base, None)
     curated, templates = load_builtin("mnre"), load_builtin("mnre_templates")
-    sets = {kind: description_set(curated, templates, kind) for kind in DESCRIPTION_SETS}
+    sets = {kind: zs.description_set(curated, templates, kind) for kind in DESCRIPTION_SETS}
     prior = SentencePrior(str(base.model.text_backbone), negative_label=base.data.negative_label,
                           sentence_view=args.sentence_view,
                           entity_types=tagger_entity_types(base.model.entity_tagger, run_cache_dir(base)))

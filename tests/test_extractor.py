@@ -245,3 +245,32 @@ def ex_input(record: Any) -> dict[str, Any]:
     """A record as a predict_batch input (tokens and spans)."""
     return {"text": list(record.tokens), "head": [record.head.start, record.head.end],
             "tail": [record.tail.start, record.tail.end]}
+
+
+def test_tune_none_margin_with_the_type_prior_on(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path,
+                                                 mnre_root: Path) -> None:
+    """Switching the type prior on and re-tuning the None margin on labelled records: the chosen margin is the best
+    of the rule's grid on those records, predictions use it, and it is saved with the model."""
+    from rocmre.data import read_mnre
+    from rocmre.evaluation.metrics import evaluate_predictions
+
+    ex = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    records = read_mnre(mnre_root, "val").records[:80]
+    gold = [r.relation for r in records]
+
+    def micro_f1() -> float:
+        return evaluate_predictions(gold, [p.relation for p in ex.predict_batch([ex_input(r) for r in records])],
+                                    "None").f1
+
+    ex.type_prior = True
+    margin, f1 = ex.tune_none_margin(records)
+    assert ex.model.config.none_margin == pytest.approx(margin)
+    assert micro_f1() == pytest.approx(f1)  # predictions use the tuned margin
+    ex.model.config.none_margin = 0.0  # on the grid: no better than the chosen one
+    assert micro_f1() <= f1 + 1e-9
+    ex.model.config.none_margin = margin
+    ex.save_pretrained(tmp_path / "tuned")
+    reloaded = RelationExtractor.from_pretrained(tmp_path / "tuned", cache_dir=cache_dir)
+    assert reloaded.model.config.none_margin == pytest.approx(margin) and reloaded.type_prior
+    with pytest.raises(ValueError, match="labelled records"):
+        ex.tune_none_margin([])

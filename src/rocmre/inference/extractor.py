@@ -312,6 +312,25 @@ class RelationExtractor:
             store.set_number(kind, r, value)
         return value, drop
 
+    def tune_none_margin(self, records: Sequence[RelationRecord], batch_size: int = 64,
+                         show_progress: bool = False) -> tuple[float, float]:
+        """Choose the None margin again on labelled ``records`` (validation data, never test) with the decision rule
+        as it is now, and set it: after the type prior is switched on (it lowers the scores of relations whose
+        signature the entity types contradict, so the margin tuned in training without it answers None too often)
+        or relations were added or removed. Returns ``(margin, micro-F1)``; saved with the model.
+        """
+        records = list(records)
+        gold = [r.relation for r in records]
+        if not records or any(g is None for g in gold):
+            raise ValueError("tune_none_margin needs labelled records (each with its relation)")
+        feats = self.runtime.featurize(records, with_labels=False, show_progress=show_progress)
+        scored = self.runtime.score(feats, batch_size, show_progress)
+        margin, f1 = self.runtime.decision_rule.tune_none_margin(
+            scored.scores, gold, scored.head_types, scored.tail_types, best_description=scored.best_description,
+            records=records)
+        self.model.config.none_margin = margin
+        return margin, f1
+
     def remove_relations(self, names: Iterable[str]) -> None:
         """Remove relations from retrieval (the negative label cannot be removed)."""
         names = list(names)

@@ -239,12 +239,13 @@ class DecisionRule:
                           "second_stage": type(self.second_stage).__name__ if self.second_stage else None})
 
     def tune_none_margin(self, model_scores: np.ndarray, gold: Sequence[str], head_types: np.ndarray | None = None,
-                         tail_types: np.ndarray | None = None, grid: np.ndarray | None = None
+                         tail_types: np.ndarray | None = None, grid: np.ndarray | None = None,
+                         best_description: np.ndarray | None = None, records: Sequence[Any] | None = None
                          ) -> tuple[float, float]:
         """The None margin that maximises micro-F1 on ``gold`` (validation only): (margin, micro-F1).
 
-        Every candidate margin goes through :meth:`decide`, so the tuned answer is the one predictions give.
-        Ties go to the margin closest to zero.
+        Every candidate margin goes through :meth:`decide` (``records`` are passed on to a second stage), so the
+        tuned answer is the one predictions give. Ties go to the margin closest to zero.
         """
         from rocmre.evaluation.metrics import evaluate_predictions
 
@@ -253,7 +254,8 @@ class DecisionRule:
         grid = grid if grid is not None else np.linspace(-1.0, 1.0, 41) * scale
         best = (0.0, -1.0)
         for m in sorted(np.asarray(grid, dtype=np.float64).tolist(), key=abs):
-            pred = self.decide(model_scores, head_types, tail_types, none_margin=m).predictions
+            pred = self.decide(model_scores, head_types, tail_types, best_description, records,
+                               none_margin=m).predictions
             f1 = evaluate_predictions(list(gold), pred, self.negative_label).f1
             if f1 > best[1] + 1e-12:
                 best = (float(m), f1)

@@ -176,6 +176,7 @@ class RelationModel(nn.Module):
         self._filled_vectors: dict[str, torch.Tensor] = {}
         self._prototypes: dict[str, tuple[str, torch.Tensor]] = {}
         self._template_cache: tuple[torch.Tensor, list[tuple[int, list[str]]]] | None = None
+        self.max_filled_texts = MAX_FILLED_TEXTS  # raise it to keep more filled templates encoded
         #: featurises relation examples for prototypes (a ModelRuntime; RelationExtractor sets its own,
         #: otherwise one is made on first use)
         self.example_runtime: Any = None
@@ -467,7 +468,7 @@ class RelationModel(nn.Module):
                                        dim=-1)
                     cache.update(zip(chunk, vecs, strict=True))
             wanted = set(texts)
-            for old in list(cache)[:max(0, len(cache) - MAX_FILLED_TEXTS)]:
+            for old in list(cache)[:max(0, len(cache) - self.max_filled_texts)]:
                 if old not in wanted:
                     del cache[old]
         return torch.stack([cache[t] for t in texts])
