@@ -158,7 +158,13 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
 
 ROW_METRICS = ("unseen_only_top1", "generalized_top1", "held_out_micro_f1", "seen_micro_f1_drop",
                "val_unseen_only_top1", "val_generalized_top1", "val_micro_f1_after", "val_seen_micro_f1_drop",
-               "score_offset", "none_margin")
+               "score_offset", "none_margin", "seen_micro_f1_drop_vs_trained", "val_seen_micro_f1_drop_vs_trained")
+
+#: the type prior's setting of a row: off, on for every relation, or on for the added relations only
+#: (``model.type_prior_scope: added``; the trained ones keep their scores)
+TypePrior = bool | str
+ADDED_ONLY = "added"
+PRIOR_SUFFIX = {False: "", True: " + type prior", ADDED_ONLY: " + type prior on added"}
 
 
 def aggregate(fold_rows: list[dict]) -> list[dict]:
@@ -377,15 +383,20 @@ class Scorer:
         # tune_prior_margin re-tunes it with the prior on (what a user does: RelationExtractor.tune_none_margin)
         self.prior_none_margin = float(self.model.config.none_margin)
 
-    def prior_rule(self, second_stage=None):
-        """The model's decision rule with the soft type prior switched on (the margin of ``prior_none_margin``)."""
+    def prior_rule(self, second_stage=None, scope: TypePrior = True):
+        """The model's decision rule with the soft type prior switched on: for every relation (``scope`` True; the
+        margin of ``prior_none_margin``) or for the added ones only (``ADDED_ONLY``; the trained margin, which
+        the trained relations' scores, untouched by the prior, were tuned with)."""
         from rocmre.modeling.decision import DecisionRule
 
         cfg = self.model.config
-        return DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=self.prior_none_margin,
+        only_added = scope == ADDED_ONLY
+        return DecisionRule(self.model.relation_labels, cfg.negative_label,
+                            none_margin=cfg.none_margin if only_added else self.prior_none_margin,
                             type_constraint=True, type_penalty=cfg.type_penalty,
                             type_compatibility=self.model.type_compatibility().numpy(), second_stage=second_stage,
-                            rerank_top_k=RERANK_TOP_K)
+                            rerank_top_k=RERANK_TOP_K,
+                            type_prior_relations=self.model.added_relations() if only_added else None)
 
     def tune_prior_margin(self, scored_val, exclude: Collection[str]) -> float:
         """Re-tune the None margin with the type prior on, on the validation records whose gold relation is not in
@@ -405,10 +416,11 @@ class Scorer:
         """The model's scores of val and test over its current relation set (one pass per split)."""
         return {s: self.runtime.score(self.features[s], self.cfg.train.eval_batch_size) for s in ("val", "test")}
 
-    def decide(self, scored, split: str, second_stage=None, type_prior: bool | None = None,
+    def decide(self, scored, split: str, second_stage=None, type_prior: TypePrior | None = None,
                offsets: np.ndarray | None = None, none_margins: np.ndarray | None = None):
         """(first-stage scores after the relation offsets and the type prior (N, R), decisions through the
-        decision path). ``type_prior`` switches the rule's soft type prior on or off (None: as the model was
+        decision path). ``type_prior`` switches the rule's soft type prior on (True, or ``ADDED_ONLY`` for the
+        added relations only) or off (None: as the model was
         trained); ``offsets`` / ``none_margins`` (R,) replace the relations' score offsets / extra None margins
         (None: as stored, all 0 here)."""
         from rocmre.modeling.decision import DecisionRule
@@ -416,7 +428,7 @@ class Scorer:
         rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K)
         if type_prior is not None and type_prior != rule.type_constraint:
             if type_prior:
-                rule = self.prior_rule(second_stage)
+                rule = self.prior_rule(second_stage, type_prior)
             else:
                 cfg = self.model.config
                 rule = DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
@@ -483,7 +495,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 10
+SCORING_VERSION = 11
 
 #: what the held-out relations are added with (``--held-out-descriptions``): their curated descriptions, or those
 #: and the hand-written ``{head}``/``{tail}`` templates of the built-in set ``mnre_templates`` (filled per pair)
@@ -511,8 +523,9 @@ def description_set(curated, templates, kind: str, only: Collection[str] | None 
 #: the decision settings scored per model, all at inference time: (row suffix, soft type prior on, re-ranker
 #: weight or None for no re-ranker); weight 1 = the re-ranker's order alone, 0.5 = mixed with the first stage
 #: and whether the added relations' scores are calibrated (see :func:`calibrate_new`)
-STAGES: tuple[tuple[str, bool, float | None, bool], ...] = (
-    ("", False, None, False), (" + type prior", True, None, False), (" + calibration", False, None, True),
+STAGES: tuple[tuple[str, TypePrior, float | None, bool], ...] = (
+    ("", False, None, False), (" + type prior", True, None, False),
+    (PRIOR_SUFFIX[ADDED_ONLY], ADDED_ONLY, None, False), (" + calibration", False, None, True),
     (" + type prior + calibration", True, None, True), (" + re-ranker", False, 1.0, False),
     (" + re-ranker (w=0.5)", False, 0.5, False), (" + type prior + re-ranker", True, 1.0, False),
     (" + type prior + re-ranker (w=0.5)", True, 0.5, False),
@@ -556,12 +569,12 @@ CENTRED_PROTOTYPE_WEIGHTS = (0.1, 0.25, 0.4)
 
 
 def sentence_prior_stages(weights: Sequence[float], views: Sequence[str] = ("plain",)
-                          ) -> list[tuple[str, bool, float, str]]:
+                          ) -> list[tuple[str, TypePrior, float, str]]:
     """(row suffix, soft type prior on, weight, sentence view) of the sentence-prior rows (``--sentence-prior``,
     ``--sentence-prior-views``); the plain view's rows keep their names from before views existed."""
-    return [(f"{' + type prior' if prior_on else ''} + sentence prior (w={w:g}"
+    return [(f"{PRIOR_SUFFIX[prior_on]} + sentence prior (w={w:g}"
              f"{'' if view == 'plain' else ', ' + view})", prior_on, float(w), view)
-            for view in views for w in weights for prior_on in (False, True)]
+            for view in views for w in weights for prior_on in (False, True, ADDED_ONLY)]
 
 
 def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict[str, SplitData],
@@ -579,7 +592,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     held = FOLDS[fold]
     sc = Scorer(folder, data)
     neg = sc.negative
-    stages: list[tuple[str, bool, CachedReranker | None, bool]] = []
+    stages: list[tuple[str, TypePrior, CachedReranker | None, bool]] = []
     for suffix, prior_on, w, calibrate in STAGES:
         if w is None:
             stages.append((suffix, prior_on, None, calibrate))
@@ -650,7 +663,8 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                 "offset": " + new relations' score offset chosen on val",
                 "none_margin": " + new relations' extra None margin chosen on val"}[tuned[0]]
             row: dict[str, Any] = {"fold": fold, "variant": variant.name, "budget": budget, "train_minutes": minutes,
-                                   "base_none_margin": prior_margin if prior_on else sc.model.config.none_margin,
+                                   "base_none_margin": prior_margin if prior_on is True
+                                   else sc.model.config.none_margin,
                                    "kind": "5-shot" if kind_suffix else "zero-shot",
                                    "row": variant.name + suffix + kind_suffix, "title": variant.title + shown + title,
                                    "score_offset": tuned[1] if tuned and tuned[0] == "offset" else None,
@@ -677,21 +691,26 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                         pr["unseen_only_top1"] = m_unseen["per_relation"][r]["unseen_only_top1"]
                     if base not in full:
                         m["held_out_micro_f1"] = None
-                drop = seen_before = None
+                drop = seen_before = vs_trained = None
                 if base in full:
                     seen_before = seen_micro_f1(gold, before[base, split], held, neg)
-                    drop = 100 * (seen_before - seen_micro_f1(gold, dec.predictions, held, neg))
+                    seen_after = seen_micro_f1(gold, dec.predictions, held, neg)
+                    drop = 100 * (seen_before - seen_after)
+                    # against the model as trained (no inference-time switch): what the switches cost as well
+                    vs_trained = 100 * (seen_micro_f1(gold, before["", split], held, neg) - seen_after)
                 if split == "test":
                     row.update({k: m[k] for k in ("pairs", "unseen_only_top1", "generalized_top1",
                                                   "held_out_micro_f1", "per_relation")})
                     row["seen_micro_f1_drop"] = drop
                     row["seen_micro_f1_before"] = seen_before
+                    row["seen_micro_f1_drop_vs_trained"] = vs_trained
                 else:
                     row["val_unseen_only_top1"] = m["unseen_only_top1"]
                     row["val_generalized_top1"] = m["generalized_top1"]
                     if base in full:  # what a user adding relations would choose by: every val record
                         row["val_micro_f1_after"] = evaluate_predictions(gold, dec.predictions, neg).f1
                         row["val_seen_micro_f1_drop"] = drop
+                        row["val_seen_micro_f1_drop_vs_trained"] = vs_trained
             rows.append(row)
         return rows
 
@@ -703,7 +722,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     rows += rows_now(" + 5-shot", five)
     # other prototype weights, from the same two passes: the mixed score is linear in the weight
     w0 = sc.model.config.prototype_weight
-    swept = [suffix for suffix, _, _, _ in stages if suffix in always_full] + ["", " + type prior"]
+    swept = [suffix for suffix, _, _, _ in stages if suffix in always_full] + list(PRIOR_SUFFIX.values())
 
     def reweighted(with_examples: dict, w: float) -> dict:
         return {split: dataclasses.replace(with_examples[split], scores=zero[split].scores
@@ -834,14 +853,17 @@ def render(payload: dict) -> list[str]:
     if payload.get("warning"):
         lines += [f"**{payload['warning']}**", ""]
     lines += ["| row | unseen-only top-1 | generalised top-1 | micro-F1 on held-out pairs (full decision) | "
-              "seen-relation drop (points) | val unseen-only top-1 | val generalised top-1 | training budget |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |",
-              "| chance (1 of the 5 held-out relations) | 20.0 | - | - | - | 20.0 | - | - |"]
+              "seen-relation drop (points) | seen-relation drop against the model as trained (points) | "
+              "val unseen-only top-1 | val generalised top-1 | training budget |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+              "| chance (1 of the 5 held-out relations) | 20.0 | - | - | - | - | 20.0 | - | - |"]
     for r in rows:
         drop = r["seen_micro_f1_drop"]
+        vs_trained = r.get("seen_micro_f1_drop_vs_trained") or {"mean": None, "std": None}
         lines.append(f"| {r['title']} (`{r['row']}`) | **{_pm(r['unseen_only_top1'])}** | "
                      f"**{_pm(r['generalized_top1'])}** | {_pm(r['held_out_micro_f1'])} | {_pm(drop, 1.0)} | "
-                     f"{_pm(r['val_unseen_only_top1'])} | {_pm(r['val_generalized_top1'])} | {r['budget']} |")
+                     f"{_pm(vs_trained, 1.0)} | {_pm(r['val_unseen_only_top1'])} | "
+                     f"{_pm(r['val_generalized_top1'])} | {r['budget']} |")
     if left_out:
         lines += ["", f"{left_out} more rows (the tuned twins and 5-shot settings of the rows that are not the summary "
                   "row) are in `zero_shot.json` under `rows` (mean ± std over folds); their per-fold rows stay beside "
@@ -856,12 +878,17 @@ def render(payload: dict) -> list[str]:
               "stage's scores after the type prior, without the None margin (with the re-ranker: its order over the "
               f"first stage's top {payload['rerank_top_k']} candidates). Micro-F1 on held-out pairs: the full decision "
               "(None margin included). Seen-relation drop: micro-F1 on every other test record before minus after "
-              "the held-out relations are added. Types-only: pick uniformly among the held-out relations whose "
-              "head/tail type signature fits the spaCy types (exact expectation). Frozen encoder: the untrained "
-              "sentence encoder, cosine between the plain sentence and the centre of each relation's curated "
-              "descriptions. Type prior: the decision rule's soft prior (each side whose tagged entity type "
-              "contradicts a relation's signature costs that relation `type_penalty`), switched on at inference "
-              f"time; {prior_margin_text}. Rows with a dash in the F1 and drop columns "
+              "the held-out relations are added, the row's decision settings on both sides; against the model as "
+              "trained: before = the model's own decision (no prior switched on at inference), so what the "
+              "switches cost the trained relations counts too. Types-only: pick uniformly among the held-out "
+              "relations whose head/tail type signature fits the spaCy types (exact expectation). Frozen encoder: "
+              "the untrained sentence encoder, cosine between the plain sentence and the centre of each "
+              "relation's curated descriptions. Type prior: the decision rule's soft prior (each side whose "
+              "tagged entity type contradicts a relation's signature costs that relation `type_penalty`), "
+              "switched on at inference "
+              f"time; {prior_margin_text}. Rows with `{PRIOR_SUFFIX[ADDED_ONLY]}`: the prior penalises the added "
+              "relations only (`type_prior_scope: added`; the trained relations' scores and the trained None margin "
+              "stay as they are). Rows with a dash in the F1 and drop columns "
               "were scored on the held-out pairs only (`--reranker-scope held_out`) and cannot be the summary row. "
               f"Rows with `{OFFSET_SUFFIX}`: the added relations share one score offset, added to their scores "
               "before the decision rule's other steps; per fold and setting it is the offset closest to zero (0 to "

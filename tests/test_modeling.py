@@ -206,6 +206,38 @@ def test_type_constraint_lowers_contradicting_relations(tiny_roc_dir):
     assert out[labels.index("None")] == 0
 
 
+def test_type_prior_scope_added_spares_the_trained_relations(tiny_roc_dir, cache_dir, tmp_path):
+    """With type_prior_scope 'added', only relations added without training pay for contradicted types; the
+    trained set comes from config.trained_labels (filled by training), or, for a model saved before it, from the
+    added_at_inference provenance that add_relations writes."""
+    from rocmre.inference.extractor import RelationExtractor
+    from rocmre.modeling.decision import DecisionRule, type_indices
+
+    ex = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=True)
+    trained = ex.relations
+    assert ex.model.config.trained_labels == trained and not any(ex.model.added_relations())
+    ex.add_relations({"/per/org/coached_by": {"descriptions": ["The head is coached by the tail."],
+                                              "head_types": ["person"], "tail_types": ["organization"]}})
+    labels = ex.model.relation_labels
+    loc = type_indices(["location"])
+
+    def penalised() -> set[str]:
+        out = DecisionRule.from_model(ex.model).decide(np.zeros((1, len(labels))), loc, loc).scores[0]
+        return {lab for lab, v in zip(labels, out, strict=True) if v < 0}
+
+    assert {"/per/org/member_of", "/per/org/coached_by"} <= penalised()  # scope "all"
+    ex.type_prior_scope = "added"
+    assert penalised() == {"/per/org/coached_by"}
+    ex.model.config.trained_labels = []  # a model saved before trained_labels: provenance says what was added
+    assert ex.model.added_relations() == [lab == "/per/org/coached_by" for lab in labels]
+    assert penalised() == {"/per/org/coached_by"}
+    ex.save_pretrained(tmp_path / "scoped")
+    again = RelationExtractor.from_pretrained(tmp_path / "scoped", cache_dir=cache_dir)
+    assert again.type_prior and again.type_prior_scope == "added"
+    with pytest.raises(ValueError, match="type_prior_scope"):
+        ex.type_prior_scope = "some"
+
+
 # -- MORE: the tail is an object in the image -------------------------------------------------------
 #: Boxes drawn by hand on two MNRE test images (normalised cx, cy, w, h).
 NADAL_IMG, CRICKET_IMG = "twitter_19_31_22_54.jpg", "twitter_19_31_0_62.jpg"

@@ -167,13 +167,17 @@ def test_sentence_prior_rows_and_option(bench, tmp_path):
     stages = bench.sentence_prior_stages([0.2, 0.5])
     assert stages == [(" + sentence prior (w=0.2)", False, 0.2, "plain"),
                       (" + type prior + sentence prior (w=0.2)", True, 0.2, "plain"),
+                      (" + type prior on added + sentence prior (w=0.2)", "added", 0.2, "plain"),
                       (" + sentence prior (w=0.5)", False, 0.5, "plain"),
-                      (" + type prior + sentence prior (w=0.5)", True, 0.5, "plain")]
+                      (" + type prior + sentence prior (w=0.5)", True, 0.5, "plain"),
+                      (" + type prior on added + sentence prior (w=0.5)", "added", 0.5, "plain")]
     typed = bench.sentence_prior_stages([0.5], ["plain", "typed"])
     assert [s[0] for s in typed] == [" + sentence prior (w=0.5)", " + type prior + sentence prior (w=0.5)",
+                                     " + type prior on added + sentence prior (w=0.5)",
                                      " + sentence prior (w=0.5, typed)",
-                                     " + type prior + sentence prior (w=0.5, typed)"]
-    assert [s[3] for s in typed] == ["plain", "plain", "typed", "typed"]
+                                     " + type prior + sentence prior (w=0.5, typed)",
+                                     " + type prior on added + sentence prior (w=0.5, typed)"]
+    assert [s[3] for s in typed] == ["plain"] * 3 + ["typed"] * 3
     from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
 
     assert set(bench.VIEW_TITLES) == set(SENTENCE_VIEWS) - {"plain"}  # each view's frozen-encoder row has a title

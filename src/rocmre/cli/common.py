@@ -72,6 +72,12 @@ def type_prior_option() -> bool | None:
                              "with type signatures.")
 
 
+def type_prior_scope_option() -> str | None:
+    return typer.Option(None, "--type-prior-scope",
+                        help="Whom the type prior penalises: 'all' relations or only those 'added' without "
+                             "training (default: the model's setting, else all).")
+
+
 def sentence_prior_option() -> float | None:
     return typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
                         help="Mix the untrained sentence encoder into the order of each pair's top relations with "

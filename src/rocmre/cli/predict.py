@@ -18,6 +18,7 @@ from rocmre.cli.common import (
     sentence_prior_option,
     sentence_view_option,
     type_prior_option,
+    type_prior_scope_option,
 )
 from rocmre.data.record import DataFormatError
 
@@ -168,6 +169,7 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
             device: str = typer.Option("cpu", "--device"),
             type_prior: bool | None = type_prior_option(),
+            type_prior_scope: str | None = type_prior_scope_option(),
             sentence_prior: float | None = sentence_prior_option(),
             sentence_view: str | None = sentence_view_option(),
             precision: str | None = precision_option(),
@@ -193,7 +195,8 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
-                                                      sentence_prior=sentence_prior, sentence_view=sentence_view)
+                                                      sentence_prior=sentence_prior, sentence_view=sentence_view,
+                                                      type_prior_scope=type_prior_scope)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     if new_relations is not None:

@@ -13,6 +13,7 @@ from rocmre.cli.common import (
     sentence_prior_option,
     sentence_view_option,
     type_prior_option,
+    type_prior_scope_option,
 )
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -46,6 +47,7 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
           cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder."),
           device: str = typer.Option("cpu", "--device"),
           type_prior: bool | None = type_prior_option(),
+          type_prior_scope: str | None = type_prior_scope_option(),
           sentence_prior: float | None = sentence_prior_option(),
           sentence_view: str | None = sentence_view_option(),
           precision: str | None = precision_option(),
@@ -65,7 +67,8 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
-                                                      sentence_prior=sentence_prior, sentence_view=sentence_view)
+                                                      sentence_prior=sentence_prior, sentence_view=sentence_view,
+                                                      type_prior_scope=type_prior_scope)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     app = create_app(extractor, max_request_bytes=int(max_request_mb * 2 ** 20), max_batch_size=max_batch,

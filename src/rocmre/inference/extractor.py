@@ -102,12 +102,13 @@ class RelationExtractor:
     def from_pretrained(cls, directory: str | Path, descriptions: str | Path | RelationDescriptions | None = None,
                         device: str = "cpu", cache_dir: str | Path | None = None,
                         precision: str | None = None, type_prior: bool | None = None,
-                        sentence_prior: float | None = None, sentence_view: str | None = None
-                        ) -> RelationExtractor:
+                        sentence_prior: float | None = None, sentence_view: str | None = None,
+                        type_prior_scope: str | None = None) -> RelationExtractor:
         """Load a model folder; ``descriptions`` (a file or set) replaces its relation set at load time.
 
-        ``type_prior`` switches the decision rule's soft entity-type prior on or off (see :attr:`type_prior`);
-        by default the model's own setting. ``sentence_prior`` (a weight in [0, 1]; 0 switches it off) plugs the
+        ``type_prior`` switches the decision rule's soft entity-type prior on or off (see :attr:`type_prior`) and
+        ``type_prior_scope`` says whom it penalises (see :attr:`type_prior_scope`); by default the model's own
+        settings. ``sentence_prior`` (a weight in [0, 1]; 0 switches it off) plugs the
         untrained sentence encoder in as second stage (see :meth:`use_sentence_prior`, which ``sentence_view`` is
         passed to); by default the model's saved setting, usually none.
 
@@ -127,6 +128,8 @@ class RelationExtractor:
         extractor.source_dir = Path(directory)
         if type_prior is not None:
             extractor.type_prior = type_prior
+        if type_prior_scope is not None:
+            extractor.type_prior_scope = type_prior_scope
         if sentence_prior is not None:
             extractor.use_sentence_prior(sentence_prior, sentence_view=sentence_view)
         elif sentence_view is not None:
@@ -180,6 +183,21 @@ class RelationExtractor:
         if on and self.model.config.model_type != "roc":
             raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
         self.model.config.type_constraint = bool(on)
+
+    @property
+    def type_prior_scope(self) -> str:
+        """Whom the type prior penalises: ``"all"`` relations, or only those ``"added"`` without training (the
+        trained relations learned their types from data, and a wrongly tagged entity would cost them right
+        answers; ``benchmarks/results/zero_shot.md`` measures both). Saved with the model."""
+        return self.model.config.type_prior_scope
+
+    @type_prior_scope.setter
+    def type_prior_scope(self, scope: str) -> None:
+        if scope not in ("all", "added"):
+            raise ValueError(f"type_prior_scope must be 'all' or 'added', not {scope!r}")
+        if self.model.config.model_type != "roc":
+            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
+        self.model.config.type_prior_scope = scope  # type: ignore[assignment]
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The model folder (with the current relation set); the training record of the folder it was loaded

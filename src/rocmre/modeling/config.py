@@ -91,6 +91,10 @@ class ModelConfig(BaseModel):
     prototype_centering: bool = False
     type_constraint: bool = False
     type_penalty: float = Field(0.2, ge=0.0)
+    # which relations the type prior (type_constraint) penalises: "all", or only those "added" without training
+    # (not in trained_labels; for a model saved before that field, those added with RelationExtractor.add_relations):
+    # the trained relations learned their types from data, and a wrongly tagged entity costs them right answers
+    type_prior_scope: Literal["all", "added"] = "all"
     # prediction only: the untrained sentence encoder as the decision path's second stage
     # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
     # (SentenceView); the backbone None means the model's text backbone
@@ -100,4 +104,6 @@ class ModelConfig(BaseModel):
     none_margin: float = 0.0
     # label set (filled in at training time)
     labels: list[str] = Field(default_factory=list)
+    # the relations the model was trained on (filled in at training time; empty for models saved before)
+    trained_labels: list[str] = Field(default_factory=list)
     negative_label: str = "None"

@@ -6,7 +6,8 @@ CLI and the service) turns scores into relations through :class:`DecisionRule`, 
 0. **relation offsets** (optional): each relation's ``score_offset`` (stored with its descriptions; 0 unless set,
    see :func:`tune_added_offset`) is added to its score;
 1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
-   ``type_penalty`` per contradicted side;
+   ``type_penalty`` per contradicted side (all relations, or only those added without training:
+   ``type_prior_relations``, from the model's ``type_prior_scope``);
 2. **None margin**: the validation-tuned margin is added to the negative relation's score; a relation with an extra
    ``none_margin`` (0 unless set: a relation added without retraining may have to clear a higher bar than the
    trained ones) that does not beat that score by its extra margin cannot be the answer (step 4);
@@ -111,7 +112,8 @@ class DecisionRule:
                  type_constraint: bool = False, type_penalty: float = 0.2,
                  type_compatibility: np.ndarray | None = None, second_stage: SecondStageScorer | None = None,
                  rerank_top_k: int = 5, relation_offsets: Sequence[float] | None = None,
-                 relation_none_margins: Sequence[float] | None = None) -> None:
+                 relation_none_margins: Sequence[float] | None = None,
+                 type_prior_relations: Sequence[bool] | None = None) -> None:
         self.labels = list(labels)
         self.negative_label = negative_label
         self.none_margin = float(none_margin)
@@ -122,6 +124,12 @@ class DecisionRule:
         self.rerank_top_k = rerank_top_k
         self.relation_offsets = self._per_relation(relation_offsets, "relation_offsets")
         self.relation_none_margins = self._per_relation(relation_none_margins, "relation_none_margins")
+        # the relations the type prior applies to (None: all of them)
+        self.type_prior_relations = (None if type_prior_relations is None
+                                     else np.asarray(type_prior_relations, dtype=bool).reshape(-1))
+        if self.type_prior_relations is not None and self.type_prior_relations.shape != (len(self.labels),):
+            raise ValueError(f"type_prior_relations has shape {self.type_prior_relations.shape}, expected "
+                             f"({len(self.labels)},)")
         if type_constraint and type_compatibility is None:
             raise ValueError("type_constraint needs the relations' type compatibility table")
 
@@ -140,12 +148,14 @@ class DecisionRule:
         """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin)."""
         cfg = model.config
         constrained = bool(cfg.type_constraint and cfg.model_type == "roc")
+        scope = getattr(cfg, "type_prior_scope", "all")
         return cls(model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
                    relation_offsets=model_numbers(model, "score_offset"),
-                   relation_none_margins=model_numbers(model, "none_margin"))
+                   relation_none_margins=model_numbers(model, "none_margin"),
+                   type_prior_relations=model.added_relations() if constrained and scope == "added" else None)
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
@@ -160,6 +170,9 @@ class DecisionRule:
             ok = self.type_compatibility  # (R, 2, T)
             head_bad = ~ok[:, 0, :][:, head_types].T  # (N, R)
             tail_bad = ~ok[:, 1, :][:, tail_types].T
+            if self.type_prior_relations is not None:
+                head_bad &= self.type_prior_relations
+                tail_bad &= self.type_prior_relations
             scores -= self.type_penalty * (head_bad.astype(np.float64) + tail_bad.astype(np.float64))
         return scores
 

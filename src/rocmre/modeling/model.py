@@ -219,6 +219,16 @@ class RelationModel(nn.Module):
                     out[r, side] = torch.tensor([t in allowed or t == "unknown" for t in ENTITY_TYPES])
         return out
 
+    def added_relations(self) -> list[bool]:
+        """Per relation (score order), whether it was added without training: not among ``config.trained_labels``,
+        or, for a model saved before that field, given a description with ``added_at_inference`` provenance."""
+        trained = set(self.config.trained_labels)
+        if trained:
+            return [label not in trained for label in self.relation_labels]
+        entries = self.descriptions.relations if self.descriptions is not None else {}
+        return [label in entries and any(d.provenance.get("added_at_inference") for d in entries[label].descriptions)
+                for label in self.relation_labels]
+
     # -- encoders -----------------------------------------------------------------------------
     def encode_pairs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(batch)

@@ -70,9 +70,12 @@ def build_model(cfg: RunConfig, labels: list[str]) -> RelationModel:
     model_cfg = cfg.model.model_copy(deep=True)
     model_cfg.negative_label = cfg.data.negative_label
     if model_cfg.model_type == "roc":
-        return RelationModel.build(model_cfg, relation_set(cfg, labels), cache_dir=run_cache_dir(cfg))
-    model_cfg.labels = [lab for lab in labels if lab not in cfg.data.exclude_relations]
-    return RelationModel.build(model_cfg, None, cache_dir=run_cache_dir(cfg))
+        model = RelationModel.build(model_cfg, relation_set(cfg, labels), cache_dir=run_cache_dir(cfg))
+    else:
+        model_cfg.labels = [lab for lab in labels if lab not in cfg.data.exclude_relations]
+        model = RelationModel.build(model_cfg, None, cache_dir=run_cache_dir(cfg))
+    model.config.trained_labels = list(model.relation_labels)
+    return model
 
 
 def make_runtime(model: RelationModel, cfg: RunConfig) -> ModelRuntime:
