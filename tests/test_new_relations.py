@@ -329,3 +329,30 @@ def test_service_adds_relations_with_examples(server: httpx.Client, tiny_roc_dir
     error({"/x/y": {"examples": [EXAMPLE]}}, 422, "give at least one description")
     error({"/x/y": "one description"}, 422, "a relation is a list of descriptions, or an object")
     assert len(server.get("/relations").json()["relations"]) == n + 2
+
+
+def test_predict_cli_type_prior_on_added_relations_only(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """--type-prior --type-prior-scope added answers as the API with the same settings; a bad scope is refused."""
+    relations = tmp_path / "new.json"
+    relations.write_text(json.dumps({NEW: {"descriptions": ["{head} plays for {tail}."],
+                                           "head_types": ["location"], "tail_types": ["location"]}}),
+                         encoding="utf-8")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(EXAMPLE) + "\n", encoding="utf-8")
+    out = tmp_path / "preds.jsonl"
+    args = ["predict", "--model", str(tiny_roc_dir), "--cache-dir", str(cache_dir), "--relations", str(relations),
+            "--input", str(pairs), "--output", str(out), "--top-k", "50", "--quiet", "--type-prior"]
+    result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "added"])
+    assert result.exit_code == 0, result.stderr
+    (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    api = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=True,
+                                            type_prior_scope="added")
+    api.add_relations(json.loads(relations.read_text(encoding="utf-8")))
+    expected = {c.relation: c.score for c in predict_example(api).top_k}
+    assert {c["relation"]: c["score"] for c in row["top_k"]} == pytest.approx(expected, abs=1e-6)
+    api.type_prior_scope = "all"  # the trained relations are penalised too: some score lower
+    every = {c.relation: c.score for c in predict_example(api).top_k}
+    assert every[NEW] == pytest.approx(expected[NEW], abs=1e-6)
+    assert any(every[r] < expected[r] - 1e-6 for r in expected if r != NEW)
+    result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "some"])
+    assert result.exit_code == 2 and "type_prior_scope must be 'all' or 'added'" in result.stderr
