@@ -200,10 +200,14 @@ def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | Non
     shots = [r for r in rows if r["kind"] == "5-shot" and r["row"].startswith(best["row"] + " + 5-shot")
              and r["val_micro_f1_after"]["mean"] is not None]
     shot = max(shots, key=lambda r: r["val_micro_f1_after"]["mean"]) if shots else None  # chosen on validation
+    vs_trained = (best.get("seen_micro_f1_drop_vs_trained") or {}).get("mean")
     summary = {"folds": best["folds"], "unseen_only_top1": best["unseen_only_top1"]["mean"],
                "generalized_top1": best["generalized_top1"]["mean"],
                "five_shot_generalized_top1": shot["generalized_top1"]["mean"] if shot else None,
-               "seen_micro_f1_drop": best["seen_micro_f1_drop"]["mean"],
+               # before = the model as trained (its own decision, no prior switched on): switching a prior on is
+               # part of adding the relations, and what it costs the trained relations counts (results of scoring
+               # versions before 11 have only the drop with the row's settings on both sides)
+               "seen_micro_f1_drop": vs_trained if vs_trained is not None else best["seen_micro_f1_drop"]["mean"],
                "types_only_unseen_only_top1": types_row["unseen_only_top1"]["mean"], "commit": commit}
     assert tuple(summary) == SUMMARY_KEYS
     return summary, best["row"], shot["row"] if shot else None
@@ -798,7 +802,8 @@ def targets_lines(summary: dict | None, best_row: str | None, shot_row: str | No
         lines.append(f"* 5-shot generalised top-1 >= {TARGETS['five_shot_generalized_top1']:.2f} (`{shot_row}`): "
                      f"{s['five_shot_generalized_top1']:.3f} - "
                      f"{check(s['five_shot_generalized_top1'] >= TARGETS['five_shot_generalized_top1'])}")
-    lines.append(f"* seen-relation drop <= {TARGETS['seen_micro_f1_drop']:g} point: {s['seen_micro_f1_drop']:.2f} - "
+    lines.append(f"* seen-relation drop <= {TARGETS['seen_micro_f1_drop']:g} point (against the model as trained, "
+                 f"where scored): {s['seen_micro_f1_drop']:.2f} - "
                  f"{check(s['seen_micro_f1_drop'] <= TARGETS['seen_micro_f1_drop'])}")
     return lines
 
@@ -814,11 +819,15 @@ def twin_lines(rows: list[dict], best_row: str | None) -> list[str]:
         return []
 
     def cells(r: dict) -> str:
+        vs_trained = r.get("seen_micro_f1_drop_vs_trained") or {"mean": None}
         return (f"generalised top-1 {_pm(r['generalized_top1'])}, seen-relation drop "
-                f"{_pm(r['seen_micro_f1_drop'], 1.0)}, micro-F1 on the held-out pairs {_pm(r['held_out_micro_f1'])}")
+                f"{_pm(r['seen_micro_f1_drop'], 1.0)}"
+                + ("" if vs_trained["mean"] is None else f" ({_pm(vs_trained, 1.0)} against the model as trained)")
+                + f", micro-F1 on the held-out pairs {_pm(r['held_out_micro_f1'])}")
 
     out = [f"The same row as it is: {cells(base)}. With the added relations given, per fold, the value chosen on "
-           "validation that keeps the seen relations within the drop target:", ""]
+           "validation that keeps the seen relations within the drop target (the drop with the row's settings on "
+           "both sides):", ""]
     out += [f"* {name}: {cells(r)}" for name, r in twins]
     return out + ["", "The drop is met only by answering the added relations less often (the held-out micro-F1), "
                   "so these rows are not the summary.", ""]

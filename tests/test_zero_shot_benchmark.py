@@ -122,6 +122,11 @@ def test_summary_prefers_the_untuned_row_of_equal_validation_top1(bench):
     # a tuned row with the better validation top-1 is chosen like any other
     better = [{**r, "val_generalized_top1": 0.9} if r["row"] == "roc + offset" else r for r in fold_rows]
     assert bench.build_summary(bench.aggregate(better), "abc")[1] == "roc + offset"
+    # scored with the drop against the model as trained (version 11 on): the summary reports that one
+    strict = [{**r, "seen_micro_f1_drop_vs_trained": r["seen_micro_f1_drop"] + 2.5} if r["kind"] != "types-only"
+              else r for r in fold_rows]
+    summary, chosen, _ = bench.build_summary(bench.aggregate(strict), "abc")
+    assert chosen == "roc" and summary["seen_micro_f1_drop"] == pytest.approx(6.5)
 
 
 def test_calibration_matches_the_seen_relations_distribution(bench):
