@@ -148,14 +148,14 @@ class DecisionRule:
         """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin)."""
         cfg = model.config
         constrained = bool(cfg.type_constraint and cfg.model_type == "roc")
-        scope = getattr(cfg, "type_prior_scope", "all")
         return cls(model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
                    relation_offsets=model_numbers(model, "score_offset"),
                    relation_none_margins=model_numbers(model, "none_margin"),
-                   type_prior_relations=model.added_relations() if constrained and scope == "added" else None)
+                   type_prior_relations=(model.added_relations() if constrained and cfg.type_prior_scope == "added"
+                                         else None))
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
