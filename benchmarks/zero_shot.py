@@ -1186,8 +1186,10 @@ def main(argv: list[str] | None = None) -> None:
 
                     rerank[f] = {"model": CrossEncoderReranker.from_pretrained(out_root / f"reranker-{f}",
                                                                                device=scoring_device()), "cache": {}}
-                fold_prior = None  # its scores of (record, relation) are shared by the fold's models only: the
-                if sentence_prior is not None:  # same relation may read other texts in another fold
+                # the sentence prior's scores of (record, relation) are shared by one fold's models only: the same
+                # relation may read other texts in another fold (--held-out-descriptions)
+                fold_prior = None
+                if sentence_prior is not None:
                     fold_prior = {"weights": prior_weights,
                                   "views": {view: {"model": stage["model"], "cache": stage["cache"].setdefault(f, {})}
                                             for view, stage in sentence_prior["views"].items()}}

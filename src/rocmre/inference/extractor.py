@@ -46,7 +46,7 @@ from rocmre.modeling.decision import (
     tune_added_offset,
 )
 from rocmre.modeling.model import RelationModel
-from rocmre.modeling.runtime import ModelRuntime
+from rocmre.modeling.runtime import ModelRuntime, ModelScores
 
 __all__ = [
     "TOKEN_PATTERN", "EntityInput", "EntityNotFoundError", "ImageInput", "PairInput", "Prediction",
@@ -302,11 +302,7 @@ class RelationExtractor:
             raise ValueError(f"the negative label {self.model.config.negative_label!r} is decided by the None "
                              f"margin: it takes no {kind}")
         records = list(records)
-        gold = [r.relation for r in records]
-        if any(g is None for g in gold):
-            raise ValueError("tune_score_offset needs labelled records (each with its relation)")
-        feats = self.runtime.featurize(records, with_labels=False, show_progress=show_progress)
-        scored = self.runtime.score(feats, batch_size, show_progress)
+        gold, scored = self._score_labelled(records, "tune_score_offset", batch_size, show_progress)
         rule = self.runtime.decision_rule
         cols = [rule.labels.index(r) for r in rels]
         store = self.model.descriptions
@@ -338,16 +334,24 @@ class RelationExtractor:
         or relations were added or removed. Returns ``(margin, micro-F1)``; saved with the model.
         """
         records = list(records)
-        gold = [r.relation for r in records]
-        if not records or any(g is None for g in gold):
+        if not records:
             raise ValueError("tune_none_margin needs labelled records (each with its relation)")
-        feats = self.runtime.featurize(records, with_labels=False, show_progress=show_progress)
-        scored = self.runtime.score(feats, batch_size, show_progress)
+        gold, scored = self._score_labelled(records, "tune_none_margin", batch_size, show_progress)
         margin, f1 = self.runtime.decision_rule.tune_none_margin(
             scored.scores, gold, scored.head_types, scored.tail_types, best_description=scored.best_description,
             records=records)
         self.model.config.none_margin = margin
         return margin, f1
+
+    def _score_labelled(self, records: list[RelationRecord], caller: str, batch_size: int,
+                        show_progress: bool) -> tuple[list[str], ModelScores]:
+        """(gold relations, the model's scores) of labelled ``records``; an unlabelled one is refused, named by
+        ``caller``."""
+        gold = [r.relation for r in records]
+        if any(g is None for g in gold):
+            raise ValueError(f"{caller} needs labelled records (each with its relation)")
+        feats = self.runtime.featurize(records, with_labels=False, show_progress=show_progress)
+        return gold, self.runtime.score(feats, batch_size, show_progress)
 
     def remove_relations(self, names: Iterable[str]) -> None:
         """Remove relations from retrieval (the negative label cannot be removed)."""
