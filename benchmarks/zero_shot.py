@@ -160,11 +160,14 @@ ROW_METRICS = ("unseen_only_top1", "generalized_top1", "held_out_micro_f1", "see
                "val_unseen_only_top1", "val_generalized_top1", "val_micro_f1_after", "val_seen_micro_f1_drop",
                "score_offset", "none_margin", "seen_micro_f1_drop_vs_trained", "val_seen_micro_f1_drop_vs_trained")
 
-#: the type prior's setting of a row: off, on for every relation, or on for the added relations only
-#: (``model.type_prior_scope: added``; the trained ones keep their scores)
+#: the type prior's setting of a row: off, on for every relation, on for the added relations only
+#: (``model.type_prior_scope: added``; the trained ones keep their scores), or on for every relation but only to
+#: decide whether an added relation beats the trained ones (``added_vs_trained``)
 TypePrior = bool | str
 ADDED_ONLY = "added"
-PRIOR_SUFFIX = {False: "", True: " + type prior", ADDED_ONLY: " + type prior on added"}
+ADDED_VS_TRAINED = "added_vs_trained"
+PRIOR_SUFFIX = {False: "", True: " + type prior", ADDED_ONLY: " + type prior on added",
+                ADDED_VS_TRAINED: " + type prior (added vs trained)"}
 
 
 def aggregate(fold_rows: list[dict]) -> list[dict]:
@@ -183,7 +186,8 @@ def aggregate(fold_rows: list[dict]) -> list[dict]:
 def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | None, str | None]:
     """The contract of issue 10 for the trained row with the best mean validation generalised top-1 (of equal ones,
     the row without a tuned offset or None margin for the added relations: those only trade the added relations'
-    answers for the trained relations', which the summary's drop alone would not show), that row's name and the
+    answers for the trained relations', which the summary's drop alone would not show; then the one whose
+    validation drop against the model as trained is smallest), that row's name and the
     name of its 5-shot row: of its 5-shot settings (prototype weight, prototypes for every relation), the one with
     the best validation micro-F1 over every record after adding (new and trained relations alike, so a setting
     that wins the new relations by stealing the others' pairs loses)."""
@@ -196,7 +200,11 @@ def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | Non
     def tuned(r: dict) -> bool:
         return r["row"].endswith((OFFSET_SUFFIX, NONE_MARGIN_SUFFIX))
 
-    best = max(zero, key=lambda r: (round(r["val_generalized_top1"]["mean"], 12), not tuned(r)))
+    def cost(r: dict) -> float:  # what adding costs the trained relations on validation (lower is better)
+        value = (r.get("val_seen_micro_f1_drop_vs_trained") or {}).get("mean")
+        return float("inf") if value is None else round(value, 12)
+
+    best = max(zero, key=lambda r: (round(r["val_generalized_top1"]["mean"], 12), not tuned(r), -cost(r)))
     shots = [r for r in rows if r["kind"] == "5-shot" and r["row"].startswith(best["row"] + " + 5-shot")
              and r["val_micro_f1_after"]["mean"] is not None]
     shot = max(shots, key=lambda r: r["val_micro_f1_after"]["mean"]) if shots else None  # chosen on validation
@@ -389,18 +397,15 @@ class Scorer:
 
     def prior_rule(self, second_stage=None, scope: TypePrior = True):
         """The model's decision rule with the soft type prior switched on: for every relation (``scope`` True; the
-        margin of ``prior_none_margin``) or for the added ones only (``ADDED_ONLY``; the trained margin, which
-        the trained relations' scores, untouched by the prior, were tuned with)."""
+        margin of ``prior_none_margin``), for the added ones only (``ADDED_ONLY``) or for the contest between the
+        added and the trained relations (``ADDED_VS_TRAINED``); the last two keep the trained margin, which the
+        trained relations' scores, untouched by the prior, were tuned with."""
         from rocmre.modeling.decision import DecisionRule
 
-        cfg = self.model.config
-        only_added = scope == ADDED_ONLY
-        return DecisionRule(self.model.relation_labels, cfg.negative_label,
-                            none_margin=cfg.none_margin if only_added else self.prior_none_margin,
-                            type_constraint=True, type_penalty=cfg.type_penalty,
-                            type_compatibility=self.model.type_compatibility().numpy(), second_stage=second_stage,
-                            rerank_top_k=RERANK_TOP_K,
-                            type_prior_relations=self.model.added_relations() if only_added else None)
+        everywhere = scope is True
+        return DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K, type_prior=True,
+                                       type_prior_scope="all" if everywhere else str(scope),
+                                       none_margin=self.prior_none_margin if everywhere else None)
 
     def tune_prior_margin(self, scored_val, exclude: Collection[str]) -> float:
         """Re-tune the None margin with the type prior on, on the validation records whose gold relation is not in
@@ -423,20 +428,17 @@ class Scorer:
     def decide(self, scored, split: str, second_stage=None, type_prior: TypePrior | None = None,
                offsets: np.ndarray | None = None, none_margins: np.ndarray | None = None):
         """(first-stage scores after the relation offsets and the type prior (N, R), decisions through the
-        decision path). ``type_prior`` switches the rule's soft type prior on (True, or ``ADDED_ONLY`` for the
-        added relations only) or off (None: as the model was
-        trained); ``offsets`` / ``none_margins`` (R,) replace the relations' score offsets / extra None margins
+        decision path). ``type_prior`` switches the rule's soft type prior on (True, ``ADDED_ONLY`` or
+        ``ADDED_VS_TRAINED``: :meth:`prior_rule`) or off (False; None: as the model was trained);
+        ``offsets`` / ``none_margins`` (R,) replace the relations' score offsets / extra None margins
         (None: as stored, all 0 here)."""
         from rocmre.modeling.decision import DecisionRule
 
-        rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K)
-        if type_prior is not None and type_prior != rule.type_constraint:
-            if type_prior:
-                rule = self.prior_rule(second_stage, type_prior)
-            else:
-                cfg = self.model.config
-                rule = DecisionRule(self.model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
-                                    second_stage=second_stage, rerank_top_k=RERANK_TOP_K)
+        if type_prior:
+            rule = self.prior_rule(second_stage, type_prior)
+        else:
+            rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K,
+                                           type_prior=None if type_prior is None else False)
         if offsets is not None:
             rule.relation_offsets = np.asarray(offsets, dtype=np.float64)
         if none_margins is not None:
@@ -499,7 +501,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 11
+SCORING_VERSION = 12
 
 #: what the held-out relations are added with (``--held-out-descriptions``): their curated descriptions, or those
 #: and the hand-written ``{head}``/``{tail}`` templates of the built-in set ``mnre_templates`` (filled per pair)
@@ -529,7 +531,9 @@ def description_set(curated, templates, kind: str, only: Collection[str] | None 
 #: and whether the added relations' scores are calibrated (see :func:`calibrate_new`)
 STAGES: tuple[tuple[str, TypePrior, float | None, bool], ...] = (
     ("", False, None, False), (" + type prior", True, None, False),
-    (PRIOR_SUFFIX[ADDED_ONLY], ADDED_ONLY, None, False), (" + calibration", False, None, True),
+    (PRIOR_SUFFIX[ADDED_ONLY], ADDED_ONLY, None, False),
+    (PRIOR_SUFFIX[ADDED_VS_TRAINED], ADDED_VS_TRAINED, None, False),
+    (" + calibration", False, None, True),
     (" + type prior + calibration", True, None, True), (" + re-ranker", False, 1.0, False),
     (" + re-ranker (w=0.5)", False, 0.5, False), (" + type prior + re-ranker", True, 1.0, False),
     (" + type prior + re-ranker (w=0.5)", True, 0.5, False),
@@ -578,7 +582,7 @@ def sentence_prior_stages(weights: Sequence[float], views: Sequence[str] = ("pla
     ``--sentence-prior-views``); the plain view's rows keep their names from before views existed."""
     return [(f"{PRIOR_SUFFIX[prior_on]} + sentence prior (w={w:g}"
              f"{'' if view == 'plain' else ', ' + view})", prior_on, float(w), view)
-            for view in views for w in weights for prior_on in (False, True, ADDED_ONLY)]
+            for view in views for w in weights for prior_on in (False, True, ADDED_ONLY, ADDED_VS_TRAINED)]
 
 
 def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict[str, SplitData],
@@ -897,7 +901,12 @@ def render(payload: dict) -> list[str]:
               "switched on at inference "
               f"time; {prior_margin_text}. Rows with `{PRIOR_SUFFIX[ADDED_ONLY]}`: the prior penalises the added "
               "relations only (`type_prior_scope: added`; the trained relations' scores and the trained None margin "
-              "stay as they are). Rows with a dash in the F1 and drop columns "
+              "stay as they are). Rows with "
+              f"`{PRIOR_SUFFIX[ADDED_VS_TRAINED]}`: the prior on every relation decides only whether an added "
+              "relation beats the trained ones (`type_prior_scope: added_vs_trained`: an added relation scores the "
+              "best trained score plus its lead over the best trained relation with the prior on; the trained "
+              "relations keep their own scores, order and None margin, so where no added relation wins the answer "
+              "is the model's own). Rows with a dash in the F1 and drop columns "
               "were scored on the held-out pairs only (`--reranker-scope held_out`) and cannot be the summary row. "
               f"Rows with `{OFFSET_SUFFIX}`: the added relations share one score offset, added to their scores "
               "before the decision rule's other steps; per fold and setting it is the offset closest to zero (0 to "
@@ -913,7 +922,8 @@ def render(payload: dict) -> list[str]:
     lines += twin_lines(rows, payload.get("summary_row"))
     lines += ["The summary row is the zero-shot row with the best mean validation generalised top-1 (of equal ones, "
               "the row without a tuned offset or None margin: those trade the added relations' answers, the "
-              "held-out micro-F1 column, for the trained relations'); its 5-shot setting (prototype weight, "
+              "held-out micro-F1 column, for the trained relations'; then the one whose validation drop against the "
+              "model as trained is smallest); its 5-shot setting (prototype weight, "
               "prototypes for every relation) the one with the best validation micro-F1 over every record after "
               "adding, so a setting that wins the new relations by taking the trained relations' pairs is not "
               "chosen. `val micro-F1 after` is in the JSON.", ""]

@@ -457,6 +457,47 @@ def test_relation_offsets_come_before_the_type_prior_and_the_margin():
         DecisionRule(["None", "a"], "None", relation_offsets=[0.0])
 
 
+def test_type_prior_added_vs_trained_decides_only_the_contest_with_added_relations():
+    """Scope added_vs_trained: an added relation wins exactly where it does with the prior on every relation, and
+    elsewhere the trained relations keep their own scores, order and None decision."""
+    from rocmre.modeling.decision import DecisionRule
+
+    labels = ["None", "per_per", "per_loc", "new_per_per"]
+    # signatures (head, tail) over the types: per_per and new_per_per want person/person, per_loc person/location
+    types = ["person", "location", "organization", "misc", "unknown"]
+    compat = np.zeros((4, 2, len(types)), dtype=bool)
+    compat[0] = True
+    compat[[1, 3], 0, 0] = compat[[1, 3], 1, 0] = True
+    compat[2, 0, 0] = compat[2, 1, 1] = True
+    scores = np.array([
+        [0.30, 0.40, 0.50, 0.45],  # tagged person/person: the prior lifts the added relation over per_loc
+        [0.30, 0.40, 0.50, 0.20],  # tagged person/person, the added relation far behind: the model's own order
+        [0.60, 0.40, 0.50, 0.55],  # tagged person/location: the added relation contradicted, None stays the answer
+    ])
+    head, tail = np.array([0, 0, 0]), np.array([0, 0, 1])
+    added = [False, False, False, True]
+    common = {"type_constraint": True, "type_penalty": 0.2, "type_compatibility": compat}
+    everywhere = DecisionRule(labels, "None", **common)
+    only_added = DecisionRule(labels, "None", type_prior_relations=added, **common)
+    contest = DecisionRule(labels, "None", type_prior_relations=added, type_prior_contest=True, **common)
+    plain = DecisionRule(labels, "None")
+    s = contest.prior_scores(scores, head, tail)
+    # trained relations: untouched; the added one: best trained (0.50) + lead with the prior (0.45 - 0.40)
+    np.testing.assert_allclose(s[:, :3], scores[:, :3])
+    np.testing.assert_allclose(s[:, 3], [0.55, 0.30, 0.50 + (0.35 - 0.50)])
+    assert contest.decide(scores, head, tail).predictions == ["new_per_per", "per_loc", "None"]
+    # the prior on every relation reorders the trained ones too (row 2: per_per over per_loc); on the added ones
+    # only, the added relation loses row 0 to per_loc
+    assert everywhere.decide(scores, head, tail).predictions == ["new_per_per", "per_per", "None"]
+    assert only_added.decide(scores, head, tail).predictions == ["per_loc", "per_loc", "None"]
+    assert plain.decide(scores).predictions == ["per_loc", "per_loc", "None"]
+    # no added relation: the model's own scores
+    none_added = DecisionRule(labels, "None", type_prior_relations=[False] * 4, type_prior_contest=True, **common)
+    np.testing.assert_allclose(none_added.prior_scores(scores, head, tail), scores)
+    with pytest.raises(ValueError, match="type_prior_contest"):
+        DecisionRule(labels, "None", type_prior_contest=True, **common)
+
+
 def test_tune_added_offset_takes_the_offset_closest_to_zero_within_the_drop():
     from rocmre.modeling.decision import DecisionRule, tune_added_offset
 

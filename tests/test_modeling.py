@@ -234,6 +234,18 @@ def test_type_prior_scope_added_spares_the_trained_relations(tiny_roc_dir, cache
     ex.save_pretrained(tmp_path / "scoped")
     again = RelationExtractor.from_pretrained(tmp_path / "scoped", cache_dir=cache_dir)
     assert again.type_prior and again.type_prior_scope == "added"
+    # added_vs_trained: the trained relations keep the model's scores; the added one is placed against them
+    raw = np.random.default_rng(0).normal(size=(3, len(labels)))
+    ex.type_prior_scope = "added_vs_trained"
+    contest = DecisionRule.from_model(ex.model)
+    assert contest.type_prior_contest
+    out = contest.prior_scores(raw, np.repeat(loc, 3), np.repeat(loc, 3))
+    new = labels.index("/per/org/coached_by")
+    np.testing.assert_allclose(np.delete(out, new, 1), np.delete(raw, new, 1))
+    assert not np.allclose(out[:, new], raw[:, new])
+    ex.save_pretrained(tmp_path / "contest")
+    assert RelationExtractor.from_pretrained(tmp_path / "contest",
+                                             cache_dir=cache_dir).type_prior_scope == "added_vs_trained"
     with pytest.raises(ValueError, match="type_prior_scope"):
         ex.type_prior_scope = "some"
 

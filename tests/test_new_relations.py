@@ -355,4 +355,4 @@ def test_predict_cli_type_prior_on_added_relations_only(tiny_roc_dir: Path, cach
     assert every[NEW] == pytest.approx(expected[NEW], abs=1e-6)
     assert any(every[r] < expected[r] - 1e-6 for r in expected if r != NEW)
     result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "some"])
-    assert result.exit_code == 2 and "type_prior_scope must be 'all' or 'added'" in result.stderr
+    assert result.exit_code == 2 and "type_prior_scope must be one of all, added, added_vs_trained" in result.stderr

@@ -127,6 +127,12 @@ def test_summary_prefers_the_untuned_row_of_equal_validation_top1(bench):
               else r for r in fold_rows]
     summary, chosen, _ = bench.build_summary(bench.aggregate(strict), "abc")
     assert chosen == "roc" and summary["seen_micro_f1_drop"] == pytest.approx(6.5)
+    # of untuned rows with the same validation top-1, the one costing the trained relations least on validation
+    scoped = strict + [{**r, "row": "roc + type prior (added vs trained)", "seen_micro_f1_drop_vs_trained": 1.5,
+                        "val_seen_micro_f1_drop_vs_trained": 1.5} for r in strict if r["row"] == "roc"]
+    scoped = [{**r, "val_seen_micro_f1_drop_vs_trained": 6.5} if r["row"] == "roc" else r for r in scoped]
+    summary, chosen, _ = bench.build_summary(bench.aggregate(scoped), "abc")
+    assert chosen == "roc + type prior (added vs trained)" and summary["seen_micro_f1_drop"] == pytest.approx(1.5)
 
 
 def test_calibration_matches_the_seen_relations_distribution(bench):
@@ -170,19 +176,14 @@ def test_cached_reranker_scores_each_pair_once(bench):
 
 def test_sentence_prior_rows_and_option(bench, tmp_path):
     stages = bench.sentence_prior_stages([0.2, 0.5])
-    assert stages == [(" + sentence prior (w=0.2)", False, 0.2, "plain"),
-                      (" + type prior + sentence prior (w=0.2)", True, 0.2, "plain"),
-                      (" + type prior on added + sentence prior (w=0.2)", "added", 0.2, "plain"),
-                      (" + sentence prior (w=0.5)", False, 0.5, "plain"),
-                      (" + type prior + sentence prior (w=0.5)", True, 0.5, "plain"),
-                      (" + type prior on added + sentence prior (w=0.5)", "added", 0.5, "plain")]
+    scopes = [("", False), (" + type prior", True), (" + type prior on added", "added"),
+              (" + type prior (added vs trained)", "added_vs_trained")]
+    assert stages == [(f"{name} + sentence prior (w={w})", scope, w, "plain")
+                      for w in (0.2, 0.5) for name, scope in scopes]
     typed = bench.sentence_prior_stages([0.5], ["plain", "typed"])
-    assert [s[0] for s in typed] == [" + sentence prior (w=0.5)", " + type prior + sentence prior (w=0.5)",
-                                     " + type prior on added + sentence prior (w=0.5)",
-                                     " + sentence prior (w=0.5, typed)",
-                                     " + type prior + sentence prior (w=0.5, typed)",
-                                     " + type prior on added + sentence prior (w=0.5, typed)"]
-    assert [s[3] for s in typed] == ["plain"] * 3 + ["typed"] * 3
+    assert [s[0] for s in typed] == [f"{name} + sentence prior (w=0.5{view})"
+                                     for view in ("", ", typed") for name, _ in scopes]
+    assert [s[3] for s in typed] == ["plain"] * 4 + ["typed"] * 4
     from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
 
     assert set(bench.VIEW_TITLES) == set(SENTENCE_VIEWS) - {"plain"}  # each view's frozen-encoder row has a title

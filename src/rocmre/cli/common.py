@@ -74,8 +74,9 @@ def type_prior_option() -> bool | None:
 
 def type_prior_scope_option() -> str | None:
     return typer.Option(None, "--type-prior-scope",
-                        help="Whom the type prior penalises: 'all' relations or only those 'added' without "
-                             "training (default: the model's setting, else all).")
+                        help="Whom the type prior penalises: 'all' relations, only those 'added' without "
+                             "training, or 'added_vs_trained' (all, but only to decide whether an added relation "
+                             "beats the trained ones) (default: the model's setting, else all).")
 
 
 def sentence_prior_option() -> float | None:

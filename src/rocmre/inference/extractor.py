@@ -186,15 +186,19 @@ class RelationExtractor:
 
     @property
     def type_prior_scope(self) -> str:
-        """Whom the type prior penalises: ``"all"`` relations, or only those ``"added"`` without training (the
+        """Whom the type prior penalises: ``"all"`` relations, only those ``"added"`` without training (the
         trained relations learned their types from data, and a wrongly tagged entity would cost them right
-        answers; ``benchmarks/results/zero_shot.md`` measures both). Saved with the model."""
+        answers), or ``"added_vs_trained"``: every relation, but only to decide whether an added relation beats the
+        trained ones, which otherwise keep the model's own answers (``benchmarks/results/zero_shot.md`` measures
+        all three). Saved with the model."""
         return self.model.config.type_prior_scope
 
     @type_prior_scope.setter
     def type_prior_scope(self, scope: str) -> None:
-        if scope not in ("all", "added"):
-            raise ValueError(f"type_prior_scope must be 'all' or 'added', not {scope!r}")
+        from rocmre.modeling.decision import TYPE_PRIOR_SCOPES
+
+        if scope not in TYPE_PRIOR_SCOPES:
+            raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
         if self.model.config.model_type != "roc":
             raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
         self.model.config.type_prior_scope = scope  # type: ignore[assignment]

@@ -93,8 +93,10 @@ class ModelConfig(BaseModel):
     type_penalty: float = Field(0.2, ge=0.0)
     # which relations the type prior (type_constraint) penalises: "all", or only those "added" without training
     # (not in trained_labels; for a model saved before that field, those added with RelationExtractor.add_relations):
-    # the trained relations learned their types from data, and a wrongly tagged entity costs them right answers
-    type_prior_scope: Literal["all", "added"] = "all"
+    # the trained relations learned their types from data, and a wrongly tagged entity costs them right answers;
+    # "added_vs_trained": every relation, but only to decide whether an added relation beats the trained ones (the
+    # trained relations keep their own order and None decision; rocmre.modeling.decision)
+    type_prior_scope: Literal["all", "added", "added_vs_trained"] = "all"
     # prediction only: the untrained sentence encoder as the decision path's second stage
     # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
     # (SentenceView); the backbone None means the model's text backbone

@@ -6,8 +6,11 @@ CLI and the service) turns scores into relations through :class:`DecisionRule`, 
 0. **relation offsets** (optional): each relation's ``score_offset`` (stored with its descriptions; 0 unless set,
    see :func:`tune_added_offset`) is added to its score;
 1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
-   ``type_penalty`` per contradicted side (all relations, or only those added without training:
-   ``type_prior_relations``, from the model's ``type_prior_scope``);
+   ``type_penalty`` per contradicted side: all relations (scope ``all``), only those added without training
+   (``added``: ``type_prior_relations``, from the model's ``type_prior_scope``), or all of them but only to decide
+   whether an added relation beats the trained ones (``added_vs_trained``: the trained relations keep their own
+   scores, so their order and their None decision are the model's; an added relation's score is the best trained
+   score plus its lead over the best trained relation with the prior on, see :meth:`DecisionRule.prior_scores`);
 2. **None margin**: the validation-tuned margin is added to the negative relation's score; a relation with an extra
    ``none_margin`` (0 unless set: a relation added without retraining may have to clear a higher bar than the
    trained ones) that does not beat that score by its extra margin cannot be the answer (step 4);
@@ -113,7 +116,7 @@ class DecisionRule:
                  type_compatibility: np.ndarray | None = None, second_stage: SecondStageScorer | None = None,
                  rerank_top_k: int = 5, relation_offsets: Sequence[float] | None = None,
                  relation_none_margins: Sequence[float] | None = None,
-                 type_prior_relations: Sequence[bool] | None = None) -> None:
+                 type_prior_relations: Sequence[bool] | None = None, type_prior_contest: bool = False) -> None:
         self.labels = list(labels)
         self.negative_label = negative_label
         self.none_margin = float(none_margin)
@@ -130,6 +133,10 @@ class DecisionRule:
         if self.type_prior_relations is not None and self.type_prior_relations.shape != (len(self.labels),):
             raise ValueError(f"type_prior_relations has shape {self.type_prior_relations.shape}, expected "
                              f"({len(self.labels)},)")
+        # with type_prior_relations: the prior only decides whether those relations beat the others
+        self.type_prior_contest = bool(type_prior_contest)
+        if self.type_prior_contest and self.type_prior_relations is None:
+            raise ValueError("type_prior_contest needs type_prior_relations (the relations added without training)")
         if type_constraint and type_compatibility is None:
             raise ValueError("type_constraint needs the relations' type compatibility table")
 
@@ -143,24 +150,37 @@ class DecisionRule:
         return array if array.any() else None
 
     @classmethod
-    def from_model(cls, model: Any, second_stage: SecondStageScorer | None = None,
-                   rerank_top_k: int = 5) -> DecisionRule:
-        """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin)."""
+    def from_model(cls, model: Any, second_stage: SecondStageScorer | None = None, rerank_top_k: int = 5, *,
+                   type_prior: bool | None = None, type_prior_scope: str | None = None,
+                   none_margin: float | None = None) -> DecisionRule:
+        """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin);
+        ``type_prior``, ``type_prior_scope`` and ``none_margin`` override the config's (None: as saved)."""
         cfg = model.config
-        constrained = bool(cfg.type_constraint and cfg.model_type == "roc")
-        return cls(model.relation_labels, cfg.negative_label, none_margin=cfg.none_margin,
+        prior = cfg.type_constraint if type_prior is None else type_prior
+        constrained = bool(prior and cfg.model_type == "roc")
+        scope = cfg.type_prior_scope if type_prior_scope is None else type_prior_scope
+        if scope not in TYPE_PRIOR_SCOPES:
+            raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
+        return cls(model.relation_labels, cfg.negative_label,
+                   none_margin=cfg.none_margin if none_margin is None else none_margin,
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
                    relation_offsets=model_numbers(model, "score_offset"),
                    relation_none_margins=model_numbers(model, "none_margin"),
-                   type_prior_relations=(model.added_relations() if constrained and cfg.type_prior_scope == "added"
-                                         else None))
+                   type_prior_relations=model.added_relations() if constrained and scope != "all" else None,
+                   type_prior_contest=constrained and scope == "added_vs_trained")
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
                      tail_types: np.ndarray | None) -> np.ndarray:
-        """Model scores with the relation offsets and the type prior applied (no margin)."""
+        """Model scores with the relation offsets and the type prior applied (no margin).
+
+        In the ``added_vs_trained`` scope (``type_prior_contest``), with ``P`` the scores with the prior on every
+        relation and ``S`` without it: the trained relations keep ``S``, and an added relation ``a`` gets
+        ``P[a] - max P[trained] + max S[trained]`` (trained: not added, not the negative label). So an added
+        relation ranks above the trained ones exactly when it does with the prior on every relation, and where no
+        added relation wins, the answer is the model's own."""
         scores = np.asarray(model_scores, dtype=np.float64).copy()
         if self.relation_offsets is not None and len(scores):
             scores += self.relation_offsets
@@ -170,11 +190,28 @@ class DecisionRule:
             ok = self.type_compatibility  # (R, 2, T)
             head_bad = ~ok[:, 0, :][:, head_types].T  # (N, R)
             tail_bad = ~ok[:, 1, :][:, tail_types].T
-            if self.type_prior_relations is not None:
+            if self.type_prior_relations is not None and not self.type_prior_contest:
                 head_bad &= self.type_prior_relations
                 tail_bad &= self.type_prior_relations
-            scores -= self.type_penalty * (head_bad.astype(np.float64) + tail_bad.astype(np.float64))
+            penalised = scores - self.type_penalty * (head_bad.astype(np.float64) + tail_bad.astype(np.float64))
+            scores = self._contest(scores, penalised) if self.type_prior_contest else penalised
         return scores
+
+    def _contest(self, plain: np.ndarray, penalised: np.ndarray) -> np.ndarray:
+        """The ``added_vs_trained`` scores (see :meth:`prior_scores`) from the scores without and with the prior."""
+        added = self.type_prior_relations
+        trained = ~added
+        if self.negative_label in self.labels:
+            trained[self.labels.index(self.negative_label)] = False
+        out = plain.copy()
+        if not added.any():
+            return out
+        if not trained.any():  # nothing trained to compete with: the added relations keep the prior
+            out[:, added] = penalised[:, added]
+            return out
+        lead = penalised[:, added] - penalised[:, trained].max(1, keepdims=True)
+        out[:, added] = plain[:, trained].max(1, keepdims=True) + lead
+        return out
 
     def _with_margin(self, scores: np.ndarray, margin: float) -> np.ndarray:
         if margin and self.negative_label in self.labels:
@@ -273,6 +310,10 @@ class DecisionRule:
             if f1 > best[1] + 1e-12:
                 best = (float(m), f1)
         return best
+
+
+#: whom the type prior penalises (``ModelConfig.type_prior_scope``; see step 1 of the module docstring)
+TYPE_PRIOR_SCOPES = ("all", "added", "added_vs_trained")
 
 
 def model_numbers(model: Any, key: str) -> list[float] | None:
