@@ -135,6 +135,36 @@ def test_summary_prefers_the_untuned_row_of_equal_validation_top1(bench):
     assert chosen == "roc + type prior (added vs trained)" and summary["seen_micro_f1_drop"] == pytest.approx(1.5)
 
 
+def test_summary_takes_the_best_row_within_the_drop_target_on_validation(bench):
+    """Rows whose validation drop against the model as trained meets the target come first; the Markdown then
+    shows the chosen setting as it is and its twins, and says what the tuned value costs."""
+    def row(name, f, val_top1, val_drop, kind="zero-shot"):
+        return {**_fold_row(name, kind, f, 2 * val_top1, val_drop), "seen_micro_f1_drop_vs_trained": val_drop,
+                "val_seen_micro_f1_drop_vs_trained": val_drop}
+
+    fold_rows = []
+    for f in "ABC":
+        fold_rows += [_fold_row("types_only", "types-only", f, 0.3),
+                      row("roc", f, 0.30, 5.0), row("roc + offset", f, 0.20, 0.5),
+                      row("roc + None margin", f, 0.30, 0.8), row("roc + type prior", f, 0.31, 9.0),
+                      row("roc + type prior + None margin", f, 0.31, 2.0),
+                      row("roc + None margin + 5-shot", f, 0.35, 0.9, "5-shot"),
+                      row("roc + 5-shot", f, 0.40, 6.0, "5-shot")]
+    rows = bench.aggregate(fold_rows)
+    summary, chosen, shot = bench.build_summary(rows, "abc")
+    assert chosen == "roc + None margin" and shot == "roc + None margin + 5-shot"
+    assert summary["seen_micro_f1_drop"] == pytest.approx(0.8)
+    text = "\n".join(bench.twin_lines(rows, chosen))
+    assert "`roc` as it is" in text and "(the summary row)" in text and "within the drop target" in text
+    shown = {r["row"] for r in rows if bench.shown_in_markdown(r["row"], chosen, shot)}
+    assert {"roc", "roc + offset", "roc + None margin", "roc + type prior", "roc + 5-shot",
+            "roc + None margin + 5-shot"} <= shown
+    assert "roc + type prior + None margin" not in shown
+    # no row within the target: the best validation top-1 of all, as before
+    far = [{**r, "val_seen_micro_f1_drop_vs_trained": 3.0} for r in fold_rows]
+    assert bench.build_summary(bench.aggregate(far), "abc")[1] == "roc + type prior"
+
+
 def test_calibration_matches_the_seen_relations_distribution(bench):
     from rocmre.modeling.runtime import ModelScores
 
