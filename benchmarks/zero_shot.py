@@ -183,17 +183,17 @@ def aggregate(fold_rows: list[dict]) -> list[dict]:
     return out
 
 
-def is_tuned(name: str) -> bool:
-    """Whether a zero-shot row's added relations got a score offset or None margin tuned on validation."""
-    return name.endswith((OFFSET_SUFFIX, NONE_MARGIN_SUFFIX))
-
-
 def untuned(name: str) -> str:
     """A zero-shot row's name without its tuned offset or None margin (the setting it was tuned on)."""
     for suffix in (OFFSET_SUFFIX, NONE_MARGIN_SUFFIX):
         if name.endswith(suffix):
             return name[:-len(suffix)]
     return name
+
+
+def is_tuned(name: str) -> bool:
+    """Whether a zero-shot row's added relations got a score offset or None margin tuned on validation."""
+    return untuned(name) != name
 
 
 def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | None, str | None]:
@@ -453,8 +453,7 @@ class Scorer:
         if type_prior:
             rule = self.prior_rule(second_stage, type_prior)
         else:
-            rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K,
-                                           type_prior=None if type_prior is None else False)
+            rule = DecisionRule.from_model(self.model, second_stage, RERANK_TOP_K, type_prior=type_prior)  # None/False
         if offsets is not None:
             rule.relation_offsets = np.asarray(offsets, dtype=np.float64)
         if none_margins is not None:

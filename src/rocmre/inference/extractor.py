@@ -43,6 +43,7 @@ from rocmre.modeling.decision import (
     NONE_MARGIN_GRID,
     OFFSET_GRID,
     SecondStageScorer,
+    check_type_prior_scope,
     tune_added_offset,
 )
 from rocmre.modeling.model import RelationModel
@@ -195,10 +196,7 @@ class RelationExtractor:
 
     @type_prior_scope.setter
     def type_prior_scope(self, scope: str) -> None:
-        from rocmre.modeling.decision import TYPE_PRIOR_SCOPES
-
-        if scope not in TYPE_PRIOR_SCOPES:
-            raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
+        check_type_prior_scope(scope)
         if self.model.config.model_type != "roc":
             raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
         self.model.config.type_prior_scope = scope  # type: ignore[assignment]

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: whom the type prior penalises (ModelConfig.type_prior_scope; rocmre.modeling.decision)
+TypePriorScope = Literal["all", "added", "added_vs_trained"]
+
 #: what the sentence prior reads of a pair (rocmre.modeling.sentence_prior): the plain sentence, the sentence with
 #: each mention's role and type written after it, or that without a tweet's RT, @handles and links
 SentenceView = Literal["plain", "typed", "typed_clean"]
@@ -96,7 +99,7 @@ class ModelConfig(BaseModel):
     # the trained relations learned their types from data, and a wrongly tagged entity costs them right answers;
     # "added_vs_trained": every relation, but only to decide whether an added relation beats the trained ones (the
     # trained relations keep their own order and None decision; rocmre.modeling.decision)
-    type_prior_scope: Literal["all", "added", "added_vs_trained"] = "all"
+    type_prior_scope: TypePriorScope = "all"
     # prediction only: the untrained sentence encoder as the decision path's second stage
     # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
     # (SentenceView); the backbone None means the model's text backbone

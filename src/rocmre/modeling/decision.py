@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import torch
 
 from rocmre.data.entity_types import ENTITY_TYPES
+from rocmre.modeling.config import TypePriorScope
 
 
 class SecondStageScorer(Protocol):
@@ -158,9 +159,7 @@ class DecisionRule:
         cfg = model.config
         prior = cfg.type_constraint if type_prior is None else type_prior
         constrained = bool(prior and cfg.model_type == "roc")
-        scope = cfg.type_prior_scope if type_prior_scope is None else type_prior_scope
-        if scope not in TYPE_PRIOR_SCOPES:
-            raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
+        scope = cfg.type_prior_scope if type_prior_scope is None else check_type_prior_scope(type_prior_scope)
         return cls(model.relation_labels, cfg.negative_label,
                    none_margin=cfg.none_margin if none_margin is None else none_margin,
                    type_constraint=constrained, type_penalty=cfg.type_penalty,
@@ -313,7 +312,14 @@ class DecisionRule:
 
 
 #: whom the type prior penalises (``ModelConfig.type_prior_scope``; see step 1 of the module docstring)
-TYPE_PRIOR_SCOPES = ("all", "added", "added_vs_trained")
+TYPE_PRIOR_SCOPES: tuple[str, ...] = get_args(TypePriorScope)
+
+
+def check_type_prior_scope(scope: str) -> str:
+    """``scope`` if it is one of :data:`TYPE_PRIOR_SCOPES`, else a ``ValueError`` naming them."""
+    if scope not in TYPE_PRIOR_SCOPES:
+        raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
+    return scope
 
 
 def model_numbers(model: Any, key: str) -> list[float] | None:
