@@ -203,9 +203,9 @@ def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | Non
     within the issue's target (all rows when none is), the one with the best mean validation generalised top-1; of
     equal ones, the row without a tuned offset or None margin for the added relations (those trade the added
     relations' answers for the trained relations'), then the one whose validation drop is smallest. Its 5-shot
-    setting (prototype weight, prototypes for every relation): the one with the best validation micro-F1 over every
-    record after adding (new and trained relations alike, so a setting that wins the new relations by stealing the
-    others' pairs loses)."""
+    setting (prototype weight, prototypes for the new or for every relation) is chosen by the same rule among that
+    row's 5-shot rows: within the drop target on validation (all of them if none is), the best validation
+    generalised top-1, then the smaller validation drop."""
     zero = [r for r in rows if r["kind"] == "zero-shot" and r["val_generalized_top1"]["mean"] is not None
             and r["seen_micro_f1_drop"]["mean"] is not None]  # rows scored on every record only
     types_row = next((r for r in rows if r["kind"] == "types-only"), None)
@@ -222,8 +222,10 @@ def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | Non
     best = max(within or zero, key=lambda r: (round(r["val_generalized_top1"]["mean"], 12),
                                               not is_tuned(r["row"]), -cost(r)))
     shots = [r for r in rows if r["kind"] == "5-shot" and r["row"].startswith(best["row"] + " + 5-shot")
-             and r["val_micro_f1_after"]["mean"] is not None]
-    shot = max(shots, key=lambda r: r["val_micro_f1_after"]["mean"]) if shots else None  # chosen on validation
+             and r["val_generalized_top1"]["mean"] is not None]
+    shots_within = [r for r in shots if cost(r) <= TARGETS["seen_micro_f1_drop"]]
+    shot = max(shots_within or shots, key=lambda r: (round(r["val_generalized_top1"]["mean"], 12), -cost(r)),
+               default=None)  # chosen on validation, as the zero-shot row is
     vs_trained = (best.get("seen_micro_f1_drop_vs_trained") or {}).get("mean")
     summary = {"folds": best["folds"], "unseen_only_top1": best["unseen_only_top1"]["mean"],
                "generalized_top1": best["generalized_top1"]["mean"],
@@ -516,7 +518,7 @@ class CachedReranker:
 
 
 #: bump when the scoring changes: each model's rows are kept in ``<model>/zero_shot_rows.json`` under this version
-SCORING_VERSION = 12
+SCORING_VERSION = 13
 
 #: what the held-out relations are added with (``--held-out-descriptions``): their curated descriptions, or those
 #: and the hand-written ``{head}``/``{tail}`` templates of the built-in set ``mnre_templates`` (filled per pair)
@@ -585,7 +587,7 @@ NONE_MARGIN_SUFFIX = " + None margin"
 
 
 #: prototype weights scored besides the model's own (rows `... + 5-shot (w=W)`)
-PROTOTYPE_WEIGHTS = (0.1, 0.25)
+PROTOTYPE_WEIGHTS = (0.1, 0.25, 0.5)
 #: prototype weights of the centred rows (``model.prototype_centering``; rows `... + 5-shot (all relations, centred,
 #: w=W)`): centring takes back the lift over None that made larger weights cost the trained relations
 CENTRED_PROTOTYPE_WEIGHTS = (0.1, 0.25, 0.4)
@@ -877,6 +879,8 @@ def shown_in_markdown(name: str, summary_row: str | None, shot_row: str | None) 
 
 
 def render(payload: dict) -> list[str]:
+    from rocmre.modeling.decision import NONE_MARGIN_GRID
+
     keep = [r for r in payload["rows"]
             if shown_in_markdown(r["row"], payload.get("summary_row"), payload.get("summary_five_shot_row"))]
     left_out = len(payload["rows"]) - len(keep)
@@ -934,9 +938,9 @@ def render(payload: dict) -> list[str]:
               "before the decision rule's other steps; per fold and setting it is the offset closest to zero (0 to "
               "-0.5 by 0.01) whose seen-relation drop on validation is at most "
               f"{TARGETS['seen_micro_f1_drop']:g} point. Rows with `{NONE_MARGIN_SUFFIX}`: instead, one extra None "
-              "margin (0 to 0.5 by 0.01, chosen the same way): an added relation is the answer only where it beats "
-              "None (margin included) by that much more, elsewhere the best of the other relations or None is; the "
-              "top-1 columns (first-stage ranking) do not move, only what is answered does "
+              f"margin (0 to {NONE_MARGIN_GRID[-1]:g} by 0.01, chosen the same way): an added relation is the answer "
+              "only where it beats None (margin included) by that much more, elsewhere the best of the other "
+              "relations or None is; the top-1 columns (first-stage ranking) do not move, only what is answered does "
               "(`RelationExtractor.tune_score_offset(..., kind=...)` does either for a "
               "user); the chosen values are in the per-fold table.", ""]
     lines += targets_lines(payload.get("summary"), payload.get("summary_row"),
@@ -946,10 +950,10 @@ def render(payload: dict) -> list[str]:
               "trained is within the target (all rows if none is), the one with the best mean validation "
               "generalised top-1 (of equal ones, the row without a tuned offset or None margin: those trade the "
               "added relations' answers, the held-out micro-F1 column, for the trained relations'; then the one "
-              "whose validation drop is smallest); its 5-shot setting (prototype weight, "
-              "prototypes for every relation) the one with the best validation micro-F1 over every record after "
-              "adding, so a setting that wins the new relations by taking the trained relations' pairs is not "
-              "chosen. `val micro-F1 after` is in the JSON.", ""]
+              "whose validation drop is smallest); its 5-shot setting (prototype weight, prototypes for the new "
+              "relations or for every relation) is chosen by the same rule among that row's 5-shot rows: within "
+              "the drop target on validation (all if none is), the best validation generalised top-1. The micro-F1 "
+              "over every validation record after adding is in the JSON (`val_micro_f1_after`).", ""]
     given = payload.get("held_out_descriptions", "curated")
     given_text = ("curated descriptions" if given == "curated" else "curated descriptions and the hand-written "
                   "`{head}`/`{tail}` templates of the built-in set `mnre_templates` (filled with each pair's "

@@ -288,7 +288,7 @@ class RelationExtractor:
         see :func:`rocmre.modeling.decision.tune_added_offset`.
 
         ``kind="score_offset"`` tunes a (negative) offset added to their scores (grid 0 to -0.5); ``"none_margin"``
-        an extra None margin they must clear to be the answer (grid 0 to 0.5), which leaves their ranking among
+        an extra None margin they must clear to be the answer (grid 0 to 1), which leaves their ranking among
         the relations as it is. ``records`` are labelled :class:`~rocmre.data.record.RelationRecord` (from
         rocmre's readers), ideally validation data of the trained relations (records of ``relations`` themselves
         are left out of the drop). Saved with the model like the descriptions.

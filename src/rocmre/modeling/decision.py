@@ -337,8 +337,8 @@ ABSENT_OFFSET = -1.0e6
 
 #: the offsets :func:`tune_added_offset` tries by default, closest to zero first
 OFFSET_GRID = tuple(round(-0.01 * i, 2) + 0.0 for i in range(51))  # (+ 0.0: 0, not -0)
-#: the extra None margins it tries by default
-NONE_MARGIN_GRID = tuple(round(0.01 * i, 2) for i in range(51))
+#: the extra None margins it tries by default (up to 1: relations added with examples can need more than 0.5)
+NONE_MARGIN_GRID = tuple(round(0.01 * i, 2) for i in range(101))
 
 
 def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[str], before: Sequence[str],
