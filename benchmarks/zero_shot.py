@@ -833,11 +833,15 @@ def twin_lines(rows: list[dict], best_row: str | None) -> list[str]:
     """The summary row's setting as it is beside its twins whose added relations got a value tuned on validation
     (the trade-off)."""
     by = {r["row"]: r for r in rows}
-    family = untuned(best_row or "")
-    base = by.get(family)
-    twins = [(name, by[family + suffix]) for name, suffix in (("a score offset", OFFSET_SUFFIX),
-                                                                ("an extra None margin", NONE_MARGIN_SUFFIX))
-             if best_row and family + suffix in by]
+    # a 5-shot row (`<zero-shot row> + 5-shot ...`): its zero-shot part carries the tuned value
+    head, sep, tail = (best_row or "").partition(" + 5-shot")
+    shot = sep + tail
+    what = "the chosen 5-shot row" if shot else "the summary row"
+    family = untuned(head)
+    base = by.get(family + shot)
+    twins = [(name, by[family + suffix + shot]) for name, suffix in (("a score offset", OFFSET_SUFFIX),
+                                                                       ("an extra None margin", NONE_MARGIN_SUFFIX))
+             if best_row and family + suffix + shot in by]
     if base is None or not twins:
         return []
 
@@ -847,16 +851,16 @@ def twin_lines(rows: list[dict], best_row: str | None) -> list[str]:
                 f"{_pm(r['seen_micro_f1_drop'], 1.0)}"
                 + ("" if vs_trained["mean"] is None else f" ({_pm(vs_trained, 1.0)} against the model as trained)")
                 + f", micro-F1 on the held-out pairs {_pm(r['held_out_micro_f1'])}"
-                + (" (the summary row)" if r["row"] == best_row else ""))
+                + (f" ({what})" if r["row"] == best_row else ""))
 
-    out = [f"`{family}` as it is: {cells(base)}. With the added relations given, per fold, the value chosen on "
+    out = [f"`{family + shot}` as it is: {cells(base)}. With the added relations given, per fold, the value chosen on "
            "validation that keeps the seen relations within the drop target (the drop with the row's settings on "
            "both sides):", ""]
     out += [f"* {name}: {cells(r)}" for name, r in twins]
-    if best_row == family:
+    if best_row == family + shot:
         return out + ["", "The drop is met only by answering the added relations less often (the held-out "
                       "micro-F1), and no such row has the best validation generalised top-1.", ""]
-    return out + ["", "The summary row is the best on validation among the rows within the drop target. Its "
+    return out + ["", f"{what.capitalize()} is the best on validation among the rows within the drop target. Its "
                   "price is the held-out micro-F1 column: the ranking (the top-1 columns) is the same as without "
                   "the tuned value, but the added relations are answered far less often.", ""]
 
@@ -946,6 +950,7 @@ def render(payload: dict) -> list[str]:
     lines += targets_lines(payload.get("summary"), payload.get("summary_row"),
                            payload.get("summary_five_shot_row")) + [""]
     lines += twin_lines(rows, payload.get("summary_row"))
+    lines += twin_lines(rows, payload.get("summary_five_shot_row"))
     lines += ["The summary row is, of the zero-shot rows whose validation seen-relation drop against the model as "
               "trained is within the target (all rows if none is), the one with the best mean validation "
               "generalised top-1 (of equal ones, the row without a tuned offset or None margin: those trade the "

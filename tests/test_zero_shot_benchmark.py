@@ -184,6 +184,11 @@ def test_five_shot_setting_is_chosen_like_the_summary_row(bench):
     summary, chosen, shot = bench.build_summary(rows, "abc")
     assert chosen == "roc + None margin" and shot == "roc + None margin + 5-shot (w=0.50)"
     assert summary["five_shot_generalized_top1"] == pytest.approx(0.40)
+    # the Markdown shows the chosen 5-shot setting without its tuned margin too
+    with_twin = bench.aggregate(fold_rows + [row("roc + 5-shot (w=0.50)", f, 0.40, 9.0, 0.30) for f in "ABC"])
+    text = "\n".join(bench.twin_lines(with_twin, shot))
+    assert "`roc + 5-shot (w=0.50)` as it is" in text and "(the chosen 5-shot row)" in text
+    assert bench.twin_lines(with_twin, "roc + None margin + 5-shot (w=0.10)") == []  # no twin scored
     # none within the target: the best validation generalised top-1 of them all
     far = [{**r, "val_seen_micro_f1_drop_vs_trained": 3.0} if r["kind"] == "5-shot" else r for r in fold_rows]
     assert bench.build_summary(bench.aggregate(far), "abc")[2] == "roc + None margin + 5-shot (all relations)"
