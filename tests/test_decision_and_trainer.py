@@ -195,12 +195,44 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     assert spread < np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a])
 
 
-def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, tmp_path):
+def test_class_balance_weights_keep_none_and_even_out_the_relations():
+    from rocmre.training.trainer import class_balance_weights, epoch_batches
+
+    relations = ["None"] * 6 + ["a"] * 8 + ["b"] * 2
+    assert torch.equal(class_balance_weights(relations, 0.0, "None"), torch.ones(16, dtype=torch.float64))
+    w = class_balance_weights(relations, 1.0, "None")
+    assert torch.equal(w[:6], torch.ones(6, dtype=torch.float64))  # None neither oversampled nor thinned
+    assert w[6:].sum().item() == pytest.approx(10.0)  # the relations keep their share of the epoch together
+    assert w[6:14].sum().item() == pytest.approx(w[14:].sum().item())  # alpha 1: each relation equally often
+    half = class_balance_weights(relations, 0.5, "None")
+    assert half[6:14].sum().item() / half[14:].sum().item() == pytest.approx(2.0)  # sqrt(8) : sqrt(2)
+    assert torch.equal(class_balance_weights(["None", "None"], 0.5, "None"), torch.ones(2, dtype=torch.float64))
+
+    a = epoch_batches(16, 4, seed=3, epoch=1, weights=w)
+    assert a == epoch_batches(16, 4, seed=3, epoch=1, weights=w) and sum(len(b) for b in a) == 16
+    draws = [i for e in range(200) for b in epoch_batches(16, 4, seed=3, epoch=e, weights=w) for i in b]
+    rare = sum(i >= 14 for i in draws) / len(draws)
+    assert rare == pytest.approx(5 / 16, abs=0.02)  # 2 records of "b" drawn as often as the 8 of "a"
+    with pytest.raises(ValueError, match="3 sampling weights for 16 records"):
+        epoch_batches(16, 4, seed=3, epoch=1, weights=torch.ones(3))
+
+
+def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, tmp_path, monkeypatch):
     """bf16 autocast, length-grouped batches, descriptions refreshed every 2 steps, fast dropout, a frozen
-    description tower, frozen lower text layers and name-swap augmentation together: the run finishes and says what
-    it used."""
+    description tower, frozen lower text layers, name-swap augmentation and class-balanced sampling together: the
+    run finishes and says what it used."""
     from rocmre.modeling.model import RelationModel
+    from rocmre.training import trainer as trainer_module
     from rocmre.training.trainer import train
+
+    sampled = []
+
+    def spy(*args, **kwargs):
+        sampled.append(args[5] if len(args) > 5 else kwargs.get("weights"))
+        return epoch_batches(*args, **kwargs)
+
+    epoch_batches = trainer_module.epoch_batches
+    monkeypatch.setattr(trainer_module, "epoch_batches", spy)
 
     cfg = _config(tmp_path / "switches", cache_dir, mixed_precision="bf16", group_by_length=True,
                   description_refresh_steps=2, inference_precision="bf16", checkpoint_every=None,
@@ -209,7 +241,9 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     cfg.model.description_projection = "identity"
     cfg.model.frozen_text_layers = 2
     cfg.data.name_swap_prob = 0.5
+    cfg.train.class_balance = 0.5
     train(cfg, show_progress=False)
+    assert sampled and all(w is not None and w.min() < w.max() for w in sampled)
     results = _results(tmp_path / "switches")
     assert results["precision"] == "bf16" and len(results["train_loss"]) == 6
     m = RelationModel.from_pretrained(tmp_path / "switches")

@@ -95,8 +95,10 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
         cfg = RunConfig.from_yaml(bench.REPO / v.config, v.overrides)
         assert cfg.train.logit_adjustment == (1.0 if "logit_adjusted" in v.name else 0.0)
         assert cfg.train.logit_adjustment_scope == ("relations" if v.name.endswith("_relations") else "all")
-        assert cfg.train.ema_decay == (0.998 if v.name.endswith("_ema") else None)
+        assert cfg.train.ema_decay == (0.998 if "_ema" in v.name else None)
+        assert cfg.train.class_balance == (0.5 if v.name.endswith("_balanced") else 0.0)
     assert bench.VARIANTS["roc_ema"].baseline == "classifier_ema"
+    assert bench.VARIANTS["roc_ema_balanced"].baseline == "classifier_ema_balanced"
     for name in ("roc_long", "classifier_long"):  # the longer-training pair: 10 epochs, otherwise canonical
         assert RunConfig.from_yaml(bench.REPO / bench.VARIANTS[name].config, bench.VARIANTS[name].overrides
                                    ).train.epochs == 10

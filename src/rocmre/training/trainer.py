@@ -123,12 +123,18 @@ class TrainerCallback:
         """After a checkpoint folder is complete (renamed into place)."""
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None
-                  ) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None,
+                  weights: torch.Tensor | None = None) -> list[list[int]]:
     """The batches of one epoch: a permutation that depends only on (seed, epoch); with ``lengths``, grouped
-    by length (chunks of 50 batches sorted by length, then the batches shuffled)."""
+    by length (chunks of 50 batches sorted by length, then the batches shuffled); with ``weights`` (one per record,
+    ``class_balance_weights``), ``n`` records drawn with replacement in proportion to them instead."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen).tolist()
+    if weights is None:
+        perm = torch.randperm(n, generator=gen).tolist()
+    else:
+        if weights.dim() != 1 or weights.numel() != n:
+            raise ValueError(f"{weights.numel()} sampling weights for {n} records")
+        perm = torch.multinomial(weights.double(), n, replacement=True, generator=gen).tolist()
     if lengths is not None:
         chunk = 50 * batch_size
         perm = [i for s in range(0, n, chunk) for i in sorted(perm[s:s + chunk], key=lambda j: -lengths[j])]
@@ -137,6 +143,23 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[
         order = torch.randperm(len(batches), generator=gen).tolist()
         batches = [batches[i] for i in order]
     return batches
+
+
+def class_balance_weights(relations: list[str | None], alpha: float, negative_label: str | None
+                          ) -> torch.Tensor:
+    """Each record's sampling weight for ``train.class_balance = alpha``: ``count(relation) ** -alpha`` scaled so
+    that the relations' records together keep their share of the epoch; records of ``negative_label`` (and
+    unlabelled ones) weigh 1, so None is neither oversampled nor thinned. ``alpha = 0``: all weights 1."""
+    counts: dict[str | None, int] = {}
+    for relation in relations:
+        counts[relation] = counts.get(relation, 0) + 1
+    is_relation = [r is not None and r != negative_label for r in relations]
+    raw = torch.tensor([counts[r] ** -alpha if pos else 1.0 for r, pos in zip(relations, is_relation, strict=True)],
+                       dtype=torch.float64)
+    mask = torch.tensor(is_relation, dtype=torch.bool)
+    if mask.any():
+        raw[mask] *= mask.sum() / raw[mask].sum()
+    return raw
 
 
 def logit_prior_offsets(relations: list[str | None], labels: list[str], tau: float,
@@ -323,6 +346,9 @@ class Trainer:
         n_batches = math.ceil(len(train_feats) / cfg.train.batch_size)
         steps_per_epoch = math.ceil(n_batches / world)  # every process the same number (the first batches repeat)
         lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
+        sampling_weights = (class_balance_weights([r.relation for r in train_data.records], cfg.train.class_balance,
+                                                  cfg.data.negative_label)
+                            if cfg.train.class_balance > 0 else None)
         desc_gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
         state = TrainerState(steps_per_epoch=steps_per_epoch)
@@ -380,7 +406,8 @@ class Trainer:
             epoch_feats = self._epoch_features(runtime, train_data, train_feats, state.epoch)
             if cfg.train.group_by_length:
                 lengths = [len(f.input_ids) for f in epoch_feats]
-            batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths)
+            batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths,
+                                    sampling_weights)
             padded = batches + batches[: steps_per_epoch * world - len(batches)]
             mine = padded[accelerator.process_index::world]
             keep = [f is g for f, g in zip(epoch_feats, train_feats, strict=True)]  # False: swapped this epoch
