@@ -73,7 +73,7 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
     assert (v.name, v.config, v.overrides) == ("roc_t10", "configs/mnre_roc.yaml",
                                                 ["model.temperature=0.1", "train.epochs=8"])
     assert v.paradigm == "roc" and bench.VARIANTS["classifier"].paradigm == "classifier"
-    assert bench.VARIANTS["roc_name_swap"].overrides == ["data.name_swap_prob=0.5"]
+    assert bench.VARIANTS["roc_name_swap"].overrides == [bench.RAW_WEIGHTS, "data.name_swap_prob=0.5"]
     assert v.baseline == "classifier" and bench.VARIANTS["roc_name_swap"].baseline == "classifier_name_swap"
     w = bench.parse_variant("roc_long@cls_long=configs/mnre_roc.yaml;train.epochs=9")
     assert (w.name, w.baseline, w.overrides) == ("roc_long", "cls_long", ["train.epochs=9"])
@@ -83,12 +83,14 @@ def test_variants_and_folders(bench, tmp_path: Path) -> None:
     assert bench.run_folder(tmp_path, "minilm-l6", "roc", 2) == tmp_path / "roc-s2"
     assert bench.run_folder(tmp_path, "mpnet-base", "roc", 2) == tmp_path / "mpnet-base" / "roc-s2"
     roc = bench.VARIANTS["roc"]
-    swap = "data.name_swap_prob=0.0"  # every variant names it: it keeps its meaning if a canonical config changes
-    assert bench.run_overrides(roc, "minilm-l6", 3, None) == [swap, "seed=3"]
-    assert bench.run_overrides(roc, "mpnet-base", 3, None) == [swap, "seed=3", "model.text_backbone=mpnet-base"]
-    assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == [swap, "seed=1",
+    # every variant names its name swapping and weight average: it keeps its meaning if a canonical config changes
+    swap = [bench.RAW_WEIGHTS, "data.name_swap_prob=0.0"]
+    assert bench.run_overrides(roc, "minilm-l6", 3, None) == [*swap, "seed=3"]
+    assert bench.run_overrides(roc, "mpnet-base", 3, None) == [*swap, "seed=3", "model.text_backbone=mpnet-base"]
+    assert bench.run_overrides(roc, "minilm-l6", 1, Path("/b")) == [*swap, "seed=1",
                                                                       "model.text_backbone=/b/minilm-l6"]
-    assert all(any(o.startswith("data.name_swap_prob=") for o in v.overrides) for v in bench.VARIANTS.values())
+    for key in ("data.name_swap_prob=", "train.ema_decay="):
+        assert all(any(o.startswith(key) for o in v.overrides) for v in bench.VARIANTS.values())
     from rocmre.training.config import RunConfig
 
     for v in bench.VARIANTS.values():  # every variant is a valid config; the logit-adjusted pair sets its switch
@@ -111,10 +113,15 @@ def test_a_run_is_scored_only_under_the_config_it_was_trained_with(bench, tmp_pa
     from rocmre.training.config import RunConfig
 
     v = bench.VARIANTS["roc_name_swap"]
-    trained = RunConfig.from_yaml(bench.REPO / v.config, ["data.name_swap_prob=0.5", "seed=2"])
+    trained = RunConfig.from_yaml(bench.REPO / v.config, [bench.RAW_WEIGHTS, "data.name_swap_prob=0.5", "seed=2"])
     trained.output_dir = "somewhere/else"
     (tmp_path / "run_config.yaml").write_text(trained.to_yaml(), encoding="utf-8")
     bench.check_trained_config(tmp_path, v, bench.run_overrides(v, "minilm-l6", 2, None))  # same recipe: passes
+    today = RunConfig.from_yaml(bench.REPO / v.config, ["seed=2"])  # the canonical config averages weights now
+    (tmp_path / "run_config.yaml").write_text(today.to_yaml(), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"train.ema_decay: 0.998 -> None"):
+        bench.check_trained_config(tmp_path, v, bench.run_overrides(v, "minilm-l6", 2, None))
+    (tmp_path / "run_config.yaml").write_text(trained.to_yaml(), encoding="utf-8")
     with pytest.raises(SystemExit, match=r"data.name_swap_prob: 0.5 -> 0.0.*seed: 2 -> 3"):
         bench.check_trained_config(tmp_path, bench.VARIANTS["roc"],
                                    bench.run_overrides(bench.VARIANTS["roc"], "minilm-l6", 3, None))

@@ -28,6 +28,18 @@ def test_folds_are_the_issues_and_known_relations(bench):
     assert len({r for rels in bench.FOLDS.values() for r in rels}) == 15
 
 
+def test_fold_models_train_as_committed_whatever_the_canonical_config(bench):
+    """Every fold recipe keeps names as written and the raw weights, although the canonical config swaps names and
+    averages weights (an average over about 500 steps would be the 500-step fold models' whole budget)."""
+    from rocmre.training.config import RunConfig
+
+    canonical = RunConfig.from_yaml(bench.REPO / "configs" / "mnre_roc.yaml")
+    assert canonical.train.ema_decay and canonical.data.name_swap_prob > 0
+    for v in bench.VARIANTS.values():
+        cfg = RunConfig.from_yaml(bench.REPO / v.config, v.overrides)
+        assert cfg.train.ema_decay is None and cfg.data.name_swap_prob == 0.0, v.name
+
+
 def test_top1_unseen_only_and_generalised(bench):
     scores = np.array([[0.9, 0.8, 0.5, 0.1],   # gold new_a: beats new_b, loses to seen
                        [0.0, 0.1, 0.2, 0.7],   # gold new_b: first everywhere
