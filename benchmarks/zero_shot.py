@@ -61,6 +61,8 @@ FOLDS: dict[str, list[str]] = {
           "/misc/loc/held_on"],
 }
 SHOTS = 5
+#: what a 5-shot row's name adds to the name of the zero-shot row it extends (`<zero-shot row> + 5-shot ...`)
+FIVE_SHOT = " + 5-shot"
 SUMMARY_KEYS = ("folds", "unseen_only_top1", "generalized_top1", "five_shot_generalized_top1", "seen_micro_f1_drop",
                 "types_only_unseen_only_top1", "commit")
 TARGETS = {"unseen_only_top1": 0.80, "over_types_only": 0.10, "generalized_top1": 0.40,
@@ -240,7 +242,7 @@ def build_summary(rows: list[dict], commit: str) -> tuple[dict | None, str | Non
 
     best = max(within_target(zero), key=lambda r: (round(r["val_generalized_top1"]["mean"], 12),
                                               not is_tuned(r["row"]), -cost(r)))
-    shots = [r for r in rows if r["kind"] == "5-shot" and r["row"].startswith(best["row"] + " + 5-shot")
+    shots = [r for r in rows if r["kind"] == "5-shot" and r["row"].startswith(best["row"] + FIVE_SHOT)
              and r["val_generalized_top1"]["mean"] is not None]
     shot = max(within_target(shots), key=lambda r: (round(r["val_generalized_top1"]["mean"], 12), -cost(r)),
                default=None)  # chosen on validation, as the zero-shot row is
@@ -699,8 +701,8 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
             whom = "relation (new and trained)" if "all relations" in kind_suffix else "new relation"
             centred = (", centred (prototypes reorder the relations, the None decision keeps its level)"
                        if "centred" in kind_suffix else "")
-            title = {"": "", " + 5-shot": f", {SHOTS} examples per new relation",
-                     " + 5-shot (all relations)": f", {SHOTS} examples per relation (new and trained)"}.get(
+            title = {"": "", FIVE_SHOT: f", {SHOTS} examples per new relation",
+                     f"{FIVE_SHOT} (all relations)": f", {SHOTS} examples per relation (new and trained)"}.get(
                 kind_suffix, f", {SHOTS} examples per {whom}, prototype weight {weight}{centred}")
             shown = suffix if tuned is None else base + {
                 "offset": " + new relations' score offset chosen on val",
@@ -762,7 +764,7 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
     shots = sample_shots(data["train"].records, held, SHOTS, seed)
     sc.extractor.add_relations({r: {"examples": ex} for r, ex in shots.items()})
     five = sc.score()
-    rows += rows_now(" + 5-shot", five)
+    rows += rows_now(FIVE_SHOT, five)
     # other prototype weights, from the same two passes: the mixed score is linear in the weight
     w0 = sc.model.config.prototype_weight
     swept = [suffix for suffix, _, _, _ in stages if suffix in always_full] + list(PRIOR_SUFFIX.values())
@@ -773,22 +775,22 @@ def score_fold_model(folder: Path, fold: str, variant: suite.Variant, data: dict
                 for split in with_examples}
 
     for w in PROTOTYPE_WEIGHTS:
-        rows += rows_now(f" + 5-shot (w={w:.2f})", reweighted(five, w), only=swept)
+        rows += rows_now(f"{FIVE_SHOT} (w={w:.2f})", reweighted(five, w), only=swept)
     # the same, with every trained relation given 5 of its training examples too: all relations then score
     # against a prototype, on one scale (a prototype alone scores high on every pair of its types)
     trained = [r for r in sc.model.relation_labels if r != neg and r not in held]
     sc.extractor.add_relations({r: {"examples": ex}
                                 for r, ex in sample_shots(data["train"].records, trained, SHOTS, seed).items()})
     five_all = sc.score()
-    rows += rows_now(" + 5-shot (all relations)", five_all)
+    rows += rows_now(f"{FIVE_SHOT} (all relations)", five_all)
     for w in PROTOTYPE_WEIGHTS:
-        rows += rows_now(f" + 5-shot (all relations, w={w:.2f})", reweighted(five_all, w), only=swept)
+        rows += rows_now(f"{FIVE_SHOT} (all relations, w={w:.2f})", reweighted(five_all, w), only=swept)
     # and centred: each pair's mean change over the non-None relations taken off again (still linear in the weight)
     sc.model.config.prototype_centering = True
     five_centred = sc.score()
     sc.model.config.prototype_centering = False
     for w in CENTRED_PROTOTYPE_WEIGHTS:
-        rows += rows_now(f" + 5-shot (all relations, centred, w={w:.2f})", reweighted(five_centred, w), only=swept)
+        rows += rows_now(f"{FIVE_SHOT} (all relations, centred, w={w:.2f})", reweighted(five_centred, w), only=swept)
     return rows, {split: sc.types(split) for split in ("val", "test")}
 
 
@@ -852,7 +854,7 @@ def twin_lines(rows: list[dict], best_row: str | None) -> list[str]:
     (the trade-off)."""
     by = {r["row"]: r for r in rows}
     # a 5-shot row (`<zero-shot row> + 5-shot ...`): its zero-shot part carries the tuned value
-    head, sep, tail = (best_row or "").partition(" + 5-shot")
+    head, sep, tail = (best_row or "").partition(FIVE_SHOT)
     shot = sep + tail
     what = "the chosen 5-shot row" if shot else "the summary row"
     family = untuned(head)
@@ -887,7 +889,7 @@ def shown_in_markdown(name: str, summary_row: str | None, shot_row: str | None) 
     """Whether a row goes into the Markdown and the JSON's ``fold_rows`` (the JSON's ``rows`` keep every row):
     baselines and every zero-shot setting as it is, the tuned twins of the summary row's setting, its 5-shot
     settings, and the chosen 5-shot setting's twins."""
-    base, five, shot = name.partition(" + 5-shot")
+    base, five, shot = name.partition(FIVE_SHOT)
     tuned = is_tuned(base)
     family = None if summary_row is None else untuned(summary_row)
     twins = set() if family is None else {family + OFFSET_SUFFIX, family + NONE_MARGIN_SUFFIX}
@@ -897,7 +899,7 @@ def shown_in_markdown(name: str, summary_row: str | None, shot_row: str | None) 
         return not tuned
     if not tuned:
         return base == family
-    return shot_row is not None and shot == shot_row.partition(" + 5-shot")[2] and base in twins
+    return shot_row is not None and shot == shot_row.partition(FIVE_SHOT)[2] and base in twins
 
 
 def render(payload: dict) -> list[str]:
