@@ -107,6 +107,11 @@ VARIANTS: dict[str, suite.Variant] = {v.name: v for v in [
                   "mean-pooled states + a learned marker residual that starts at zero"),
     fixed_temperature("roc_mean_pooled_pairs_t01", 0.1, "less"),
     fixed_temperature("roc_mean_pooled_pairs_t003", 0.03, "more"),
+    # the pair encoder kept nearer the pretrained sentence space: 4 of MiniLM's 6 layers frozen instead of 2
+    suite.Variant("roc_mean_pooled_pairs_frozen4", "configs/mnre_roc.yaml",
+                  [*MEAN_POOLED_PAIRS, "model.frozen_text_layers=4"],
+                  "ROC, `roc_mean_pooled_pairs` with the 4 lowest text layers frozen instead of 2 (the pair vector "
+                  "stays nearer the pretrained sentence space the description vectors live in)"),
 ]}
 
 
