@@ -258,6 +258,27 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     assert all(p.requires_grad for p in text.encoder.layer[2].parameters())
 
 
+def test_every_text_layer_frozen_trains_the_marker_residual_only(mnre_root, cache_dir, tmp_path):
+    """``model.frozen_text_layers`` = all of MiniLM's 6 (zero_shot.py's `roc_mean_pooled_pairs_frozen6`): the
+    cached prefix is the whole encoder, no text layer trains, the fusion layers over it do."""
+    from rocmre.modeling.model import RelationModel
+    from rocmre.training.trainer import train
+
+    cfg = _config(tmp_path / "frozen6", cache_dir, checkpoint_every=None)
+    cfg.model.frozen_text_layers = 6
+    cfg.model.trainable_markers = False  # as configs/mnre_roc.yaml: nothing below the frozen layers trains
+    cfg.model.frozen_word_embeddings = True
+    cfg.model.freeze_description_encoder = True
+    cfg.model.description_projection = "identity"
+    cfg.model.pair_pooling = "markers_plus_mean"
+    train(cfg, show_progress=False)
+    assert len(_results(tmp_path / "frozen6")["train_loss"]) == 6
+    m = RelationModel.from_pretrained(tmp_path / "frozen6")
+    assert m.frozen_prefix_layers == 6
+    assert not any(p.requires_grad for p in m.encoder.text_model.encoder.layer.parameters())
+    assert any(p.requires_grad for n, p in m.named_parameters() if "fusion" in n)
+
+
 def test_name_swap_epoch_features_are_seeded(mnre_root, cache_dir, tmp_path):
     from rocmre.training.setup import build_model, load_run_data, make_runtime
     from rocmre.training.trainer import Trainer
