@@ -678,10 +678,18 @@ def evaluate_run(folder: Path, data: EvalData) -> tuple[dict, dict]:
                                                                      neg)},
               "trainer_val_micro_f1": trainer_val.get("f1"),
               "train_minutes": metrics.get("train_minutes", timings.get("train_minutes")),
-              "steps": metrics.get("steps"), "machine": metrics.get("machine") or timings.get("machine"),
+              "steps": metrics.get("steps"),
+              "machine": with_precision(metrics.get("machine") or timings.get("machine"),
+                                        (metrics.get("results") or {}).get("precision")),
               "budget": budget, "negative_label": neg}
     preds = {"gold": test.gold, "test": test.pred, "name_swap_gold": swap.gold, "name_swap": swap.pred}
     return result, preds
+
+
+def with_precision(machine: str | None, precision: str | None) -> str | None:
+    """The run's machine and the precision it trained in (``train.mixed_precision: auto`` is bf16 only where the
+    hardware computes it natively, so CPU rows of one config can differ in it), where both were recorded."""
+    return f"{machine}, {precision} training" if machine and precision else machine
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -280,3 +280,11 @@ def test_combine_merges_result_files_and_keeps_each_rows_source(bench, tmp_path:
     assert (out / "mnre.md").read_text(encoding="utf-8") == text
     with pytest.raises(SystemExit):  # a combined file is not a source
         bench.main(["--combine", str(out / "mnre.json"), "--results", str(tmp_path / "again")])
+
+
+def test_the_hardware_column_says_the_training_precision(bench) -> None:
+    machine = "CPU x86_64, 2 cores, torch threads 2"
+    assert bench.with_precision(machine, "fp32") == f"{machine}, fp32 training"
+    assert bench.with_precision(machine, None) == machine  # runs that did not record it
+    assert bench.with_precision(None, "bf16") is None
+    assert bench._short_hardware(bench.with_precision(machine, "bf16")) == "CPU x86_64"
