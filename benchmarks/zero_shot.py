@@ -77,26 +77,15 @@ VIEW_TITLES = {"typed": "typed sentence (`Name (head person)`)",
 #: and average weights: names as written (``data.name_swap_prob=0.0``) and the raw weights (no ``train.ema_decay``:
 #: its horizon of about 500 steps is the fold models' whole budget)
 AS_COMMITTED = ["data.name_swap_prob=0.0", "train.ema_decay=null"]
-#: the open-relation recipe's overrides (`roc_mean_pooled_pairs`), which its temperature ablations extend
+#: the open-relation recipe's overrides (`roc_mean_pooled_pairs`), which its ablations extend
 MEAN_POOLED_PAIRS = [*AS_COMMITTED, "model.freeze_description_encoder=true",
                      "model.description_projection=identity", "model.pair_pooling=markers_plus_mean"]
 
 
-def fixed_temperature(name: str, temperature: float, effect: str) -> suite.Variant:
-    """`roc_mean_pooled_pairs` with the temperature fixed (not learned from the config's 0.05)."""
-    return suite.Variant(name, "configs/mnre_roc.yaml",
-                         [*MEAN_POOLED_PAIRS, f"model.temperature={temperature:g}",
-                          "model.learnable_temperature=false"],
-                         f"ROC, `roc_mean_pooled_pairs` with the temperature fixed at {temperature:g} (instead of "
-                         f"learned from 0.05): the pairs pulled {effect} tightly onto the trained relations")
-
-
-def frozen_layers(name: str, layers: int, what: str) -> suite.Variant:
-    """`roc_mean_pooled_pairs` with more of the text encoder frozen (``model.frozen_text_layers``): the pair vector
-    stays nearer the pretrained sentence space the description vectors live in."""
-    return suite.Variant(name, "configs/mnre_roc.yaml", [*MEAN_POOLED_PAIRS, f"model.frozen_text_layers={layers}"],
-                         f"ROC, `roc_mean_pooled_pairs` with {what}: the pair vector stays nearer the pretrained "
-                         "sentence space the description vectors live in")
+def mean_pooled_ablation(name: str, overrides: list[str], change: str) -> suite.Variant:
+    """`roc_mean_pooled_pairs` with ``overrides`` on top; ``change`` says what they change, for the row's title."""
+    return suite.Variant(name, "configs/mnre_roc.yaml", [*MEAN_POOLED_PAIRS, *overrides],
+                         f"ROC, `roc_mean_pooled_pairs` with {change}")
 
 
 #: training recipes, each trained once per fold with the fold's relations held out (``AS_COMMITTED``)
@@ -113,12 +102,21 @@ VARIANTS: dict[str, suite.Variant] = {v.name: v for v in [
     suite.Variant("roc_mean_pooled_pairs", "configs/mnre_roc.yaml", list(MEAN_POOLED_PAIRS),
                   "ROC, description vectors = the frozen sentence encoder's own, pair vector = the sentence's "
                   "mean-pooled states + a learned marker residual that starts at zero"),
-    fixed_temperature("roc_mean_pooled_pairs_t01", 0.1, "less"),
-    fixed_temperature("roc_mean_pooled_pairs_t003", 0.03, "more"),
+    # the temperature fixed (not learned from the config's 0.05)
+    mean_pooled_ablation("roc_mean_pooled_pairs_t01", ["model.temperature=0.1", "model.learnable_temperature=false"],
+                         "the temperature fixed at 0.1 (instead of learned from 0.05): the pairs pulled less tightly "
+                         "onto the trained relations"),
+    mean_pooled_ablation("roc_mean_pooled_pairs_t003", ["model.temperature=0.03", "model.learnable_temperature=false"],
+                         "the temperature fixed at 0.03 (instead of learned from 0.05): the pairs pulled more tightly "
+                         "onto the trained relations"),
     # the pair encoder kept nearer the pretrained sentence space: 4 of MiniLM's 6 layers frozen instead of 2, or
     # all 6 (the sentence states are the pretrained encoder's; only the marker residual's fusion layers learn)
-    frozen_layers("roc_mean_pooled_pairs_frozen4", 4, "the 4 lowest text layers frozen instead of 2"),
-    frozen_layers("roc_mean_pooled_pairs_frozen6", 6, "every text layer frozen (only the marker residual learns)"),
+    mean_pooled_ablation("roc_mean_pooled_pairs_frozen4", ["model.frozen_text_layers=4"],
+                         "the 4 lowest text layers frozen instead of 2: the pair vector stays nearer the pretrained "
+                         "sentence space the description vectors live in"),
+    mean_pooled_ablation("roc_mean_pooled_pairs_frozen6", ["model.frozen_text_layers=6"],
+                         "every text layer frozen (only the marker residual learns): the pair vector stays nearer the "
+                         "pretrained sentence space the description vectors live in"),
 ]}
 
 

@@ -226,12 +226,12 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     from rocmre.training.trainer import train
 
     sampled = []
+    real_epoch_batches = trainer_module.epoch_batches
 
     def spy(*args, **kwargs):
         sampled.append(args[5] if len(args) > 5 else kwargs.get("weights"))
-        return epoch_batches(*args, **kwargs)
+        return real_epoch_batches(*args, **kwargs)
 
-    epoch_batches = trainer_module.epoch_batches
     monkeypatch.setattr(trainer_module, "epoch_batches", spy)
 
     cfg = _config(tmp_path / "switches", cache_dir, mixed_precision="bf16", group_by_length=True,

@@ -23,6 +23,7 @@ import random
 import resource
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,9 +151,7 @@ def class_balance_weights(relations: list[str | None], alpha: float, negative_la
     """Each record's sampling weight for ``train.class_balance = alpha``: ``count(relation) ** -alpha`` scaled so
     that the relations' records together keep their share of the epoch; records of ``negative_label`` (and
     unlabelled ones) weigh 1, so None is neither oversampled nor thinned. ``alpha = 0``: all weights 1."""
-    counts: dict[str | None, int] = {}
-    for relation in relations:
-        counts[relation] = counts.get(relation, 0) + 1
+    counts = Counter(relations)
     is_relation = [r is not None and r != negative_label for r in relations]
     raw = torch.tensor([counts[r] ** -alpha if pos else 1.0 for r, pos in zip(relations, is_relation, strict=True)],
                        dtype=torch.float64)
