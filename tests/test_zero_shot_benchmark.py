@@ -38,7 +38,8 @@ def test_fold_models_train_as_committed_whatever_the_canonical_config(bench):
     for v in bench.VARIANTS.values():
         cfg = RunConfig.from_yaml(bench.REPO / v.config, v.overrides)
         assert cfg.train.ema_decay is None and cfg.data.name_swap_prob == 0.0, v.name
-        frozen = {"roc_mean_pooled_pairs_frozen4": 4, "roc_mean_pooled_pairs_frozen6": 6}.get(v.name, 2)
+        frozen = {"roc_mean_pooled_pairs_frozen0": 0, "roc_mean_pooled_pairs_frozen4": 4,
+                  "roc_mean_pooled_pairs_frozen6": 6}.get(v.name, 2)
         assert cfg.model.frozen_text_layers == frozen, v.name
 
 
@@ -281,3 +282,22 @@ def test_markdown_keeps_the_summary_family_and_json_keeps_every_row(bench):
                                                                                        "c": "x", "n": 3}
     assert json.loads(text) == payload and text.count("\n") == 11  # one line per row, not per field
     assert "\n  {\"row\": \"x\", \"v\": [1, 2]},\n" in text
+
+
+def test_encoder_comparison_renders_each_encoder_and_relation(bench):
+    """benchmarks/zero_shot_encoders.py: one row per encoder and view, mean ± std over the folds, and a
+    per-relation column per row (a relation without pairs in a fold shows a dash)."""
+    from conftest import load_benchmark
+
+    enc = load_benchmark("zero_shot_encoders")
+    per_fold = {f: {s: {"unseen_only_top1": 0.5 + 0.1 * i, "generalized_top1": 0.25,
+                        "per_relation": {r: (None if r.endswith("couple") else 0.5) for r in rels}}
+                    for s in ("val", "test")}
+                for i, (f, rels) in enumerate(bench.FOLDS.items())}
+    fold_rows = (enc.zero_shot.baseline_rows("a/plain", "frozen `a`, plain", "frozen-encoder", per_fold)
+                 + enc.zero_shot.baseline_rows("b/plain", "frozen `b`, plain", "frozen-encoder", per_fold))
+    payload = {"command": "python benchmarks/zero_shot_encoders.py", "commit": "abc", "machine": "CPU",
+               "date": "today", "rows": enc.zero_shot.aggregate(fold_rows), "fold_rows": fold_rows}
+    text = "\n".join(enc.render(payload))
+    assert "| frozen `a`, plain (`a/plain`) | **60.0 ± 10.0** | 25.0 ± 0.0 | 60.0 ± 10.0 | 25.0 ± 0.0 |" in text
+    assert "| `/per/per/couple` | - | - |" in text and "| `/per/per/peer` | 50.0 | 50.0 |" in text
