@@ -173,6 +173,9 @@ def test_time_budget_becomes_a_stored_step_budget(mnre_root, cache_dir, tmp_path
     assert budget["max_minutes"] == 0.15 and budget["estimated_step_seconds"] > 0
     assert summary.steps == _results(tmp_path / "budget")["total_steps"] == max(1, budget["steps_from_time_budget"])
     assert summary.steps < 600 == budget["epoch_steps"]
+    timings = json.loads((tmp_path / "budget" / "metrics.json").read_text())["timings"]
+    # the steps' own time, within the run's wall time; the old name stays for earlier readers
+    assert 0 < timings["train_step_seconds"] == timings["optimizer_seconds"] <= 60 * timings["train_minutes"]
 
 
 def test_resume_without_checkpoints_is_a_clear_error(tmp_path, cache_dir):

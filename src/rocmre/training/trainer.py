@@ -605,6 +605,9 @@ class Trainer:
             },
             "timings": {
                 "train_minutes": state.timings["wall_seconds"] / 60,
+                # the training steps' time (forward, backward and update), evaluation and caching not counted;
+                # "optimizer_seconds" is its earlier, misleading name, kept for readers of earlier files
+                "train_step_seconds": state.timings["train_seconds"],
                 "optimizer_seconds": state.timings["train_seconds"],
                 "examples_per_second": state.examples_seen / max(state.timings["train_seconds"], 1e-9),
                 "processes": self.accelerator.num_processes,
