@@ -915,6 +915,59 @@ def shown_in_markdown(name: str, summary_row: str | None, shot_row: str | None) 
     return shot_row is not None and shot == shot_row.partition(FIVE_SHOT)[2] and base in twins
 
 
+def per_relation_rows(payload: dict) -> list[str]:
+    """The rows the per-relation table and plot show: the baselines present, then the summary row and its 5-shot
+    setting."""
+    present = {r["row"] for r in payload["fold_rows"]}
+    shown = [n for n in ("types_only", "frozen_encoder", *(f"frozen_encoder_{view}" for view in VIEW_TITLES))
+             if n in present]
+    return shown + [n for n in (payload.get("summary_row"), payload.get("summary_five_shot_row")) if n]
+
+
+def plot_per_relation(payload: dict, path: Path) -> Path:
+    """``zero_shot.png``: each held-out relation's test unseen-only top-1 for the baselines and the summary row
+    (bars), its test pair count beside its name, so which relations a description alone recovers can be seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = per_relation_rows(payload)
+    labels = {"types_only": "types only", "frozen_encoder": "untrained encoder, sentence as written",
+              **{f"frozen_encoder_{v}": f"untrained encoder, {v} view" for v in VIEW_TITLES},
+              payload.get("summary_row"): "summary row (zero-shot, chosen on validation)",
+              payload.get("summary_five_shot_row"): "its 5-shot setting (chosen on validation)"}
+    by = {(r["row"], r["fold"]): r for r in payload["fold_rows"]}
+    relations = [(f, rel) for f, rels in payload["folds"].items() for rel in rels]
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(relations) * max(1, len(shown)) / 3 + 1.6))
+    height = 0.8 / max(1, len(shown))
+    for k, name in enumerate(shown):
+        values = []
+        for f, rel in relations:
+            v = (by.get((name, f)) or {}).get("per_relation", {}).get(rel, {}).get("unseen_only_top1")
+            values.append(float("nan") if v is None else 100 * v)
+        ys = [i + (k - (len(shown) - 1) / 2) * height for i in range(len(relations))]
+        ax.barh(ys, values, height, label=labels.get(name, name))
+    pairs = {}
+    for (_row, f), r in by.items():
+        for rel, pr in r.get("per_relation", {}).items():
+            if pr.get("pairs") is not None:
+                pairs[(f, rel)] = pr["pairs"]
+    ax.set_yticks(range(len(relations)),
+                  [f"{f} {rel} ({pairs.get((f, rel), '?')})" for f, rel in relations], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(20.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("test unseen-only top-1 (%; dotted: chance, 1 of 5); rows named in zero_shot.md", fontsize=8)
+    ax.set_title("New relations added by description: per held-out relation (fold, relation, test pairs)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render(payload: dict) -> list[str]:
     from rocmre.modeling.decision import NONE_MARGIN_GRID
 
@@ -1024,9 +1077,7 @@ def render(payload: dict) -> list[str]:
                      f"{num(r.get('val_seen_micro_f1_drop'))} | {num(r.get('score_offset'))} | "
                      f"{num(r.get('none_margin'))} | "
                      f"{_p(r.get('seen_micro_f1_before'))} | {num(r.get('train_minutes'), '.1f')} |")
-    shown = [n for n in ("types_only", "frozen_encoder", *(f"frozen_encoder_{view}" for view in VIEW_TITLES))
-             if any(r["row"] == n for r in fold_rows)]
-    shown += [n for n in (payload.get("summary_row"), payload.get("summary_five_shot_row")) if n]
+    shown = per_relation_rows(payload)
     lines += ["", "## Per held-out relation (test)", "",
               "Unseen-only top-1 / generalised top-1 per relation, in %, for the baselines and the summary row.", "",
               "| fold | relation | test pairs | " + " | ".join(f"`{n}`" for n in shown) + " |",
@@ -1082,7 +1133,8 @@ def write(results: Path, payload: dict) -> None:
     stored = {**payload, "rows": rounded(payload["rows"]), "fold_rows": rounded(payload["fold_rows"])}
     (results / "zero_shot.json").write_text(dump_rows_per_line(stored), encoding="utf-8")
     (results / "zero_shot.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
-    print(f"wrote {results / 'zero_shot.md'} and zero_shot.json")
+    plot_per_relation(payload, results / "zero_shot.png")
+    print(f"wrote {results / 'zero_shot.md'}, zero_shot.png and zero_shot.json")
 
 
 # --- main --------------------------------------------------------------------------------------------------------
@@ -1126,7 +1178,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render_only:
         payload = json.loads((results / "zero_shot.json").read_text(encoding="utf-8"))
         (results / "zero_shot.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
-        print(f"rendered {results / 'zero_shot.md'}")
+        print(f"rendered {results / 'zero_shot.md'} and {plot_per_relation(payload, results / 'zero_shot.png')}")
         return
     bundle_note = ""
     if args.bundle:

@@ -120,6 +120,9 @@ def test_summary_contract_and_rendering(bench, tmp_path):
     assert "unseen-only top-1 >= 0.80" in md and "**not met**" in md
     assert "| A | `r` | 3 |" in md
     assert json.loads((tmp_path / "zero_shot.json").read_text())["summary"] == summary
+    # the per-relation plot shows the baselines and the chosen rows, as the per-relation table does
+    assert bench.per_relation_rows(payload) == ["types_only", "roc", "roc + 5-shot (w=0.10)"]
+    assert (tmp_path / "zero_shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_summary_prefers_the_untuned_row_of_equal_validation_top1(bench):
