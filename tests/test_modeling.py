@@ -192,6 +192,30 @@ def test_evaluate_writes_reports(tiny_roc_dir, tmp_path):
     assert "| relation | precision |" in (tmp_path / "eval_val.md").read_text()
 
 
+def test_evaluate_with_added_relations(tiny_roc_dir, tmp_path):
+    """`rocmre evaluate --relations FILE` scores the model with relations added without retraining (the file of
+    `rocmre predict --relations`); a bad file fails with its name and nothing is written."""
+    from typer.testing import CliRunner
+
+    from rocmre.cli import app
+
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"/per/per/rival": ["The head person and the tail person compete against each other."],
+                               "/per/per/couple": {"descriptions": ["The two persons are married."]}}))
+    out = tmp_path / "with_new"
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_roc_dir), "--split", "val", "--relations",
+                                      str(new), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "relations added from new.json: 2 (1 new)" in (out / "eval_val.md").read_text().splitlines()[0]
+    assert json.loads((out / "eval_val.json").read_text())["records"] == 1624
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"/per/per/rival": {"descriptions": []}}))
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_roc_dir), "--split", "val", "--relations",
+                                      str(bad), "--out", str(tmp_path / "bad_out"), "--quiet"])
+    assert result.exit_code != 0 and "bad.json" in result.output
+    assert not (tmp_path / "bad_out").exists()
+
+
 def test_type_constraint_lowers_contradicting_relations(tiny_roc_dir):
     from rocmre.modeling.decision import DecisionRule, type_indices
     from rocmre.modeling.model import RelationModel

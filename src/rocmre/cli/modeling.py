@@ -53,6 +53,10 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
              data_dir: Path | None = data_dir_option(),
              out: Path | None = typer.Option(None, "--out", help="Folder for the reports (default: the model's)."),
              batch_size: int = typer.Option(64, "--batch-size", min=1),
+             relations: Path | None = typer.Option(
+                 None, "--relations", exists=True, dir_okay=False,
+                 help="Relations to add before scoring, the file of `rocmre predict --relations` (ROC models): "
+                      "how well relations added without retraining are recognised, and what they cost the others."),
              quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Score a model on a split: accuracy, micro P/R/F1, macro-F1, per relation, confusion matrix, Hits@k/MRR."""
     from rocmre.evaluation.report import evaluate_dataset, write_evaluation
@@ -74,12 +78,31 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
         cfg.data.path = data
     with user_errors(f"cannot read the {split} split"):
         dataset = load_run_data(cfg, split, keep_excluded=True)  # every record of the split
+    new_relations = None
+    if relations is not None:
+        from rocmre.cli.predict import load_relations_file
+        from rocmre.data.record import DataFormatError
+
+        try:
+            new_relations = load_relations_file(relations)
+        except DataFormatError as e:  # names the file
+            fail(str(e))
     with user_errors(f"cannot load the model {model}"):
         m = RelationModel.from_pretrained(model)
+    title = f"{model.name} on {split}"
+    if new_relations is not None:
+        from rocmre.inference.extractor import RelationExtractor
+        from rocmre.training.setup import run_cache_dir
+
+        try:  # the extractor adds them to the model it wraps (descriptions, examples' prototypes, type signatures)
+            added = RelationExtractor(m, run_cache_dir(cfg)).add_relations(new_relations)
+        except (ValueError, TypeError) as e:
+            fail(f"{relations}: {e}")
+        title += f", relations added from {relations.name}: {len(new_relations)} ({len(added)} new)"
     with user_errors(f"cannot evaluate on {split}"):
         runtime = make_runtime(m, cfg)
         ev = evaluate_dataset(runtime, dataset, batch_size, show_progress=not quiet)
-        paths = write_evaluation(ev, out or model, f"{model.name} on {split}")
+        paths = write_evaluation(ev, out or model, title)
     r = ev.overall
     typer.echo(f"{split}: {len(ev.gold)} records ({ev.n_with_image} with image) accuracy {100 * r.accuracy:.2f} "
                f"P {100 * r.precision:.2f} R {100 * r.recall:.2f} micro-F1 {100 * r.f1:.2f} "
