@@ -304,3 +304,23 @@ def test_encoder_comparison_renders_each_encoder_and_relation(bench):
     text = "\n".join(enc.render(payload))
     assert "| frozen `a`, plain (`a/plain`) | **60.0 ± 10.0** | 25.0 ± 0.0 | 60.0 ± 10.0 | 25.0 ± 0.0 |" in text
     assert "| `/per/per/couple` | - | - |" in text and "| `/per/per/peer` | 50.0 | 50.0 |" in text
+
+
+def test_model_input_view_reads_what_the_pair_encoder_reads():
+    """benchmarks/zero_shot_encoders.py's model-input views: the ROC prompt with the markers as their initial
+    words, with or without the position phrase (``model.use_positions``)."""
+    from types import SimpleNamespace
+
+    from conftest import load_benchmark
+
+    from rocmre.data.record import Entity, RelationRecord
+
+    enc = load_benchmark("zero_shot_encoders")
+    rec = RelationRecord(tokens=["Lionel", "Messi", "joined", "FC", "Barcelona"],
+                         head=Entity("Lionel Messi", 0, 2), tail=Entity("FC Barcelona", 3, 5, type="organization"))
+    def types(records):
+        return [("person", "location")] * len(records)
+    encoder = SimpleNamespace(encode=None)  # sentences() needs no encoder
+    with_pos, without = (enc.ModelInputView(encoder, flag, ["<", ">", "{", "}"], types) for flag in (True, False))
+    assert without.sentences([rec]) == ["< [ person ] Lionel Messi > joined { [ organization ] FC Barcelona }"]
+    assert with_pos.sentences([rec])[0] == "the head comes first , near . " + without.sentences([rec])[0]
