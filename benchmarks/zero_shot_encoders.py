@@ -42,14 +42,15 @@ MODEL_INPUT_VIEWS = {"model_input": True, "model_input_nopos": False}
 class ModelInputView:
     """What the pair encoder of a ROC model reads (``rocmre.modeling.prompting``), as text for the untrained
     sentence encoder: the mean-pooled part of the open-relation recipe's pair vector starts as exactly this.
-    ``marker_init``: the words the four markers read as; ``entity_types``: records -> [(head, tail)]."""
+    ``marker_init``: the words the four markers read as (None: the marker tokens as written, ``<h>``);
+    ``entity_types``: records -> [(head, tail)]."""
 
-    def __init__(self, encoder, use_positions: bool, marker_init: list[str], entity_types) -> None:
+    def __init__(self, encoder, use_positions: bool, marker_init: list[str] | None, entity_types) -> None:
         from rocmre.modeling.prompting import MARKERS
 
         self.encode = encoder.encode
         self.use_positions = use_positions
-        self.marker_words = dict(zip(MARKERS, marker_init, strict=True))
+        self.marker_words = dict(zip(MARKERS, marker_init, strict=True)) if marker_init else {}
         self.entity_types = entity_types
 
     def sentences(self, records) -> list[str]:
@@ -65,7 +66,7 @@ class ModelInputView:
 
 
 def encoder_rows(backbone: str, views: list[str], data: dict, descriptions, negative_label: str,
-                 entity_types, marker_init: list[str]) -> list[dict]:
+                 entity_types, marker_init: list[str] | None) -> list[dict]:
     """The frozen-encoder baseline rows (one per fold) of ``backbone`` for each of ``views``."""
     from rocmre.modeling.sentence_prior import SentencePrior
 
@@ -143,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     data = zero_shot.load_splits(base, args.eval_limit)
     descriptions = RelationDescriptions.load(base.model.descriptions)
     types = tagger_entity_types(base.model.entity_tagger, run_cache_dir(base))
-    markers = list(base.model.marker_init or ["<", ">", "{", "}"])
-    fold_rows = [row for b in backbones
-                 for row in encoder_rows(b, views, data, descriptions, base.data.negative_label, types, markers)]
+    fold_rows = [row for b in backbones for row in encoder_rows(b, views, data, descriptions,
+                                                                base.data.negative_label, types,
+                                                                base.model.marker_init)]
     command = shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     results = Path(args.results)
     earlier = results / "zero_shot_encoders.json"

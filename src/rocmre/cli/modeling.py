@@ -78,15 +78,9 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
         cfg.data.path = data
     with user_errors(f"cannot read the {split} split"):
         dataset = load_run_data(cfg, split, keep_excluded=True)  # every record of the split
-    new_relations = None
-    if relations is not None:
-        from rocmre.cli.predict import load_relations_file
-        from rocmre.data.record import DataFormatError
+    from rocmre.cli.predict import add_relations_option, relations_option
 
-        try:
-            new_relations = load_relations_file(relations)
-        except DataFormatError as e:  # names the file
-            fail(str(e))
+    new_relations = relations_option(relations) if relations is not None else None
     with user_errors(f"cannot load the model {model}"):
         m = RelationModel.from_pretrained(model)
     title = f"{model.name} on {split}"
@@ -94,10 +88,8 @@ def evaluate(model: Path = typer.Option(..., "--model", "-m", exists=True, file_
         from rocmre.inference.extractor import RelationExtractor
         from rocmre.training.setup import run_cache_dir
 
-        try:  # the extractor adds them to the model it wraps (descriptions, examples' prototypes, type signatures)
-            added = RelationExtractor(m, run_cache_dir(cfg)).add_relations(new_relations)
-        except (ValueError, TypeError) as e:
-            fail(f"{relations}: {e}")
+        # the extractor adds them to the model it wraps (descriptions, examples' prototypes, type signatures)
+        added = add_relations_option(RelationExtractor(m, run_cache_dir(cfg)), new_relations, relations)
         title += f", relations added from {relations.name}: {len(new_relations)} ({len(added)} new)"
     with user_errors(f"cannot evaluate on {split}"):
         runtime = make_runtime(m, cfg)

@@ -137,6 +137,23 @@ def load_relations_file(path: Path) -> dict[str, Any]:
     return out
 
 
+def relations_option(path: Path) -> dict[str, Any]:
+    """The relations of a ``--relations`` file (:func:`load_relations_file`), or a one-line error naming it."""
+    try:
+        return load_relations_file(path)
+    except DataFormatError as e:  # names the file
+        fail(str(e))
+
+
+def add_relations_option(extractor: RelationExtractor, relations: dict[str, Any], path: Path) -> list[str]:
+    """Add the relations read from ``--relations`` ``path`` to ``extractor``'s model (the names added), or a
+    one-line error naming the file."""
+    try:
+        return extractor.add_relations(relations)
+    except (ValueError, TypeError) as e:
+        fail(f"{path}: {e}")
+
+
 def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Model folder."),
             input_path: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False,
                                             help="Entity pairs, one JSON object a line (see rocmre.data.jsonl)."),
@@ -188,10 +205,7 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     if tune_kind not in RELATION_NUMBERS:
         fail(f"--tune-kind must be one of {', '.join(RELATION_NUMBERS)}, not {tune_kind!r}")
     if relations is not None:
-        try:
-            new_relations = load_relations_file(relations)
-        except DataFormatError as e:  # names the file
-            fail(str(e))
+        new_relations = relations_option(relations)
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
@@ -200,10 +214,7 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
     if new_relations is not None:
-        try:
-            extractor.add_relations(new_relations)
-        except (ValueError, TypeError) as e:
-            fail(f"{relations}: {e}")
+        add_relations_option(extractor, new_relations, relations)
     if tune_offset_on is not None:
         from rocmre.data.jsonl import read_jsonl
 
