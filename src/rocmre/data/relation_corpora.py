@@ -80,23 +80,27 @@ def clean_tokens(tokens: Sequence[str], spans: Sequence[tuple[int, int]]
 
 
 def _pair(tokens: list[str], spans: list[tuple[int, int]], names: tuple[str | None, str | None],
-          types: tuple[str | None, str | None], where: tuple[Path, str, int | None]) -> tuple[list[str], Entity, Entity]:
+          types: tuple[str | None, str | None], where: tuple[Path, str, int | None, str]
+          ) -> tuple[list[str], Entity, Entity]:
     """Checked, cleaned tokens and the two entities. ``names`` (when given) must equal the span's text, ignoring
-    case and whitespace; the entity's name is the span's own text."""
-    path, field, line = where
+    case and whitespace; the entity's name is the span's own text. ``where``: (file, field prefix, line, the
+    span's field under an entity)."""
+    path, prefix, line, span_field = where
     for (s, e), role in zip(spans, ("h", "t"), strict=True):
         if not 0 <= s < e <= len(tokens):
-            raise _fail(f"span [{s}, {e}) is out of range for {len(tokens)} tokens", path, f"{field}{role}", line)
+            raise _fail(f"span [{s}, {e}) is out of range for {len(tokens)} tokens", path,
+                        f"{prefix}{role}{span_field}", line)
     (hs, he), (ts, te) = spans
     if hs < te and ts < he:
-        raise _fail(f"head [{hs}, {he}) and tail [{ts}, {te}) overlap", path, f"{field}t", line)
+        raise _fail(f"head [{hs}, {he}) and tail [{ts}, {te}) overlap", path, f"{prefix}t{span_field}", line)
     for (s, e), name, role in zip(spans, names, ("h", "t"), strict=True):
         if name is not None and "".join(tokens[s:e]).lower() != "".join(name.split()).lower():
             raise _fail(f"span [{s}, {e}) covers {' '.join(tokens[s:e])!r}, not the entity name {name!r}", path,
-                        f"{field}{role}", line)
+                        f"{prefix}{role}{span_field}", line)
     kept, (h, t) = clean_tokens(tokens, spans)
-    if h[0] == h[1] or t[0] == t[1]:
-        raise _fail("an entity span holds only whitespace tokens", path, f"{field}h", line)
+    for (s, e), role in zip((h, t), ("h", "t"), strict=True):
+        if s == e:
+            raise _fail("the span holds only whitespace tokens", path, f"{prefix}{role}{span_field}", line)
     return kept, *(Entity(" ".join(kept[s:e]), s, e, ty) for (s, e), ty in zip((h, t), types, strict=True))
 
 
@@ -168,7 +172,7 @@ def _fewrel_record(obj: Any, pid: str, path: Path, field: str) -> RelationRecord
             raise _fail("missing", path, f"{field}.{key}")
     tokens = _tokens(obj["tokens"], path, f"{field}.tokens")
     (hn, hs), (tn, ts) = (_fewrel_span(obj[k], path, f"{field}.{k}") for k in ("h", "t"))
-    kept, head, tail = _pair(tokens, [hs, ts], (hn, tn), (None, None), (path, f"{field}.", None))
+    kept, head, tail = _pair(tokens, [hs, ts], (hn, tn), (None, None), (path, f"{field}.", None, "[2][0]"))
     return RelationRecord(kept, head, tail, pid, source=f"{path}:{field}")
 
 
@@ -233,7 +237,7 @@ def _wiki80_record(obj: Mapping[str, Any], pid_of: Mapping[str, str], path: Path
     if relation not in pid_of:
         raise _fail(f"relation {relation!r} is not the name of one Wikidata property in {PID2NAME}", path,
                     "relation", line)
-    kept, head, tail = _pair(tokens, spans, (names[0], names[1]), (types[0], types[1]), (path, "", line))
+    kept, head, tail = _pair(tokens, spans, (names[0], names[1]), (types[0], types[1]), (path, "", line, ".pos"))
     return RelationRecord(kept, head, tail, pid_of[relation], source=f"{path}:{line}")
 
 
@@ -334,7 +338,7 @@ class _Doc:
     def record(self, h: int, t: int, sid: int, relation: str, source: str) -> RelationRecord:
         (hspan, htype), (tspan, ttype) = self.mentions[h][sid], self.mentions[t][sid]
         kept, head, tail = _pair(self.sents[sid], [hspan, tspan], (None, None), (htype, ttype),
-                                 (self.path, f"{self.where}.sents[{sid}].", None))
+                                 (self.path, f"{self.where}.sents[{sid}].", None, ""))
         return RelationRecord(kept, head, tail, relation, source=source)
 
 
