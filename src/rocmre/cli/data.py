@@ -11,7 +11,7 @@ import typer
 from rocmre.cli.common import CONTEXT_SETTINGS, data_dir_option, fail, use_data_dir, user_errors
 
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=CONTEXT_SETTINGS,
-                       help="Inspect and fetch datasets (MNRE, MORE, JSONL).")
+                       help="Inspect and fetch datasets (MNRE, MORE, JSONL, relation corpora).")
 
 
 @data_app.command("stats")
@@ -19,7 +19,8 @@ def stats(path: str | None = typer.Argument(None, help="Dataset folder or JSONL 
                                                  "under the data folder (default: the data folder itself)."),
           data_dir: Path | None = data_dir_option(),
           split: str = typer.Option("train,val,test", "--split", help="Comma-separated splits."),
-          fmt: str = typer.Option("auto", "--format", help="auto, mnre, more or jsonl."),
+          fmt: str = typer.Option("auto", "--format", help="auto, mnre, more, jsonl, or a relation corpus: fewrel, "
+                                                   "wiki80, redocred, relations (all three)."),
           negative_label: str | None = typer.Option(None, "--negative-label",
                                                     help="The no-relation label (default: the dataset's own)."),
           skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines",

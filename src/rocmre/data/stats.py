@@ -13,9 +13,12 @@ from rocmre.data.jsonl import read_jsonl
 from rocmre.data.mnre import find_mnre_text, normalise_split, read_mnre
 from rocmre.data.more import MORE_SPLITS, read_more
 from rocmre.data.record import DataFormatError
+from rocmre.data.relation_corpora import CORPORA, corpus_splits, detect_relation_format, read_relation_corpus
 
 DEFAULT_SPLITS = ("train", "val", "test")
-FORMATS = ("auto", "mnre", "more", "jsonl")
+#: the public Wikidata relation corpora (one at a time, or ``relations``: all, as the pre-training splits)
+RELATION_FORMATS = (*CORPORA, "relations")
+FORMATS = ("auto", "mnre", "more", "jsonl", *RELATION_FORMATS)
 
 
 @dataclass
@@ -167,7 +170,9 @@ def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] =
                                 "or the ROCMRE_DATA variable (or run `rocmre data download mnre --to DIR`).")
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    fmt = detect_format(root) if fmt == "auto" else fmt
+    fmt = (detect_relation_format(root) or detect_format(root)) if fmt == "auto" else fmt
+    if fmt in RELATION_FORMATS:
+        return relation_stats(root, fmt, splits, skip_bad_lines=skip_bad_lines)
     if fmt != "jsonl" and root.is_file():
         raise ValueError(f"{root} is a file; the {fmt} format expects a dataset folder")
     on_error = "skip" if skip_bad_lines else "raise"
@@ -194,6 +199,30 @@ def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] =
     if out and all(s.missing for s in out):
         raise FileNotFoundError("; ".join(s.missing or "" for s in out))
     return DatasetStats(str(root), fmt, negative, labels, out)
+
+
+def relation_stats(root: Path, fmt: str, splits: list[str] | tuple[str, ...] = DEFAULT_SPLITS, *,
+                   skip_bad_lines: bool = False) -> DatasetStats:
+    """Statistics of a relation corpus (its files are its splits; the default splits mean all of them) or of
+    ``relations``, all corpora as the pre-training splits ``train`` and ``val`` (see
+    :func:`rocmre.data.relation_corpora.load_relation_corpora`)."""
+    from rocmre.data.relation_corpora import load_relation_corpora
+
+    on_error = "skip" if skip_bad_lines else "raise"
+    if fmt == "relations":
+        datasets = load_relation_corpora(root, on_error=on_error)
+        names = list(datasets) if tuple(splits) == DEFAULT_SPLITS else list(splits)
+        unknown = [s for s in names if s not in datasets]
+        if unknown:
+            raise ValueError(f"unknown relations split(s) {unknown}; expected train and/or val")
+    else:
+        names = corpus_splits(fmt) if tuple(splits) == DEFAULT_SPLITS else list(splits)
+        datasets = read_relation_corpus(root, fmt, names, on_error=on_error)
+    out = [split_stats(datasets[s], s, datasets[s].source, on_error=on_error) for s in names]
+    labels: list[str] = []
+    for s in names:
+        labels.extend(lab for lab in (datasets[s].labels.labels if datasets[s].labels else []) if lab not in labels)
+    return DatasetStats(str(root), fmt, "None", labels, out)
 
 
 def format_stats(stats: DatasetStats, max_problems: int = 20) -> str:
