@@ -127,11 +127,9 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 
 def paired_ci(gold: Sequence[str], a: Sequence[Sequence[str]], b: Sequence[Sequence[str]], negative_label: str,
               resamples: int, seed: int = 0) -> dict:
     """A - B in micro-F1 points with its 95 % CI: the paired bootstrap over records of
-    :mod:`rocmre.evaluation.bootstrap`, each system's predictions pooled over its runs (seeds)."""
-    from rocmre.evaluation.bootstrap import paired_bootstrap, pooled_paired_bootstrap
+    :mod:`rocmre.evaluation.bootstrap`, each system's predictions (one list per run, e.g. per seed) pooled."""
+    from rocmre.evaluation.bootstrap import pooled_paired_bootstrap
 
-    if len(a) == 1 and len(b) == 1:
-        return paired_bootstrap(gold, a[0], b[0], negative_label, resamples, seed).to_dict()
     return pooled_paired_bootstrap(gold, list(a), list(b), negative_label, resamples, seed).to_dict()
 
 

@@ -130,8 +130,9 @@ def run_benchmark(name: str, out_root: Path) -> dict:
         rows.append(r)
         if name == "ablations" and v == "roc":
             rows.append(type_constrained_row(*loaded))
-    return {"rows": rows} if name == "descriptions" else {"rows": rows,
-                                                          "roc_minus_classifier_test_micro_f1": roc_minus_classifier(rows)}
+    if name == "descriptions":
+        return {"rows": rows}
+    return {"rows": rows, "roc_minus_classifier_test_micro_f1": roc_minus_classifier(rows)}
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
