@@ -212,10 +212,10 @@ def train_all(runs: Sequence[Run], extra: list[str], jobs: int, force: bool) -> 
 # --- options and metadata ----------------------------------------------------------------------------------------
 
 def parser(doc: str | None, *, variants: str | None = None, seeds: str | None = None, out_root: str | None = None,
-           training: bool = True) -> argparse.ArgumentParser:
-    """The options every benchmark shares: ``--results``, ``--render-only``, ``--set``; with ``variants`` / ``seeds`` /
-    ``out_root`` defaults, ``--variants``, ``--seeds``, ``--out-root``; with ``training``, ``--jobs``, ``--force``,
-    ``--skip-train``, ``--bundle`` and ``--eval-limit``."""
+           training: bool = True, sets: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark shares: ``--results``, ``--render-only``, with ``sets`` ``--set``; with
+    ``variants`` / ``seeds`` / ``out_root`` defaults, ``--variants``, ``--seeds``, ``--out-root``; with ``training``,
+    ``--jobs``, ``--force``, ``--skip-train``, ``--bundle`` and ``--eval-limit``."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if variants is not None:
         p.add_argument("--variants", default=variants, help="comma-separated variant names")
@@ -224,7 +224,8 @@ def parser(doc: str | None, *, variants: str | None = None, seeds: str | None = 
     if out_root is not None:
         p.add_argument("--out-root", default=out_root, help="where the trained models go")
     p.add_argument("--results", default=str(RESULTS), help="where the results files go")
-    p.add_argument("--set", action="append", default=[], help="override for every run: section.key=value")
+    if sets:
+        p.add_argument("--set", action="append", default=[], help="override for every run: section.key=value")
     p.add_argument("--render-only", action="store_true",
                    help="rewrite the Markdown (and plot) from the results JSON: no training, no scoring")
     if training:
