@@ -13,7 +13,6 @@ Writes benchmarks/results/cpu_speed.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -27,9 +26,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import REPO, git_commit  # noqa: E402
 
 #: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows); levers in
 #: ROC_ONLY (the description refresh, frozen layers under trainable markers) have no classifier row
@@ -623,16 +623,11 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
 def update_results(results: str, commit_key: str, change) -> dict:
     """Apply ``change`` to the existing ``cpu_speed.json`` under ``results`` (every other figure kept), add this
     command to its command line and the current commit under ``commit_key``, and write the JSON and Markdown again."""
-    from suite import git_commit
-
-    path = Path(results) / "cpu_speed.json"
-    kept = json.loads(path.read_text(encoding="utf-8"))
+    kept = harness.load_results(Path(results), "cpu_speed")
     change(kept)
     kept["command"] += " && python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:])
     kept[commit_key] = git_commit()
-    path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
-    (path.parent / "cpu_speed.md").write_text(render(kept) + "\n", encoding="utf-8")
-    print(render(kept))
+    harness.write_results(Path(results), "cpu_speed", kept, render)
     return kept
 
 
@@ -685,8 +680,8 @@ def train_full(config: str, out: str, overrides: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None):
+    parser = harness.parser(__doc__, training=False, sets=False)
     parser.add_argument("--roc-config", default=str(REPO / "configs" / "mnre_roc.yaml"))
     parser.add_argument("--cls-config", default=str(REPO / "configs" / "mnre_cls.yaml"))
     parser.add_argument("--steps", type=int, default=24, help="timed training steps per row (after 3 warm-up)")
@@ -726,89 +721,70 @@ def main() -> None:
                         help="an fp32 twin that keeps the fast config's model (frozen prefix) and turns off only the "
                              "computation switches: trained with --train/--train-only [--seed N]; with --render-only "
                              "added to the results beside the recorded fast run of its seed")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--render-only", action="store_true",
-                        help="no measuring: apply --delta-pair to the existing cpu_speed.json and rewrite the Markdown")
-    args = parser.parse_args()
-    if args.render_only:
-        path = Path(args.results) / "cpu_speed.json"
-        res = json.loads(path.read_text(encoding="utf-8"))
-        earlier = args.earlier_recipe_pair or (None if args.fp32_run else res.get("earlier_recipe_pair"))
-        if args.add_pair or res.get("full_run_pairs"):
-            from rocmre.training.config import RunConfig
 
-            pairs = res.get("full_run_pairs") or [recorded_pair(res, RunConfig.from_yaml(args.roc_config).seed)]
-            if args.add_pair:
-                new = full_run_pair(*(run_metrics(f) for f in args.add_pair), args.fp32_paused_seconds)
-                pairs = [p for p in pairs if p["fast_run"] != new["fast_run"]] + [new]
-            apply_pairs(res, pairs)
-            if args.fp32_arithmetic_run:
-                new_twin = arithmetic_twin(run_metrics(args.fp32_arithmetic_run), pairs, args.roc_config)
-                twins = [t for t in res.get("arithmetic_twins", []) if t["twin_run"] != new_twin["twin_run"]]
-                apply_arithmetic_twins(res, [*twins, new_twin])
-        elif args.fp32_arithmetic_run:
-            raise SystemExit("--fp32-arithmetic-run needs seed-matched full runs in the results (--add-pair)")
-        else:
-            apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
-                            None if earlier else run_metrics(args.fp32_run or res.get("fp32_run")),
-                            args.delta_pair or res.get("delta_pair"),
-                            args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0),
-                            tuple(run_metrics(f) for f in earlier) if earlier else None)
-            if not earlier:
-                res.pop("earlier_recipe_pair", None)
-        extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
-                 if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else []) + (
-            [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else []) + (
-            ["--earlier-recipe-pair " + " ".join(args.earlier_recipe_pair)] if args.earlier_recipe_pair else []) + (
-            ["--add-pair " + " ".join(args.add_pair)] if args.add_pair else []) + (
-            [f"--fp32-arithmetic-run {args.fp32_arithmetic_run}"] if args.fp32_arithmetic_run else [])
-        addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
-        if extra and not res["command"].endswith(addition):
-            res["command"] += addition
-        path.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-        (path.parent / "cpu_speed.md").write_text(render(res) + "\n", encoding="utf-8")
-        print(render(res))
-        return
+    return parser.parse_args(argv)
 
-    import numpy as np
+
+def render_only(args) -> None:
+    """``--render-only``: no measuring; full runs (pairs, twins, a delta pair) applied to the existing results, the
+    Markdown rewritten."""
+    res = harness.load_results(Path(args.results), "cpu_speed")
+    earlier = args.earlier_recipe_pair or (None if args.fp32_run else res.get("earlier_recipe_pair"))
+    if args.add_pair or res.get("full_run_pairs"):
+        from rocmre.training.config import RunConfig
+
+        pairs = res.get("full_run_pairs") or [recorded_pair(res, RunConfig.from_yaml(args.roc_config).seed)]
+        if args.add_pair:
+            new = full_run_pair(*(run_metrics(f) for f in args.add_pair), args.fp32_paused_seconds)
+            pairs = [p for p in pairs if p["fast_run"] != new["fast_run"]] + [new]
+        apply_pairs(res, pairs)
+        if args.fp32_arithmetic_run:
+            new_twin = arithmetic_twin(run_metrics(args.fp32_arithmetic_run), pairs, args.roc_config)
+            twins = [t for t in res.get("arithmetic_twins", []) if t["twin_run"] != new_twin["twin_run"]]
+            apply_arithmetic_twins(res, [*twins, new_twin])
+    elif args.fp32_arithmetic_run:
+        raise SystemExit("--fp32-arithmetic-run needs seed-matched full runs in the results (--add-pair)")
+    else:
+        apply_full_runs(res, run_metrics(args.fast_run or res.get("fast_run")),
+                        None if earlier else run_metrics(args.fp32_run or res.get("fp32_run")),
+                        args.delta_pair or res.get("delta_pair"),
+                        args.fp32_paused_seconds or res.get("fp32_run_paused_seconds", 0.0),
+                        tuple(run_metrics(f) for f in earlier) if earlier else None)
+        if not earlier:
+            res.pop("earlier_recipe_pair", None)
+    extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("fast_run", args.fast_run), ("fp32_run", args.fp32_run))
+             if v] + (["--delta-pair " + " ".join(args.delta_pair)] if args.delta_pair else []) + (
+        [f"--fp32-paused-seconds {args.fp32_paused_seconds:g}"] if args.fp32_paused_seconds else []) + (
+        ["--earlier-recipe-pair " + " ".join(args.earlier_recipe_pair)] if args.earlier_recipe_pair else []) + (
+        ["--add-pair " + " ".join(args.add_pair)] if args.add_pair else []) + (
+        [f"--fp32-arithmetic-run {args.fp32_arithmetic_run}"] if args.fp32_arithmetic_run else [])
+    addition = " && python benchmarks/cpu_speed.py --render-only " + " ".join(extra)
+    if extra and not res["command"].endswith(addition):
+        res["command"] += addition
+    harness.write_results(Path(args.results), "cpu_speed", res, render)
+
+
+def train_runs(args) -> None:
+    """``--train`` / ``--train-only``: the missing full runs (fast, fp32, the fp32 arithmetic twin)."""
+    seed = [] if args.seed is None else [f"seed={args.seed}"]
+    if args.fast_run and not (Path(args.fast_run) / "metrics.json").is_file():
+        train_full(args.roc_config, args.fast_run, seed)
+    if args.fp32_run and not (Path(args.fp32_run) / "metrics.json").is_file():
+        train_full(args.roc_config, args.fp32_run, LEVERS[FP32] + ["train.inference_precision=fp32"] + seed)
+    if args.fp32_arithmetic_run and not (Path(args.fp32_arithmetic_run) / "metrics.json").is_file():
+        train_full(args.roc_config, args.fp32_arithmetic_run, ARITHMETIC_OFF + seed)
+
+
+def measure_prediction(args, res: dict, roc_cfg, train, test) -> float:
+    """Prediction figures into ``res["raw"]`` (measured first, so that the peak memory read afterwards is
+    prediction's); returns that peak."""
     import torch
-    from suite import git_commit
 
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.packed_linear import packing_disabled
-    from rocmre.training.config import RunConfig
-    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime, resolve_precision
+    from rocmre.training.setup import build_model, resolve_precision
 
-    if args.train or args.train_only:
-        seed = [] if args.seed is None else [f"seed={args.seed}"]
-        if args.fast_run and not (Path(args.fast_run) / "metrics.json").is_file():
-            train_full(args.roc_config, args.fast_run, seed)
-        if args.fp32_run and not (Path(args.fp32_run) / "metrics.json").is_file():
-            train_full(args.roc_config, args.fp32_run, LEVERS[FP32] + ["train.inference_precision=fp32"] + seed)
-        if args.fp32_arithmetic_run and not (Path(args.fp32_arithmetic_run) / "metrics.json").is_file():
-            train_full(args.roc_config, args.fp32_arithmetic_run, ARITHMETIC_OFF + seed)
-        if args.train_only:
-            return
     threads = torch.get_num_threads()
-    roc_cfg = RunConfig.from_yaml(args.roc_config)
-    train = load_run_data(roc_cfg, "train")
-    val = load_run_data(roc_cfg, "val")
-    test = load_run_data(roc_cfg, "test")
-    res: dict = {"raw": {}}
-    if args.extra_levers_only:  # the existing results keep every other figure
-        levers = extra_levers(args.roc_config, train, test, args.steps, args.rounds, args.precision_model)
-        update_results(args.results, "extra_levers_commit", lambda kept: kept["raw"].update(extra_levers=levers))
-        return
-    if args.ratio_only:  # the existing results keep every other figure
-        ratio = canonical_step_ratio(args.roc_config, args.cls_config, train, args.steps)
-
-        def with_ratio(kept: dict) -> None:
-            kept["raw"]["canonical_step_ratio"] = ratio
-            kept["summary"]["roc_over_cls_step"] = ratio["ratio_of_means"]
-
-        update_results(args.results, "ratio_commit", with_ratio)
-        return
-
     # -- prediction (first, so that the peak memory read afterwards is prediction's) --------------
     # the canonical config's prediction precision (train.inference_precision, "auto": bf16 where native) is the
     # default path; fp32 rows beside it. Measurements are interleaved in rounds (medians), so that a slow spell of
@@ -910,6 +886,41 @@ def main() -> None:
     del model_10k, ex_10k
     if args.precision_model:
         res["raw"]["prediction_precision_f1"] = precision_f1(args.precision_model)
+    return predict_peak
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.render_only:
+        return render_only(args)
+    if args.train or args.train_only:
+        train_runs(args)
+        if args.train_only:
+            return
+    import numpy as np
+    import torch
+
+    from rocmre.training.config import RunConfig
+    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime
+
+    threads = torch.get_num_threads()
+    roc_cfg = RunConfig.from_yaml(args.roc_config)
+    train, val, test = (load_run_data(roc_cfg, s) for s in ("train", "val", "test"))
+    res: dict = {"raw": {}}
+    if args.extra_levers_only:  # the existing results keep every other figure
+        levers = extra_levers(args.roc_config, train, test, args.steps, args.rounds, args.precision_model)
+        update_results(args.results, "extra_levers_commit", lambda kept: kept["raw"].update(extra_levers=levers))
+        return
+    if args.ratio_only:  # the existing results keep every other figure
+        ratio = canonical_step_ratio(args.roc_config, args.cls_config, train, args.steps)
+
+        def with_ratio(kept: dict) -> None:
+            kept["raw"]["canonical_step_ratio"] = ratio
+            kept["summary"]["roc_over_cls_step"] = ratio["ratio_of_means"]
+
+        update_results(args.results, "ratio_commit", with_ratio)
+        return
+    predict_peak = measure_prediction(args, res, roc_cfg, train, test)
     if args.prediction_only:  # the existing results keep their training rows; the prediction figures are replaced
         def with_prediction(kept: dict) -> None:
             kept["raw"].update(res["raw"])
@@ -988,18 +999,14 @@ def main() -> None:
     res["projected_fp32_full_training_minutes"] = projected_fp32
     apply_full_runs(res, fast, fp32, args.delta_pair, args.fp32_paused_seconds)
     res.update({
-        "command": "python benchmarks/cpu_speed.py " + shlex.join(sys.argv[1:]),
+        "command": harness.command_line("cpu_speed.py", argv),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, torch threads {threads}, "
                    f"bf16 native: {bf16_supported()}",
         "torch": torch.__version__, "threads": threads, "val_scoring_seconds": val_s, "val_records": len(val),
         "steps_per_epoch": steps_per_epoch, "epochs": epochs,
     })
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu_speed.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    (out / "cpu_speed.md").write_text(render(res) + "\n", encoding="utf-8")
-    print(render(res))
+    harness.write_results(Path(args.results), "cpu_speed", res, render)
 
 
 def _lever_of(cfg, cls: bool = False) -> str:

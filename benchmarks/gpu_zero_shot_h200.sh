@@ -8,8 +8,8 @@ tar xzf .devcarry/carry/bundle.tgz -C /tmp
 python3 -m pip install -q --no-index --find-links .devcarry/carry/wheels pydantic typer pyyaml tqdm
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=src
 mkdir -p "$OUT/results" /tmp/zs
-# 3 folds x 2 variants of ROC and 3 fold re-rankers, trained side by side, then every row scored on the GPU
-python3 benchmarks/zero_shot.py --bundle /tmp/bundle --jobs 9 --variants roc,roc_frozen_descriptions --reranker --reranker-set score_batch_size=512 \
+# 3 folds x 2 variants of ROC, trained side by side, then every row scored on the GPU
+python3 benchmarks/zero_shot.py --bundle /tmp/bundle --jobs 9 --variants roc,roc_frozen_descriptions \
   --out-root /tmp/zs --results "$OUT/results" "$@" 2>&1 | grep -v "it/s\]" | tail -40
 rc=${PIPESTATUS[0]}
 cd /tmp/zs && tar czf "$OUT/runs.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='text_encoder' \

@@ -11,33 +11,24 @@ Every model is trained by ``python -m rocmre train --config C --set seed=S`` int
 ``<out-root>/[<backbone>/]<variant>-s<S>`` (skipped when its ``metrics.json`` exists), chosen on validation by
 the trainer, then scored on val, test and the name-replaced test set (``rocmre.data.name_swap``: the committed
 construction, seed ``DEFAULT_SEED``). ROC - classifier is a paired bootstrap over test records, per seed and
-pooled over seeds; each ROC variant is paired with the classifier trained with the same recipe (its ``baseline``,
-e.g. ``roc_name_swap`` with ``classifier_name_swap``) and with the plain classifier, those that were scored.
-Writes ``<results>/mnre.md`` and ``mnre.json`` (whose ``summary`` is the best ROC variant by mean validation
-micro-F1, compared with its own baseline when that was scored).
+pooled over seeds; each ROC variant is paired with the classifier trained with the same recipe (its ``baseline``)
+and with the plain classifier, those that were scored. Writes ``<results>/mnre.{md,json,png}`` (the JSON's
+``summary``: the best ROC variant by mean validation micro-F1, against its own baseline when that was scored).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shlex
-import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for p in (str(REPO / "src"), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import suite  # noqa: E402
+import harness  # noqa: E402
+from harness import REPO, Variant, ci_text, mean_std, parse_variant, pct, pm  # noqa: E402,F401
 
 DEFAULT_BACKBONE = "minilm-l6"
 SUMMARY_KEYS = ("backbone", "seeds", "roc_test_micro_f1_mean", "roc_test_micro_f1_std", "cls_test_micro_f1_mean",
@@ -47,124 +38,41 @@ TARGETS = {"roc_test_micro_f1_mean": 68.0, "roc_minus_cls": 1.0, "roc_test_macro
            "name_swap_drop": 3.0}
 BASELINE = "classifier"  # the plain classifier: every ROC variant is compared with it, and with its own baseline
 
-
-@dataclass
-class BenchVariant:
-    """One row of the benchmark: a config plus overrides, trained once per seed."""
-
-    name: str
-    config: str
-    overrides: list[str] = field(default_factory=list)
-    title: str = ""
-    baseline: str = BASELINE  # for a ROC variant: the classifier variant trained with the same recipe
-
-    @property
-    def paradigm(self) -> str:
-        """``roc`` or ``classifier``: the config's model type after the overrides."""
-        for o in reversed(self.overrides):
-            if o.startswith("model.model_type="):
-                return o.split("=", 1)[1].strip()
-        import yaml
-
-        data = yaml.safe_load((REPO / self.config).read_text(encoding="utf-8")) or {}
-        return str(data.get("model", {}).get("model_type", "roc"))
-
-
 #: the override that keeps a variant on its raw weights: the canonical configs average them (train.ema_decay) since
 #: the EMA rows won on validation; the variants measured before that name it, so that they keep their meaning
 RAW_WEIGHTS = "train.ema_decay=null"
 
-VARIANTS: dict[str, BenchVariant] = {v.name: v for v in [
-    # every variant names its name-swap probability and its weight average, so that a variant keeps its meaning when
-    # a canonical config changes (check_trained_config refuses runs trained otherwise)
-    BenchVariant("roc", "configs/mnre_roc.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.0"], "ROC, names as written"),
-    BenchVariant("classifier", "configs/mnre_cls.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.0"],
-                 "classifier (same encoder, linear head), names as written"),
-    BenchVariant("roc_name_swap", "configs/mnre_roc.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.5"],
-                 "ROC, canonical config before weight averaging: names swapped in training (p=0.5)",
-                 baseline="classifier_name_swap"),
-    BenchVariant("classifier_name_swap", "configs/mnre_cls.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.5"],
-                 "classifier, canonical config before weight averaging: names swapped in training (p=0.5)"),
-    BenchVariant("roc_name_swap_all", "configs/mnre_roc.yaml", [RAW_WEIGHTS, "data.name_swap_prob=1.0"],
-                 "ROC + training-time name swapping (p=1: every name that has a same-type replacement)",
-                 baseline="classifier_name_swap_all"),
-    BenchVariant("classifier_name_swap_all", "configs/mnre_cls.yaml", [RAW_WEIGHTS, "data.name_swap_prob=1.0"],
-                 "classifier + training-time name swapping (p=1)"),
-    # rare relations: the logit-adjusted loss (train.logit_adjustment, tau = 1) on the canonical recipe
-    BenchVariant("roc_logit_adjusted", "configs/mnre_roc.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.logit_adjustment=1.0"],
-                 "ROC, canonical config + logit-adjusted loss (tau 1)", baseline="classifier_logit_adjusted"),
-    BenchVariant("classifier_logit_adjusted", "configs/mnre_cls.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.logit_adjustment=1.0"],
-                 "classifier, canonical config + logit-adjusted loss (tau 1)"),
-    # the same with None left out of the adjustment (train.logit_adjustment_scope: relations): rare relations gain
-    # against frequent ones, None keeps its prior against the relations together
-    BenchVariant("roc_logit_adjusted_relations", "configs/mnre_roc.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.logit_adjustment=1.0",
-                  "train.logit_adjustment_scope=relations"],
-                 "ROC, canonical config + logit-adjusted loss among the relations, None unadjusted (tau 1)",
-                 baseline="classifier_logit_adjusted_relations"),
-    BenchVariant("classifier_logit_adjusted_relations", "configs/mnre_cls.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.logit_adjustment=1.0",
-                  "train.logit_adjustment_scope=relations"],
-                 "classifier, canonical config + logit-adjusted loss among the relations, None unadjusted (tau 1)"),
+
+def _pair(name: str, overrides: list[str], title: str) -> list[Variant]:
+    """A ROC variant and the classifier trained with the same recipe (``classifier<name>``), paired."""
+    return [Variant(f"roc{name}", "configs/mnre_roc.yaml", overrides, f"ROC, {title}", baseline=f"classifier{name}"),
+            Variant(f"classifier{name}", "configs/mnre_cls.yaml", overrides, f"classifier, {title}")]
+
+
+#: every variant names its name-swap probability and its weight average, so that it keeps its meaning when a
+#: canonical config changes (check_trained_config refuses runs trained otherwise). Variants of switches that left
+#: the library (logit adjustment, class balance, the pair-pair term, the cosine margin) are in docs/experiments.md.
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("roc", "configs/mnre_roc.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.0"], "ROC, names as written"),
+    Variant("classifier", "configs/mnre_cls.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.0"],
+            "classifier (same encoder, linear head), names as written"),
+    *_pair("_name_swap", [RAW_WEIGHTS, "data.name_swap_prob=0.5"],
+           "canonical config before weight averaging: names swapped in training (p=0.5)"),
+    *_pair("_name_swap_all", [RAW_WEIGHTS, "data.name_swap_prob=1.0"],
+           "training-time name swapping (p=1: every name that has a same-type replacement)"),
     # weight averaging instead of one checkpoint: the exponential moving average of the trainable weights
     # (train.ema_decay 0.998: a horizon of about 500 steps, 1.3 epochs) is validated and kept
-    BenchVariant("roc_ema", "configs/mnre_roc.yaml", ["data.name_swap_prob=0.5", "train.ema_decay=0.998"],
-                 "ROC, canonical config + weight average (EMA, decay 0.998)", baseline="classifier_ema"),
-    BenchVariant("classifier_ema", "configs/mnre_cls.yaml", ["data.name_swap_prob=0.5", "train.ema_decay=0.998"],
-                 "classifier, canonical config + weight average (EMA, decay 0.998)"),
-    # class-balanced sampling for rare relations (train.class_balance 0.5: square-root sampling among the relations'
-    # records, None keeps its share) on top of the weight average, for macro-F1
-    BenchVariant("roc_ema_balanced", "configs/mnre_roc.yaml",
-                 ["data.name_swap_prob=0.5", "train.ema_decay=0.998", "train.class_balance=0.5"],
-                 "ROC, canonical config + weight average (EMA, decay 0.998) + square-root class-balanced sampling",
-                 baseline="classifier_ema_balanced"),
-    BenchVariant("classifier_ema_balanced", "configs/mnre_cls.yaml",
-                 ["data.name_swap_prob=0.5", "train.ema_decay=0.998", "train.class_balance=0.5"],
-                 "classifier, canonical config + weight average (EMA, decay 0.998) + square-root class-balanced "
-                 "sampling"),
-    # the pair-pair term: a supervised contrastive loss among the batch's pair vectors (same relation = positive),
-    # weight 0.5, temperature 0.1 (model.pair_pair_temperature's default), added to ROC's pair-description loss
-    BenchVariant("roc_pair_pair", "configs/mnre_roc.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "model.pair_pair_weight=0.5"],
-                 "ROC, canonical config + pair-pair contrastive term (weight 0.5)",
-                 baseline="classifier_name_swap"),
-    # longer training: every canonical ROC seed chose its last epoch (6 of 6) on validation; 10 epochs (the
-    # learning-rate schedule stretched over them), the best epoch still chosen on validation
-    BenchVariant("roc_long", "configs/mnre_roc.yaml", [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.epochs=10"],
-                 "ROC, canonical config, 10 epochs", baseline="classifier_long"),
-    BenchVariant("classifier_long", "configs/mnre_cls.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.epochs=10"],
-                 "classifier, canonical config, 10 epochs"),
-    # an additive cosine margin on the gold relation in the training loss (model.cosine_margin 0.1: 2 logits at the
-    # initial temperature 0.05), for separation between confusable relations; the classifier has no cosine
-    BenchVariant("roc_margin", "configs/mnre_roc.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "model.cosine_margin=0.1"],
-                 "ROC, canonical config + additive cosine margin 0.1 in the loss", baseline="classifier_name_swap"),
-    # the recipe that takes new relations best (benchmarks/results/zero_shot.md, issue 10): the description vectors
-    # are the frozen sentence encoder's own and the pair vector is the sentence's mean-pooled states plus a marker
-    # residual that starts at zero; does it keep the canonical recipe's score on the trained relations?
-    BenchVariant("roc_mean_pooled_pairs", "configs/mnre_roc.yaml",
-                 [RAW_WEIGHTS, "data.name_swap_prob=0.5", "model.freeze_description_encoder=true",
-                  "model.description_projection=identity", "model.pair_pooling=markers_plus_mean"],
-                 "ROC, canonical config, description vectors = the frozen sentence encoder's own, pair vector = "
-                 "mean-pooled states + a marker residual starting at zero", baseline="classifier_name_swap"),
+    *_pair("_ema", ["data.name_swap_prob=0.5", "train.ema_decay=0.998"],
+           "canonical config + weight average (EMA, decay 0.998)"),
+    # longer training: every canonical ROC seed chose its last epoch (6 of 6) on validation; 10 epochs
+    *_pair("_long", [RAW_WEIGHTS, "data.name_swap_prob=0.5", "train.epochs=10"], "canonical config, 10 epochs"),
+    # the recipe that takes new relations best (zero_shot.md): does it keep the canonical score on trained relations?
+    Variant("roc_mean_pooled_pairs", "configs/mnre_roc.yaml",
+            [RAW_WEIGHTS, "data.name_swap_prob=0.5", "model.freeze_description_encoder=true",
+             "model.description_projection=identity", "model.pair_pooling=markers_plus_mean"],
+            "ROC, canonical config, description vectors = the frozen sentence encoder's own, pair vector = "
+            "mean-pooled states + a marker residual starting at zero", baseline="classifier_name_swap"),
 ]}
-
-
-def parse_variant(spec: str) -> BenchVariant:
-    """``NAME[@BASELINE]=CONFIG[;override;override...]`` -> a variant (``--add-variant``); ``@BASELINE`` names the
-    classifier variant a ROC variant is paired with (default ``classifier``)."""
-    head, sep, rest = spec.partition("=")
-    name, _, baseline = head.partition("@")
-    parts = [p.strip() for p in rest.split(";") if p.strip()]
-    if not sep or not name.strip() or not parts or ("@" in head and not baseline.strip()):
-        raise ValueError(f"--add-variant {spec!r}: expected NAME[@BASELINE]=CONFIG[;section.key=value...]")
-    bad = [o for o in parts[1:] if "=" not in o]
-    if bad:
-        raise ValueError(f"--add-variant {spec!r}: overrides {bad} are not section.key=value")
-    return BenchVariant(name.strip(), parts[0], parts[1:], name.strip(), baseline.strip() or BASELINE)
 
 
 def run_folder(out_root: Path, backbone: str, variant: str, seed: int) -> Path:
@@ -173,7 +81,7 @@ def run_folder(out_root: Path, backbone: str, variant: str, seed: int) -> Path:
     return base / f"{variant}-s{seed}"
 
 
-def run_overrides(v: BenchVariant, backbone: str, seed: int, bundle: Path | None) -> list[str]:
+def run_overrides(v: Variant, backbone: str, seed: int, bundle: Path | None) -> list[str]:
     """The variant's overrides plus seed and backbone (the user's ``--set`` come after, in train_variant)."""
     text_backbone = str(bundle / backbone) if bundle is not None else backbone
     extra = [f"model.text_backbone={text_backbone}"] if bundle is not None or backbone != DEFAULT_BACKBONE else []
@@ -189,7 +97,7 @@ def config_differences(trained: dict, expected: dict, ignore: tuple[str, ...] = 
     return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in differences(trained, expected, ignore).items()]
 
 
-def check_trained_config(folder: Path, v: BenchVariant, overrides: list[str]) -> None:
+def check_trained_config(folder: Path, v: Variant, overrides: list[str]) -> None:
     """Refuse to score a run under a variant whose config (today's file plus overrides) it was not trained with:
     a canonical config that changed after the run would otherwise label an old model with the new recipe."""
     from rocmre.training.config import RunConfig
@@ -205,14 +113,7 @@ def check_trained_config(folder: Path, v: BenchVariant, overrides: list[str]) ->
 
 # --- aggregation (pure: tested on synthetic results) -------------------------------------------------------------
 
-def mean_std(values: list[float]) -> dict[str, float | None]:
-    """Mean and sample standard deviation (0 for one value, None for none)."""
-    if not values:
-        return {"mean": None, "std": None}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def aggregate_rows(seed_results: list[dict], variants: dict[str, BenchVariant]) -> list[dict]:
+def aggregate_rows(seed_results: list[dict], variants: dict[str, Variant]) -> list[dict]:
     """One row per (backbone, variant), in first-seen order: mean +- std over seeds, in points."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in seed_results:
@@ -234,27 +135,25 @@ def aggregate_rows(seed_results: list[dict], variants: dict[str, BenchVariant]) 
             "val_micro_f1": stat(lambda r: r["val"]["micro_f1"]),
             "name_swap_micro_f1": stat(lambda r: r["name_swap"]["micro_f1"]),
             "name_swap_drop": stat(lambda r: r["test"]["micro_f1"] - r["name_swap"]["micro_f1"]),
-            "train_minutes": mean_std([r["train_minutes"] for r in rs if r.get("train_minutes") is not None]),
+            "train_minutes": mean_std(r.get("train_minutes") for r in rs),
             "budget": "; ".join(dict.fromkeys(r["budget"] for r in rs)),
             "hardware": "; ".join(dict.fromkeys(r["machine"] for r in rs if r.get("machine"))),
         })
     return rows
 
 
-def baselines_of(variant: str, variants: dict[str, BenchVariant]) -> list[str]:
+def baselines_of(variant: str, variants: dict[str, Variant]) -> list[str]:
     """The classifier variants a ROC variant is compared with: its own baseline first, then the plain classifier."""
     v = variants.get(variant)
     return list(dict.fromkeys([v.baseline if v else BASELINE, BASELINE]))
 
 
 def compare_paradigms(seed_results: list[dict], preds: dict[tuple[str, str, int], dict], negative_label: str,
-                      resamples: int, seed: int = 0, variants: dict[str, BenchVariant] | None = None) -> list[dict]:
+                      resamples: int, seed: int = 0, variants: dict[str, Variant] | None = None) -> list[dict]:
     """Paired bootstrap of each ROC variant minus a classifier variant of the same backbone (its own baseline, the
     classifier trained with the same recipe, and the plain classifier, those that were scored), on test (per seed
     and pooled) and on the name-replaced test (pooled); ``preds[(backbone, variant, seed)]`` holds ``gold``,
     ``test`` and ``name_swap`` label lists."""
-    from rocmre.evaluation.bootstrap import paired_bootstrap, pooled_paired_bootstrap
-
     variants = VARIANTS if variants is None else variants
     seeds: dict[tuple[str, str], list[int]] = {}
     paradigm: dict[tuple[str, str], str] = {}
@@ -271,15 +170,15 @@ def compare_paradigms(seed_results: list[dict], preds: dict[tuple[str, str, int]
             continue
         a = [preds[(backbone, name, s)] for s in common]
         b = [preds[(backbone, baseline, s)] for s in common]
-        gold = a[0]["gold"]
-        per_seed = {str(s): paired_bootstrap(x["gold"], x["test"], y["test"], negative_label, resamples, seed).to_dict()
+        per_seed = {str(s): harness.paired_ci(x["gold"], [x["test"]], [y["test"]], negative_label, resamples, seed)
                     for s, x, y in zip(common, a, b, strict=True)}
-        pooled = pooled_paired_bootstrap(gold, [x["test"] for x in a], [y["test"] for y in b], negative_label,
-                                         resamples, seed)
-        swap = pooled_paired_bootstrap(a[0]["name_swap_gold"], [x["name_swap"] for x in a],
-                                       [y["name_swap"] for y in b], negative_label, resamples, seed)
         out.append({"backbone": backbone, "variant": name, "baseline": baseline, "seeds": common,
-                    "per_seed": per_seed, "pooled": pooled.to_dict(), "name_swap_pooled": swap.to_dict()})
+                    "per_seed": per_seed,
+                    "pooled": harness.paired_ci(a[0]["gold"], [x["test"] for x in a], [y["test"] for y in b],
+                                                negative_label, resamples, seed),
+                    "name_swap_pooled": harness.paired_ci(a[0]["name_swap_gold"], [x["name_swap"] for x in a],
+                                                          [y["name_swap"] for y in b], negative_label, resamples,
+                                                          seed)})
     return out
 
 
@@ -315,24 +214,12 @@ def build_summary(rows: list[dict], comparisons: list[dict], commit: str) -> dic
 
 # --- rendering ---------------------------------------------------------------------------------------------------
 
-def _pm(s: dict) -> str:
-    return "-" if s.get("mean") is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
-
-
-def _pt(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def _ci(c: dict | None) -> str:
-    return "-" if c is None else f"{c['observed']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
-
-
 def _vs(c: dict | None, own_baseline: str = BASELINE) -> str:
     """A lead-table CI cell; names the classifier variant when it is not the plain classifier, and says so when the
     ROC variant's own baseline (same recipe) was not scored."""
     if c is None:
         return "-"
-    cell = _ci(c["pooled"]) + ("" if c["baseline"] == BASELINE else f" vs `{c['baseline']}`")
+    cell = ci_text(c["pooled"]) + ("" if c["baseline"] == BASELINE else f" vs `{c['baseline']}`")
     if c["baseline"] != own_baseline:
         cell += f" vs the plain classifier (`{own_baseline}` not scored)"
     return cell
@@ -356,9 +243,9 @@ def _lead_row(r: dict, c: dict | None, own_baseline: str, extra: tuple[str, ...]
     """One lead-table row: a (backbone, variant) aggregate and, for ROC, its comparison with a classifier."""
     minutes = r["train_minutes"]["mean"]
     budget = r["budget"] + (f"; {minutes:.1f} min per run" if minutes is not None else "")
-    cells = [f"`{r['backbone']}`", _variant_label(r), str(len(r["seeds"])), f"**{_pm(r['test_micro_f1'])}**",
-             _pm(r["test_macro_f1"]), _pm(r["test_accuracy"]), _pm(r["val_micro_f1"]), _pm(r["name_swap_micro_f1"]),
-             _pm(r["name_swap_drop"]), _vs(c, own_baseline), budget, r["hardware"] or "-", *extra]
+    cells = [f"`{r['backbone']}`", _variant_label(r), str(len(r["seeds"])), f"**{pm(r['test_micro_f1'])}**",
+             pm(r["test_macro_f1"]), pm(r["test_accuracy"]), pm(r["val_micro_f1"]), pm(r["name_swap_micro_f1"]),
+             pm(r["name_swap_drop"]), _vs(c, own_baseline), budget, r["hardware"] or "-", *extra]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -424,9 +311,9 @@ def render(payload: dict) -> list[str]:
     for c in comps:
         pair = f"| `{c['backbone']}` | `{c['variant']}` | `{c['baseline']}` |"
         for s, res in c["per_seed"].items():
-            lines.append(f"{pair} {s} | {_ci(res)} |")
-        lines.append(f"{pair} pooled | {_ci(c['pooled'])} |")
-        lines.append(f"{pair} pooled, name-replaced test | {_ci(c['name_swap_pooled'])} |")
+            lines.append(f"{pair} {s} | {ci_text(res)} |")
+        lines.append(f"{pair} pooled | {ci_text(c['pooled'])} |")
+        lines.append(f"{pair} pooled, name-replaced test | {ci_text(c['name_swap_pooled'])} |")
     lines += ["", "## Every run", "",
               "| backbone | variant | seed | best epoch | val micro-F1 | test micro-F1 | test macro-F1 | "
               "test accuracy | name-replaced micro-F1 | changed records: test -> name-replaced micro-F1 | "
@@ -436,10 +323,10 @@ def render(payload: dict) -> list[str]:
         ns = r["name_swap"]
         epoch = "-" if r.get("best_epoch") is None else f"{r['best_epoch']:.2f}"
         minutes = "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f}"
-        lines.append(f"| `{r['backbone']}` | `{r['variant']}` | {r['seed']} | {epoch} | {_pt(r['val']['micro_f1'])} | "
-                     f"{_pt(r['test']['micro_f1'])} | {_pt(r['test']['macro_f1'])} | {_pt(r['test']['accuracy'])} | "
-                     f"{_pt(ns['micro_f1'])} | {_pt(ns['changed_test_micro_f1'])} -> "
-                     f"{_pt(ns['changed_micro_f1'])} | {_pt(ns['changed_prediction_rate'])} % | {minutes} | "
+        lines.append(f"| `{r['backbone']}` | `{r['variant']}` | {r['seed']} | {epoch} | {pct(r['val']['micro_f1'])} | "
+                     f"{pct(r['test']['micro_f1'])} | {pct(r['test']['macro_f1'])} | {pct(r['test']['accuracy'])} | "
+                     f"{pct(ns['micro_f1'])} | {pct(ns['changed_test_micro_f1'])} -> "
+                     f"{pct(ns['changed_micro_f1'])} | {pct(ns['changed_prediction_rate'])} % | {minutes} | "
                      f"{r.get('steps', '-')} |")
     st = payload["name_swap"]
     lines += ["", "## The name-replaced test set", "",
@@ -463,11 +350,7 @@ def render(payload: dict) -> list[str]:
 def plot_rows(payload: dict, path: Path) -> Path:
     """``mnre.png``: per row, test and name-replaced test micro-F1 as mean ± std bars with each seed's dot, so the
     seed spread and what unseen names cost can be seen at a glance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     rows = payload["rows"]
     by_row: dict[tuple[str, str, str], list[dict]] = {}
     for r in payload["seed_results"]:
@@ -493,10 +376,7 @@ def plot_rows(payload: dict, path: Path) -> Path:
     ax.set_ylabel("micro-F1 (points)")
     ax.set_title(f"MNRE: mean ± std over seeds, dots = seeds ({payload['machine']})", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return harness.save_figure(fig, path)
 
 
 def _short_hardware(hardware: str | None) -> str:
@@ -534,7 +414,7 @@ def combine(paths: list[Path], command: str) -> dict[str, Any]:
         summary = build_summary([best] + [r for r in own if r["paradigm"] != "roc"],
                                 [c for c in comps if c["source"] == best["source"]], src["commit"])
     first = json.loads(paths[0].read_text(encoding="utf-8"))
-    return {"summary": summary, "commit": suite.git_commit(), "machine": "several (see the hardware column)",
+    return {"summary": summary, "commit": harness.git_commit(), "machine": "several (see the hardware column)",
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command, "sources": sources,
             "data": first["data"], "images": first["images"], "negative_label": first["negative_label"],
             "scoring": first.get("scoring", ""), "resamples": first["resamples"], "rows": rows,
@@ -572,26 +452,14 @@ def render_combined(payload: dict) -> list[str]:
     return lines
 
 
+
+
+def render_any(payload: dict) -> list[str]:
+    """mnre.md of a results file of this script, or of a combined one (``--combine``)."""
+    return render_combined(payload) if payload.get("sources") else render(payload)
+
+
 # --- training and scoring ----------------------------------------------------------------------------------------
-
-def _load_run_data(cfg, split: str):
-    try:
-        from rocmre.training.setup import load_run_data
-    except ImportError:  # older layout
-        from rocmre.training.trainer import load_run_data
-    return load_run_data(cfg, split)
-
-
-def _runtime(model, cfg):
-    try:
-        from rocmre.training.setup import make_runtime
-
-        return make_runtime(model, cfg)
-    except ImportError:
-        from rocmre.modeling.runtime import ModelRuntime
-
-        return ModelRuntime(model, Path(cfg.cache_dir) if cfg.cache_dir else None, cfg.data.missing_image)
-
 
 def _subset(dataset, indices: list[int]):
     from rocmre.data import RelationDataset
@@ -619,8 +487,9 @@ def eval_data(base_cfg, swap_seed: int, limit: int | None) -> EvalData:
 
     from rocmre.data.name_swap import name_swapped_test
     from rocmre.paths import default_cache_dir
+    from rocmre.training.setup import load_run_data
 
-    train, val, test = (_load_run_data(base_cfg, s) for s in ("train", "val", "test"))
+    train, val, test = (load_run_data(base_cfg, s) for s in ("train", "val", "test"))
     cache = Path(base_cfg.cache_dir) if base_cfg.cache_dir else default_cache_dir()
     swapped, stats = name_swapped_test(train, val, test, seed=swap_seed, cache_dir=cache)
     changed = list(stats.changed_indices)
@@ -658,11 +527,12 @@ def evaluate_run(folder: Path, data: EvalData) -> tuple[dict, dict]:
     from rocmre.evaluation.report import evaluate_dataset
     from rocmre.modeling.model import RelationModel
     from rocmre.training.config import RunConfig
+    from rocmre.training.setup import make_runtime
 
     cfg = RunConfig.from_yaml(folder / "run_config.yaml")
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     model = RelationModel.from_pretrained(folder)
-    runtime = _runtime(model, cfg)
+    runtime = make_runtime(model, cfg)
     bs = cfg.train.eval_batch_size
     val, test, swap = (evaluate_dataset(runtime, d, batch_size=bs) for d in (data.val, data.test, data.name_swap))
     neg = model.config.negative_label
@@ -692,110 +562,14 @@ def with_precision(machine: str | None, precision: str | None) -> str | None:
     return f"{machine}, {precision} training" if machine and precision else machine
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="roc_name_swap,classifier_name_swap",
-                        help=f"comma-separated, from {list(VARIANTS)} and --add-variant (default: the canonical "
-                        "configs of both paradigms)")
-    parser.add_argument("--add-variant", action="append", default=[], metavar="NAME[@BASELINE]=CONFIG[;OVERRIDE...]",
-                        help="define a variant (then name it in --variants); @BASELINE: the classifier variant a "
-                        "ROC variant is paired with (default classifier)")
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="comma-separated text backbones")
-    parser.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
-    parser.add_argument("--out-root", default="runs/mnre", help="where the trained models go")
-    parser.add_argument("--results", default=str(HERE / "results"))
-    parser.add_argument("--set", action="append", default=[], help="override for every run: section.key=value")
-    parser.add_argument("--force", action="store_true", help="retrain models that already exist")
-    parser.add_argument("--skip-train", action="store_true", help="only evaluate existing models")
-    parser.add_argument("--skip-missing", action="store_true",
-                        help="with --skip-train: leave out runs that were never trained (named in mnre.md) instead "
-                        "of stopping")
-    parser.add_argument("--bundle", default=None, help="a folder made by benchmarks/offline_bundle.py (data, caches, "
-                        "text backbones as <bundle>/<backbone>)")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
-    parser.add_argument("--name-swap-seed", type=int, default=None, help="default: rocmre.data.name_swap's")
-    parser.add_argument("--eval-limit", type=int, default=None,
-                        help="score only a seeded subset of val/test (smoke runs; never for results)")
-    parser.add_argument("--render-only", action="store_true", help="rewrite mnre.md from mnre.json")
-    parser.add_argument("--combine", nargs="+", default=None, metavar="MNRE_JSON",
-                        help="merge results files of this script (e.g. GPU and CPU runs) into <results>/mnre.*")
-    args = parser.parse_args(argv)
-    results = Path(args.results)
-    if args.combine:
-        sources = [Path(p) for p in args.combine]
-        if any(p.resolve() == (results / "mnre.json").resolve() for p in sources):
-            parser.error(f"--combine would overwrite its own source {results / 'mnre.json'}")
-        payload = combine(sources, shlex.join(["python", "benchmarks/mnre.py", *(argv if argv is not None
-                                                                                 else sys.argv[1:])]))
-        suite.write(results, "mnre", render_combined(payload), payload)
-        print(f"plotted {plot_rows(payload, results / 'mnre.png')}")
-        return
-    if args.render_only:
-        payload = json.loads((results / "mnre.json").read_text(encoding="utf-8"))
-        render_fn = render_combined if payload.get("sources") else render
-        (results / "mnre.md").write_text("\n".join(render_fn(payload)) + "\n", encoding="utf-8")
-        plot_rows(payload, results / "mnre.png")
-        print(f"rendered {results / 'mnre.md'} and mnre.png")
-        return
-    variants = dict(VARIANTS)
-    for spec in args.add_variant:
-        try:
-            v = parse_variant(spec)
-        except ValueError as e:
-            parser.error(str(e))
-        variants[v.name] = v
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in variants]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(variants)} or define them with --add-variant")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
-    out_root = Path(args.out_root)
-    bundle = Path(args.bundle).resolve() if args.bundle else None
-    if bundle is not None:
-        os.environ["ROCMRE_DATA"] = str(bundle / "data")
-        os.environ["ROCMRE_CACHE"] = str(bundle / "cache")
-        missing = [b for b in backbones if not (bundle / b).is_dir()]
-        if missing:
-            parser.error(f"the bundle has no text backbone folder for {missing}")
-
-    jobs = [(b, n, s) for b in backbones for n in names for s in seeds]
-    if not args.skip_train:
-        threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {}
-            # seed-major: a run cut short leaves whole seeds of every variant (paired ROC and classifier runs)
-            for b, s, n in ((b, s, n) for b in backbones for s in seeds for n in names):
-                folder = run_folder(out_root, b, n, s)
-                v = variants[n]
-                run = suite.Variant(folder.name, v.config, run_overrides(v, b, s, bundle), v.title)
-                futures[(b, n, s)] = pool.submit(suite.train_variant, run, folder.parent, args.set, threads,
-                                                 args.force)
-            failed = []
-            for key, f in futures.items():
-                try:
-                    _, minutes = f.result()
-                    print(f"trained {key[0]} {key[1]} seed {key[2]} in {minutes:.1f} min", flush=True)
-                except RuntimeError as e:
-                    failed.append(str(e))
-            if failed:
-                raise SystemExit("training failed:\n" + "\n".join(failed))
-
-    import torch
-
-    from rocmre.evaluation.report import SCORING_NOTE
-    from rocmre.training.config import RunConfig
+def score_runs(jobs: list[tuple[str, str, int]], args, variants: dict[str, Variant], bundle: Path | None,
+               data: EvalData) -> tuple[list[dict], dict, list[str]]:
+    """(per-seed results, predictions, runs asked for but never trained) of every (backbone, variant, seed)."""
     from rocmre.training.trainer import machine_description
 
-    base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
-    from rocmre.data.name_swap import DEFAULT_SEED
-
-    data = eval_data(base, args.name_swap_seed if args.name_swap_seed is not None else DEFAULT_SEED,
-                     args.eval_limit)
     seed_results, preds, missing = [], {}, []
     for b, n, s in jobs:
-        folder = run_folder(out_root, b, n, s)
+        folder = run_folder(Path(args.out_root), b, n, s)
         if not (folder / "metrics.json").is_file():
             if args.skip_missing:
                 missing.append(f"{b} {n} seed {s}")
@@ -811,19 +585,73 @@ def main(argv: list[str] | None = None) -> None:
         print(f"scored {b} {n} seed {s}: test micro-F1 {100 * result['test']['micro_f1']:.2f}", flush=True)
     if not seed_results:
         raise SystemExit("no trained model to score: " + ", ".join(missing))
+    return seed_results, preds, missing
+
+
+def parse_args(argv: list[str] | None):
+    parser = harness.parser(__doc__, variants="roc_name_swap,classifier_name_swap", seeds="1,2,3",
+                            out_root="runs/mnre")
+    parser.add_argument("--add-variant", action="append", default=[], metavar="NAME[@BASELINE]=CONFIG[;OVERRIDE...]",
+                        help="define a variant (then name it in --variants); @BASELINE: the classifier variant a "
+                        "ROC variant is paired with (default classifier)")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="comma-separated text backbones")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="with --skip-train: leave out runs that were never trained (named in mnre.md) instead "
+                        "of stopping")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument("--name-swap-seed", type=int, default=None, help="default: rocmre.data.name_swap's")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="MNRE_JSON",
+                        help="merge results files of this script (e.g. GPU and CPU runs) into <results>/mnre.*")
+    args = parser.parse_args(argv)
+    variants = dict(VARIANTS)
+    for spec in args.add_variant:
+        try:
+            v = parse_variant(spec, BASELINE)
+        except ValueError as e:
+            parser.error(str(e))
+        variants[v.name] = v
+    return parser, args, variants
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, args, variants = parse_args(argv)
+    results = Path(args.results)
+    if args.combine:
+        sources = [Path(p) for p in args.combine]
+        if any(p.resolve() == (results / "mnre.json").resolve() for p in sources):
+            parser.error(f"--combine would overwrite its own source {results / 'mnre.json'}")
+        payload = combine(sources, harness.command_line("mnre.py", argv))
+        return harness.write_results(results, "mnre", payload, render_combined, plot_rows)
+    if args.render_only:
+        return harness.render_only(results, "mnre", render_any, plot_rows)
+    names = harness.choose(parser, args.variants, variants, "variants (or define them with --add-variant)")
+    seeds = harness.split_list(args.seeds, int)
+    backbones = harness.split_list(args.backbone)
+    bundle = harness.use_bundle(args.bundle)
+    missing = [b for b in backbones if bundle is not None and not (bundle / b).is_dir()]
+    if missing:
+        parser.error(f"the bundle has no text backbone folder for {missing}")
+    if not args.skip_train:  # seed-major: a run cut short leaves whole seeds of every variant (paired runs)
+        harness.train_all([harness.Run(variants[n].with_overrides(*run_overrides(variants[n], b, s, bundle)[
+            len(variants[n].overrides):]), run_folder(Path(args.out_root), b, n, s))
+            for b in backbones for s in seeds for n in names], args.set, args.jobs, args.force)
+    from rocmre.data.name_swap import DEFAULT_SEED
+    from rocmre.evaluation.report import SCORING_NOTE
+    from rocmre.training.config import RunConfig
+
+    base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
+    data = eval_data(base, DEFAULT_SEED if args.name_swap_seed is None else args.name_swap_seed, args.eval_limit)
+    jobs = [(b, n, s) for b in backbones for n in names for s in seeds]
+    seed_results, preds, missing = score_runs(jobs, args, variants, bundle, data)
     neg = base.data.negative_label
     rows = aggregate_rows(seed_results, variants)
     comparisons = compare_paradigms(seed_results, preds, neg, args.resamples, variants=variants)
-    commit = suite.git_commit()
+    meta = harness.run_meta("mnre.py", argv, args.eval_limit)
     payload = {
-        "summary": build_summary(rows, comparisons, commit),
-        "commit": commit, "machine": machine_description(), "torch": torch.__version__,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]) if argv is None
-        else shlex.join(["python", "benchmarks/mnre.py", *argv]),
+        "summary": build_summary(rows, comparisons, meta["commit"]), **meta,
         "data": base.data.path, "images": data.images, "negative_label": neg, "scoring": SCORING_NOTE,
         "bundle": ("offline bundle from benchmarks/offline_bundle.py"
-                   + ("" if (Path(bundle) / "data" / "mnre" / "RE_data" / "img_vg").is_dir() else
+                   + ("" if (bundle / "data" / "mnre" / "RE_data" / "img_vg").is_dir() else
                       " made with --no-crops (the visual-grounding crops of the 107 records with an image are left "
                       "out, to fit the GPU machine's 64 MiB transfer)")) if bundle else "",
         "overrides": args.set, "seeds": seeds, "backbones": backbones, "resamples": args.resamples,
@@ -833,10 +661,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows, "comparisons": comparisons, "seed_results": seed_results, "name_swap": data.stats,
         "missing_runs": missing,
     }
-    if args.eval_limit:
-        payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
-    suite.write(results, "mnre", render(payload), payload)
-    print(f"plotted {plot_rows(payload, results / 'mnre.png')}")
+    harness.write_results(results, "mnre", payload, render, plot_rows)
 
 
 if __name__ == "__main__":

@@ -6,37 +6,71 @@ the same three folds of held-out MNRE relations. The open-relation recipe keeps 
 encoder's own, so a better untrained matcher is the first thing a bigger backbone would have to offer.
 
     python benchmarks/zero_shot_encoders.py --backbones minilm-l6,mpnet-base --views plain,typed,typed_clean
-    python benchmarks/zero_shot_encoders.py --backbones minilm-l6 --views model_input,model_input_nopos
+    python benchmarks/zero_shot_encoders.py --backbones minilm-l6 --views model_input,model_input_nopos --append
 
 write ``benchmarks/results/zero_shot_encoders.{json,md}`` (about 8 minutes on 2 CPU cores, most of it MPNet).
-The ``model_input`` views read what a ROC model's pair encoder reads (its prompt, markers as the canonical
-config's ``marker_init`` words): the open-relation recipe's pair vector starts as their mean-pooled states.
+The ``typed`` views write each mention's role and tagged entity type after it (``typed_clean``: without a tweet's
+``RT``, ``@handles`` and links); the ``model_input`` views read what a ROC model's pair encoder reads (its prompt,
+markers as the canonical config's ``marker_init`` words): the open-relation recipe's pair vector starts as their
+mean-pooled states.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shlex
+import re
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import suite  # noqa: E402
+import harness  # noqa: E402
 import zero_shot  # noqa: E402
+from harness import REPO  # noqa: E402
 
-#: how a row names what the encoder read (the views of rocmre.modeling.sentence_prior, then the model's own input)
-VIEW_TEXT = {"plain": "the sentence as written", **zero_shot.VIEW_TITLES,
+#: how a row names what the encoder read
+VIEW_TEXT = {"plain": "the sentence as written", "typed": "typed sentence (`Name (head person)`)",
+             "typed_clean": "typed sentence without `RT`, `@handles` and links",
              "model_input": "the ROC model's input (position phrase, `< [ person ] Messi >` markers and types)",
              "model_input_nopos": "the ROC model's input without its position phrase (`model.use_positions: false`)"}
 #: the model-input views: whether the position phrase is written (markers read as the canonical config's
 #: model.marker_init words, the embeddings the fixed markers start from)
 MODEL_INPUT_VIEWS = {"model_input": True, "model_input_nopos": False}
+#: tokens of a tweet's addressing and links, which ``typed_clean`` drops outside the mentions
+TWEET_NOISE = re.compile(r"^(?:RT|rt|:|@\w+:?|https?://\S*)$")
+#: entity types as the curated descriptions write them
+TYPE_WORDS = {"person": "person", "organization": "organization", "location": "location",
+              "miscellaneous": "thing", "object": "object"}
+
+
+def typed_sentence(record, head_type: str | None, tail_type: str | None, drop_noise: bool = False) -> str:
+    """``record``'s text with ``(head <type>)`` / ``(tail <type>)`` after the head and tail mentions (an image-object
+    tail is not written; an unknown type reads ``entity``); ``drop_noise``: without tweet addressing and links."""
+    after: dict[int, list[str]] = {}
+    mentions = [ent.span for ent in (record.head, record.tail) if not ent.is_object]
+    for role, ent, typ in (("head", record.head, head_type), ("tail", record.tail, tail_type)):
+        if not ent.is_object:
+            end = min(max(ent.span[1], 1), len(record.tokens)) - 1
+            after.setdefault(end, []).append(f"({role} {TYPE_WORDS.get(typ or '', 'entity')})")
+    words: list[str] = []
+    for i, tok in enumerate(record.tokens):
+        if drop_noise and TWEET_NOISE.match(tok) and not any(start <= i < end for start, end in mentions):
+            continue
+        words += [tok, *after.get(i, [])]
+    return " ".join(words)
+
+
+class TypedView:
+    """The untrained encoder reading typed sentences (``entity_types``: records -> [(head, tail)], the tagger's
+    types where a record has none)."""
+
+    def __init__(self, encoder, entity_types, drop_noise: bool) -> None:
+        self.encode, self.entity_types, self.drop_noise = encoder.encode, entity_types, drop_noise
+
+    def sentences(self, records) -> list[str]:
+        records = list(records)
+        return [typed_sentence(r, r.head.type or head, r.tail.type or tail, self.drop_noise)
+                for r, (head, tail) in zip(records, self.entity_types(records), strict=True)]
 
 
 class ModelInputView:
@@ -65,21 +99,24 @@ class ModelInputView:
         return out
 
 
+def view_of(encoder, view: str, entity_types, marker_init: list[str] | None):
+    """What the encoder reads of a record in ``view`` (an object with ``encode`` and ``sentences``)."""
+    if view in MODEL_INPUT_VIEWS:
+        return ModelInputView(encoder, MODEL_INPUT_VIEWS[view], marker_init, entity_types)
+    if view in ("typed", "typed_clean"):
+        return TypedView(encoder, entity_types, view == "typed_clean")
+    return encoder
+
+
 def encoder_rows(backbone: str, views: list[str], data: dict, descriptions, negative_label: str,
                  entity_types, marker_init: list[str] | None) -> list[dict]:
     """The frozen-encoder baseline rows (one per fold) of ``backbone`` for each of ``views``."""
-    from rocmre.modeling.sentence_prior import SentencePrior
-
-    encoder = SentencePrior(backbone, negative_label=negative_label)
+    encoder = zero_shot.FrozenEncoder(backbone)
     rows: list[dict] = []
     for view in views:
-        if view in MODEL_INPUT_VIEWS:
-            stage = ModelInputView(encoder, MODEL_INPUT_VIEWS[view], marker_init, entity_types)
-        else:
-            stage = SentencePrior(encoder=encoder.backbone, negative_label=negative_label, sentence_view=view,
-                                  entity_types=entity_types)
         start = time.perf_counter()
-        per_fold = zero_shot.frozen_encoder_rows(stage, data, descriptions, negative_label)
+        per_fold = zero_shot.frozen_encoder_rows(view_of(encoder, view, entity_types, marker_init), data,
+                                                 descriptions, negative_label)
         print(f"{backbone}, {view}: {time.perf_counter() - start:.0f} s", flush=True)
         rows += zero_shot.baseline_rows(f"{backbone}/{view}", f"frozen `{backbone}`, {VIEW_TEXT[view]}",
                                         "frozen-encoder", per_fold)
@@ -98,10 +135,11 @@ def render(payload: dict) -> list[str]:
              "| encoder, what it reads | unseen-only top-1 | generalised top-1 | val unseen-only top-1 | "
              "val generalised top-1 |",
              "| --- | --- | --- | --- | --- |"]
+    pm = zero_shot._pm
     for r in payload["rows"]:
-        lines.append(f"| {r['title']} (`{r['row']}`) | **{zero_shot._pm(r['unseen_only_top1'])}** | "
-                     f"{zero_shot._pm(r['generalized_top1'])} | {zero_shot._pm(r['val_unseen_only_top1'])} | "
-                     f"{zero_shot._pm(r['val_generalized_top1'])} |")
+        lines.append(f"| {r['title']} (`{r['row']}`) | **{pm(r['unseen_only_top1'])}** | "
+                     f"{pm(r['generalized_top1'])} | {pm(r['val_unseen_only_top1'])} | "
+                     f"{pm(r['val_generalized_top1'])} |")
     relations = [rel for fold in zero_shot.FOLDS.values() for rel in fold]
     lines += ["", "Per held-out relation, test unseen-only top-1 (%):", "",
               "| relation | " + " | ".join(f"`{r['row']}`" for r in payload["rows"]) + " |",
@@ -115,30 +153,24 @@ def render(payload: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__.split("\n\n")[0], training=False)
     parser.add_argument("--backbones", default="minilm-l6,mpnet-base", help="comma-separated text backbones")
-    parser.add_argument("--views", default="plain,typed_clean", help="comma-separated sentence views")
-    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--views", default="plain,typed_clean", help=f"comma-separated, from {list(VIEW_TEXT)}")
     parser.add_argument("--eval-limit", type=int, default=None, help="score a seeded subset of val/test (smoke)")
     parser.add_argument("--append", action="store_true",
                         help="add these rows to the results file's (rows of the same encoder and view replaced)")
     args = parser.parse_args(argv)
-    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
-
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    views = [v.strip() for v in args.views.split(",") if v.strip()]
-    if not backbones:
-        parser.error("--backbones: give at least one text backbone")
-    if not views or any(v not in SENTENCE_VIEWS and v not in MODEL_INPUT_VIEWS for v in views):
-        parser.error(f"--views {args.views!r}: expected some of {[*SENTENCE_VIEWS, *MODEL_INPUT_VIEWS]}")
-
-    import torch
-
+    results = Path(args.results)
+    if args.render_only:
+        return harness.render_only(results, "zero_shot_encoders", render)
+    backbones = harness.split_list(args.backbones)
+    views = harness.choose(parser, args.views, VIEW_TEXT, "views")
+    if not backbones or not views:
+        parser.error("give at least one text backbone and one view")
     from rocmre.data.name_swap import tagger_entity_types
     from rocmre.descriptions.store import RelationDescriptions
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import run_cache_dir
-    from rocmre.training.trainer import machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml")
     data = zero_shot.load_splits(base, args.eval_limit)
@@ -147,24 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     fold_rows = [row for b in backbones for row in encoder_rows(b, views, data, descriptions,
                                                                 base.data.negative_label, types,
                                                                 base.model.marker_init)]
-    command = shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
-    results = Path(args.results)
+    meta = harness.run_meta("zero_shot_encoders.py", argv, args.eval_limit)
     earlier = results / "zero_shot_encoders.json"
     if args.append and earlier.is_file():
         before = json.loads(earlier.read_text(encoding="utf-8"))
         names = {r["row"] for r in fold_rows}
         fold_rows = [r for r in before["fold_rows"] if r["row"] not in names] + fold_rows
-        command = f"{before['command']} && {command}"
-    payload = {"commit": suite.git_commit(), "machine": machine_description(), "torch": torch.__version__,
-               "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
-               "folds": zero_shot.FOLDS, "rows": zero_shot.aggregate(fold_rows), "fold_rows": fold_rows}
-    if args.eval_limit:
-        payload["warning"] = f"smoke run: val/test limited to {args.eval_limit} records; not a result"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "zero_shot_encoders.json").write_text(json.dumps(zero_shot.rounded(payload), indent=1) + "\n",
-                                                     encoding="utf-8")
-    (results / "zero_shot_encoders.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
-    print(f"wrote {results / 'zero_shot_encoders.md'} and zero_shot_encoders.json")
+        meta["command"] = f"{before['command']} && {meta['command']}"
+    payload = {**meta, "folds": zero_shot.FOLDS, "rows": zero_shot.aggregate(fold_rows), "fold_rows": fold_rows}
+    harness.write_results(results, "zero_shot_encoders", payload, render,
+                          dump=lambda p: json.dumps(harness.rounded(p), indent=1) + "\n")
 
 
 if __name__ == "__main__":

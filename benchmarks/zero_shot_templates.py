@@ -8,49 +8,37 @@ the five held-out relations are added to the fold model three ways: the curated 
 ``zero_shot.py`` adds them), the hand-written templates (built-in set ``mnre_templates``, five per relation, filled
 with each pair's head and tail mentions), and both together (a relation's vector is the centre of all ten). Each is
 scored on the held-out relations' val and test pairs: top-1 among the five held-out relations (unseen-only) and
-among all relations (generalised), first stage alone, with the soft type prior, and with the type prior plus the
-sentence prior at weight 0.33 (the setting ``zero_shot.py`` chooses); and the untrained sentence encoder alone with
-each description set (the frozen-encoder baseline). Only held-out pairs are scored (a template is encoded once per
-pair and relation), so the full decision and the trained relations' drop are not measured here. Writes
-``<results>/zero_shot_templates.{md,json}``; the description set to prefer is the one best on validation.
+among all relations (generalised), first stage alone and with the soft type prior; and the untrained sentence
+encoder alone with each description set (the frozen-encoder baseline). Only held-out pairs are scored (a template
+is encoded once per pair and relation), so the full decision and the trained relations' drop are not measured here.
+Writes ``<results>/zero_shot_templates.{md,json}``; the description set to prefer is the one best on validation.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shlex
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for p in (str(REPO / "src"), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import suite  # noqa: E402
+import harness  # noqa: E402
 import zero_shot as zs  # noqa: E402
-
-from rocmre.modeling.sentence_prior import SENTENCE_VIEWS  # noqa: E402
+import zero_shot_encoders  # noqa: E402
+from harness import REPO  # noqa: E402
 
 DESCRIPTION_SETS = ("curated", "templates", "curated + templates")
-SENTENCE_PRIOR_WEIGHT = 0.33
-#: (row suffix, soft type prior on, sentence prior on)
-SETTINGS = (("", False, False), (" + type prior", True, False),
-            (f" + type prior + sentence prior (w={SENTENCE_PRIOR_WEIGHT:g})", True, True))
+#: (row suffix, soft type prior on); the sentence-prior setting of the committed results left with the sentence prior
+SETTINGS = (("", False), (" + type prior", True))
 METRICS = ("unseen_only_top1", "generalized_top1", "val_unseen_only_top1", "val_generalized_top1")
 
 
 def held_out_only(data: dict, held: list[str]) -> dict:
     """Val and test restricted to the pairs whose gold relation is in ``held``."""
     out = {}
-    for split in ("val", "test"):
+    for split in zs.SPLITS:
         idx = [i for i, g in enumerate(data[split].gold) if g in held]
         out[split] = zs.SplitData([data[split].records[i] for i in idx], [data[split].gold[i] for i in idx])
     return out
@@ -62,7 +50,7 @@ def top1_pair(scores: np.ndarray, gold: list[str], labels: list[str], held: list
     return zs.mean(zs.top1(scores, gold, labels, held)), zs.mean(zs.top1(scores, gold, labels, relations))
 
 
-def score_fold(folder: Path, fold: str, data: dict, sets: dict, prior) -> list[dict]:
+def score_fold(folder: Path, fold: str, data: dict, sets: dict) -> list[dict]:
     """The rows of one fold model: each description set x each setting, val and test held-out pairs."""
     held = zs.FOLDS[fold]
     sub = held_out_only(data, held)
@@ -75,21 +63,12 @@ def score_fold(folder: Path, fold: str, data: dict, sets: dict, prior) -> list[d
                                    provenance={"method": "hand", "added_at_inference": True,
                                                "benchmark": "zero_shot_templates"})
         scored = sc.score()
-        stage = zs.CachedReranker(prior, descriptions, {}, SENTENCE_PRIOR_WEIGHT)
-        for suffix, prior_on, with_prior in SETTINGS:
+        for suffix, prior_on in SETTINGS:
             row: dict[str, Any] = {"fold": fold, "source": folder.name.rsplit("-", 1)[0], "descriptions": kind,
                                    "setting": suffix.removeprefix(" + ") or "first stage"}
-            for split in ("val", "test"):
-                scores, dec = sc.decide(scored[split], split, None, prior_on)
-                labels, gold, records = dec.labels, sub[split].gold, sub[split].records
-                if with_prior:
-                    relations = [lab for lab in labels if lab != sc.negative]
-                    general = zs.rerank_block(stage, records, labels, scores, relations, zs.RERANK_TOP_K)
-                    unseen = zs.rerank_block(stage, records, labels, scores, held, zs.RERANK_TOP_K)
-                    u = top1_pair(unseen, gold, labels, held, sc.negative)[0]
-                    g = top1_pair(general, gold, labels, held, sc.negative)[1]
-                else:
-                    u, g = top1_pair(scores, gold, labels, held, sc.negative)
+            for split in zs.SPLITS:
+                scores, dec = sc.decide(scored[split], split, prior_on)
+                u, g = top1_pair(scores, sub[split].gold, dec.labels, held, sc.negative)
                 prefix = "val_" if split == "val" else ""
                 row[prefix + "unseen_only_top1"], row[prefix + "generalized_top1"] = u, g
             rows.append(row)
@@ -97,7 +76,33 @@ def score_fold(folder: Path, fold: str, data: dict, sets: dict, prior) -> list[d
     return rows
 
 
-def frozen_rows(data: dict, sets: dict, prior, folds: list[str]) -> list[dict]:
+def frozen_scores(reader, records: list, labels: list[str], descriptions) -> np.ndarray:
+    """(N, R) cosines between each record's sentence (``reader.sentences``) and each relation's description centre,
+    a relation's templates filled with the record's mentions."""
+    import torch
+    import torch.nn.functional as F
+
+    from rocmre.descriptions.store import fill_template, is_template
+
+    vectors: dict[str, torch.Tensor] = {}
+
+    def encode(texts: list[str]) -> list[torch.Tensor]:
+        missing = list(dict.fromkeys(t for t in texts if t not in vectors))
+        if missing:
+            vectors.update(zip(missing, reader.encode(missing), strict=True))
+        return [vectors[t] for t in texts]
+
+    sentences = torch.stack(encode(reader.sentences(records))) if records else torch.zeros(0, 1)
+    out = np.zeros((len(records), len(labels)))
+    for i, rec in enumerate(records):
+        for j, lab in enumerate(labels):
+            texts = [fill_template(t, rec.head.name, rec.tail.name) if is_template(t) else t
+                     for t in descriptions.texts(lab)]
+            out[i, j] = float(sentences[i] @ F.normalize(torch.stack(encode(texts)).mean(0), dim=-1))
+    return out
+
+
+def frozen_rows(data: dict, sets: dict, reader, folds: list[str]) -> list[dict]:
     """The untrained sentence encoder alone: cosine between the sentence and each relation's description centre
     (templates filled per pair), per fold and description set."""
     rows = []
@@ -108,10 +113,8 @@ def frozen_rows(data: dict, sets: dict, prior, folds: list[str]) -> list[dict]:
             labels = [lab for lab in descriptions.labels if lab != descriptions.negative_label]
             row: dict[str, Any] = {"fold": fold, "source": "frozen_encoder", "descriptions": kind,
                                    "setting": "sentence encoder only"}
-            for split in ("val", "test"):
-                records = sub[split].records
-                cand = np.tile(np.arange(len(labels)), (len(records), 1))
-                scores = prior.relation_scores(records, labels, cand, descriptions)
+            for split in zs.SPLITS:
+                scores = frozen_scores(reader, sub[split].records, labels, descriptions)
                 u, g = top1_pair(scores, sub[split].gold, labels, held, descriptions.negative_label)
                 prefix = "val_" if split == "val" else ""
                 row[prefix + "unseen_only_top1"], row[prefix + "generalized_top1"] = u, g
@@ -147,7 +150,7 @@ def render(payload: dict) -> list[str]:
     lines = ["# Description templates for relations added without retraining", "",
              f"Produced by `{payload['command']}` at commit `{payload['commit']}` on {payload['machine']} "
              f"({payload['date']}).", "",
-             f"Sentence view of the sentence prior and the frozen encoder: `{payload.get('sentence_view', 'plain')}`"
+             f"Sentence view of the frozen encoder: `{payload.get('sentence_view', 'plain')}`"
              " (typed: each mention followed by its role and tagged entity type).", "",
              "Fold models: `benchmarks/zero_shot.py`'s, variant "
              f"`{payload['variant']}` in `{payload['out_root']}` (three folds of five MNRE relations held out of "
@@ -175,26 +178,22 @@ def render(payload: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, training=False)
     parser.add_argument("--out-root", default="runs/zero_shot", help="where benchmarks/zero_shot.py put its models")
     parser.add_argument("--variant", default="roc_frozen_descriptions", choices=list(zs.VARIANTS))
     parser.add_argument("--folds", default=",".join(zs.FOLDS))
-    parser.add_argument("--results", default=str(HERE / "results"))
-    parser.add_argument("--sentence-view", default="plain", choices=SENTENCE_VIEWS,
-                        help="what the sentence prior (and the frozen encoder) reads of a record "
-                             "(rocmre.modeling.sentence_prior.SENTENCE_VIEWS)")
+    parser.add_argument("--sentence-view", default="plain", choices=["plain", "typed", "typed_clean"],
+                        help="what the frozen encoder reads of a record (benchmarks/zero_shot_encoders.py's views)")
     args = parser.parse_args(argv)
-
-    import torch
-
+    results = Path(args.results)
+    if args.render_only:
+        return harness.render_only(results, "zero_shot_templates", render)
     from rocmre.data.name_swap import tagger_entity_types
     from rocmre.descriptions.store import load_builtin
-    from rocmre.modeling.sentence_prior import SentencePrior
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import run_cache_dir
-    from rocmre.training.trainer import machine_description
 
-    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
+    folds = harness.choose(parser, args.folds, zs.FOLDS, "folds")
     folders = {f: Path(args.out_root) / f"{args.variant}-{f}" for f in folds}
     missing = [str(p) for p in folders.values() if not (p / "config.json").is_file()]
     if missing:
@@ -204,25 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     data = zs.load_splits(base, None)
     curated, templates = load_builtin("mnre"), load_builtin("mnre_templates")
     sets = {kind: zs.description_set(curated, templates, kind) for kind in DESCRIPTION_SETS}
-    prior = SentencePrior(str(base.model.text_backbone), negative_label=base.data.negative_label,
-                          sentence_view=args.sentence_view,
-                          entity_types=tagger_entity_types(base.model.entity_tagger, run_cache_dir(base)))
-    fold_rows = frozen_rows(data, sets, prior, folds)
+    reader = zero_shot_encoders.view_of(zs.FrozenEncoder(str(base.model.text_backbone)), args.sentence_view,
+                                        tagger_entity_types(base.model.entity_tagger, run_cache_dir(base)), None)
+    fold_rows = frozen_rows(data, sets, reader, folds)
     for fold, folder in folders.items():
         print(f"scoring {folder.name}", flush=True)
-        fold_rows += score_fold(folder, fold, data, sets, prior)
+        fold_rows += score_fold(folder, fold, data, sets)
     rows = aggregate(fold_rows)
-    payload = {"commit": suite.git_commit(), "machine": machine_description(), "torch": torch.__version__,
-               "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *(argv or sys.argv[1:])]),
-               "variant": args.variant, "out_root": args.out_root, "sentence_view": args.sentence_view,
-               "folds": {f: zs.FOLDS[f] for f in folds},
-               "best_on_validation": best_on_validation(rows), "rows": rows, "fold_rows": fold_rows}
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "zero_shot_templates.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    (out / "zero_shot_templates.md").write_text("\n".join(render(payload)) + "\n", encoding="utf-8")
-    print(f"wrote {out / 'zero_shot_templates.md'}")
+    payload = {**harness.run_meta("zero_shot_templates.py", argv), "variant": args.variant,
+               "out_root": args.out_root, "sentence_view": args.sentence_view,
+               "folds": {f: zs.FOLDS[f] for f in folds}, "best_on_validation": best_on_validation(rows),
+               "rows": rows, "fold_rows": fold_rows}
+    harness.write_results(results, "zero_shot_templates", payload, render)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ def test_shots_are_seeded_and_in_the_example_format(bench, mnre_root):
 
 
 def _fold_row(row, kind, fold, value, drop=0.0):
-    return {"row": row, "title": row, "kind": kind, "fold": fold, "budget": "1 epoch", "unseen_only_top1": value,
+    variant = None if kind in ("types-only", "frozen-encoder") else row.split(" + ")[0]
+    return {"row": row, "title": row, "kind": kind, "variant": variant, "fold": fold, "budget": "1 epoch",
+            "unseen_only_top1": value,
             "generalized_top1": value / 2, "held_out_micro_f1": value / 3, "seen_micro_f1_drop": drop,
             "val_unseen_only_top1": value, "val_generalized_top1": value / 2, "val_micro_f1_after": 0.5 - drop / 10,
             "per_relation": {"r": {"pairs": 3, "unseen_only_top1": value, "generalized_top1": value / 2}}}
@@ -113,13 +115,20 @@ def test_summary_contract_and_rendering(bench, tmp_path):
     payload = {"summary": summary, "summary_row": chosen, "summary_five_shot_row": shot, "commit": "abc",
                "machine": "test", "date": "today",
                "command": "python benchmarks/zero_shot.py", "data": "mnre/RE_data",
-               "folds": {f: ["r"] for f in "ABC"}, "shots": 5, "rerank_top_k": 5,
+               "folds": {f: ["r"] for f in "ABC"}, "shots": 5,
                "held_out_test_pairs": {f: 3 for f in "ABC"}, "rows": rows, "fold_rows": fold_rows}
     bench.write(tmp_path, payload)
     md = (tmp_path / "zero_shot.md").read_text()
     assert "unseen-only top-1 >= 0.80" in md and "**not met**" in md
     assert "| A | `r` | 3 |" in md
-    assert json.loads((tmp_path / "zero_shot.json").read_text())["summary"] == summary
+    assert "## Decision levers of `roc`" in md and "(`roc_frozen`)" in md  # each variant's chosen row
+    stored = json.loads((tmp_path / "zero_shot.json").read_text())
+    assert stored["summary"] == summary and stored["grid"] == "zero_shot_grid.json"
+    # the results file: baselines, then per variant the setting chosen on validation and its 5-shot setting
+    assert [r["row"] for r in stored["rows"]] == ["types_only", "roc", "roc + 5-shot (w=0.10)", "roc_frozen"]
+    assert {r["row"] for r in stored["fold_rows"]} == {r["row"] for r in stored["rows"]}
+    grid = json.loads((tmp_path / "zero_shot_grid.json").read_text())
+    assert [r["row"] for r in grid["rows"]] == [r["row"] for r in rows]  # the whole grid beside it
     # the per-relation plot shows the baselines and the chosen rows, as the per-relation table does
     assert bench.per_relation_rows(payload) == ["types_only", "roc", "roc + 5-shot (w=0.10)"]
     assert (tmp_path / "zero_shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -175,10 +184,7 @@ def test_summary_takes_the_best_row_within_the_drop_target_on_validation(bench):
     assert summary["seen_micro_f1_drop"] == pytest.approx(0.8)
     text = "\n".join(bench.twin_lines(rows, chosen))
     assert "`roc` as it is" in text and "(the summary row)" in text and "within the drop target" in text
-    shown = {r["row"] for r in rows if bench.shown_in_markdown(r["row"], chosen, shot)}
-    assert {"roc", "roc + offset", "roc + None margin", "roc + type prior", "roc + 5-shot",
-            "roc + None margin + 5-shot"} <= shown
-    assert "roc + type prior + None margin" not in shown
+    assert [r["row"] for r in bench.reader_rows(rows)] == ["types_only", chosen, shot]
     # no row within the target: the best validation top-1 of all, as before
     far = [{**r, "val_seen_micro_f1_drop_vs_trained": 3.0} for r in fold_rows]
     assert bench.build_summary(bench.aggregate(far), "abc")[1] == "roc + type prior"
@@ -229,56 +235,54 @@ def test_calibration_matches_the_seen_relations_distribution(bench):
     assert scored["test"].scores[0, 3] == pytest.approx(0.30)  # the input is not modified
 
 
-def test_cached_reranker_scores_each_pair_once(bench):
-    calls = []
-
-    class FakeReranker:
-        def relation_scores(self, records, labels, candidates, descriptions, mask=None):
-            calls.append(int(mask.sum()))
-            return np.array([[float(len(labels[j])) for j in row] for row in candidates])
-
-    records = [object(), object()]
-    labels = ["None", "ab", "abc"]
-    cache: dict = {}
-    rr = bench.CachedReranker(FakeReranker(), None, cache, weight=1.0)
-    cand = np.array([[1, 2], [2, 1]])
-    first = rr.relation_scores(records, labels, cand)
-    assert first.tolist() == [[2.0, 3.0], [3.0, 2.0]]
-    assert rr.relation_scores(records, labels, cand).tolist() == first.tolist() and calls == [4]
-    other = bench.CachedReranker(FakeReranker(), None, cache, weight=0.5)  # shares the cache
-    mixed = other(records, labels, cand, np.array([[1.0, 0.0], [1.0, 0.0]]))
-    assert calls == [4] and mixed.shape == (2, 2)
-    assert (rr(records, labels, cand, np.zeros((2, 2))).argmax(1) == [1, 0]).all()  # weight 1: re-ranker order
-
-
-def test_sentence_prior_rows_and_option(bench, tmp_path):
-    stages = bench.sentence_prior_stages([0.2, 0.5])
-    scopes = [("", False), (" + type prior", True), (" + type prior on added", "added"),
-              (" + type prior (added vs trained)", "added_vs_trained")]
-    assert stages == [(f"{name} + sentence prior (w={w})", scope, w, "plain")
-                      for w in (0.2, 0.5) for name, scope in scopes]
-    typed = bench.sentence_prior_stages([0.5], ["plain", "typed"])
-    assert [s[0] for s in typed] == [f"{name} + sentence prior (w=0.5{view})"
-                                     for view in ("", ", typed") for name, _ in scopes]
-    assert [s[3] for s in typed] == ["plain"] * 4 + ["typed"] * 4
-    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
-
-    assert set(bench.VIEW_TITLES) == set(SENTENCE_VIEWS) - {"plain"}  # each view's frozen-encoder row has a title
-    for bad in (["--sentence-prior", "x"], ["--sentence-prior", "0.2,1.5"],
-                ["--sentence-prior", "0.2", "--sentence-prior-views", "plain,bold"]):
-        with pytest.raises(SystemExit):
-            bench.main([*bad, "--out-root", str(tmp_path), "--skip-train"])
+def test_reader_rows_and_levers_leave_the_grid_and_removed_switches_out(bench):
+    """The results file keeps the baselines and each variant's chosen rows; the levers table shows each decision
+    setting as it is, without tuned twins, 5-shot rows or the switches that left the library."""
+    fold_rows = []
+    for f in "ABC":
+        fold_rows += [_fold_row("types_only", "types-only", f, 0.3),
+                      _fold_row("frozen_encoder", "frozen-encoder", f, 0.4),
+                      _fold_row("v", "zero-shot", f, 0.5), _fold_row("v + type prior", "zero-shot", f, 0.6),
+                      _fold_row("v + type prior + offset", "zero-shot", f, 0.55),
+                      _fold_row("v + sentence prior (w=0.2)", "zero-shot", f, 0.58),
+                      _fold_row("v + type prior on added", "zero-shot", f, 0.52),
+                      _fold_row("v + type prior + 5-shot", "5-shot", f, 0.7),
+                      _fold_row("w", "zero-shot", f, 0.45)]
+    rows = bench.aggregate(fold_rows)
+    assert [r["row"] for r in bench.reader_rows(rows)] == ["types_only", "frozen_encoder", "v + type prior",
+                                                         "v + type prior + 5-shot", "w"]
+    assert [r["row"] for r in bench.lever_rows(rows, "v")] == ["v", "v + type prior"]
+    assert bench.STAGES[2][1] == bench.ADDED_VS_TRAINED and "added" not in {s[1] for s in bench.STAGES}
+    assert bench.shot_title(" + 5-shot (all relations, w=0.25)").endswith("(new and trained), prototype weight 0.25")
 
 
-def test_markdown_keeps_the_summary_family_and_json_keeps_every_row(bench):
-    best, shot = "v + type prior", "v + type prior + 5-shot (all relations)"
-    show = lambda name: bench.shown_in_markdown(name, best, shot)  # noqa: E731
-    assert show("types_only") and show("v") and show("v + sentence prior (w=0.2)") and show(best)
-    assert show(best + " + offset") and show(best + " + None margin")
-    assert not show("v + offset") and not show("v + sentence prior (w=0.2) + None margin")
-    assert show(best + " + 5-shot") and show(best + " + 5-shot (w=0.25)") and show(shot)
-    assert show(best + " + None margin + 5-shot (all relations)") and not show(best + " + None margin + 5-shot")
-    assert not show("v + 5-shot") and not show("v + sentence prior (w=0.2) + 5-shot (all relations)")
+def test_render_only_splits_a_results_file_of_every_row_and_keeps_its_summary(bench, tmp_path):
+    """A results file from before the grid was split off (every aggregated row in it): --render-only writes the
+    reader's rows into zero_shot.json and the rest into zero_shot_grid.json, the summary and its keys unchanged."""
+    fold_rows = []
+    for f in "ABC":
+        fold_rows += [_fold_row("types_only", "types-only", f, 0.3), _fold_row("roc", "zero-shot", f, 0.5),
+                      _fold_row("roc + type prior", "zero-shot", f, 0.4),
+                      _fold_row("roc + 5-shot", "5-shot", f, 0.7)]
+    rows = bench.aggregate(fold_rows)
+    summary, chosen, shot = bench.build_summary(rows, "abc")
+    old = {"summary": summary, "summary_row": chosen, "summary_five_shot_row": shot, "commit": "abc",
+           "machine": "m", "date": "d", "command": "python benchmarks/zero_shot.py", "data": "mnre/RE_data",
+           "folds": {f: ["r"] for f in "ABC"}, "shots": 5, "held_out_test_pairs": {f: 3 for f in "ABC"},
+           "rows": rows, "fold_rows": fold_rows}
+    (tmp_path / "zero_shot.json").write_text(json.dumps(old), encoding="utf-8")
+    bench.main(["--render-only", "--results", str(tmp_path)])
+    new = json.loads((tmp_path / "zero_shot.json").read_text())
+    assert new["summary"] == summary and tuple(new["summary"]) == bench.SUMMARY_KEYS
+    assert {k for k in old if k not in ("rows", "fold_rows")} <= set(new)
+    assert [r["row"] for r in new["rows"]] == ["types_only", "roc", "roc + 5-shot"]
+    assert len(json.loads((tmp_path / "zero_shot_grid.json").read_text())["rows"]) == len(rows)
+    md = (tmp_path / "zero_shot.md").read_text()
+    bench.main(["--render-only", "--results", str(tmp_path)])  # now from the split files: the same Markdown
+    assert (tmp_path / "zero_shot.md").read_text() == md
+
+
+def test_rows_per_line_and_rounding(bench):
     payload = {"summary": {"a": 1}, "rows": [{"row": "x", "v": [1, 2]}, {"row": "y"}], "empty": [], "n": 3}
     text = bench.dump_rows_per_line(payload)
     assert bench.rounded({"a": [0.123456789, {"b": 2.0000004}], "c": "x", "n": 3}) == {"a": [0.123457, {"b": 2.0}],
