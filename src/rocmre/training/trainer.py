@@ -23,7 +23,6 @@ import random
 import resource
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,18 +123,12 @@ class TrainerCallback:
         """After a checkpoint folder is complete (renamed into place)."""
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None,
-                  weights: torch.Tensor | None = None) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None
+                  ) -> list[list[int]]:
     """The batches of one epoch: a permutation that depends only on (seed, epoch); with ``lengths``, grouped
-    by length (chunks of 50 batches sorted by length, then the batches shuffled); with ``weights`` (one per record,
-    ``class_balance_weights``), ``n`` records drawn with replacement in proportion to them instead."""
+    by length (chunks of 50 batches sorted by length, then the batches shuffled)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    if weights is None:
-        perm = torch.randperm(n, generator=gen).tolist()
-    else:
-        if weights.dim() != 1 or weights.numel() != n:
-            raise ValueError(f"{weights.numel()} sampling weights for {n} records")
-        perm = torch.multinomial(weights.double(), n, replacement=True, generator=gen).tolist()
+    perm = torch.randperm(n, generator=gen).tolist()
     if lengths is not None:
         chunk = 50 * batch_size
         perm = [i for s in range(0, n, chunk) for i in sorted(perm[s:s + chunk], key=lambda j: -lengths[j])]
@@ -144,45 +137,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[
         order = torch.randperm(len(batches), generator=gen).tolist()
         batches = [batches[i] for i in order]
     return batches
-
-
-def class_balance_weights(relations: list[str | None], alpha: float, negative_label: str | None
-                          ) -> torch.Tensor:
-    """Each record's sampling weight for ``train.class_balance = alpha``: ``count(relation) ** -alpha`` scaled so
-    that the relations' records together keep their share of the epoch; records of ``negative_label`` (and
-    unlabelled ones) weigh 1, so None is neither oversampled nor thinned. ``alpha = 0``: all weights 1."""
-    counts = Counter(relations)
-    is_relation = [r is not None and r != negative_label for r in relations]
-    raw = torch.tensor([counts[r] ** -alpha if pos else 1.0 for r, pos in zip(relations, is_relation, strict=True)],
-                       dtype=torch.float64)
-    mask = torch.tensor(is_relation, dtype=torch.bool)
-    if mask.any():
-        raw[mask] *= mask.sum() / raw[mask].sum()
-    return raw
-
-
-def logit_prior_offsets(relations: list[str | None], labels: list[str], tau: float,
-                        negative_label: str | None = None) -> torch.Tensor:
-    """``tau * log(prior)`` of each label over the training records' relations (add-one smoothed, so that a
-    relation without records gets a finite offset): the logit adjustment of ``train.logit_adjustment``.
-
-    With ``negative_label`` (``train.logit_adjustment_scope: relations``) that label's offset is 0 and each other
-    label's is ``tau * log(prior / mean prior of the other labels)``: the relations are balanced among themselves
-    while the negative label keeps its prior against all of them together."""
-    index = {label: i for i, label in enumerate(labels)}
-    counts = torch.ones(len(labels), dtype=torch.float64)
-    for relation in relations:
-        if relation in index:
-            counts[index[relation]] += 1
-    if negative_label is None:
-        return (tau * torch.log(counts / counts.sum())).float()
-    if negative_label not in index:
-        raise ValueError(f"the negative label {negative_label!r} is not among the model's labels")
-    positive = torch.ones(len(labels), dtype=torch.bool)
-    positive[index[negative_label]] = False
-    offsets = torch.zeros(len(labels), dtype=torch.float64)
-    offsets[positive] = tau * torch.log(counts[positive] / counts[positive].mean())
-    return offsets.float()
 
 
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -314,11 +268,6 @@ class Trainer:
         if train_data.labels is None:
             raise ValueError("the training data has no label set")
         model = build_model(cfg, train_data.labels.labels)
-        if cfg.train.logit_adjustment > 0:
-            negative = cfg.data.negative_label if cfg.train.logit_adjustment_scope == "relations" else None
-            model.loss_logit_offsets = logit_prior_offsets([r.relation for r in train_data.records],
-                                                           model.relation_labels, cfg.train.logit_adjustment,
-                                                           negative)
         runtime = make_runtime(model, cfg)
         self.runtime = runtime
         if main:
@@ -345,9 +294,6 @@ class Trainer:
         n_batches = math.ceil(len(train_feats) / cfg.train.batch_size)
         steps_per_epoch = math.ceil(n_batches / world)  # every process the same number (the first batches repeat)
         lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
-        sampling_weights = (class_balance_weights([r.relation for r in train_data.records], cfg.train.class_balance,
-                                                  cfg.data.negative_label)
-                            if cfg.train.class_balance > 0 else None)
         desc_gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
         state = TrainerState(steps_per_epoch=steps_per_epoch)
@@ -405,8 +351,7 @@ class Trainer:
             epoch_feats = self._epoch_features(runtime, train_data, train_feats, state.epoch)
             if cfg.train.group_by_length:
                 lengths = [len(f.input_ids) for f in epoch_feats]
-            batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths,
-                                    sampling_weights)
+            batches = epoch_batches(len(train_feats), cfg.train.batch_size, cfg.seed, state.epoch, lengths)
             padded = batches + batches[: steps_per_epoch * world - len(batches)]
             mine = padded[accelerator.process_index::world]
             keep = [f is g for f, g in zip(epoch_feats, train_feats, strict=True)]  # False: swapped this epoch
