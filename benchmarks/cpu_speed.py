@@ -155,7 +155,7 @@ def _step_batches(cfg, train_feats, steps: int) -> list[list[int]]:
 
 
 def _training_precision(cfg) -> str:
-    from rocmre.training.setup import resolve_precision
+    from rocmre.backbones.hardware import resolve_precision
 
     return resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
 
@@ -556,10 +556,11 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
     import numpy as np
     import torch
 
+    from rocmre.backbones.hardware import resolve_precision
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.model import RelationModel
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import build_model, make_runtime, resolve_precision
+    from rocmre.training.setup import build_model, make_runtime
 
     cfg = RunConfig.from_yaml(roc_config)
     out: dict = {}
@@ -774,10 +775,11 @@ def main() -> None:
     import torch
     from suite import git_commit
 
+    from rocmre.backbones.hardware import bf16_supported, resolve_precision
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.packed_linear import packing_disabled
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime, resolve_precision
+    from rocmre.training.setup import build_model, load_run_data, make_runtime
 
     if args.train or args.train_only:
         seed = [] if args.seed is None else [f"seed={args.seed}"]

@@ -784,9 +784,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from rocmre.backbones.hardware import machine_description
     from rocmre.evaluation.report import SCORING_NOTE
     from rocmre.training.config import RunConfig
-    from rocmre.training.trainer import machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
     from rocmre.data.name_swap import DEFAULT_SEED

@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from rocmre.backbones.hardware import machine_description
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import load_run_data
-    from rocmre.training.trainer import machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
     if args.bundle:

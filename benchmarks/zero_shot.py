@@ -1230,9 +1230,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from rocmre.backbones.hardware import machine_description
     from rocmre.descriptions.store import RelationDescriptions
     from rocmre.training.config import RunConfig
-    from rocmre.training.trainer import machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml", args.set)
     data = load_splits(base, args.eval_limit)

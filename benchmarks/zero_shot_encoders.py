@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from rocmre.backbones.hardware import machine_description
     from rocmre.data.name_swap import tagger_entity_types
     from rocmre.descriptions.store import RelationDescriptions
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import run_cache_dir
-    from rocmre.training.trainer import machine_description
 
     base = RunConfig.from_yaml(REPO / "configs" / "mnre_roc.yaml")
     data = zero_shot.load_splits(base, args.eval_limit)

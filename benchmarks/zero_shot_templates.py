@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from rocmre.backbones.hardware import machine_description
     from rocmre.data.name_swap import tagger_entity_types
     from rocmre.descriptions.store import load_builtin
     from rocmre.modeling.sentence_prior import SentencePrior
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import run_cache_dir
-    from rocmre.training.trainer import machine_description
 
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
     folders = {f: Path(args.out_root) / f"{args.variant}-{f}" for f in folds}

@@ -280,8 +280,8 @@ def test_prediction_precision_follows_the_validated_run(tiny_roc_dir, tmp_path, 
 
     import yaml
 
+    from rocmre.backbones.hardware import resolve_precision
     from rocmre.inference.extractor import RelationExtractor
-    from rocmre.training.setup import resolve_precision
 
     assert RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir).runtime.precision == "fp32"
     copy = tmp_path / "bf16"

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import resource
 import shutil
@@ -33,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from rocmre.backbones.hardware import machine_description, resolve_precision
 from rocmre.data import RelationDataset
 from rocmre.evaluation.metrics import evaluate_predictions
 from rocmre.modeling.dropout import use_fast_dropout
@@ -41,12 +41,12 @@ from rocmre.modeling.model import CONFIG_NAME, WEIGHTS_NAME
 from rocmre.modeling.runtime import ModelRuntime
 from rocmre.training.config import RunConfig
 from rocmre.training.frozen_states import FrozenStatesCache
+from rocmre.training.model_card import write_model_card
 from rocmre.training.setup import (
     build_model,
     load_run_data,
     make_runtime,
     require_records,
-    resolve_precision,
 )
 from rocmre.training.weight_average import EMA_NAME, WeightAverage
 
@@ -670,8 +670,6 @@ class Trainer:
         """Write the model folder (``output_dir``) with ``metrics``, the run config and a model card: into a
         temporary folder first, then every file moved in, ``config.json`` last, so that the folder is a model only
         once it is complete."""
-        from rocmre.inference.model_card import write_model_card
-
         tmp = self.output_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -696,14 +694,6 @@ def train(cfg: RunConfig, show_progress: bool = True, resume_from_checkpoint: bo
 
 def _is_backbone(name: str) -> bool:
     return name.startswith(("encoder.text_model.", "description_encoder."))
-
-
-def machine_description() -> str:
-    """The hardware a run used, in words."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA), {platform.machine()}"
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
-           f"{torch.get_num_threads()}"
 
 
 def iter_checkpoints(output_dir: str | Path) -> Iterator[Path]:
