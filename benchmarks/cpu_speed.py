@@ -155,7 +155,7 @@ def _step_batches(cfg, train_feats, steps: int) -> list[list[int]]:
 
 
 def _training_precision(cfg) -> str:
-    from rocmre.training.setup import resolve_precision
+    from rocmre.backbones.hardware import resolve_precision
 
     return resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
 
@@ -559,7 +559,8 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.model import RelationModel
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import build_model, make_runtime, resolve_precision
+    from rocmre.training.setup import build_model, make_runtime
+    from rocmre.backbones.hardware import resolve_precision
 
     cfg = RunConfig.from_yaml(roc_config)
     out: dict = {}
@@ -782,7 +783,8 @@ def measure_prediction(args, res: dict, roc_cfg, train, test) -> float:
 
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.packed_linear import packing_disabled
-    from rocmre.training.setup import build_model, resolve_precision
+    from rocmre.training.setup import build_model
+    from rocmre.backbones.hardware import resolve_precision
 
     threads = torch.get_num_threads()
     # -- prediction (first, so that the peak memory read afterwards is prediction's) --------------
@@ -901,7 +903,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from rocmre.training.config import RunConfig
-    from rocmre.training.setup import bf16_supported, build_model, load_run_data, make_runtime
+    from rocmre.training.setup import build_model, load_run_data, make_runtime
+    from rocmre.backbones.hardware import bf16_supported
 
     threads = torch.get_num_threads()
     roc_cfg = RunConfig.from_yaml(args.roc_config)

@@ -264,7 +264,7 @@ def run_meta(script: str, argv: Sequence[str] | None, eval_limit: int | None = N
     """What every results file says of its run: commit, machine, torch, date, command (and a smoke-run warning)."""
     import torch
 
-    from rocmre.training.trainer import machine_description
+    from rocmre.backbones.hardware import machine_description
 
     meta = {"commit": git_commit(), "machine": machine_description(), "torch": torch.__version__,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command_line(script, argv)}

@@ -565,7 +565,7 @@ def with_precision(machine: str | None, precision: str | None) -> str | None:
 def score_runs(jobs: list[tuple[str, str, int]], args, variants: dict[str, Variant], bundle: Path | None,
                data: EvalData) -> tuple[list[dict], dict, list[str]]:
     """(per-seed results, predictions, runs asked for but never trained) of every (backbone, variant, seed)."""
-    from rocmre.training.trainer import machine_description
+    from rocmre.backbones.hardware import machine_description
 
     seed_results, preds, missing = [], {}, []
     for b, n, s in jobs:

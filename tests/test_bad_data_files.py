@@ -208,7 +208,7 @@ def test_load_split_require_records(tmp_path: Path) -> None:
 def test_model_card_has_no_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
-    from rocmre.inference.model_card import portable_path, write_model_card
+    from rocmre.training.model_card import portable_path, write_model_card
 
     data_dir = tmp_path / "machine" / "data"
     (data_dir / "mnre" / "RE_data").mkdir(parents=True)

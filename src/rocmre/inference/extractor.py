@@ -206,7 +206,7 @@ class RelationExtractor:
         from (``metrics.json``, ``run_config.yaml``) is carried over, so ``rocmre evaluate`` keeps its config."""
         import shutil
 
-        from rocmre.inference.model_card import write_model_card
+        from rocmre.training.model_card import write_model_card
 
         directory = Path(directory)
         self.model.save_pretrained(directory)

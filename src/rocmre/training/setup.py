@@ -7,6 +7,7 @@ import logging
 import random
 from pathlib import Path
 
+from rocmre.backbones.hardware import resolve_precision
 from rocmre.data import RelationDataset, load_split
 from rocmre.descriptions.store import RelationDescriptions
 from rocmre.modeling.model import RelationModel
@@ -82,24 +83,3 @@ def make_runtime(model: RelationModel, cfg: RunConfig) -> ModelRuntime:
     """A runtime for ``model`` with the run's cache folder, image policy and inference precision."""
     return ModelRuntime(model, run_cache_dir(cfg), cfg.data.missing_image,
                         precision=resolve_precision(cfg.train.inference_precision))
-
-
-def resolve_precision(setting: str) -> str:
-    """``auto`` -> ``bf16`` where the hardware computes bfloat16 natively (CUDA, or a CPU with AVX512-BF16 or AMX),
-    else ``fp32``. Detected, never assumed."""
-    if setting != "auto":
-        return setting
-    return "bf16" if bf16_supported() else "fp32"
-
-
-def bf16_supported() -> bool:
-    """Whether this machine computes bfloat16 natively (so autocast pays instead of emulating it)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))

@@ -34,6 +34,24 @@ def portable_path(path: str | Path | None, base: str | Path | None = None) -> st
     return Path(*p.parts[-2:]).as_posix() if len(p.parts) > 2 else p.name
 
 
+def _metrics_lines(metrics: dict) -> list[str]:
+    """The model card's validation section, from ``metrics.json``."""
+    val = metrics.get("val", {})
+    return [
+        "",
+        "## Validation metrics (micro P/R/F1 over non-negative relations, negative label named above)",
+        "",
+        "| accuracy | precision | recall | micro-F1 | macro-F1 |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {_pct(val.get('accuracy'))} | {_pct(val.get('precision'))} | {_pct(val.get('recall'))} | "
+        f"{_pct(val.get('f1'))} | {_pct(val.get('macro_f1'))} |",
+        "",
+        f"Training: {metrics.get('train_minutes', 0):.1f} minutes, {metrics.get('examples_per_second', 0):.1f} "
+        f"examples/s on {metrics.get('machine', '?')}; None margin {metrics.get('none_margin', 0):.4f} "
+        "(tuned on validation).",
+    ]
+
+
 def write_model_card(directory: str | Path) -> Path:
     """Write ``README.md`` into a model folder from its config, run config and metrics.
 
@@ -65,20 +83,7 @@ def write_model_card(directory: str | Path) -> Path:
                      f"`{data.get('train_split')}`, selected on "
                      f"`{data.get('val_split')}` (seed {run.get('seed')}); the full run config is `run_config.yaml`")
     if metrics:
-        val = metrics.get("val", {})
-        lines += [
-            "",
-            "## Validation metrics (micro P/R/F1 over non-negative relations, negative label named above)",
-            "",
-            "| accuracy | precision | recall | micro-F1 | macro-F1 |",
-            "| --- | --- | --- | --- | --- |",
-            f"| {_pct(val.get('accuracy'))} | {_pct(val.get('precision'))} | {_pct(val.get('recall'))} | "
-            f"{_pct(val.get('f1'))} | {_pct(val.get('macro_f1'))} |",
-            "",
-            f"Training: {metrics.get('train_minutes', 0):.1f} minutes, {metrics.get('examples_per_second', 0):.1f} "
-            f"examples/s on {metrics.get('machine', '?')}; None margin {metrics.get('none_margin', 0):.4f} "
-            "(tuned on validation).",
-        ]
+        lines += _metrics_lines(metrics)
     lines += [
         "",
         "## Use",
