@@ -180,6 +180,44 @@ def test_input_blocks_resolve_images_and_skip_done_lines(pairs_file: Path) -> No
     assert blocks[0]["pair"][blank] is None and blocks[0]["error"][blank] == "blank line"
 
 
+def test_parquet_input_rows_and_their_images(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rocmre.inference.batch import count_lines, iter_input
+
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"text": ["Obama visited Paris", "Merkel met Macron"], "head": ["Obama", "Merkel"],
+                             "tail": ["Paris", "Macron"], "image": [None, "images/a.jpg"]}), path)
+    assert count_lines(path) == 2
+    assert list(iter_input(path)) == [(1, {"text": "Obama visited Paris", "head": "Obama", "tail": "Paris"}),
+                                      (2, {"text": "Merkel met Macron", "head": "Merkel", "tail": "Macron",
+                                           "image": "images/a.jpg"})]
+    (block,) = distributed.input_blocks(path, set(), 10)
+    assert json.loads(block["pair"][1])["image"] == str(tmp_path / "images" / "a.jpg")
+
+
+def test_cli_refuses_what_a_run_cannot_honour(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    base = ["predict", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.jsonl")]
+    result = CliRunner().invoke(app, [*base, "--output", str(tmp_path / "out.parquet")])
+    assert result.exit_code != 0 and "Parquet is written by --ray runs" in result.output
+    result = CliRunner().invoke(app, [*base, "--output", str(tmp_path / "o.jsonl"), "--ray", "local",
+                                      "--fail-on-bad-line"])
+    assert result.exit_code != 0 and "a --ray run skips bad lines" in result.output
+
+
+def test_a_parts_folder_of_another_input_is_refused(pairs_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.jsonl"
+    other.write_text(pairs_file.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    distributed._check_manifest(parts_dir(out), {"input": str(pairs_file), "top_k": 3})
+    with pytest.raises(ValueError, match="another input"):
+        distributed._check_manifest(parts_dir(out), {"input": str(other), "top_k": 3})
+    distributed._check_manifest(parts_dir(out), {"input": str(pairs_file), "top_k": 3})  # the same run: resumed
+
+
 # -- on a 2-node cluster ----------------------------------------------------------------------------------------------
 def test_cli_on_ray_equals_local_predict(cluster, tiny_roc_dir: Path, cache_dir: Path, pairs_file: Path,
                                          local_rows: list[dict[str, Any]], tmp_path: Path) -> None:
@@ -198,14 +236,14 @@ def test_cli_on_ray_equals_local_predict(cluster, tiny_roc_dir: Path, cache_dir:
 def test_worker_killed_mid_run_every_line_once(cluster, tiny_roc_dir: Path, cache_dir: Path, pairs_file: Path,
                                                local_rows: list[dict[str, Any]], tmp_path: Path) -> None:
     out = tmp_path / "ray.jsonl"
-    killed: list[int] = []
+    killed: list[tuple[int, int]] = []  # (pid, parts written by then)
 
     def kill_a_worker() -> None:
-        wait_for_parts(parts_dir(out), 2)
+        parts = wait_for_parts(parts_dir(out), 2)
         pids = map_worker_pids()
         if pids:
             os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
+            killed.append((pids[0], parts))
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
@@ -213,6 +251,7 @@ def test_worker_killed_mid_run_every_line_once(cluster, tiny_roc_dir: Path, cach
                          load_kwargs={"cache_dir": str(cache_dir), "precision": "fp32"}, show_progress=False)
     killer.join(timeout=5)
     assert killed, "no Ray Data worker process was found to kill"
+    assert killed[0][1] < N_RECORDS // BATCH  # mid-run: most blocks were still to come
     assert counts == (N_RECORDS - len(SPECIAL), len(SPECIAL))
     assert_same_rows(read_rows(out), local_rows)
 
