@@ -25,6 +25,8 @@ from rocmre.cli import app  # noqa: E402
 from rocmre.inference import distributed  # noqa: E402
 from rocmre.inference.distributed import RayOptions, done_lines, merge_parts, parts_dir, predict_ray  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own settings
+
 N_RECORDS = 300
 BATCH = 8  # small blocks: the kills land mid-run, and a resumed run has many blocks left
 SPECIAL = {  # line -> what is wrong with it (the other lines are MNRE test pairs with images)

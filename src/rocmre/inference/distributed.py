@@ -237,15 +237,16 @@ def _data_context(options: RayOptions) -> Iterator[None]:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    before = (ctx.execution_options.preserve_order, ctx.execution_no_progress_timeout_s, ctx.enable_progress_bars)
+    timeout = "execution_no_progress_timeout_s"  # recent Ray Data; a harmless attribute on versions without it
+    before = (ctx.execution_options.preserve_order, getattr(ctx, timeout, None), ctx.enable_progress_bars)
     ctx.execution_options.preserve_order = True
-    ctx.execution_no_progress_timeout_s = options.no_progress_timeout_s
+    setattr(ctx, timeout, options.no_progress_timeout_s)
     ctx.enable_progress_bars = False
     try:
         yield
     finally:
-        (ctx.execution_options.preserve_order, ctx.execution_no_progress_timeout_s,
-         ctx.enable_progress_bars) = before
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = before[0], before[2]
+        setattr(ctx, timeout, before[1])
 
 
 def _run(model_dir: str, load_kwargs: dict[str, Any], input_path: Path, work: Path, done: set[int], total: int, *,
@@ -266,7 +267,7 @@ def _run(model_dir: str, load_kwargs: dict[str, Any], input_path: Path, work: Pa
         ds = ray.data.from_arrow(tables).map_batches(
             RowPredictor, batch_size=batch_size, batch_format="numpy",
             compute=ActorPoolStrategy(size=options.workers), num_cpus=options.num_cpus,
-            num_gpus=options.num_gpus or None, udf_modifying_row_count=False,
+            num_gpus=options.num_gpus or None,
             fn_constructor_args=(model_dir, load_kwargs),
             fn_constructor_kwargs={"input_name": str(input_path), "top_k": top_k, "batch_size": batch_size,
                                    "missing_image": missing_image,
