@@ -82,6 +82,8 @@ def predict_ray(model: str | Path | RelationExtractor, input_path: str | Path, o
         raise ValueError(f"missing_image must be 'error' or 'ignore', not {missing_image!r}")
     if options.workers < 1 or options.num_cpus < 0 or options.num_gpus < 0:
         raise ValueError("workers must be >= 1 and num_cpus, num_gpus >= 0")
+    if isinstance(model, str | Path) and not (Path(model) / "config.json").is_file():
+        raise ValueError(f"{model} is not a model folder (no config.json)")
     work = parts_dir(output)
     stat = input_path.stat()
     _check_manifest(work, {"input": str(input_path), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
