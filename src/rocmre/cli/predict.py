@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,77 +21,7 @@ from rocmre.cli.common import (
 from rocmre.data.record import DataFormatError
 
 if TYPE_CHECKING:
-    from rocmre.inference.extractor import PairInput, RelationExtractor
-
-
-def count_lines(path: Path) -> int:
-    """Lines of a file (the progress bar's total: every line gets an output line)."""
-    with open(path, encoding="utf-8-sig") as f:
-        return sum(1 for _ in f)
-
-
-def predict_file(extractor: RelationExtractor, input_path: Path, output, *, top_k: int = 3, batch_size: int = 32,
-                 skip_bad_lines: bool = True, missing_image: str = "error", show_progress: bool = True,
-                 on_error=None) -> tuple[int, int]:
-    """Predict every line of ``input_path`` into the open text file ``output``; returns (predicted, skipped).
-
-    Output line ``i`` answers input line ``i``: the prediction dict plus ``line`` (and the input's ``id``), or
-    ``{"line": n, "error": "...", "field": "..."}`` for a skipped bad line; a blank line is always skipped, as
-    ``{"line": n, "error": "blank line"}``. Lines are parsed by :func:`rocmre.data.inputs.pair_from_json` (images
-    relative to the input's folder). With ``skip_bad_lines=False`` the first bad line raises
-    :class:`DataFormatError`.
-    """
-    from tqdm.auto import tqdm
-
-    from rocmre.data.inputs import pair_from_json
-    from rocmre.data.jsonl import BlankLine, iter_jsonl
-
-    if missing_image not in ("error", "ignore"):
-        raise ValueError(f"missing_image must be 'error' or 'ignore', not {missing_image!r}")
-
-    pending: deque[tuple[int, Any, str | None]] = deque()  # (line, id or error field, error) in input order
-    counts = {"predicted": 0, "skipped": 0}
-    bar = tqdm(total=count_lines(input_path), desc="predicting", unit="line", disable=not show_progress)
-
-    def valid_pairs() -> Iterator[PairInput]:
-        for lineno, obj in iter_jsonl(input_path, blank_lines=True):
-            try:
-                if isinstance(obj, DataFormatError):
-                    raise obj
-                pair = pair_from_json(obj, input_path, lineno, input_path.parent, missing_image)
-            except DataFormatError as e:
-                if not skip_bad_lines and not isinstance(e, BlankLine):
-                    raise
-                if on_error is not None:
-                    on_error(e)
-                pending.append((lineno, e.field, e.reason))
-                continue
-            pending.append((lineno, pair.extra.get("id"), None))
-            yield pair
-
-    def flush_errors() -> None:
-        while pending and pending[0][2] is not None:
-            lineno, error_field, error = pending.popleft()
-            row = {"line": lineno, "error": error} | ({"field": error_field} if error_field else {})
-            output.write(json.dumps(row, ensure_ascii=False) + "\n")
-            counts["skipped"] += 1
-            bar.update(1)
-
-    try:
-        for pred in extractor.predict_batch(valid_pairs(), batch_size=batch_size, top_k=top_k):
-            flush_errors()
-            lineno, item_id, _ = pending.popleft()
-            row: dict[str, Any] = {"line": lineno}
-            if item_id is not None:
-                row["id"] = item_id
-            row.update(pred.to_dict())
-            output.write(json.dumps(row, ensure_ascii=False) + "\n")
-            counts["predicted"] += 1
-            bar.update(1)
-        flush_errors()
-    finally:
-        bar.close()
-    return counts["predicted"], counts["skipped"]
+    from rocmre.inference.extractor import RelationExtractor
 
 
 def load_relations_file(path: Path) -> dict[str, Any]:
@@ -154,9 +82,31 @@ def add_relations_option(extractor: RelationExtractor, relations: dict[str, Any]
         fail(f"{path}: {e}")
 
 
+def ray_option() -> str | None:
+    return typer.Option(None, "--ray", metavar="ADDRESS",
+                        help="Predict on a Ray cluster (pip install 'rocmre[ray]'; docs/ray.md): 'local' starts one "
+                             "here, 'auto' attaches to the running one, or HOST:PORT / ray://HOST:PORT. A killed run "
+                             "resumes when started again.")
+
+
+def workers_option() -> int:
+    return typer.Option(2, "--workers", min=1, help="With --ray: worker actors, each holding one model.")
+
+
+def num_cpus_option() -> float:
+    return typer.Option(1.0, "--num-cpus", min=0.0, help="With --ray: CPUs each worker reserves (fractions allowed; "
+                                                         "it runs max(1, round(N)) threads).")
+
+
+def num_gpus_option() -> float:
+    return typer.Option(0.0, "--num-gpus", min=0.0, help="With --ray: GPUs each worker reserves (> 0: the model "
+                                                         "runs on cuda).")
+
+
 def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Model folder."),
             input_path: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False,
-                                            help="Entity pairs, one JSON object a line (see rocmre.data.jsonl)."),
+                                            help="Entity pairs, one JSON object a line (see rocmre.data.jsonl), or a "
+                                                 "Parquet file with those columns."),
             output: Path = typer.Option(..., "--output", "-o", dir_okay=False, help="Predictions (JSONL)."),
             top_k: int = typer.Option(3, "--top-k", min=1, help="Alternatives to list per pair."),
             batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -190,10 +140,13 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             sentence_prior: float | None = sentence_prior_option(),
             sentence_view: str | None = sentence_view_option(),
             precision: str | None = precision_option(),
-            quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
+            quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+            ray: str | None = ray_option(), workers: int = workers_option(),
+            num_cpus: float = num_cpus_option(), num_gpus: float = num_gpus_option()) -> None:
     """Predict the relation of every pair in a JSONL file: one output line per input line, in order."""
     from rocmre.inference.extractor import RelationExtractor
     check_sentence_view(sentence_view)
+    check_output_options(output, ray, skip_bad_lines)
 
     if missing_image not in ("error", "ignore"):
         fail(f"--missing-image must be 'error' or 'ignore', not {missing_image!r}")
@@ -240,15 +193,52 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
         message = f"skipped {e}"
         tqdm.write(typer.style(message, fg=typer.colors.YELLOW) if sys.stderr.isatty() else message, file=sys.stderr)
 
+    n_pred, n_skip = write_predictions(extractor, input_path, output, top_k=top_k, batch_size=batch_size,
+                                       skip_bad_lines=skip_bad_lines, missing_image=missing_image, quiet=quiet,
+                                       on_error=report, ray=ray, workers=workers, num_cpus=num_cpus,
+                                       num_gpus=num_gpus)
+    typer.echo(f"{n_pred} predicted, {n_skip} skipped -> {output}", err=True)
+
+
+def check_output_options(output: Path, ray: str | None, skip_bad_lines: bool) -> None:
+    """Fail early on options a local or a Ray run cannot honour."""
+    from rocmre.inference.batch import is_parquet
+
+    if ray is None:
+        if is_parquet(output):
+            fail(f"--output {output}: Parquet is written by --ray runs; write JSONL here")
+        return
+    if not skip_bad_lines:
+        fail("--fail-on-bad-line stops at the first bad line: a --ray run skips bad lines (each gets its error row)")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        fail("--ray needs Ray: pip install 'rocmre[ray]'")
+
+
+def write_predictions(extractor: RelationExtractor, input_path: Path, output: Path, *, top_k: int, batch_size: int,
+                      skip_bad_lines: bool, missing_image: str, quiet: bool, on_error, ray: str | None,
+                      workers: int, num_cpus: float, num_gpus: float) -> tuple[int, int]:
+    """Predict ``input_path`` into ``output`` here (:func:`rocmre.inference.batch.predict_file`) or on Ray
+    (:func:`rocmre.inference.distributed.predict_ray`); (predicted, skipped), or a one-line error."""
+    from rocmre.inference.batch import predict_file
+
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if ray is not None:
+            from rocmre.inference.distributed import RayOptions, predict_ray
+
+            options = RayOptions(address=ray, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus)
+            return predict_ray(extractor, input_path, output, options=options, top_k=top_k, batch_size=batch_size,
+                               missing_image=missing_image, show_progress=not quiet, on_error=on_error)
         with open(output, "w", encoding="utf-8") as out:
-            n_pred, n_skip = predict_file(extractor, input_path, out, top_k=top_k, batch_size=batch_size,
-                                          skip_bad_lines=skip_bad_lines, missing_image=missing_image,
-                                          show_progress=not quiet, on_error=report)
+            return predict_file(extractor, input_path, out, top_k=top_k, batch_size=batch_size,
+                                skip_bad_lines=skip_bad_lines, missing_image=missing_image,
+                                show_progress=not quiet, on_error=on_error)
     except DataFormatError as e:
-        fail(f"{e} (use --skip-bad-lines to skip it)")
-    typer.echo(f"{n_pred} predicted, {n_skip} skipped -> {output}", err=True)
+        fail(f"{e} (use --skip-bad-lines to skip it)" if not skip_bad_lines else str(e))
+    except ValueError as e:  # a parts folder left by a run on another input
+        fail(str(e))
 
 
 def register(app: typer.Typer) -> None:
