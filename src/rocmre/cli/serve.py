@@ -6,15 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rocmre.cli.common import (
-    check_sentence_view,
-    fail,
-    precision_option,
-    sentence_prior_option,
-    sentence_view_option,
-    type_prior_option,
-    type_prior_scope_option,
-)
+from rocmre.cli.common import fail, precision_option, type_prior_option, type_prior_scope_option
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -48,8 +40,6 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
           device: str = typer.Option("cpu", "--device"),
           type_prior: bool | None = type_prior_option(),
           type_prior_scope: str | None = type_prior_scope_option(),
-          sentence_prior: float | None = sentence_prior_option(),
-          sentence_view: str | None = sentence_view_option(),
           precision: str | None = precision_option(),
           log_level: str = typer.Option("info", "--log-level")) -> None:
     """Serve a model over HTTP: POST /predict, /predict/batch, GET/POST /relations, /health, a web page at /."""
@@ -60,14 +50,12 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
     except ImportError as e:
         fail(f"serving needs the 'serve' extra (pip install 'rocmre[serve]'): {e}")
     from rocmre.inference.extractor import RelationExtractor
-    check_sentence_view(sentence_view)
 
     if api_token is not None and not api_token.strip():
         fail("--api-token (or ROCMRE_API_TOKEN) is empty: give a non-empty token, or leave it unset")
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
-                                                      sentence_prior=sentence_prior, sentence_view=sentence_view,
                                                       type_prior_scope=type_prior_scope)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")
