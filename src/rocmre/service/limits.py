@@ -9,12 +9,14 @@ import contextlib
 import io
 import json
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
 
+from rocmre.data.record import RelationRecord
 from rocmre.inference.extractor import PairInput, RelationExtractor, tokenize
 from rocmre.service.schemas import EntityRef, PredictRequest
 
@@ -47,22 +49,25 @@ class Limits:
 
 
 # -- JSON --------------------------------------------------------------------------------------
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+#: a JSON string, or an unterminated one running to the end; possessive quantifiers never backtrack, so a scan is
+#: linear in the body whatever it holds (a string of escaped quotes included)
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether a JSON document nests arrays/objects more than ``limit`` levels (C-speed scan, no parsing)."""
+    """Whether a JSON document nests arrays/objects more than ``limit`` levels: strings are dropped by one
+    linear regex pass, the brackets left are counted by a cumulative sum (C speed, no parsing)."""
     if body.count(b"[") + body.count(b"{") <= limit:
         return False
     import numpy as np
 
-    brackets = _JSON_STRING.sub(b'""', body).translate(None, _NOT_BRACKETS)
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
     if len(brackets) <= limit:
         return False
     codes = np.frombuffer(brackets, dtype=np.uint8)
-    depth = np.cumsum(np.where((codes == ord("[")) | (codes == ord("{")), 1, -1))
-    return int(depth.max()) > limit
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), np.int8(1), np.int8(-1))
+    return int(np.cumsum(steps, dtype=np.int32).max()) > limit
 
 
 def parse_json(raw: bytes | str, what: str, accepted: str = "send application/json") -> Any:
@@ -78,13 +83,16 @@ def parse_json(raw: bytes | str, what: str, accepted: str = "send application/js
         raise HTTPException(400, f"{what} is not valid JSON ({reason}); {accepted}") from None
     except RecursionError:
         raise HTTPException(400, f"{what}: nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise HTTPException(400, f"{what} is not valid JSON for this server (a number with more than "
+                                 f"{sys.get_int_max_str_digits():,} digits); {accepted}") from None
 
 
 def form_entity(value: str) -> Any:
     """A multipart entity field: a JSON object or list when it looks like one, else the mention string."""
     value = value.strip()
     if value[:1] in "{[":
-        with contextlib.suppress(json.JSONDecodeError, RecursionError):
+        with contextlib.suppress(ValueError, RecursionError):  # not JSON, or a number of too many digits
             if not json_too_deep(value.encode()):
                 return json.loads(value)
     return value
@@ -99,7 +107,15 @@ def clean_message(message: object) -> str:
     return _OBJECT_REPR.sub("the uploaded image", str(message))
 
 
+def safe_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) written as a ``\\uXXXX`` escape, so that an
+    answer quoting it always serialises."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 # -- images ------------------------------------------------------------------------------------
+#: the only formats decoded (Pillow's names), told from the file's header before anything is decoded
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 def decode_image(data: str | None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes | None:
     """Base64 (optionally a ``data:`` URL) to image bytes, checked to decode; 400 otherwise. Blocking: call it
     in the threadpool."""
@@ -126,7 +142,7 @@ def check_image(raw: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as probe:  # reads the header only
+            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as probe:  # reads the header only
                 width, height = probe.size
     except Image.DecompressionBombError:
         raise HTTPException(413, f"image: too many pixels (the limit is {max_pixels:,}; see "
@@ -171,15 +187,15 @@ def check_request(req: PredictRequest, limits: Limits) -> None:
                                      f"{limits.max_text_chars:,} characters (see --max-text-chars)")
 
 
-def check_pair(pair: PairInput, extractor: RelationExtractor) -> None:
-    """Resolve ``pair`` (raising the resolver's ValueError/TypeError) and refuse pairs no relation can hold for:
-    head and tail on the same or overlapping spans, or an image-object tail without an image."""
+def check_pair(pair: PairInput, extractor: RelationExtractor) -> RelationRecord:
+    """``pair`` resolved into a record (raising the resolver's ValueError/TypeError); pairs no relation can hold
+    for are refused: head and tail on the same or overlapping spans, or an image-object tail without an image."""
     record = extractor.to_record(pair)
     head, tail = record.head, record.tail
     if tail.is_object:
         if pair.image is None:
             raise ValueError("tail: an image-object tail (box) needs an image: send 'image' too")
-        return
+        return record
     if head.is_object:
         raise ValueError("the head must be a text span")
     (hs, he), (ts, te) = head.span, tail.span
@@ -189,3 +205,4 @@ def check_pair(pair: PairInput, extractor: RelationExtractor) -> None:
     if hs < te and ts < he:
         raise ValueError(f"head [{hs}, {he}) ({head.name!r}) and tail [{ts}, {te}) ({tail.name!r}) overlap: mark "
                          "two separate spans")
+    return record

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rocmre import __version__
 from rocmre.descriptions.store import RELATION_NUMBERS
@@ -25,12 +27,14 @@ from rocmre.service.limits import (
     decode_image,
     form_entity,
     parse_json,
+    safe_text,
     to_pair,
 )
 from rocmre.service.schemas import (
     AddRelationsResponse,
     ErrorResponse,
     HealthResponse,
+    PredictBatch,
     PredictRequest,
     PredictResponse,
     RelationExample,
@@ -80,13 +84,14 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         parts.append(f"{loc or 'body'}: {msg}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
+    return safe_text("; ".join(parts) + more)
 
 
 def plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Validation errors without the offending input (it may be huge, or nested deeply)."""
-    return [{"loc": [x if isinstance(x, int) else str(x) for x in err.get("loc", ()) if x not in _UNION_TAGS],
-             "msg": str(err.get("msg", "")).removeprefix("Value error, "), "type": str(err.get("type", ""))}
+    return [{"loc": [x if isinstance(x, int) else safe_text(str(x)) for x in err.get("loc", ())
+                     if x not in _UNION_TAGS],
+             "msg": safe_text(str(err.get("msg", "")).removeprefix("Value error, ")), "type": str(err.get("type", ""))}
             for err in errors[:20]]
 
 
@@ -98,8 +103,14 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EntityNotFoundError)
     async def _entity(_: Request, exc: EntityNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": clean_message(exc), "candidates": json.loads(json.dumps(exc.candidates))},
-                            status_code=422)
+        return JSONResponse({"detail": safe_text(clean_message(exc)),
+                             "candidates": json.loads(json.dumps(exc.candidates))}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.detail, str):  # whatever a message quotes, it serialises
+            exc = StarletteHTTPException(exc.status_code, safe_text(exc.detail), exc.headers)
+        return await http_exception_handler(request, exc)
 
 
 # -- prediction --------------------------------------------------------------------------------
@@ -145,15 +156,16 @@ def add_predict_routes(app: FastAPI, svc: Service) -> None:
             image = await run_in_threadpool(check_image, upload_bytes, limits.max_image_pixels)
         else:
             image = await run_in_threadpool(decode_image, req.image, limits.max_image_pixels)
-        (pred,) = await svc.locked(svc.run_batch, [to_pair(req, image)], [req.top_k])
+        (pred,) = await svc.batcher.predict([to_pair(req, image)], [req.top_k])
         return PredictResponse.model_validate(pred.to_dict())
 
-    @app.post("/predict/batch", response_model=list[PredictResponse], responses=ERRORS_DOC, tags=["predict"])
-    async def predict_batch(items: list[PredictRequest]) -> list[PredictResponse]:
+    @app.post("/predict/batch", response_model=list[PredictResponse], responses=ERRORS_DOC, tags=["predict"],
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "array", "items": {"$ref": "#/components/schemas/PredictRequest"}}}}}})
+    async def predict_batch(request: Request) -> list[PredictResponse]:
         """Many pairs at once (at most the server's max batch size), answered in order."""
-        if len(items) > limits.max_batch_size:
-            raise HTTPException(413, f"batch of {len(items)} items exceeds the limit of {limits.max_batch_size} "
-                                     "(see --max-batch)")
+        raw = await read_batch(await request.body(), limits.max_batch_size)
+        items: list[PredictRequest] = validate(PredictBatch, raw)
         pairs = []
         for i, req in enumerate(items):
             try:
@@ -162,8 +174,26 @@ def add_predict_routes(app: FastAPI, svc: Service) -> None:
             except HTTPException as e:
                 raise HTTPException(e.status_code, f"item {i}: {e.detail}") from None
             pairs.append(to_pair(req, image))
-        preds = await svc.locked(svc.run_batch, pairs, [r.top_k for r in items])
+        preds = await svc.batcher.predict(pairs, [r.top_k for r in items]) if pairs else []
         return [PredictResponse.model_validate(p.to_dict()) for p in preds]
+
+
+async def read_batch(body: bytes, max_items: int) -> Any:
+    """The parsed /predict/batch body; 413 for a list of more than ``max_items`` before any item is validated, 422
+    for a body that is not JSON. Large bodies are parsed in the threadpool."""
+    def parse() -> Any:
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as e:
+            raise HTTPException(422, f"the body is not valid JSON ({e.msg}) at character {e.pos}; send "
+                                     "application/json") from None
+        except (UnicodeDecodeError, RecursionError, ValueError):
+            return parse_json(body, "the body", "send a JSON list of pairs")  # its 400 naming the problem
+
+    raw = parse() if len(body) < 65536 else await run_in_threadpool(parse)
+    if isinstance(raw, list) and len(raw) > max_items:
+        raise HTTPException(413, f"batch of {len(raw)} items exceeds the limit of {max_items} (see --max-batch)")
+    return raw
 
 
 # -- relations ---------------------------------------------------------------------------------
@@ -244,6 +274,14 @@ def clean_relations(svc: Service, raw: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def require_json(request: Request) -> None:
+    """415 unless the request says its body is JSON (a browser form cannot: it sends text/plain or a form type)."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.partition(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, f"send the body as JSON with the header 'Content-Type: application/json' (got "
+                                 f"{ctype or 'none'!r})")
+
+
 def add_relation_routes(app: FastAPI, svc: Service) -> None:
     bearer = HTTPBearer(auto_error=False, description="The server's API token (--api-token / ROCMRE_API_TOKEN).")
 
@@ -267,6 +305,7 @@ def add_relation_routes(app: FastAPI, svc: Service) -> None:
         if svc.model_type != "roc":
             raise HTTPException(400, "this is a classification model: its label set is fixed, relations cannot "
                                      "be added (use a ROC model)")
+        require_json(request)
         raw = validate(RelationsBody, parse_json(await request.body(), "the body",
                                                  'send a JSON object {"relation name": ["description", ...]}'))
         added = await svc.locked(svc.add_checked, clean_relations(svc, raw))

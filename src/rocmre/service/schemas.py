@@ -4,9 +4,38 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 EntityType = Literal["person", "organization", "location", "miscellaneous", "object", "unknown"]
+
+
+def encodable(value: str) -> str:
+    """``value`` unchanged when it can be UTF-8 encoded; a ValueError naming the first lone surrogate otherwise
+    (JSON's ``\\ud800`` escapes decode to such characters, which no answer or model input can carry)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"character {e.start} is \\u{ord(value[e.start]):04x}, a lone surrogate (half of a UTF-16 "
+                         "pair), which is not valid Unicode text") from None
+    return value
+
+
+def encodable_text(value: str | list[str]) -> str | list[str]:
+    """A text or token list whose every string is valid Unicode (see :func:`encodable`)."""
+    if isinstance(value, str):
+        return encodable(value)
+    for i, token in enumerate(value):
+        try:
+            encodable(token)
+        except ValueError as e:
+            raise ValueError(f"token {i}: {e}") from None
+    return value
+
+
+#: a string checked to be valid Unicode at the boundary (names, descriptions)
+Text = Annotated[str, AfterValidator(encodable)]
+#: a sentence or its tokens, checked the same way
+TextOrTokens = Annotated[str | list[str], AfterValidator(encodable_text)]
 
 
 class EntityRef(BaseModel):
@@ -15,7 +44,7 @@ class EntityRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, description="The mention (located in the text when no offsets are given).")
+    name: Text | None = Field(None, description="The mention (located in the text when no offsets are given).")
     start: int | None = Field(None, ge=0, description="First token (with a token-list text).")
     end: int | None = Field(None, ge=1, description="One past the last token.")
     char_start: int | None = Field(None, ge=0, description="First character (with a string text).")
@@ -56,7 +85,7 @@ def _entity_kind(value: Any) -> str | None:
 
 
 EntitySpec = Annotated[
-    Annotated[str, Tag("mention")] | Annotated[EntityRef, Tag("entity")],
+    Annotated[Text, Tag("mention")] | Annotated[EntityRef, Tag("entity")],
     Discriminator(_entity_kind, custom_error_type="entity_spec",
                   custom_error_message="an entity is a string that occurs in the text, or an object with 'name', "
                                        "'start'/'end', 'char_start'/'char_end' or 'box'")]
@@ -69,7 +98,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"text": "Barack Obama visited Paris", "head": "Barack Obama", "tail": "Paris", "top_k": 3}]})
 
-    text: str | list[str] = Field(..., description="The sentence, or its tokens.")
+    text: TextOrTokens = Field(..., description="The sentence, or its tokens.")
     head: EntitySpec = Field(..., description="An entity string that occurs once, or an entity object.")
     tail: EntitySpec
     image: str | None = Field(None, description="The post's image, base64-encoded.")
@@ -130,7 +159,7 @@ class RelationExample(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | list[str] = Field(..., description="The sentence, or its tokens.")
+    text: TextOrTokens = Field(..., description="The sentence, or its tokens.")
     head: EntitySpec
     tail: EntitySpec
     head_type: EntityType | None = None
@@ -149,7 +178,7 @@ class RelationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    descriptions: list[str] = Field(default_factory=list)
+    descriptions: list[Text] = Field(default_factory=list)
     examples: list[RelationExample] = Field(default_factory=list)
     head_types: list[EntityType] = Field(default_factory=list)
     tail_types: list[EntityType] = Field(default_factory=list)
@@ -170,8 +199,9 @@ def _relation_kind(value: Any) -> str | None:
 
 
 RelationValue = Annotated[
-    Annotated[list[str], Tag("description-list")] | Annotated[RelationSpec, Tag("relation-object")],
+    Annotated[list[Text], Tag("description-list")] | Annotated[RelationSpec, Tag("relation-object")],
     Discriminator(_relation_kind, custom_error_type="relation_spec",
                   custom_error_message="a relation is a list of descriptions, or an object with 'descriptions', "
                                        "'examples', 'head_types', 'tail_types', 'score_offset', 'none_margin'")]
-RelationsBody = TypeAdapter(dict[str, RelationValue])
+RelationsBody = TypeAdapter(dict[Text, RelationValue])
+PredictBatch = TypeAdapter(list[PredictRequest])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import threading
 from collections.abc import Callable
@@ -15,8 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from rocmre.inference.extractor import EntityNotFoundError, PairInput, Prediction, RelationExtractor
-from rocmre.service.limits import Limits, check_pair, clean_message
+from rocmre.inference.extractor import RelationExtractor
+from rocmre.service.batching import DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_SIZE, DEFAULT_MAX_QUEUE, DynamicBatcher
+from rocmre.service.limits import Limits, clean_message
 from rocmre.service.schemas import RelationInfo, RelationsResponse
 
 
@@ -29,10 +29,12 @@ def validate(model: type[BaseModel] | TypeAdapter, data: Any) -> Any:
 
 
 class Service:
-    """One served extractor: model calls run in a threadpool, one at a time, waiting requests queue in order."""
+    """One served extractor: model calls run one at a time under the model lock; predictions through the dynamic
+    batcher, relation changes and listings in the threadpool (waiting ones queue in order)."""
 
     def __init__(self, extractor: RelationExtractor, limits: Limits, api_token: str | None = None,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
+                 batch_delay_ms: float = DEFAULT_BATCH_DELAY_MS, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
         self.extractor = extractor
         self.limits = limits
         self.api_token = api_token
@@ -41,6 +43,8 @@ class Service:
         self.negative_label = extractor.model.config.negative_label
         self.model_lock = threading.Lock()
         self.queue = asyncio.Lock()  # waiting requests queue here (in order), not in threadpool workers
+        #: predictions: concurrent requests grouped into forward passes, under the same model lock
+        self.batcher = DynamicBatcher(extractor, self.model_lock, batch_size, batch_delay_ms, max_queue)
 
     async def locked(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` in the threadpool under the model lock."""
@@ -50,28 +54,6 @@ class Service:
 
         async with self.queue:
             return await run_in_threadpool(call)
-
-    def run_batch(self, pairs: list[PairInput], top_k: list[int]) -> list[Prediction]:
-        """Predictions for ``pairs`` (each with its own top-k); errors name their item. Call under the lock."""
-        for i, pair in enumerate(pairs):  # resolve first, so an error names its item
-            prefix = f"item {i}: " if len(pairs) > 1 else ""
-            try:
-                check_pair(pair, self.extractor)
-            except EntityNotFoundError as e:
-                raise EntityNotFoundError(prefix + clean_message(e), e.candidates) from None
-            except (ValueError, TypeError) as e:
-                raise HTTPException(422, prefix + clean_message(e)) from None
-        indexed: list[tuple[int, Prediction]] = []
-        try:
-            for k in sorted(set(top_k)):  # one batched call per distinct top_k
-                idx = [i for i, kk in enumerate(top_k) if kk == k]
-                preds = self.extractor.predict_batch([pairs[i] for i in idx], batch_size=32, top_k=k)
-                indexed.extend(zip(idx, preds, strict=True))
-        except (ValueError, TypeError) as e:
-            raise HTTPException(422, clean_message(e)) from None
-        except MemoryError:
-            raise HTTPException(413, "the input is too large to process (out of memory)") from None
-        return [p for _, p in sorted(indexed, key=lambda x: x[0])]
 
     def relations_response(self) -> RelationsResponse:
         described = self.extractor.describe_relations()
@@ -114,13 +96,20 @@ class Service:
             if n_examples > limits.max_examples:
                 raise HTTPException(413, f"relation {name!r}: {n_examples} examples exceeds the limit of "
                                          f"{limits.max_examples} per relation")
+        previous = extractor.model.descriptions
         try:
             added = extractor.add_relations(clean)
         except (ValueError, TypeError) as e:  # a bad template or an example whose entities cannot be resolved
             raise HTTPException(422, clean_message(e)) from None
-        with contextlib.suppress(AttributeError, TypeError):  # encode the new set now, not on the next predict
+        try:  # encode the new set now, not on the next predict; a set that cannot be encoded is not kept
             import torch
 
             with torch.inference_mode():
                 extractor.model.description_vectors()
+        except Exception as e:
+            extractor.model.set_descriptions(previous)
+            if isinstance(e, ValueError | TypeError):
+                raise HTTPException(422, f"the relations cannot be encoded ({clean_message(e)}); nothing was "
+                                         "added") from None
+            raise
         return added
