@@ -1,13 +1,17 @@
-"""Load on `rocmre serve` over loopback: correctness under concurrency, latency and server memory.
+"""Load on `rocmre serve` over loopback: throughput, latency and batch-invariance under concurrency, and memory.
 
-    python benchmarks/serve_load.py --model runs/smoke_serve [--requests 1000] [--concurrency 200]
+    python benchmarks/serve_load.py --model runs/smoke_serve [--requests 400] [--concurrency 64]
 
 Starts `rocmre serve` on the model folder (nothing is trained here) on 127.0.0.1, builds distinct valid entity
-pairs from MNRE test sentences, answers each once sequentially (the reference), then sends them all at the given
-concurrency twice: once alone (baseline) and once with one slow request (a text at the server's character limit)
-sent among them. Every concurrent answer must be identical to the sequential one and no request may fail. Reports
-p50/p95/p99 latency, the slow request's latency and its effect on the others, and the server's RSS before and after.
-Writes benchmarks/results/serve_load.json (with a top-level "summary") and serve_load.md; exits 1 on any error or
+pairs from MNRE test sentences, answers each once sequentially (the reference, each pair alone: concurrency 1),
+then sends them all at the given concurrency twice: once alone (baseline) and once with one slow request (a text
+at the server's character limit) sent among them, while /health is polled. The server groups concurrent requests
+into shared forward passes (dynamic batching, --max-batch-size / --max-batch-delay-ms); every concurrent answer
+must give the same relation, ranking and scores (within 1e-6) as the sequential one, and no request may fail.
+Also measures `predict_batch` on the same pairs in this process (the model's own batched speed). Reports
+throughput, p50/p95/p99 latency, /health latency under load, the slow request's effect on the others, and the
+server's RSS before and after. Sized for 2 CPU cores: the defaults take a few minutes with a small model. Writes
+benchmarks/results/serve_load.json (with a top-level "summary") and serve_load.md; exits 1 on any error or
 mismatch.
 """
 
@@ -161,10 +165,48 @@ async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout:
                     answer, error = None, f"{type(e).__name__}: {e}"
                 results[kind, i] = {"sent": sent, "done": time.perf_counter(), "answer": answer, "error": error}
 
+        health: list[float] = []
+        done = asyncio.Event()
+
+        async def poll_health() -> None:  # /health every 20 ms on its own connection, while the load runs
+            async with httpx.AsyncClient(base_url=url, timeout=timeout) as probe:
+                while not done.is_set():
+                    sent = time.perf_counter()
+                    await probe.get("/health")
+                    health.append((time.perf_counter() - sent) * 1000)
+                    await asyncio.sleep(0.02)
+
+        poller = asyncio.create_task(poll_health())
         start = time.perf_counter()
         await asyncio.gather(*(one(kind, i, body) for kind, i, body in order))
         wall = time.perf_counter() - start
-    return {"results": results, "wall_s": wall}
+        done.set()
+        await poller
+    return {"results": results, "wall_s": wall, "health_ms": health}
+
+
+SCORE_TOLERANCE = 1e-6
+
+
+def score_difference(a: Any, b: Any) -> float | None:
+    """The largest score difference between two answers with the same relation, ranking, descriptions and
+    entities; None when they differ in any of those."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return None
+    rest = ("score", "top_k")
+    if {k: v for k, v in a.items() if k not in rest} != {k: v for k, v in b.items() if k not in rest}:
+        return None
+    if [(c["relation"], c["description"]) for c in a["top_k"]] != [(c["relation"], c["description"])
+                                                                     for c in b["top_k"]]:
+        return None
+    pairs = zip(a["top_k"], b["top_k"], strict=True)
+    return max([abs(a["score"] - b["score"])] + [abs(x["score"] - y["score"]) for x, y in pairs])
+
+
+def same_answer(a: Any, b: Any) -> bool:
+    """Same relation, ranking, descriptions and entities, scores within :data:`SCORE_TOLERANCE`."""
+    diff = score_difference(a, b)
+    return diff is not None and diff <= SCORE_TOLERANCE
 
 
 def analyse(run: dict[str, Any], reference: list[Any], slow_reference: Any) -> dict[str, Any]:
@@ -172,14 +214,20 @@ def analyse(run: dict[str, Any], reference: list[Any], slow_reference: Any) -> d
     pairs = [results["pair", i] for i in range(len(reference))]
     latencies = [(r["done"] - r["sent"]) * 1000 for r in pairs]
     errors = [r["error"] for r in pairs if r["error"]]
-    mismatches = sum(1 for r, ref in zip(pairs, reference, strict=True) if not r["error"] and r["answer"] != ref)
+    mismatches = sum(1 for r, ref in zip(pairs, reference, strict=True)
+                     if not r["error"] and not same_answer(r["answer"], ref))
+    diffs = [score_difference(r["answer"], ref) for r, ref in zip(pairs, reference, strict=True) if not r["error"]]
     out: dict[str, Any] = {"requests": len(pairs), "errors": len(errors), "mismatches": mismatches,
+                           "identical": sum(1 for r, ref in zip(pairs, reference, strict=True) if r["answer"] == ref),
+                           "max_score_diff": max((d for d in diffs if d is not None), default=0.0),
                            "wall_s": round(run["wall_s"], 1), "throughput_rps": round(len(pairs) / run["wall_s"], 1),
                            **percentiles(latencies), "first_errors": errors[:5]}
+    if len(run.get("health_ms", [])) >= 2:
+        out["health"] = {"polls": len(run["health_ms"]), **percentiles(run["health_ms"])}
     if ("slow", 0) in results:
         s = results["slow", 0]
         out["slow"] = {"latency_ms": round((s["done"] - s["sent"]) * 1000, 1), "error": s["error"],
-                       "identical_to_sequential": s["answer"] == slow_reference}
+                       "identical_to_sequential": same_answer(s["answer"], slow_reference)}
         # the others in flight or queued when the slow one ran: sent before it finished, done after it was sent
         overlapping = [(r["done"] - r["sent"]) * 1000 for r in pairs if r["sent"] < s["done"] and r["done"] > s["sent"]]
         out["slow"]["overlapping_requests"] = len(overlapping)
@@ -187,9 +235,26 @@ def analyse(run: dict[str, Any], reference: list[Any], slow_reference: Any) -> d
     return out
 
 
-def start_server(model: Path, port: int, max_text_chars: int, cache_dir: str, log: Path) -> subprocess.Popen:
+def predict_batch_speed(model: Path, bodies: list[Request], cache_dir: str, batch_size: int) -> dict[str, Any]:
+    """The model's own batched speed on the same pairs in this process, in pairs/s (timed on a second pass: the
+    first tags the entities' types, which the server had cached from its sequential pass)."""
+    from rocmre.inference.extractor import PairInput, RelationExtractor
+
+    extractor = RelationExtractor.from_pretrained(model, cache_dir=cache_dir)
+    pairs = [PairInput(b["text"], b["head"], b["tail"]) for b in bodies]
+    list(extractor.predict_batch(pairs, batch_size=batch_size, top_k=3))
+    start = time.perf_counter()
+    list(extractor.predict_batch(pairs, batch_size=batch_size, top_k=3))
+    wall = time.perf_counter() - start
+    return {"pairs": len(pairs), "batch_size": batch_size, "wall_s": round(wall, 1),
+            "pairs_per_s": round(len(pairs) / wall, 1)}
+
+
+def start_server(model: Path, port: int, max_text_chars: int, cache_dir: str, log: Path,
+                 batching: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rocmre", "serve", "--model", str(model), "--host", "127.0.0.1", "--port",
-           str(port), "--max-text-chars", str(max_text_chars), "--cache-dir", cache_dir, "--log-level", "warning"]
+           str(port), "--max-text-chars", str(max_text_chars), "--cache-dir", cache_dir, "--log-level", "warning",
+           *batching]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("ROCMRE_API_TOKEN", None)
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -215,8 +280,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="A trained model folder (nothing is trained).")
     parser.add_argument("--data", default="mnre/RE_data", help="MNRE (relative to $ROCMRE_DATA is fine).")
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=None, help="The server's dynamic batching: most pairs "
+                        "in one forward pass (default: the server's, 32; also predict_batch's batch size here).")
+    parser.add_argument("--max-batch-delay-ms", type=float, default=None, help="The server's longest wait for more "
+                        "requests (default: the server's, 2 ms).")
     parser.add_argument("--max-text-chars", type=int, default=2000, help="The server's text limit; the slow "
                         "request has exactly this many characters.")
     parser.add_argument("--slow-at", type=int, default=100, help="Position of the slow request among the others.")
@@ -236,7 +305,10 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rocmre-serve-load-") as tmp:
         log = Path(tmp) / "server.log"
-        proc = start_server(args.model, port, args.max_text_chars, str(Path(tmp) / "cache"), log)
+        batching = [*(["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []),
+                    *(["--max-batch-delay-ms", str(args.max_batch_delay_ms)] if args.max_batch_delay_ms is not None
+                      else [])]
+        proc = start_server(args.model, port, args.max_text_chars, str(Path(tmp) / "cache"), log, batching)
         try:
             wait_healthy(url, proc, timeout=180)
             asyncio.run(sequential(url, bodies[:3], args.timeout))  # warm-up (lazy imports, description vectors)
@@ -250,6 +322,7 @@ def main() -> None:
             main_run = analyse(asyncio.run(concurrent(url, bodies, args.concurrency, args.timeout,
                                                       (args.slow_at, slow))), reference, slow_reference)
             rss_after = rss_mb(proc.pid)
+            speed = predict_batch_speed(args.model, bodies, str(Path(tmp) / "cache"), args.max_batch_size or 32)
         finally:
             proc.terminate()
             try:
@@ -263,7 +336,14 @@ def main() -> None:
     summary = {"requests": main_run["requests"], "concurrency": args.concurrency, "errors": main_run["errors"],
                "mismatches": main_run["mismatches"], "p50_ms": main_run["p50_ms"], "p95_ms": main_run["p95_ms"],
                "p99_ms": main_run["p99_ms"], "rss_mb_before": round(rss_before, 1),
-               "rss_mb_after": round(rss_after, 1), "commit": git_commit()}
+               "rss_mb_after": round(rss_after, 1), "commit": git_commit(),
+               "throughput_rps": baseline["throughput_rps"], "predict_batch_pairs_per_s": speed["pairs_per_s"],
+               "throughput_over_predict_batch": round(baseline["throughput_rps"] / speed["pairs_per_s"], 2),
+               "c1_p50_ms": percentiles(seq_times)["p50_ms"],
+               "health_p99_ms": max(r.get("health", {}).get("p99_ms", 0.0) for r in (baseline, main_run)),
+               "batch_invariant": not (baseline["mismatches"] or main_run["mismatches"]
+                                       or not main_run["slow"]["identical_to_sequential"]),
+               "max_score_diff": max(baseline["max_score_diff"], main_run["max_score_diff"])}
     command = "python benchmarks/serve_load.py " + shlex.join(sys.argv[1:])
     report = {
         "summary": summary,
@@ -274,6 +354,9 @@ def main() -> None:
         "model": str(args.model),
         "max_text_chars": args.max_text_chars,
         "slow_at": args.slow_at,
+        "batching": {"max_batch_size": args.max_batch_size or 32, "max_batch_delay_ms": 2.0
+                     if args.max_batch_delay_ms is None else args.max_batch_delay_ms},
+        "predict_batch": speed,
         "sequential": {"requests": len(bodies), "errors": bad_reference, "wall_s": round(seq_wall, 1),
                        **percentiles(seq_times), "slow_request_alone_ms": round(slow_alone_ms, 1)},
         "concurrent_with_slow_request": main_run,
@@ -313,8 +396,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['date']}  ",
         f"Machine: {mc['cpu']}, {mc['cores']} cores, Python {mc['python']}, {mc['platform']}; client and server "
         "on the same machine.  ",
-        f"Model: `{r['model']}`; server text limit {r['max_text_chars']} characters; one model lock (requests are "
-        "answered one at a time).",
+        f"Model: `{r['model']}`; server text limit {r['max_text_chars']} characters; dynamic batching: at most "
+        f"{r['batching']['max_batch_size']} pairs per forward pass, gathered for at most "
+        f"{r['batching']['max_batch_delay_ms']} ms; pairs share a pass only when their inputs have the same shape "
+        "(batch-invariant answers).",
         "",
         f"{s['requests']} distinct valid pairs from MNRE test sentences, sent at concurrency {s['concurrency']}: "
         f"**{s['errors']} errors, {s['mismatches']} answers differing from the sequential answer**. Server RSS "
@@ -326,16 +411,23 @@ def markdown(r: dict[str, Any]) -> str:
         row.format(name=f"concurrency {s['concurrency']}, no slow request", **b),
         row.format(name=f"concurrency {s['concurrency']}, one slow request among them", **m),
         "",
-        f"Throughput: {b['throughput_rps']} req/s without the slow request, {m['throughput_rps']} req/s with it.",
+        f"Throughput: {b['throughput_rps']} req/s without the slow request, {m['throughput_rps']} req/s with it; "
+        f"`predict_batch` on the same pairs in one process: {r['predict_batch']['pairs_per_s']} pairs/s (ratio "
+        f"{s['throughput_over_predict_batch']}). One request at a time (concurrency 1): p50 {s['c1_p50_ms']} ms. "
+        f"`/health` under load: p99 {s['health_p99_ms']} ms.",
+        "",
+        f"Batch-invariant: {s['batch_invariant']} (every concurrent answer has the sequential answer's relation, "
+        f"ranking and descriptions, scores within 1e-6; largest score difference {s['max_score_diff']:.2g}; "
+        f"bit-identical: {b['identical']} and {m['identical']} of {s['requests']}).",
         "",
         f"**The slow request** ({r['max_text_chars']} characters, sent after the first {r['slow_at']} of them): "
         f"{e['slow_latency_alone_ms']} ms alone, {e['slow_latency_under_load_ms']} ms under load (it waits in the "
         f"queue like the others); identical to its sequential answer: {m['slow']['identical_to_sequential']}. "
         f"Its effect on the others: p50 {e['p50_delta_ms']:+} ms, p95 {e['p95_delta_ms']:+} ms, p99 "
         f"{e['p99_delta_ms']:+} ms against the run without it; the {m['slow']['overlapping_requests']} requests in "
-        f"flight or queued while it ran had a median latency of {m['slow']['overlapping_p50_ms']} ms. It holds "
-        f"the model lock about {round(e['slow_latency_alone_ms'] - q['p50_ms'])} ms longer than a typical request "
-        "does, so each request queued behind it waits that much longer; the percentile deltas between the two "
+        f"flight or queued while it ran had a median latency of {m['slow']['overlapping_p50_ms']} ms. Its forward "
+        f"pass takes about {round(e['slow_latency_alone_ms'] - q['p50_ms'])} ms longer than a typical request's, "
+        "and the batches queued behind it wait that much longer; the percentile deltas between the two "
         "concurrent runs also carry the run-to-run noise of the machine (other processes included).",
         "",
         f"Server log ERROR lines / tracebacks: {len(r['server_log_errors'])}.",

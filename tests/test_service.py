@@ -147,11 +147,24 @@ def test_batch_api_cli_and_server_agree(client: httpx.Client, api: RelationExtra
               **({"head_type": li["head_type"]} if "head_type" in li else {})} for li in lines]
     response = client.post("/predict/batch", json=batch)
     assert response.status_code == 200, response.text
-    assert from_api == from_cli == response.json()
-    # single requests match single API calls
-    for item, pair in zip(batch, pairs, strict=True):
-        single = client.post("/predict", json=item).json()
-        assert single == api.predict(pair.text, pair.head, pair.tail, pair.image, 5, pair.head_type).to_dict()
+    assert from_api == from_cli
+    # the server answers each pair as if alone (batch-invariant), as the API's single calls do
+    singles = [api.predict(p.text, p.head, p.tail, p.image, 5, p.head_type).to_dict() for p in pairs]
+    assert response.json() == singles
+    for server, library in zip(response.json(), from_api, strict=True):  # the API's padded batch: within 1e-6
+        assert_same_answer(server, library)
+    for item, single in zip(batch, singles, strict=True):
+        assert client.post("/predict", json=item).json() == single
+
+
+def assert_same_answer(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-6) -> None:
+    """The same relation, ranking, descriptions and entities; scores within ``tol``."""
+    assert {k: v for k, v in a.items() if k not in ("score", "top_k")} == \
+        {k: v for k, v in b.items() if k not in ("score", "top_k")}
+    assert [(c["relation"], c["description"]) for c in a["top_k"]] == \
+        [(c["relation"], c["description"]) for c in b["top_k"]]
+    assert a["score"] == pytest.approx(b["score"], abs=tol)
+    assert [c["score"] for c in a["top_k"]] == pytest.approx([c["score"] for c in b["top_k"]], abs=tol)
 
 
 def test_add_and_remove_relation(client: httpx.Client, api: RelationExtractor) -> None:
@@ -451,7 +464,8 @@ def test_docs_work_offline(client: httpx.Client) -> None:
 
 
 def test_cli_serve_options(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`rocmre serve` hands its limits and protection to the app; an empty token is refused."""
+    """`rocmre serve` hands its limits, protection, batching and connection settings to the app and uvicorn; an
+    empty token is refused."""
     import uvicorn
     from fastapi.testclient import TestClient
 
@@ -460,20 +474,32 @@ def test_cli_serve_options(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pyt
     monkeypatch.setenv("ROCMRE_API_TOKEN", "from-env")
     args = ["serve", "--model", str(tiny_roc_dir), "--cache-dir", str(cache_dir), "--port", "8123",
             "--max-text-chars", "100", "--max-tokens", "20", "--max-descriptions", "3", "--max-description-chars",
-            "80", "--max-relations", "30", "--max-image-megapixels", "2"]
+            "80", "--max-relations", "30", "--max-image-megapixels", "2", "--max-batch-size", "8",
+            "--max-batch-delay-ms", "7.5", "--max-queue", "50", "--timeout-keep-alive", "3", "--limit-concurrency",
+            "40", "--header-timeout", "4", "--body-timeout", "6"]
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
-    limits = served["app"].state.limits
+    app = served["app"]
+    limits = app.state.limits
     assert (limits.max_text_chars, limits.max_tokens, limits.max_descriptions, limits.max_description_chars,
             limits.max_relations, limits.max_image_pixels) == (100, 20, 3, 80, 30, 2_000_000)
-    assert served["port"] == 8123
-    with TestClient(served["app"]) as tc:
+    batcher = app.state.service.batcher
+    assert (batcher.batch_size, batcher.delay, batcher.max_queue) == (8, 0.0075, 50)
+    assert served["port"] == 8123 and served["timeout_keep_alive"] == 3 and served["limit_concurrency"] == 40
+    assert served["http"].__name__ == "HeaderTimeoutH11Protocol"
+    assert {"localhost", "127.0.0.1", "::1"} <= set(app.state.allowed_hosts)
+    with TestClient(app, base_url="http://127.0.0.1:8123") as tc:
         assert tc.post("/relations", json={"/x/y": ["The head x the tail."]}).status_code == 401
         assert tc.head("/health").status_code == 200
-    result = CliRunner().invoke(cli_app, [*args, "--read-only"])
+    with TestClient(app) as tc:  # Host: testserver is not one of the names it answers to
+        assert_error(tc.get("/health"), 403, "'testserver' is not served here", "--allowed-hosts")
+    result = CliRunner().invoke(cli_app, [*args, "--read-only", "--allowed-hosts", "testserver, example.org"])
     assert result.exit_code == 0 and "read-only" in result.output
+    assert served["app"].state.allowed_hosts == ["testserver", "example.org"]
     with TestClient(served["app"]) as tc:
         assert_error(tc.delete("/relations", params={"name": "None"}), 403, "read-only")
+    result = CliRunner().invoke(cli_app, [*args, "--allowed-hosts", " , "])
+    assert result.exit_code != 0 and "--allowed-hosts is empty" in result.output
     monkeypatch.setenv("ROCMRE_API_TOKEN", " ")
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code != 0 and "--api-token (or ROCMRE_API_TOKEN) is empty" in result.output

@@ -86,3 +86,17 @@ def test_bad_input(servers: dict[str, str], case: dict[str, Any]) -> None:
     assert isinstance(detail, str) and case["detail"] in detail, detail
     if "absent" in case:
         assert case["absent"] not in response.text
+
+
+def test_corpus_left_the_server_whole(servers: dict[str, str], tiny_roc_dir: Path, cache_dir: Path) -> None:
+    """After every case (lone surrogates in names and descriptions among them), the relation set is the model's
+    own, listed, and usable: nothing half-added stays."""
+    expected = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir).relations
+    for url in servers.values():
+        with httpx.Client(base_url=url, timeout=60) as client:
+            listed = client.get("/relations")
+            assert listed.status_code == 200, listed.text
+            assert [r["name"] for r in listed.json()["relations"]] == expected
+            pred = client.post("/predict", json={"text": "Barack Obama visited Paris", "head": "Barack Obama",
+                                                 "tail": "Paris", "top_k": len(expected)})
+            assert pred.status_code == 200, pred.text

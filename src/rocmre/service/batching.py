@@ -1,0 +1,225 @@
+"""Dynamic batching: concurrent /predict and /predict/batch requests are grouped into shared forward passes.
+
+Requests queue (a bounded queue: 503 with ``Retry-After`` when full). A worker takes every request waiting, and
+waits at most ``delay_ms`` for more while it has fewer than ``batch_size`` pairs; then, in one model thread under
+the model lock, it resolves each request's pairs (an error answers that request only), groups all pairs by the
+shape of their model input, runs one forward pass per group (at most ``batch_size`` pairs each), and answers each
+request with its own predictions, in order. While it runs, the next batch gathers.
+
+Answers are batch-invariant: pairs share a forward pass only when their inputs have the same shape (token count,
+image or not, crops, image object or not), so nothing is padded and no pair reads another's padding. A pair then
+gets the same relation, ranking and scores alone or in any company: bit for bit under bf16 (oneDNN's kernels do
+not depend on the batch), within about 1e-7 under fp32 (the BLAS may sum in another order for another batch size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException
+
+from rocmre.inference.extractor import EntityNotFoundError, PairInput, Prediction, RelationExtractor
+from rocmre.service.limits import check_pair, clean_message
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_DELAY_MS = 2.0
+DEFAULT_MAX_QUEUE = 1024
+
+
+@dataclass
+class Job:
+    """One request's pairs, their top-k, and where its answer goes."""
+
+    pairs: list[PairInput]
+    top_k: list[int]
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did: forward passes run, pairs answered, the largest pass, requests refused (queue full)."""
+
+    forward_passes: int = 0
+    pairs: int = 0
+    largest: int = 0
+    refused: int = 0
+    sizes: list[int] = field(default_factory=list)  # the last 1,000 forward-pass sizes
+
+    def record(self, size: int) -> None:
+        self.forward_passes += 1
+        self.pairs += size
+        self.largest = max(self.largest, size)
+        self.sizes = [*self.sizes[-999:], size]
+
+
+def pair_error(error: Exception, prefix: str) -> Exception:
+    """A resolver's or model's exception as the answer a client gets (its item named by ``prefix``)."""
+    if isinstance(error, EntityNotFoundError):
+        return EntityNotFoundError(prefix + clean_message(error), error.candidates)
+    if isinstance(error, ValueError | TypeError):
+        return HTTPException(422, prefix + clean_message(error))
+    if isinstance(error, MemoryError):
+        return HTTPException(413, "the input is too large to process (out of memory)")
+    return error
+
+
+class DynamicBatcher:
+    """Groups concurrent requests into shape-uniform forward passes of ``extractor`` (see the module)."""
+
+    def __init__(self, extractor: RelationExtractor, lock: threading.Lock, batch_size: int = DEFAULT_BATCH_SIZE,
+                 delay_ms: float = DEFAULT_BATCH_DELAY_MS, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        if batch_size < 1 or delay_ms < 0 or max_queue < 1:
+            raise ValueError(f"batch_size ({batch_size}) and max_queue ({max_queue}) must be >= 1, delay_ms "
+                             f"({delay_ms}) >= 0")
+        self.extractor = extractor
+        self.lock = lock
+        self.batch_size = batch_size
+        self.delay = delay_ms / 1000
+        self.max_queue = max_queue
+        self.pending = 0  # pairs queued or running
+        self.stats = BatchStats()
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Job] | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- the event-loop side ---------------------------------------------------------------------
+    async def predict(self, pairs: list[PairInput], top_k: list[int]) -> list[Prediction]:
+        """Predictions for one request's ``pairs`` (each with its own top-k), computed with whatever else is
+        waiting. 503 when the queue holds ``max_queue`` pairs already."""
+        queue = self._started()
+        if self.pending and self.pending + len(pairs) > self.max_queue:
+            self.stats.refused += 1
+            raise HTTPException(503, f"the server is busy: {self.pending} pairs are waiting (the limit is "
+                                     f"{self.max_queue}; see --max-queue); retry shortly", headers={"Retry-After": "1"})
+        job = Job(list(pairs), list(top_k), asyncio.get_running_loop().create_future())
+        self.pending += len(job.pairs)
+        queue.put_nowait(job)
+        return await job.future
+
+    def _started(self) -> asyncio.Queue[Job]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop, self._queue, self.pending = loop, asyncio.Queue(), 0
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="rocmre-model")
+            self._task = loop.create_task(self._work(), name="rocmre-batcher")
+        assert self._queue is not None
+        return self._queue
+
+    async def _gather(self, queue: asyncio.Queue[Job]) -> list[Job]:
+        """The next batch: the first waiting request, then all others waiting, then up to ``delay`` s more for
+        new ones while the batch has fewer than ``batch_size`` pairs."""
+        jobs = [await queue.get()]
+        size = len(jobs[0].pairs)
+        deadline = asyncio.get_running_loop().time() + self.delay
+        while size < self.batch_size:
+            if queue.empty():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                job = queue.get_nowait()
+            jobs.append(job)
+            size += len(job.pairs)
+        return jobs
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        queue, loop = self._queue, asyncio.get_running_loop()
+        while True:
+            jobs = await self._gather(queue)
+            live = [j for j in jobs if not j.future.done()]  # (a request whose client left is not computed)
+            try:
+                outcomes: list[Any] = await loop.run_in_executor(self._executor, self.run, live) if live else []
+            except Exception as e:  # (run answers each job itself; this is a last resort)
+                outcomes = [e] * len(live)
+            finally:
+                self.pending = max(0, self.pending - sum(len(j.pairs) for j in jobs))
+            for job, outcome in zip(live, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+
+    async def close(self) -> None:
+        """Stop the worker (requests still queued get no answer) and the model thread; the next request starts
+        them again."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- the model thread --------------------------------------------------------------------------
+    def shape_keys(self, pairs: Sequence[PairInput]) -> list[Hashable]:
+        """Each pair's input shape (token count, image, crops, image object), after checking that it resolves to
+        two entities a relation can hold between (its error names the item in a request of several pairs)."""
+        records = []
+        for i, pair in enumerate(pairs):
+            try:
+                records.append(check_pair(pair, self.extractor))
+            except Exception as e:
+                raise pair_error(e, f"item {i}: " if len(pairs) > 1 else "") from None
+        features = self.extractor.runtime.featurize(records, with_labels=False)
+        return [(len(f.input_ids), p.image is not None, len(f.crops), f.object_box is not None)
+                for f, p in zip(features, pairs, strict=True)]
+
+    def forward(self, pairs: list[PairInput], top_k: list[int]) -> list[Prediction]:
+        """One forward pass over shape-uniform ``pairs``; each prediction cut to its own top-k."""
+        preds = list(self.extractor.predict_batch(pairs, batch_size=len(pairs), top_k=max(top_k)))
+        self.stats.record(len(pairs))
+        return [dataclasses.replace(p, top_k=p.top_k[:k]) for p, k in zip(preds, top_k, strict=True)]
+
+    def run(self, jobs: list[Job]) -> list[list[Prediction] | BaseException]:
+        """Every job's predictions (or the exception that answers it), computed in shape-uniform groups."""
+        with self.lock:
+            outcomes: list[Any] = [None] * len(jobs)
+            groups: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
+            for j, job in enumerate(jobs):
+                try:
+                    keys = self.shape_keys(job.pairs)
+                except Exception as e:
+                    outcomes[j] = e
+                    continue
+                outcomes[j] = [None] * len(job.pairs)
+                for i, key in enumerate(keys):
+                    groups[key].append((j, i))
+            for members in groups.values():
+                for start in range(0, len(members), self.batch_size):
+                    self._run_chunk(jobs, outcomes, members[start:start + self.batch_size])
+        return outcomes
+
+    def _run_chunk(self, jobs: list[Job], outcomes: list[Any], chunk: list[tuple[int, int]]) -> None:
+        chunk = [(j, i) for j, i in chunk if not isinstance(outcomes[j], BaseException)]
+        if not chunk:
+            return
+        try:
+            preds = self.forward([jobs[j].pairs[i] for j, i in chunk], [jobs[j].top_k[i] for j, i in chunk])
+        except Exception as e:
+            if len(chunk) == 1:
+                j, i = chunk[0]
+                outcomes[j] = pair_error(e, f"item {i}: " if len(jobs[j].pairs) > 1 else "")
+                return
+            for member in chunk:  # one pair failed the pass: run each alone, so that only its request fails
+                self._run_chunk(jobs, outcomes, [member])
+            return
+        for (j, i), pred in zip(chunk, preds, strict=True):
+            outcomes[j][i] = pred
