@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -198,44 +197,12 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     assert spread < np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a])
 
 
-def test_class_balance_weights_keep_none_and_even_out_the_relations():
-    from rocmre.training.trainer import class_balance_weights, epoch_batches
-
-    relations = ["None"] * 6 + ["a"] * 8 + ["b"] * 2
-    assert torch.equal(class_balance_weights(relations, 0.0, "None"), torch.ones(16, dtype=torch.float64))
-    w = class_balance_weights(relations, 1.0, "None")
-    assert torch.equal(w[:6], torch.ones(6, dtype=torch.float64))  # None neither oversampled nor thinned
-    assert w[6:].sum().item() == pytest.approx(10.0)  # the relations keep their share of the epoch together
-    assert w[6:14].sum().item() == pytest.approx(w[14:].sum().item())  # alpha 1: each relation equally often
-    half = class_balance_weights(relations, 0.5, "None")
-    assert half[6:14].sum().item() / half[14:].sum().item() == pytest.approx(2.0)  # sqrt(8) : sqrt(2)
-    assert torch.equal(class_balance_weights(["None", "None"], 0.5, "None"), torch.ones(2, dtype=torch.float64))
-
-    a = epoch_batches(16, 4, seed=3, epoch=1, weights=w)
-    assert a == epoch_batches(16, 4, seed=3, epoch=1, weights=w) and sum(len(b) for b in a) == 16
-    draws = [i for e in range(200) for b in epoch_batches(16, 4, seed=3, epoch=e, weights=w) for i in b]
-    rare = sum(i >= 14 for i in draws) / len(draws)
-    assert rare == pytest.approx(5 / 16, abs=0.02)  # 2 records of "b" drawn as often as the 8 of "a"
-    with pytest.raises(ValueError, match="3 sampling weights for 16 records"):
-        epoch_batches(16, 4, seed=3, epoch=1, weights=torch.ones(3))
-
-
-def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, tmp_path, monkeypatch):
+def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, tmp_path):
     """bf16 autocast, length-grouped batches, descriptions refreshed every 2 steps, fast dropout, a frozen
-    description tower, frozen lower text layers, name-swap augmentation and class-balanced sampling together: the
-    run finishes and says what it used."""
+    description tower, frozen lower text layers and name-swap augmentation together: the run finishes and says what
+    it used."""
     from rocmre.modeling.model import RelationModel
-    from rocmre.training import trainer as trainer_module
     from rocmre.training.trainer import train
-
-    sampled = []
-    real_epoch_batches = trainer_module.epoch_batches
-
-    def spy(*args, **kwargs):
-        sampled.append(args[5] if len(args) > 5 else kwargs.get("weights"))
-        return real_epoch_batches(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "epoch_batches", spy)
 
     cfg = _config(tmp_path / "switches", cache_dir, mixed_precision="bf16", group_by_length=True,
                   description_refresh_steps=2, inference_precision="bf16", checkpoint_every=None,
@@ -244,9 +211,7 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     cfg.model.description_projection = "identity"
     cfg.model.frozen_text_layers = 2
     cfg.data.name_swap_prob = 0.5
-    cfg.train.class_balance = 0.5
     train(cfg, show_progress=False)
-    assert sampled and all(w is not None and w.min() < w.max() for w in sampled)
     results = _results(tmp_path / "switches")
     assert results["precision"] == "bf16" and len(results["train_loss"]) == 6
     m = RelationModel.from_pretrained(tmp_path / "switches")
@@ -357,80 +322,6 @@ def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_
     assert not text.encoder.layer[1].training and text.encoder.layer[2].training
 
 
-def test_logit_prior_offsets_by_hand():
-    from rocmre.training.trainer import logit_prior_offsets
-
-    off = logit_prior_offsets(["None", "None", "a", None, "unknown"], ["None", "a", "b"], tau=2.0)
-    # counts + 1: None 3, a 2, b 1 (None and unknown relations count for no label) over 6
-    assert off.tolist() == pytest.approx([2 * math.log(3 / 6), 2 * math.log(2 / 6), 2 * math.log(1 / 6)])
-
-
-def test_logit_prior_offsets_among_the_relations_leave_the_negative_label_alone():
-    from rocmre.training.trainer import logit_prior_offsets
-
-    off = logit_prior_offsets(["None"] * 5 + ["a", "a", "a", "b"], ["a", "None", "b", "c"], tau=0.5,
-                              negative_label="None")
-    # counts + 1 of the relations: a 4, b 2, c 1 (mean 7/3); None 0
-    assert off.tolist() == pytest.approx([0.5 * math.log(4 * 3 / 7), 0.0, 0.5 * math.log(2 * 3 / 7),
-                                          0.5 * math.log(3 / 7)])
-    with pytest.raises(ValueError, match="negative label 'none'"):
-        logit_prior_offsets(["a"], ["a", "b"], tau=1.0, negative_label="none")
-
-
-def test_the_trainer_adjusts_among_the_relations_when_asked(mnre_root, cache_dir, tmp_path, monkeypatch):
-    """``train.logit_adjustment_scope: relations``: the trainer passes the negative label, so None's offset is 0."""
-    from rocmre.training import trainer as trainer_module
-
-    seen = {}
-
-    def spy(relations, labels, tau, negative_label=None):
-        seen["args"] = (tau, negative_label)
-        raise RuntimeError("stop after the offsets")
-
-    monkeypatch.setattr(trainer_module, "logit_prior_offsets", spy)
-    cfg = tiny_run_config("roc", tmp_path / "scope", cache_dir)
-    cfg.train.logit_adjustment = 0.5
-    cfg.train.logit_adjustment_scope = "relations"
-    with pytest.raises(RuntimeError, match="stop after the offsets"):
-        trainer_module.Trainer(cfg, show_progress=False).train()
-    assert seen["args"] == (0.5, cfg.data.negative_label)
-    cfg.train.logit_adjustment_scope = "all"
-    with pytest.raises(RuntimeError, match="stop after the offsets"):
-        trainer_module.Trainer(cfg, show_progress=False).train()
-    assert seen["args"] == (0.5, None)
-
-
-@pytest.mark.parametrize("model_type", ["roc", "classifier"])
-def test_logit_adjustment_changes_the_training_loss_only(model_type, mnre_root, cache_dir, tmp_path):
-    """``train.logit_adjustment``: the trainer gives the model tau * log(prior) offsets from the training split; the
-    loss is the cross-entropy of the shifted logits, the logits themselves (prediction) are unchanged."""
-    import torch.nn.functional as F
-
-    from rocmre.training.setup import load_run_data
-    from rocmre.training.trainer import Trainer
-
-    cfg = tiny_run_config(model_type, tmp_path / "la", cache_dir)
-    cfg.train.epochs = 1
-    cfg.train.logit_adjustment = 1.0
-    trainer = Trainer(cfg, show_progress=False)
-    trainer.train()
-    model = trainer.model
-    offsets = model.loss_logit_offsets
-    assert offsets is not None and offsets.shape == (len(model.relation_labels),)
-    assert offsets[model.relation_labels.index("None")] == offsets.max()  # the most frequent relation
-    feats = trainer.runtime.featurize(load_run_data(cfg, "train", 8).records)
-    batch = trainer.runtime.collator(feats)
-    model.eval()
-    with torch.no_grad():
-        adjusted = model(batch)
-        model.loss_logit_offsets = None
-        plain = model(batch)
-    assert torch.equal(adjusted.logits, plain.logits)
-    assert adjusted.loss == pytest.approx(F.cross_entropy(plain.logits + offsets, batch["labels"]).item(), rel=1e-5)
-    assert plain.loss == pytest.approx(F.cross_entropy(plain.logits, batch["labels"]).item(), rel=1e-5)
-    assert adjusted.loss != pytest.approx(plain.loss.item(), rel=1e-3)
-
-
 def test_weight_average_by_hand():
     """``WeightAverage``: the warm-up then the set decay, frozen weights left out, the averaged weights swapped in
     and the current ones restored, and its state saved and restored whole."""
@@ -536,24 +427,21 @@ def test_type_prior_added_vs_trained_decides_only_the_contest_with_added_relatio
     added = [False, False, False, True]
     common = {"type_constraint": True, "type_penalty": 0.2, "type_compatibility": compat}
     everywhere = DecisionRule(labels, "None", **common)
-    only_added = DecisionRule(labels, "None", type_prior_relations=added, **common)
-    contest = DecisionRule(labels, "None", type_prior_relations=added, type_prior_contest=True, **common)
+    contest = DecisionRule(labels, "None", added_relations=added, **common)
     plain = DecisionRule(labels, "None")
     s = contest.prior_scores(scores, head, tail)
     # trained relations: untouched; the added one: best trained (0.50) + lead with the prior (0.45 - 0.40)
     np.testing.assert_allclose(s[:, :3], scores[:, :3])
     np.testing.assert_allclose(s[:, 3], [0.55, 0.30, 0.50 + (0.35 - 0.50)])
     assert contest.decide(scores, head, tail).predictions == ["new_per_per", "per_loc", "None"]
-    # the prior on every relation reorders the trained ones too (row 2: per_per over per_loc); on the added ones
-    # only, the added relation loses row 0 to per_loc
+    # the prior on every relation reorders the trained ones too (row 2: per_per over per_loc)
     assert everywhere.decide(scores, head, tail).predictions == ["new_per_per", "per_per", "None"]
-    assert only_added.decide(scores, head, tail).predictions == ["per_loc", "per_loc", "None"]
     assert plain.decide(scores).predictions == ["per_loc", "per_loc", "None"]
     # no added relation: the model's own scores
-    none_added = DecisionRule(labels, "None", type_prior_relations=[False] * 4, type_prior_contest=True, **common)
+    none_added = DecisionRule(labels, "None", added_relations=[False] * 4, **common)
     np.testing.assert_allclose(none_added.prior_scores(scores, head, tail), scores)
-    with pytest.raises(ValueError, match="type_prior_contest"):
-        DecisionRule(labels, "None", type_prior_contest=True, **common)
+    with pytest.raises(ValueError, match="added_relations has shape"):
+        DecisionRule(labels, "None", added_relations=[True], **common)
 
 
 def test_tune_added_offset_takes_the_offset_closest_to_zero_within_the_drop():

@@ -7,11 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: whom the type prior penalises (ModelConfig.type_prior_scope; rocmre.modeling.decision)
-TypePriorScope = Literal["all", "added", "added_vs_trained"]
-
-#: what the sentence prior reads of a pair (rocmre.modeling.sentence_prior): the plain sentence, the sentence with
-#: each mention's role and type written after it, or that without a tweet's RT, @handles and links
-SentenceView = Literal["plain", "typed", "typed_clean"]
+TypePriorScope = Literal["all", "added_vs_trained"]
 
 
 class ModelConfig(BaseModel):
@@ -49,10 +45,8 @@ class ModelConfig(BaseModel):
     # one pretrained word (a single word piece) per marker <h> </h> <t> </t>, whose embedding the marker's row
     # starts from; None: the text encoder's default initialisation of added tokens
     marker_init: list[str] | None = None
-    fusion_heads: int | None = None
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)
-    pair_activation: Literal["gelu", "tanh", "relu"] = "gelu"
     # "markers": the pair vector is a learned map of the head and tail markers' states; "markers_plus_mean": the
     # text's mean-pooled states plus a learned residual of the markers' states that starts at zero (needs pair_dim
     # equal to the text encoder's width), so training starts from the pretrained sentence vector, the space of a
@@ -65,8 +59,6 @@ class ModelConfig(BaseModel):
     # name, with a warning and "method": "label-name" in its provenance, or stop ("error")
     missing_descriptions: Literal["error", "label_name"] = "label_name"
     max_descriptions: int | None = Field(None, ge=1)
-    description_pooling: Literal["mean", "max"] = "mean"
-    separate_description_encoder: bool = False
     # a frozen copy of the pretrained text encoder describes the relations (only the projection trains): the
     # description space stays anchored to the sentence encoder, and description states are computed once
     freeze_description_encoder: bool = False
@@ -77,35 +69,17 @@ class ModelConfig(BaseModel):
     description_max_length: int = Field(48, ge=8)
     # contrastive retrieval
     temperature: float = Field(0.05, gt=0.0)
-    learnable_temperature: bool = True
-    # additive margin (as CosFace): in the training loss only, the gold relation's cosine is lowered by this much
-    # before the temperature, so a pair must beat every other relation's descriptions by at least the margin
-    cosine_margin: float = Field(0.0, ge=0.0, lt=1.0)
-    pair_pair_weight: float = Field(0.0, ge=0.0)
-    pair_pair_temperature: float = Field(0.1, gt=0.0)
     # few-shot relations (prediction only): a relation added with labelled examples scores
     # (1 - w) * description score + w * cosine to the mean of its examples' normalised pair vectors; 0.1 is the
     # weight best on validation over every record in benchmarks/results/zero_shot.md (0.5 cost trained relations
     # 25-30 F1 points); models trained before keep the weight saved in their config
     prototype_weight: float = Field(0.1, ge=0.0, le=1.0)
-    # prototypes reorder the relations without lifting them as a whole over None: per pair, the mean change they made
-    # over the non-None relations is taken off again (pair-to-prototype cosines run higher than pair-to-description
-    # ones, so an uncentred mix answers None less often). Pays when every relation has examples (zero_shot.md)
-    prototype_centering: bool = False
     type_constraint: bool = False
     type_penalty: float = Field(0.2, ge=0.0)
-    # which relations the type prior (type_constraint) penalises: "all", or only those "added" without training
-    # (not in trained_labels; for a model saved before that field, those added with RelationExtractor.add_relations):
-    # the trained relations learned their types from data, and a wrongly tagged entity costs them right answers;
-    # "added_vs_trained": every relation, but only to decide whether an added relation beats the trained ones (the
+    # which relations the type prior (type_constraint) penalises: "all", or "added_vs_trained": every relation, but
+    # only to decide whether an added relation (not in trained_labels) beats the trained ones (the
     # trained relations keep their own order and None decision; rocmre.modeling.decision)
     type_prior_scope: TypePriorScope = "all"
-    # prediction only: the untrained sentence encoder as the decision path's second stage
-    # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
-    # (SentenceView); the backbone None means the model's text backbone
-    sentence_prior_weight: float | None = Field(None, ge=0.0, le=1.0)
-    sentence_prior_view: SentenceView = "plain"
-    sentence_prior_backbone: str | None = None
     none_margin: float = 0.0
     # label set (filled in at training time)
     labels: list[str] = Field(default_factory=list)

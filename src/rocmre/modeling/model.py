@@ -58,11 +58,6 @@ def fix_identity(linear: nn.Linear) -> None:
     linear.requires_grad_(False)
 
 
-def margin_logits(cosine: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """``cosine`` (B, R) with each row's gold relation lowered by ``margin`` (``model.cosine_margin``)."""
-    return cosine - margin * F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
-
-
 @dataclass
 class RelationModelOutput:
     """What a forward pass returns."""
@@ -79,20 +74,10 @@ def multi_description_rows(index: torch.Tensor, n_rel: int) -> torch.Tensor:
     return torch.nonzero(torch.bincount(index, minlength=n_rel)[index] > 1).squeeze(1)
 
 
-def best_description_index(sims: torch.Tensor, index: torch.Tensor, n_rel: int) -> torch.Tensor:
-    """(B, R) position, within its relation, of each relation's best-matching description (first on ties).
-
-    ``sims`` (B, M) are the pair-description similarities, ``index`` (M,) the grouped relation of each row.
-    Only relations with several descriptions are searched (the rest answer 0), so thousands of one-description
-    relations add almost nothing.
-    """
-    rows = multi_description_rows(index, n_rel)
-    return best_among_rows(sims[:, rows], index[rows], n_rel)
-
-
 def best_among_rows(sub: torch.Tensor, sub_index: torch.Tensor, n_rel: int) -> torch.Tensor:
-    """:func:`best_description_index` over the rows of :func:`multi_description_rows` only (``sub`` (B, K), their
-    grouped relations ``sub_index`` (K,)); every other relation answers 0."""
+    """(B, R) position, within its relation, of each relation's best-matching description (first on ties), from
+    the similarities ``sub`` (B, K) to the rows of :func:`multi_description_rows` only (their grouped relations
+    ``sub_index`` (K,)); every other relation answers 0, so one-description relations add almost nothing."""
     bsz, device = sub.shape[0], sub.device
     best = torch.zeros((bsz, n_rel), dtype=torch.long, device=device)
     if len(sub_index) == 0:
@@ -110,20 +95,6 @@ def best_among_rows(sub: torch.Tensor, sub_index: torch.Tensor, n_rel: int) -> t
         1, local_index.expand(bsz, -1), torch.where(is_max, position.expand(bsz, -1), never), reduce="amin",
         include_self=False)
     return best.index_copy(1, rel_ids, found)
-
-
-def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """In-batch pair-pair term: pairs with the same relation attract, others repel (SupCon)."""
-    sim = z @ z.T / temperature
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(eye, -1e4)
-    positives = (labels[:, None] == labels[None, :]) & ~eye
-    has_pos = positives.any(1)
-    if not has_pos.any():
-        return z.sum() * 0.0
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    mean_pos = (log_prob * positives).sum(1) / positives.sum(1).clamp(min=1)
-    return -mean_pos[has_pos].mean()
 
 
 class RelationModel(nn.Module):
@@ -148,15 +119,13 @@ class RelationModel(nn.Module):
         hidden = self.encoder.hidden
         self.descriptions = descriptions
         if config.model_type == "roc":
-            separate = config.separate_description_encoder or config.freeze_description_encoder
-            self.description_encoder = copy.deepcopy(text_model) if separate else None
-            if config.freeze_description_encoder:  # anchored to the pretrained sentence space: never trained
-                self.description_encoder.requires_grad_(False)
+            # a frozen copy of the text encoder anchors the descriptions to the pretrained sentence space
+            self.description_encoder = (copy.deepcopy(text_model).requires_grad_(False)
+                                        if config.freeze_description_encoder else None)
             self.description_projection = nn.Linear(hidden, config.pair_dim)
             if config.description_projection == "identity":
                 fix_identity(self.description_projection)
-            self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)),
-                                                        requires_grad=config.learnable_temperature)
+            self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)))
             self.classifier = None
         else:
             self.classifier = nn.Linear(config.pair_dim, len(config.labels))
@@ -169,8 +138,6 @@ class RelationModel(nn.Module):
         self._prefix_states: dict[str, torch.Tensor] = {}
         #: whether training keeps those states (the trainer sets ``train.cache_frozen_states``)
         self.cache_frozen_states = True
-        # added to the logits inside the training loss only (train.logit_adjustment; set by the trainer, not saved)
-        self.loss_logit_offsets: torch.Tensor | None = None
         # prediction only: vectors of filled description templates, few-shot prototypes per relation
         # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
         self._filled_vectors: dict[str, torch.Tensor] = {}
@@ -236,13 +203,11 @@ class RelationModel(nn.Module):
     def _pooled(self, texts: list[str]) -> torch.Tensor:
         """Mean-pooled encoder states (M, H) of description texts (with gradients unless the tower is frozen)."""
         device = self.description_projection.weight.device
-        frozen = self.config.freeze_description_encoder
-        if frozen:
+        if self.config.freeze_description_encoder:
             self._encode_frozen(texts)
             return torch.stack([self._pooled_states[t] for t in texts]).to(device)
-        model = self.description_encoder if self.description_encoder is not None else self.encoder.text_model
-        if (self.training and self.frozen_prefix_layers and self.cache_frozen_states
-                and model is self.encoder.text_model):
+        model = self.encoder.text_model
+        if self.training and self.frozen_prefix_layers and self.cache_frozen_states:
             # the frozen prefix's output for a description text never changes: computed once, like the pairs'
             states, mask = self._description_prefix_states(texts, device)
             hidden = run_upper_layers(model, states, mask, self.frozen_prefix_layers)
@@ -370,34 +335,20 @@ class RelationModel(nn.Module):
         Vectorised over relations, so scoring against thousands of relations costs one matrix product.
         """
         n_rel = len(self.relation_labels)
-        bsz = pairs.shape[0]
-        if self.config.description_pooling == "mean":
-            cached = self._centre_cache
-            if not self.training and cached is not None and cached[0] is desc:
-                _, centres, multi_desc, multi_index = cached
-            else:
-                centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
-                                      .index_add(0, index, desc), dim=-1)
-                multi = multi_description_rows(index, n_rel)  # only they have a best description to find
-                multi_desc, multi_index = desc[multi], index[multi]
-                self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
-                                                                 multi_index)
-            scores = pairs @ centres.T.to(pairs.dtype)
-            with torch.no_grad():
-                best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
-            return scores, best
-        sims = pairs @ desc.T  # (B, M)
-        scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
-            1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
+        cached = self._centre_cache
+        if not self.training and cached is not None and cached[0] is desc:
+            _, centres, multi_desc, multi_index = cached
+        else:
+            centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
+                                  .index_add(0, index, desc), dim=-1)
+            multi = multi_description_rows(index, n_rel)  # only they have a best description to find
+            multi_desc, multi_index = desc[multi], index[multi]
+            self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
+                                                             multi_index)
+        scores = pairs @ centres.T.to(pairs.dtype)
         with torch.no_grad():
-            best = best_description_index(sims, index, n_rel)
+            best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
         return scores, best
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the relations, on logit-adjusted logits when ``loss_logit_offsets`` is set."""
-        if self.loss_logit_offsets is not None:
-            logits = logits + self.loss_logit_offsets.to(device=logits.device, dtype=logits.dtype)
-        return F.cross_entropy(logits, labels)
 
     def forward(self, batch: dict[str, torch.Tensor], descriptions_per_relation: int | None = None,
                 generator: torch.Generator | None = None, refresh_descriptions: bool = True) -> RelationModelOutput:
@@ -406,7 +357,7 @@ class RelationModel(nn.Module):
         labels = batch.get("labels")
         if self.classifier is not None:
             logits = self.classifier(pairs)
-            loss = self._loss(logits, labels) if labels is not None else None
+            loss = F.cross_entropy(logits, labels) if labels is not None else None
             return RelationModelOutput(logits, logits, pairs, loss)
         pairs_n = F.normalize(pairs, dim=-1)
         desc, index = self.description_vectors(descriptions_per_relation if self.training else None, generator,
@@ -418,13 +369,7 @@ class RelationModel(nn.Module):
             cosine = self._with_prototypes(pairs_n, cosine)
         inv_t = self.log_inverse_temperature.exp().clamp(max=100.0)
         logits = cosine * inv_t
-        loss = None
-        if labels is not None:
-            margin = self.config.cosine_margin
-            loss = self._loss(logits if not margin else margin_logits(cosine, labels, margin) * inv_t, labels)
-            if self.config.pair_pair_weight > 0:
-                loss = loss + self.config.pair_pair_weight * supervised_contrastive(
-                    pairs_n, labels, self.config.pair_pair_temperature)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
         return RelationModelOutput(logits, cosine, pairs_n, loss, best)
 
     # -- prediction: description templates and few-shot prototypes -----------------------------
@@ -494,12 +439,8 @@ class RelationModel(nn.Module):
         for r, texts in templated:
             filled = [fill_template(t, h, tl) if is_template(t) else t for h, tl in names for t in texts]
             vecs = self._encode_filled(filled).to(pairs.dtype).view(len(names), len(texts), -1)  # (B, n, D)
-            sims = torch.einsum("bnd,bd->bn", vecs, pairs)
-            if self.config.description_pooling == "mean":
-                cosine[:, r] = (F.normalize(vecs.sum(1), dim=-1) * pairs).sum(-1).to(cosine.dtype)
-            else:
-                cosine[:, r] = sims.max(1).values.to(cosine.dtype)
-            best[:, r] = sims.argmax(1)
+            cosine[:, r] = (F.normalize(vecs.sum(1), dim=-1) * pairs).sum(-1).to(cosine.dtype)
+            best[:, r] = torch.einsum("bnd,bd->bn", vecs, pairs).argmax(1)
         return cosine, best
 
     def prototype_vectors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -556,21 +497,14 @@ class RelationModel(nn.Module):
         return F.normalize(z.mean(0), dim=-1)
 
     def _with_prototypes(self, pairs: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval); with
-        ``prototype_centering``, each pair's mean change over the non-None relations is subtracted from them."""
+        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval)."""
         weight = self.config.prototype_weight
         proto = self.prototype_vectors() if weight > 0 else None
         if proto is None:
             return cosine
         rows, mask = proto
         proto_scores = (pairs @ rows.T.to(pairs.dtype)).to(cosine.dtype)
-        mixed = torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
-        if self.config.prototype_centering:
-            relations = torch.tensor([label != self.config.negative_label for label in self.relation_labels],
-                                     device=mixed.device)
-            shift = (mixed - cosine)[:, relations].mean(1, keepdim=True)
-            mixed = torch.where(relations, mixed - shift, mixed)
-        return mixed
+        return torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
 
     # -- building, saving, loading ------------------------------------------------------------
     @classmethod

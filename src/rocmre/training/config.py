@@ -47,20 +47,6 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
     tune_none_margin: bool = True
-    # logit-adjusted training loss for rare relations (Menon et al., 2021): the cross-entropy sees each relation's
-    # logit plus tau * log(its share of the training records, add-one smoothed); prediction scores are left as they
-    # are, so frequent relations (None first) no longer win on their prior alone. 0 = the plain loss
-    logit_adjustment: float = Field(0.0, ge=0.0)
-    # which labels it adjusts: "all" (the negative label too: None, the most frequent, is pushed down hardest) or
-    # "relations" (the negative label's offset 0, each relation's tau * log(its prior / the relations' mean prior):
-    # rare relations gain against frequent ones while None keeps its prior mass against the relations together)
-    logit_adjustment_scope: Literal["all", "relations"] = "all"
-    # class-balanced sampling for rare relations: each epoch draws its records (as many as the training split has,
-    # with replacement) with probability proportional to count(relation) ** -class_balance among the relations'
-    # records, which keep their share of the epoch together against the negative label's (None is not oversampled
-    # or thinned). 0 = every record once per epoch (the plain shuffle), 0.5 = square-root sampling, 1 = every
-    # relation equally often
-    class_balance: float = Field(0.0, ge=0.0, le=1.0)
     evaluations_per_epoch: int = Field(1, ge=1)
     # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
     # CPUs), else fp32; the chosen value is recorded in metrics.json

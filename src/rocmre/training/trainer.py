@@ -314,11 +314,6 @@ class Trainer:
         if train_data.labels is None:
             raise ValueError("the training data has no label set")
         model = build_model(cfg, train_data.labels.labels)
-        if cfg.train.logit_adjustment > 0:
-            negative = cfg.data.negative_label if cfg.train.logit_adjustment_scope == "relations" else None
-            model.loss_logit_offsets = logit_prior_offsets([r.relation for r in train_data.records],
-                                                           model.relation_labels, cfg.train.logit_adjustment,
-                                                           negative)
         runtime = make_runtime(model, cfg)
         self.runtime = runtime
         if main:
@@ -345,9 +340,7 @@ class Trainer:
         n_batches = math.ceil(len(train_feats) / cfg.train.batch_size)
         steps_per_epoch = math.ceil(n_batches / world)  # every process the same number (the first batches repeat)
         lengths = [len(f.input_ids) for f in train_feats] if cfg.train.group_by_length else None
-        sampling_weights = (class_balance_weights([r.relation for r in train_data.records], cfg.train.class_balance,
-                                                  cfg.data.negative_label)
-                            if cfg.train.class_balance > 0 else None)
+        sampling_weights = None  # (class-balanced sampling removed; the trainer branch drops this)
         desc_gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
         state = TrainerState(steps_per_epoch=steps_per_epoch)
