@@ -34,17 +34,17 @@ class ModelConfig(BaseModel):
     fusion_layers: int = Field(2, ge=0)
     # the pretrained word-embedding table is not trained, only the rows of the added entity markers: no dense
     # gradient over the table and no optimizer update of it, a cheaper step on a CPU (benchmarks/cpu_speed.md)
-    frozen_word_embeddings: bool = False
+    frozen_word_embeddings: bool = True
     # the text encoder's embeddings (but the marker rows) and its first N layers are not trained (N >= 1): a
     # cheaper backward pass on a CPU (benchmarks/cpu_speed.md); 0 trains the whole encoder
-    frozen_text_layers: int = Field(0, ge=0)
+    frozen_text_layers: int = Field(2, ge=0)
     # false: the entity-marker rows are fixed too. With frozen_text_layers = N, nothing below layer N then trains:
     # those layers run without dropout and without a backward pass, and training computes their output once per
     # record (train.cache_frozen_states); a fixed marker should start from a meaningful word (marker_init)
-    trainable_markers: bool = True
+    trainable_markers: bool = False
     # one pretrained word (a single word piece) per marker <h> </h> <t> </t>, whose embedding the marker's row
     # starts from; None: the text encoder's default initialisation of added tokens
-    marker_init: list[str] | None = None
+    marker_init: list[str] | None = Field(default_factory=lambda: ["<", ">", "{", "}"])
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)
     # "markers": the pair vector is a learned map of the head and tail markers' states; "markers_plus_mean": the

@@ -25,7 +25,7 @@ class DataConfig(BaseModel):
     exclude_relations: list[str] = Field(default_factory=list)  # held out of training entirely (zero-shot)
     # training augmentation against memorised names: each epoch, each training record's head and tail names are
     # replaced with this probability by random same-type names of the training split (seeded by seed and epoch)
-    name_swap_prob: float = Field(0.0, ge=0.0, le=1.0)
+    name_swap_prob: float = Field(0.5, ge=0.0, le=1.0)
     missing_image: Literal["mark", "error"] = "mark"
     on_error: Literal["raise", "skip"] = "raise"
 
@@ -33,13 +33,13 @@ class DataConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(5.0, gt=0)
+    epochs: float = Field(6.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     # a wall-clock budget, converted ONCE at the start into a step budget (from timed steps) and stored with the
     # checkpoints, so that a resumed run replays the same schedule
     max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(5e-5, gt=0)  # the pretrained text encoder
     head_learning_rate: float = Field(5e-4, gt=0)  # fusion layers, projections, image tokens, temperature
     weight_decay: float = Field(0.01, ge=0)
@@ -50,27 +50,27 @@ class TrainConfig(BaseModel):
     evaluations_per_epoch: int = Field(1, ge=1)
     # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
     # CPUs), else fp32; the chosen value is recorded in metrics.json
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
-    inference_precision: Literal["fp32", "bf16", "auto"] = "fp32"  # validation, evaluation and prediction
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    inference_precision: Literal["fp32", "bf16", "auto"] = "auto"  # validation, evaluation and prediction
     # batches of similar lengths (less padding): shuffled chunks of 50 batches, each sorted by length, then the
     # batches shuffled; the order still depends only on the seed and the epoch
-    group_by_length: bool = False
+    group_by_length: bool = True
     # ROC: run the description encoder every N steps; in between only the projection trains, over the pooled
     # description states kept from the last refresh (1 = every step, the original recipe)
-    description_refresh_steps: int = Field(1, ge=1)
+    description_refresh_steps: int = Field(16, ge=1)
     # AdamW's fused kernel (one pass over all parameters; on 2 CPU cores the step's optimiser part drops from about
     # 80 to 30 ms); same algorithm, rounding differs from the per-parameter loop
-    fused_optimizer: bool = False
+    fused_optimizer: bool = True
     # dropout masks drawn from 16-bit PCG64 integers instead of bernoulli_ (CPU only; about a fifth of a 2-core
     # MiniLM step): same expectation, other masks, so a seeded run's numbers change (modeling/dropout.py)
-    fast_dropout: bool = False
+    fast_dropout: bool = True
     # a model whose lower text layers take no gradient (model.frozen_text_layers >= 1, model.trainable_markers:
     # false): their output is computed once per training record and per description text and reused (same
     # computation, float rounding aside: training/frozen_states.py); ignored for other models
     cache_frozen_states: bool = True
     # an exponential moving average of the trainable weights (decay per step, e.g. 0.998) is validated and kept as
     # the model instead of the raw weights (training/weight_average.py); None: the raw weights
-    ema_decay: float | None = Field(None, gt=0, lt=1)
+    ema_decay: float | None = Field(0.998, gt=0, lt=1)
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)
