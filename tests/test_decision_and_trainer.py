@@ -82,7 +82,7 @@ def test_validation_evaluate_and_predict_batch_agree(tiny_roc_dir, mnre_root, ca
     from rocmre.inference.extractor import PairInput, RelationExtractor
 
     ex = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-    ex.model.config.none_margin = 0.05  # a non-zero margin must be applied identically everywhere
+    ex.set_decision(none_margin=0.05)  # a non-zero margin must be applied identically everywhere
     data = read_mnre(mnre_root, "val")
     data.records = [r for r in data.records if not r.has_image][:24]
     # the validation loop: runtime.score + the model's rule
@@ -234,8 +234,6 @@ def test_every_text_layer_frozen_trains_the_marker_residual_only(mnre_root, cach
 
     cfg = _config(tmp_path / "frozen6", cache_dir, checkpoint_every=None)
     cfg.model.frozen_text_layers = 6
-    cfg.model.trainable_markers = False  # as configs/mnre_roc.yaml: nothing below the frozen layers trains
-    cfg.model.frozen_word_embeddings = True
     cfg.model.freeze_description_encoder = True
     cfg.model.description_projection = "identity"
     cfg.model.pair_pooling = "markers_plus_mean"
@@ -297,8 +295,6 @@ def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_
     def run(name: str, cache: bool) -> Trainer:
         cfg = _config(tmp_path / name, cache_dir, checkpoint_every=None, cache_frozen_states=cache)
         cfg.model.frozen_text_layers = 2
-        cfg.model.trainable_markers = False
-        cfg.model.marker_init = ["<", ">", "{", "}"]
         cfg.data.name_swap_prob = 0.3
         trainer = Trainer(cfg, show_progress=False)
         trainer.train()

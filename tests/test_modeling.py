@@ -221,7 +221,7 @@ def test_type_constraint_lowers_contradicting_relations(tiny_roc_dir):
     from rocmre.modeling.model import RelationModel
 
     m = RelationModel.from_pretrained(tiny_roc_dir)
-    m.config.type_constraint = True
+    m.set_decision(type_prior=True)
     labels = m.relation_labels
     loc = type_indices(["location"])
     out = DecisionRule.from_model(m).decide(np.zeros((1, len(labels))), loc, loc).scores[0]
@@ -252,7 +252,7 @@ def test_type_prior_scope_added_vs_trained_keeps_the_trained_relations(tiny_roc_
 
     assert {"/per/org/member_of", "/per/org/coached_by"} <= penalised()  # scope "all"
     raw = np.random.default_rng(0).normal(size=(3, len(labels)))
-    ex.type_prior_scope = "added_vs_trained"
+    ex.set_decision(type_prior_scope="added_vs_trained")
     contest = DecisionRule.from_model(ex.model)
     assert contest.added_relations.tolist() == [lab == "/per/org/coached_by" for lab in labels]
     ex.model.config.trained_labels = []  # a model saved before trained_labels: provenance says what was added
@@ -263,9 +263,9 @@ def test_type_prior_scope_added_vs_trained_keeps_the_trained_relations(tiny_roc_
     assert not np.allclose(out[:, new], raw[:, new])
     ex.save_pretrained(tmp_path / "contest")
     assert RelationExtractor.from_pretrained(tmp_path / "contest",
-                                             cache_dir=cache_dir).type_prior_scope == "added_vs_trained"
+                                             cache_dir=cache_dir).decision.type_prior_scope == "added_vs_trained"
     with pytest.raises(ValueError, match="type_prior_scope"):
-        ex.type_prior_scope = "some"
+        ex.set_decision(type_prior_scope="some")
 
 
 # -- MORE: the tail is an object in the image -------------------------------------------------------

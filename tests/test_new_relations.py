@@ -100,7 +100,7 @@ def test_bad_examples_and_templates_are_refused(extractor: RelationExtractor) ->
 
 
 def test_examples_lift_their_relation(extractor: RelationExtractor) -> None:
-    extractor.model.config.prototype_weight = 1.0  # the prototype alone scores the relation
+    extractor.set_decision(prototype_weight=1.0)  # the prototype alone scores the relation
     extractor.add_relations({NEW: [DESCRIPTION]})
     without = predict_example(extractor)
     extractor.remove_relations([NEW])
@@ -115,7 +115,7 @@ def test_examples_lift_their_relation(extractor: RelationExtractor) -> None:
     other = {c.relation: c.score for c in without.top_k if c.relation != NEW}
     assert {c.relation: c.score for c in with_examples.top_k if c.relation != NEW} == pytest.approx(other, abs=1e-5)
     # weight 0: the relation scores by its descriptions alone, as without examples
-    extractor.model.config.prototype_weight = 0.0
+    extractor.set_decision(prototype_weight=0.0)
     zero = predict_example(extractor)
     assert zero.top_k[rank_of(zero, NEW)].score == pytest.approx(without.top_k[rank_of(without, NEW)].score,
                                                                  abs=1e-5)
@@ -126,7 +126,7 @@ def test_scores_are_linear_in_the_prototype_weight(extractor: RelationExtractor)
     extractor.add_relations({NEW: {"descriptions": [DESCRIPTION], "examples": [EXAMPLE, OTHER]}})
 
     def scores(weight: float) -> list[float]:
-        extractor.model.config.prototype_weight = weight
+        extractor.set_decision(prototype_weight=weight)
         return [c.score for c in sorted(predict_example(extractor).top_k, key=lambda c: c.relation)]
 
     zero, low, high = scores(0.0), scores(0.1), scores(0.4)
@@ -146,7 +146,7 @@ def test_existing_relation_takes_examples_alone(extractor: RelationExtractor) ->
 
 def test_save_and_load_keep_examples_and_predictions(extractor: RelationExtractor, tmp_path: Path,
                                                      cache_dir: Path) -> None:
-    extractor.model.config.prototype_weight = 0.7
+    extractor.set_decision(prototype_weight=0.7)
     extractor.add_relations({NEW: {"descriptions": [DESCRIPTION, "{head} plays for {tail}."],
                                    "examples": [EXAMPLE, OTHER], "head_types": ["person"]}})
     pairs = [EXAMPLE, {"text": "Kevin Durant signs with the Phoenix Suns", "head": "Kevin Durant",
@@ -156,7 +156,7 @@ def test_save_and_load_keep_examples_and_predictions(extractor: RelationExtracto
     saved = json.loads((tmp_path / "plus" / "descriptions.json").read_text(encoding="utf-8"))
     assert saved["relations"][NEW]["examples"] == [EXAMPLE, OTHER]
     loaded = RelationExtractor.from_pretrained(tmp_path / "plus", cache_dir=cache_dir)
-    assert loaded.model.config.prototype_weight == 0.7
+    assert loaded.decision.prototype_weight == 0.7
     assert loaded.relation_examples()[NEW] == [EXAMPLE, OTHER]
     assert [p.to_dict() for p in loaded.predict_batch(pairs, top_k=len(loaded.relations))] == before
 
@@ -329,7 +329,7 @@ def test_predict_cli_type_prior_on_added_relations_only(tiny_roc_dir: Path, cach
     api.add_relations(json.loads(relations.read_text(encoding="utf-8")))
     expected = {c.relation: c.score for c in predict_example(api).top_k}
     assert {c["relation"]: c["score"] for c in row["top_k"]} == pytest.approx(expected, abs=1e-6)
-    api.type_prior_scope = "all"  # the trained relations are penalised too: some score lower
+    api.set_decision(type_prior_scope="all")  # the trained relations are penalised too: some score lower
     every = {c.relation: c.score for c in predict_example(api).top_k}
     assert any(every[r] < expected[r] - 1e-6 for r in expected if r != NEW)
     result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "some"])

@@ -144,13 +144,13 @@ def test_type_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_
     """``type_prior`` costs each relation ``type_penalty`` per contradicted side; ``--type-prior`` gives the same."""
     plain = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=False)
     prior = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=True)
-    assert prior.type_prior and not plain.type_prior and prior.runtime.decision_rule.type_constraint
+    assert prior.decision.type_prior and not plain.decision.type_prior and prior.runtime.decision_rule.type_constraint
     n = len(prior.relations)
     args = ("Barack Obama met Angela Merkel", "Barack Obama", "Angela Merkel")
     kw = {"head_type": "person", "tail_type": "person", "top_k": n}
     a = {c.relation: c.score for c in plain.predict(*args, **kw).top_k}
     b = {c.relation: c.score for c in prior.predict(*args, **kw).top_k}
-    penalty = prior.model.config.type_penalty
+    penalty = prior.decision.type_penalty
     sig = prior.model.descriptions.relations
     for rel in a:
         if rel == prior.model.config.negative_label:

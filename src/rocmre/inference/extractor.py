@@ -38,12 +38,12 @@ from rocmre.descriptions.store import (
     fill_template,
     is_template,
 )
+from rocmre.modeling.config import DecisionConfig
 from rocmre.modeling.decision import (
     ABSENT_OFFSET,
     NONE_MARGIN_GRID,
     OFFSET_GRID,
     SecondStageScorer,
-    check_type_prior_scope,
     tune_added_offset,
 )
 from rocmre.modeling.model import RelationModel
@@ -101,14 +101,13 @@ class RelationExtractor:
                         type_prior_scope: str | None = None) -> RelationExtractor:
         """Load a model folder; ``descriptions`` (a file or set) replaces its relation set at load time.
 
-        ``type_prior`` switches the decision rule's soft entity-type prior on or off (see :attr:`type_prior`) and
-        ``type_prior_scope`` says whom it penalises (see :attr:`type_prior_scope`); by default the model's own
-        settings.
+        ``type_prior`` and ``type_prior_scope`` change the model's decision settings (see :meth:`set_decision`);
+        by default the saved ones.
 
         ``precision``: ``fp32``, ``bf16`` (autocast; about 1.5x faster on CPUs with native bfloat16, scores differ
         in the third decimal) or ``auto`` (bf16 where the hardware has it); by default the model's own
         ``run_config.yaml`` (``train.inference_precision``, under which it was validated), else ``fp32``."""
-        from rocmre.training.setup import resolve_precision
+        from rocmre.backbones.hardware import resolve_precision
 
         if precision is None:
             precision = _validated_precision(Path(directory))
@@ -119,39 +118,25 @@ class RelationExtractor:
         extractor = cls(RelationModel.from_pretrained(directory, descriptions, device), cache_dir,
                         precision=resolve_precision(precision))
         extractor.source_dir = Path(directory)
-        if type_prior is not None:
-            extractor.type_prior = type_prior
-        if type_prior_scope is not None:
-            extractor.type_prior_scope = type_prior_scope
+        extractor.set_decision(type_prior=type_prior, type_prior_scope=type_prior_scope)
         return extractor
 
     @property
-    def type_prior(self) -> bool:
-        """Whether the decision rule's soft type prior is on: a relation whose head/tail type signature the tagged
-        entity types contradict loses ``type_penalty`` per side (ROC models). It helps relations added with
-        ``head_types``/``tail_types`` compete with trained ones (``benchmarks/results/zero_shot.md``); it is saved
-        with the model."""
-        return bool(self.model.config.type_constraint)
+    def decision(self) -> DecisionConfig:
+        """How the model's scores become answers (:class:`~rocmre.modeling.config.DecisionConfig`: the type prior,
+        the None margin, the prototype weight), saved with the model as ``decision_config.json``; read-only, change
+        it with :meth:`set_decision`."""
+        return self.model.decision
 
-    @type_prior.setter
-    def type_prior(self, on: bool) -> None:
-        if on and self.model.config.model_type != "roc":
-            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
-        self.model.config.type_constraint = bool(on)
-
-    @property
-    def type_prior_scope(self) -> str:
-        """Whom the type prior penalises: ``"all"`` relations, or ``"added_vs_trained"``: every relation, but only to
-        decide whether a relation added without training beats the trained ones, which otherwise keep the model's
-        own answers (``benchmarks/results/zero_shot.md``). Saved with the model."""
-        return self.model.config.type_prior_scope
-
-    @type_prior_scope.setter
-    def type_prior_scope(self, scope: str) -> None:
-        check_type_prior_scope(scope)
-        if self.model.config.model_type != "roc":
-            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
-        self.model.config.type_prior_scope = scope  # type: ignore[assignment]
+    def set_decision(self, **changes: Any) -> DecisionConfig:
+        """Change decision settings and return the new ones, e.g. ``set_decision(type_prior=True,
+        type_prior_scope="added_vs_trained")``; a ``None`` value keeps the current setting. The type prior (a
+        relation whose head/tail type signature the tagged entity types contradict loses ``type_penalty`` per side)
+        helps relations added with ``head_types``/``tail_types`` compete with trained ones
+        (``benchmarks/results/zero_shot.md``); after switching it on, :meth:`tune_none_margin` again. An unknown
+        name or a bad value raises ``ValueError``; the type prior on a classifier ``TypeError``. Saved with the
+        model (:meth:`save_pretrained`)."""
+        return self.model.set_decision(**{k: v for k, v in changes.items() if v is not None})
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The model folder (with the current relation set); the training record of the folder it was loaded
@@ -195,7 +180,7 @@ class RelationExtractor:
         * ``examples`` are labelled pairs in the input format of :meth:`predict_batch` (dicts with ``text`` or
           ``tokens``, ``head``, ``tail``, optional ``image`` as a file path, ``head_type``/``tail_type``). The
           relation then also scores pairs against the mean of its examples' pair vectors (a prototype):
-          ``(1 - w) * description score + w * prototype score``, ``w = model.config.prototype_weight``. Examples
+          ``(1 - w) * description score + w * prototype score``, ``w = decision.prototype_weight``. Examples
           are saved with the model (``save_pretrained``); image paths are stored absolute;
         * ``score_offset`` (a number) is added to the relation's score before the decision rule's other steps, and
           ``none_margin`` is the extra margin over None it must clear to be the answer; see
@@ -294,7 +279,7 @@ class RelationExtractor:
         margin, f1 = self.runtime.decision_rule.tune_none_margin(
             scored.scores, gold, scored.head_types, scored.tail_types, best_description=scored.best_description,
             records=records)
-        self.model.config.none_margin = margin
+        self.set_decision(none_margin=margin)
         return margin, f1
 
     def _score_labelled(self, records: list[RelationRecord], caller: str, batch_size: int,

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from rocmre.data.entity_types import ENTITY_TYPES
-from rocmre.modeling.config import TypePriorScope
+from rocmre.modeling.config import DecisionConfig
 
 
 class SecondStageScorer(Protocol):
@@ -149,17 +149,18 @@ class DecisionRule:
 
     @classmethod
     def from_model(cls, model: Any, second_stage: SecondStageScorer | None = None, rerank_top_k: int = 5, *,
-                   type_prior: bool | None = None, type_prior_scope: str | None = None,
-                   none_margin: float | None = None) -> DecisionRule:
-        """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin);
-        ``type_prior``, ``type_prior_scope`` and ``none_margin`` override the config's (None: as saved)."""
+                   decision: DecisionConfig | None = None, **changes: Any) -> DecisionRule:
+        """The rule of a :class:`~rocmre.modeling.model.RelationModel`: its ``decision`` settings (or
+        ``decision``), with ``changes`` to them (:class:`DecisionConfig` fields; None: as saved)."""
         cfg = model.config
-        prior = cfg.type_constraint if type_prior is None else type_prior
-        constrained = bool(prior and cfg.model_type == "roc")
-        scope = cfg.type_prior_scope if type_prior_scope is None else check_type_prior_scope(type_prior_scope)
-        return cls(model.relation_labels, cfg.negative_label,
-                   none_margin=cfg.none_margin if none_margin is None else none_margin,
-                   type_constraint=constrained, type_penalty=cfg.type_penalty,
+        d = decision if decision is not None else model.decision
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if changes:
+            d = DecisionConfig.model_validate({**d.model_dump(), **changes})
+        constrained = bool(d.type_prior and cfg.model_type == "roc")
+        scope = d.type_prior_scope
+        return cls(model.relation_labels, cfg.negative_label, none_margin=d.none_margin,
+                   type_constraint=constrained, type_penalty=d.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
                    relation_offsets=model_numbers(model, "score_offset"),
@@ -289,8 +290,6 @@ class DecisionRule:
         Every candidate margin goes through :meth:`decide` (``records`` are passed on to a second stage), so the
         tuned answer is the one predictions give. Ties go to the margin closest to zero.
         """
-        from rocmre.evaluation.metrics import evaluate_predictions
-
         prior = self.prior_scores(model_scores, head_types, tail_types)
         scale = float(np.std(prior)) or 1.0
         grid = grid if grid is not None else np.linspace(-1.0, 1.0, 41) * scale
@@ -298,21 +297,10 @@ class DecisionRule:
         for m in sorted(np.asarray(grid, dtype=np.float64).tolist(), key=abs):
             pred = self.decide(model_scores, head_types, tail_types, best_description, records,
                                none_margin=m).predictions
-            f1 = evaluate_predictions(list(gold), pred, self.negative_label).f1
+            f1 = micro_prf(list(gold), pred, self.negative_label)[2]
             if f1 > best[1] + 1e-12:
                 best = (float(m), f1)
         return best
-
-
-#: whom the type prior penalises (``ModelConfig.type_prior_scope``; see step 1 of the module docstring)
-TYPE_PRIOR_SCOPES: tuple[str, ...] = get_args(TypePriorScope)
-
-
-def check_type_prior_scope(scope: str) -> str:
-    """``scope`` if it is one of :data:`TYPE_PRIOR_SCOPES`, else a ``ValueError`` naming them."""
-    if scope not in TYPE_PRIOR_SCOPES:
-        raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
-    return scope
 
 
 def model_numbers(model: Any, key: str) -> list[float] | None:
@@ -346,17 +334,15 @@ def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[
     Offsets are tried from the one closest to zero; when none keeps the drop within ``max_drop``, the one with the
     smallest drop is returned.
     """
-    from rocmre.evaluation.metrics import evaluate_predictions
-
     keep = [i for i, g in enumerate(gold) if g not in added]
     if len(before) != len(gold):
         raise ValueError(f"{len(before)} answers before adding for {len(gold)} gold labels")
     gold_kept = [gold[i] for i in keep]
-    f1_before = evaluate_predictions(gold_kept, [before[i] for i in keep], negative_label).f1
+    f1_before = micro_prf(gold_kept, [before[i] for i in keep], negative_label)[2]
     best: tuple[float, float] | None = None
     for offset in sorted((float(x) for x in grid), key=abs):
         pred = predict(offset)
-        drop = 100.0 * (f1_before - evaluate_predictions(gold_kept, [pred[i] for i in keep], negative_label).f1)
+        drop = 100.0 * (f1_before - micro_prf(gold_kept, [pred[i] for i in keep], negative_label)[2])
         if drop <= max_drop:
             return offset, drop
         if best is None or drop < best[1] - 1e-12:
@@ -364,3 +350,22 @@ def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[
     if best is None:
         raise ValueError("the offset grid is empty")
     return best
+
+
+def prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 from true positives, predicted and gold positives."""
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return p, r, f
+
+
+def micro_prf(gold: Sequence[str], pred: Sequence[str], negative_label: str) -> tuple[float, float, float]:
+    """Micro P/R/F1 over non-negative instances, as the MRE field scores (:mod:`rocmre.evaluation.metrics`): a
+    prediction is positive when it is not the negative label, correct when it equals a non-negative gold label."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
+    n_pred = sum(p != negative_label for p in pred)
+    n_gold = sum(g != negative_label for g in gold)
+    tp = sum(p == g and g != negative_label for g, p in zip(gold, pred, strict=True))
+    return prf(tp, n_pred, n_gold)

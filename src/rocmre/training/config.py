@@ -1,4 +1,5 @@
-"""A run's configuration: data, model, training budget and seed. A YAML file fully determines a run."""
+"""A run's configuration: data, model, training (the loss's knobs included) and seed. A YAML file fully determines
+a run; the defaults are the recommended recipe (``configs/mnre_roc.yaml``), so a file holds what differs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rocmre.modeling.config import ModelConfig
+from rocmre.modeling.config import ANY, ModelConfig, check_removed
+
+#: training settings removed from the library (docs/experiments.md) and the one value an older run config may hold
+REMOVED_TRAIN = {"logit_adjustment": 0.0, "logit_adjustment_scope": ANY, "class_balance": 0.0}
 
 
 class DataConfig(BaseModel):
@@ -47,6 +51,8 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
     tune_none_margin: bool = True
+    # the contrastive retrieval loss's (ROC) temperature at the start; it is learned (rocmre.modeling.losses)
+    temperature: float = Field(0.05, gt=0.0)
     evaluations_per_epoch: int = Field(1, ge=1)
     # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
     # CPUs), else fp32; the chosen value is recorded in metrics.json
@@ -75,6 +81,15 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_config(cls, data: Any) -> Any:
+        """An older run config's removed settings: dropped at their "off" value, refused otherwise."""
+        if isinstance(data, dict):
+            data = dict(data)
+            check_removed(data, "train", REMOVED_TRAIN)
+        return data
+
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, value: Any) -> Any:
@@ -93,6 +108,17 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _temperature_is_the_losss(cls, data: Any) -> Any:
+        """An older run config's ``model.temperature`` is the loss's now: ``train.temperature``."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "temperature" in data["model"]:
+            model = dict(data["model"])
+            train = dict(data.get("train") or {})
+            train.setdefault("temperature", model.pop("temperature"))
+            data = {**data, "model": model, "train": train}
+        return data
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:

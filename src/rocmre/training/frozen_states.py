@@ -33,8 +33,7 @@ class FrozenStatesCache:
 
     def __init__(self, model: RelationModel) -> None:
         if not model.frozen_prefix_layers:
-            raise ValueError("the model has no frozen prefix to cache: it needs model.frozen_text_layers >= 1 and "
-                             "model.trainable_markers: false")
+            raise ValueError("the model has no frozen prefix to cache: it needs model.frozen_text_layers >= 1")
         self.model = model
         self.n_layers = model.frozen_prefix_layers
         self._states: dict[int, StatesEntry] = {}  # records as written, kept for the whole run

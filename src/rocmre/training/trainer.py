@@ -569,7 +569,7 @@ class Trainer:
         last), with metrics (results apart from timings), the run config and a model card."""
         model = self.model
         model.load_state_dict(load_file(str(self.checkpoint_dir / BEST_DIR / WEIGHTS_NAME)))
-        model.config.none_margin = state.best_none_margin
+        model.set_decision(none_margin=state.best_none_margin)
         runtime = self.runtime
         scored = runtime.score(val_feats, self.cfg.train.eval_batch_size)
         rule = runtime.decision_rule
