@@ -221,7 +221,7 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     assert m.config.description_projection == "identity" and not proj.weight.requires_grad
     assert torch.equal(proj.weight, torch.eye(proj.in_features)) and not proj.bias.any()
     text = m.encoder.text_model
-    assert [n for n, p in text.embeddings.named_parameters() if p.requires_grad] == ["word_embeddings.added"]
+    assert not any(p.requires_grad for p in text.embeddings.parameters())  # a frozen prefix: markers fixed too
     assert not any(p.requires_grad for p in text.encoder.layer[1].parameters())
     assert all(p.requires_grad for p in text.encoder.layer[2].parameters())
 

@@ -70,9 +70,8 @@ class TrainConfig(BaseModel):
     # dropout masks drawn from 16-bit PCG64 integers instead of bernoulli_ (CPU only; about a fifth of a 2-core
     # MiniLM step): same expectation, other masks, so a seeded run's numbers change (modeling/dropout.py)
     fast_dropout: bool = True
-    # a model whose lower text layers take no gradient (model.frozen_text_layers >= 1, model.trainable_markers:
-    # false): their output is computed once per training record and per description text and reused (same
-    # computation, float rounding aside: training/frozen_states.py); ignored for other models
+    # a model with a frozen prefix (model.frozen_text_layers >= 1): its output is computed once per training record
+    # and per description text and reused (same computation, float rounding aside: training/frozen_states.py)
     cache_frozen_states: bool = True
     # an exponential moving average of the trainable weights (decay per step, e.g. 0.998) is validated and kept as
     # the model instead of the raw weights (training/weight_average.py); None: the raw weights
