@@ -110,8 +110,8 @@ def test_set_decision_is_saved_apart_and_an_older_model_folder_still_loads(tiny_
     config = json.loads((old / "config.json").read_text(encoding="utf-8"))
     config.update(type_constraint=True, none_margin=0.03, type_penalty=0.2, type_prior_scope="all",
                   prototype_weight=0.1, cosine_margin=0.0, learnable_temperature=True, temperature=0.05,
-                  description_max_length=48, use_crops=True, frozen_word_embeddings=True, trainable_markers=False,
-                  marker_init=list(MARKER_WORDS))
+                  description_max_length=48, use_crops=True, frozen_word_embeddings=False, trainable_markers=True,
+                  marker_init=None)  # the tiny model trains its whole encoder (frozen_text_layers 0)
     (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
     weights = load_file(str(old / "model.safetensors"))
     weights["log_inverse_temperature"] = weights.pop("loss.log_inverse_temperature")
