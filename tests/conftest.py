@@ -52,6 +52,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_run_config(model_type: str, output_dir: Path, cache_dir: Path, **model_overrides):
+    """A few steps on 24 records, with the plain loop (no frozen prefix, fp32, no name swapping or weight averaging,
+    every speed switch off): the tests switch the recipe's settings on where they test them."""
     from rocmre.training.config import RunConfig
 
     return RunConfig.model_validate({
@@ -59,11 +61,14 @@ def tiny_run_config(model_type: str, output_dir: Path, cache_dir: Path, **model_
         "output_dir": str(output_dir),
         "cache_dir": str(cache_dir),
         "data": {"path": str(MNRE_ROOT), "negative_label": "None", "max_train_records": 24,
-                 "max_eval_records": 24},
+                 "max_eval_records": 24, "name_swap_prob": 0.0},
         "model": {"model_type": model_type, "fusion_layers": 1, "max_length": 64, "max_crops": 1,
-                  "descriptions": "mnre", **model_overrides},
+                  "descriptions": "mnre", "frozen_text_layers": 0, **model_overrides},
         "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 24, "warmup_ratio": 0.0,
-                  "descriptions_per_relation": 1, "learning_rate": 2e-4, "head_learning_rate": 2e-3},
+                  "descriptions_per_relation": 1, "learning_rate": 2e-4, "head_learning_rate": 2e-3,
+                  "mixed_precision": "no", "inference_precision": "fp32", "group_by_length": False,
+                  "description_refresh_steps": 1, "fused_optimizer": False, "fast_dropout": False,
+                  "ema_decay": None},
     })
 
 

@@ -82,7 +82,7 @@ def test_validation_evaluate_and_predict_batch_agree(tiny_roc_dir, mnre_root, ca
     from rocmre.inference.extractor import PairInput, RelationExtractor
 
     ex = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-    ex.model.config.none_margin = 0.05  # a non-zero margin must be applied identically everywhere
+    ex.set_decision(none_margin=0.05)  # a non-zero margin must be applied identically everywhere
     data = read_mnre(mnre_root, "val")
     data.records = [r for r in data.records if not r.has_image][:24]
     # the validation loop: runtime.score + the model's rule
@@ -202,7 +202,6 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     description tower, frozen lower text layers and name-swap augmentation together: the run finishes and says what
     it used."""
     from rocmre.modeling.model import RelationModel
-    from rocmre.training import trainer as trainer_module
     from rocmre.training.trainer import train
 
     grouped = []
@@ -232,7 +231,7 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     assert m.config.description_projection == "identity" and not proj.weight.requires_grad
     assert torch.equal(proj.weight, torch.eye(proj.in_features)) and not proj.bias.any()
     text = m.encoder.text_model
-    assert [n for n, p in text.embeddings.named_parameters() if p.requires_grad] == ["word_embeddings.added"]
+    assert not any(p.requires_grad for p in text.embeddings.parameters())  # a frozen prefix: markers fixed too
     assert not any(p.requires_grad for p in text.encoder.layer[1].parameters())
     assert all(p.requires_grad for p in text.encoder.layer[2].parameters())
 
@@ -245,8 +244,6 @@ def test_every_text_layer_frozen_trains_the_marker_residual_only(mnre_root, cach
 
     cfg = _config(tmp_path / "frozen6", cache_dir, checkpoint_every=None)
     cfg.model.frozen_text_layers = 6
-    cfg.model.trainable_markers = False  # as configs/mnre_roc.yaml: nothing below the frozen layers trains
-    cfg.model.frozen_word_embeddings = True
     cfg.model.freeze_description_encoder = True
     cfg.model.description_projection = "identity"
     cfg.model.pair_pooling = "markers_plus_mean"
@@ -308,8 +305,6 @@ def test_cached_frozen_states_train_like_the_full_forward_pass(mnre_root, cache_
     def run(name: str, cache: bool) -> Trainer:
         cfg = _config(tmp_path / name, cache_dir, checkpoint_every=None, cache_frozen_states=cache)
         cfg.model.frozen_text_layers = 2
-        cfg.model.trainable_markers = False
-        cfg.model.marker_init = ["<", ">", "{", "}"]
         cfg.data.name_swap_prob = 0.3
         trainer = Trainer(cfg, show_progress=False)
         trainer.train()
@@ -438,24 +433,21 @@ def test_type_prior_added_vs_trained_decides_only_the_contest_with_added_relatio
     added = [False, False, False, True]
     common = {"type_constraint": True, "type_penalty": 0.2, "type_compatibility": compat}
     everywhere = DecisionRule(labels, "None", **common)
-    only_added = DecisionRule(labels, "None", type_prior_relations=added, **common)
-    contest = DecisionRule(labels, "None", type_prior_relations=added, type_prior_contest=True, **common)
+    contest = DecisionRule(labels, "None", added_relations=added, **common)
     plain = DecisionRule(labels, "None")
     s = contest.prior_scores(scores, head, tail)
     # trained relations: untouched; the added one: best trained (0.50) + lead with the prior (0.45 - 0.40)
     np.testing.assert_allclose(s[:, :3], scores[:, :3])
     np.testing.assert_allclose(s[:, 3], [0.55, 0.30, 0.50 + (0.35 - 0.50)])
     assert contest.decide(scores, head, tail).predictions == ["new_per_per", "per_loc", "None"]
-    # the prior on every relation reorders the trained ones too (row 2: per_per over per_loc); on the added ones
-    # only, the added relation loses row 0 to per_loc
+    # the prior on every relation reorders the trained ones too (row 2: per_per over per_loc)
     assert everywhere.decide(scores, head, tail).predictions == ["new_per_per", "per_per", "None"]
-    assert only_added.decide(scores, head, tail).predictions == ["per_loc", "per_loc", "None"]
     assert plain.decide(scores).predictions == ["per_loc", "per_loc", "None"]
     # no added relation: the model's own scores
-    none_added = DecisionRule(labels, "None", type_prior_relations=[False] * 4, type_prior_contest=True, **common)
+    none_added = DecisionRule(labels, "None", added_relations=[False] * 4, **common)
     np.testing.assert_allclose(none_added.prior_scores(scores, head, tail), scores)
-    with pytest.raises(ValueError, match="type_prior_contest"):
-        DecisionRule(labels, "None", type_prior_contest=True, **common)
+    with pytest.raises(ValueError, match="added_relations has shape"):
+        DecisionRule(labels, "None", added_relations=[True], **common)
 
 
 def test_tune_added_offset_takes_the_offset_closest_to_zero_within_the_drop():

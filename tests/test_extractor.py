@@ -262,15 +262,15 @@ def test_tune_none_margin_with_the_type_prior_on(tiny_roc_dir: Path, cache_dir: 
         return evaluate_predictions(gold, [p.relation for p in ex.predict_batch([ex_input(r) for r in records])],
                                     "None").f1
 
-    ex.type_prior = True
+    ex.set_decision(type_prior=True)
     margin, f1 = ex.tune_none_margin(records)
-    assert ex.model.config.none_margin == pytest.approx(margin)
+    assert ex.decision.none_margin == pytest.approx(margin)
     assert micro_f1() == pytest.approx(f1)  # predictions use the tuned margin
-    ex.model.config.none_margin = 0.0  # on the grid: no better than the chosen one
+    ex.set_decision(none_margin=0.0)  # on the grid: no better than the chosen one
     assert micro_f1() <= f1 + 1e-9
-    ex.model.config.none_margin = margin
+    ex.set_decision(none_margin=margin)
     ex.save_pretrained(tmp_path / "tuned")
     reloaded = RelationExtractor.from_pretrained(tmp_path / "tuned", cache_dir=cache_dir)
-    assert reloaded.model.config.none_margin == pytest.approx(margin) and reloaded.type_prior
+    assert reloaded.decision.none_margin == pytest.approx(margin) and reloaded.decision.type_prior
     with pytest.raises(ValueError, match="labelled records"):
         ex.tune_none_margin([])

@@ -221,7 +221,7 @@ def test_type_constraint_lowers_contradicting_relations(tiny_roc_dir):
     from rocmre.modeling.model import RelationModel
 
     m = RelationModel.from_pretrained(tiny_roc_dir)
-    m.config.type_constraint = True
+    m.set_decision(type_prior=True)
     labels = m.relation_labels
     loc = type_indices(["location"])
     out = DecisionRule.from_model(m).decide(np.zeros((1, len(labels))), loc, loc).scores[0]
@@ -230,10 +230,11 @@ def test_type_constraint_lowers_contradicting_relations(tiny_roc_dir):
     assert out[labels.index("None")] == 0
 
 
-def test_type_prior_scope_added_spares_the_trained_relations(tiny_roc_dir, cache_dir, tmp_path):
-    """With type_prior_scope 'added', only relations added without training pay for contradicted types; the
-    trained set comes from config.trained_labels (filled by training), or, for a model saved before it, from the
-    added_at_inference provenance that add_relations writes."""
+def test_type_prior_scope_added_vs_trained_keeps_the_trained_relations(tiny_roc_dir, cache_dir, tmp_path):
+    """With type_prior_scope 'added_vs_trained', the trained relations keep the model's scores and only an added
+    relation is placed against them with the prior; the trained set comes from config.trained_labels (filled by
+    training), or, for a model saved before it, from the added_at_inference provenance that add_relations
+    writes."""
     from rocmre.inference.extractor import RelationExtractor
     from rocmre.modeling.decision import DecisionRule, type_indices
 
@@ -250,28 +251,21 @@ def test_type_prior_scope_added_spares_the_trained_relations(tiny_roc_dir, cache
         return {lab for lab, v in zip(labels, out, strict=True) if v < 0}
 
     assert {"/per/org/member_of", "/per/org/coached_by"} <= penalised()  # scope "all"
-    ex.type_prior_scope = "added"
-    assert penalised() == {"/per/org/coached_by"}
-    ex.model.config.trained_labels = []  # a model saved before trained_labels: provenance says what was added
-    assert ex.model.added_relations() == [lab == "/per/org/coached_by" for lab in labels]
-    assert penalised() == {"/per/org/coached_by"}
-    ex.save_pretrained(tmp_path / "scoped")
-    again = RelationExtractor.from_pretrained(tmp_path / "scoped", cache_dir=cache_dir)
-    assert again.type_prior and again.type_prior_scope == "added"
-    # added_vs_trained: the trained relations keep the model's scores; the added one is placed against them
     raw = np.random.default_rng(0).normal(size=(3, len(labels)))
-    ex.type_prior_scope = "added_vs_trained"
+    ex.set_decision(type_prior_scope="added_vs_trained")
     contest = DecisionRule.from_model(ex.model)
-    assert contest.type_prior_contest
+    assert contest.added_relations.tolist() == [lab == "/per/org/coached_by" for lab in labels]
+    ex.model.config.trained_labels = []  # a model saved before trained_labels: provenance says what was added
+    assert DecisionRule.from_model(ex.model).added_relations.tolist() == contest.added_relations.tolist()
     out = contest.prior_scores(raw, np.repeat(loc, 3), np.repeat(loc, 3))
     new = labels.index("/per/org/coached_by")
     np.testing.assert_allclose(np.delete(out, new, 1), np.delete(raw, new, 1))
     assert not np.allclose(out[:, new], raw[:, new])
     ex.save_pretrained(tmp_path / "contest")
     assert RelationExtractor.from_pretrained(tmp_path / "contest",
-                                             cache_dir=cache_dir).type_prior_scope == "added_vs_trained"
+                                             cache_dir=cache_dir).decision.type_prior_scope == "added_vs_trained"
     with pytest.raises(ValueError, match="type_prior_scope"):
-        ex.type_prior_scope = "some"
+        ex.set_decision(type_prior_scope="some")
 
 
 # -- MORE: the tail is an object in the image -------------------------------------------------------
@@ -435,65 +429,3 @@ def test_relations_without_descriptions_fall_back_to_label_names_or_fail(tmp_pat
     cfg.model.missing_descriptions = "error"
     with pytest.raises(ValueError, match="lack relations of the data"):
         relation_set(cfg, labels)
-
-
-def test_pair_pair_weight_adds_the_supervised_contrastive_term(tiny_roc_dir, mnre_root, cache_dir):
-    """``model.pair_pair_weight`` (the ``roc_pair_pair`` benchmark variant) adds weight x SupCon over the batch's
-    pair vectors to the ROC loss, and nothing when 0; SupCon checked by hand on two pairs of labels."""
-    import torch
-
-    from rocmre.modeling.model import RelationModel, supervised_contrastive
-    from rocmre.modeling.runtime import ModelRuntime
-
-    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]), dim=1)
-    labels = torch.tensor([0, 0, 1, 1])
-    sim = z @ z.T / 0.1
-    expected = []
-    for i in range(4):
-        others = [j for j in range(4) if j != i]
-        log_norm = torch.logsumexp(sim[i, others], dim=0)
-        expected.append(-(sim[i, i ^ 1] - log_norm))  # each pair's one positive is its neighbour
-    assert float(supervised_contrastive(z, labels, 0.1)) == pytest.approx(float(torch.stack(expected).mean()), 1e-5)
-
-    model = RelationModel.from_pretrained(tiny_roc_dir).eval()
-    runtime = ModelRuntime(model, cache_dir)
-    records = read_mnre(mnre_root, "train").records[:16]
-    batch = runtime.collator(runtime.featurize(records, with_labels=True))
-    losses = {}
-    for weight in (0.0, 0.5):
-        model.config.pair_pair_weight = weight
-        with torch.no_grad():
-            out = model(batch, descriptions_per_relation=2, generator=torch.Generator().manual_seed(0))
-        losses[weight] = (float(out.loss), out.pair_embeddings)
-    term = supervised_contrastive(losses[0.5][1], batch["labels"], model.config.pair_pair_temperature)
-    assert losses[0.5][0] - losses[0.0][0] == pytest.approx(0.5 * float(term), rel=1e-4, abs=1e-6)
-    assert float(term) > 0
-
-
-def test_cosine_margin_lowers_only_the_gold_relation_in_the_loss(tiny_roc_dir, mnre_root, cache_dir):
-    """``model.cosine_margin`` (the ``roc_margin`` benchmark variant): the loss is cross-entropy over
-    (cosine - margin on the gold relation) / temperature; the scores a prediction reads do not move."""
-    import torch
-    import torch.nn.functional as F
-
-    from rocmre.modeling.model import RelationModel, margin_logits
-    from rocmre.modeling.runtime import ModelRuntime
-
-    cos = torch.tensor([[0.5, 0.2, 0.1], [0.0, 0.3, 0.4]])
-    assert torch.allclose(margin_logits(cos, torch.tensor([0, 2]), 0.1),
-                          torch.tensor([[0.4, 0.2, 0.1], [0.0, 0.3, 0.3]]))
-
-    model = RelationModel.from_pretrained(tiny_roc_dir).eval()
-    runtime = ModelRuntime(model, cache_dir)
-    batch = runtime.collator(runtime.featurize(read_mnre(mnre_root, "train").records[:16], with_labels=True))
-    outs = {}
-    for margin in (0.0, 0.1):
-        model.config.cosine_margin = margin
-        with torch.no_grad():
-            outs[margin] = model(batch, descriptions_per_relation=2, generator=torch.Generator().manual_seed(0))
-    model.config.cosine_margin = 0.0
-    inv_t = model.log_inverse_temperature.exp()
-    expected = F.cross_entropy(margin_logits(outs[0.1].scores, batch["labels"], 0.1) * inv_t, batch["labels"])
-    assert float(outs[0.1].loss) == pytest.approx(float(expected), rel=1e-5)
-    assert float(outs[0.1].loss) > float(outs[0.0].loss)
-    assert torch.equal(outs[0.1].scores, outs[0.0].scores)

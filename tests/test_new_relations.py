@@ -100,7 +100,7 @@ def test_bad_examples_and_templates_are_refused(extractor: RelationExtractor) ->
 
 
 def test_examples_lift_their_relation(extractor: RelationExtractor) -> None:
-    extractor.model.config.prototype_weight = 1.0  # the prototype alone scores the relation
+    extractor.set_decision(prototype_weight=1.0)  # the prototype alone scores the relation
     extractor.add_relations({NEW: [DESCRIPTION]})
     without = predict_example(extractor)
     extractor.remove_relations([NEW])
@@ -115,40 +115,18 @@ def test_examples_lift_their_relation(extractor: RelationExtractor) -> None:
     other = {c.relation: c.score for c in without.top_k if c.relation != NEW}
     assert {c.relation: c.score for c in with_examples.top_k if c.relation != NEW} == pytest.approx(other, abs=1e-5)
     # weight 0: the relation scores by its descriptions alone, as without examples
-    extractor.model.config.prototype_weight = 0.0
+    extractor.set_decision(prototype_weight=0.0)
     zero = predict_example(extractor)
     assert zero.top_k[rank_of(zero, NEW)].score == pytest.approx(without.top_k[rank_of(without, NEW)].score,
                                                                  abs=1e-5)
 
 
-def test_centred_prototypes_keep_none_and_the_relations_level(extractor: RelationExtractor) -> None:
-    def scores() -> dict[str, float]:
-        return {c.relation: c.score for c in predict_example(extractor).top_k}
-
-    extractor.model.config.prototype_weight = 0.5
-    extractor.add_relations({NEW: [DESCRIPTION]})
-    without = scores()
-    extractor.add_relations({NEW: {"examples": [EXAMPLE]}})
-    mixed = scores()
-    extractor.model.config.prototype_centering = True
-    centred = scores()
-    relations = [r for r in without if r != "None"]
-    assert mixed[NEW] > without[NEW] and mixed["None"] == pytest.approx(without["None"], abs=1e-5)
-    # centred: None keeps its score, the relations' mean stays where it was, their order is the mix's
-    assert centred["None"] == pytest.approx(without["None"], abs=1e-5)
-    assert sum(centred[r] for r in relations) == pytest.approx(sum(without[r] for r in relations), abs=1e-4)
-    assert sorted(relations, key=centred.__getitem__) == sorted(relations, key=mixed.__getitem__)
-    other = next(r for r in relations if r != NEW)
-    assert centred[NEW] - centred[other] == pytest.approx(mixed[NEW] - mixed[other], abs=1e-5)
-
-
-def test_centred_scores_are_linear_in_the_prototype_weight(extractor: RelationExtractor) -> None:
-    """benchmarks/zero_shot.py scores one weight and re-weights the rest linearly, centred rows included."""
-    extractor.model.config.prototype_centering = True
+def test_scores_are_linear_in_the_prototype_weight(extractor: RelationExtractor) -> None:
+    """benchmarks/zero_shot.py scores one weight and re-weights the rest linearly."""
     extractor.add_relations({NEW: {"descriptions": [DESCRIPTION], "examples": [EXAMPLE, OTHER]}})
 
     def scores(weight: float) -> list[float]:
-        extractor.model.config.prototype_weight = weight
+        extractor.set_decision(prototype_weight=weight)
         return [c.score for c in sorted(predict_example(extractor).top_k, key=lambda c: c.relation)]
 
     zero, low, high = scores(0.0), scores(0.1), scores(0.4)
@@ -168,7 +146,7 @@ def test_existing_relation_takes_examples_alone(extractor: RelationExtractor) ->
 
 def test_save_and_load_keep_examples_and_predictions(extractor: RelationExtractor, tmp_path: Path,
                                                      cache_dir: Path) -> None:
-    extractor.model.config.prototype_weight = 0.7
+    extractor.set_decision(prototype_weight=0.7)
     extractor.add_relations({NEW: {"descriptions": [DESCRIPTION, "{head} plays for {tail}."],
                                    "examples": [EXAMPLE, OTHER], "head_types": ["person"]}})
     pairs = [EXAMPLE, {"text": "Kevin Durant signs with the Phoenix Suns", "head": "Kevin Durant",
@@ -178,7 +156,7 @@ def test_save_and_load_keep_examples_and_predictions(extractor: RelationExtracto
     saved = json.loads((tmp_path / "plus" / "descriptions.json").read_text(encoding="utf-8"))
     assert saved["relations"][NEW]["examples"] == [EXAMPLE, OTHER]
     loaded = RelationExtractor.from_pretrained(tmp_path / "plus", cache_dir=cache_dir)
-    assert loaded.model.config.prototype_weight == 0.7
+    assert loaded.decision.prototype_weight == 0.7
     assert loaded.relation_examples()[NEW] == [EXAMPLE, OTHER]
     assert [p.to_dict() for p in loaded.predict_batch(pairs, top_k=len(loaded.relations))] == before
 
@@ -332,7 +310,8 @@ def test_service_adds_relations_with_examples(server: httpx.Client, tiny_roc_dir
 
 
 def test_predict_cli_type_prior_on_added_relations_only(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """--type-prior --type-prior-scope added answers as the API with the same settings; a bad scope is refused."""
+    """--type-prior --type-prior-scope added_vs_trained answers as the API with the same settings; a bad scope is
+    refused."""
     relations = tmp_path / "new.json"
     relations.write_text(json.dumps({NEW: {"descriptions": ["{head} plays for {tail}."],
                                            "head_types": ["location"], "tail_types": ["location"]}}),
@@ -342,17 +321,16 @@ def test_predict_cli_type_prior_on_added_relations_only(tiny_roc_dir: Path, cach
     out = tmp_path / "preds.jsonl"
     args = ["predict", "--model", str(tiny_roc_dir), "--cache-dir", str(cache_dir), "--relations", str(relations),
             "--input", str(pairs), "--output", str(out), "--top-k", "50", "--quiet", "--type-prior"]
-    result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "added"])
+    result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "added_vs_trained"])
     assert result.exit_code == 0, result.stderr
     (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     api = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=True,
-                                            type_prior_scope="added")
+                                            type_prior_scope="added_vs_trained")
     api.add_relations(json.loads(relations.read_text(encoding="utf-8")))
     expected = {c.relation: c.score for c in predict_example(api).top_k}
     assert {c["relation"]: c["score"] for c in row["top_k"]} == pytest.approx(expected, abs=1e-6)
-    api.type_prior_scope = "all"  # the trained relations are penalised too: some score lower
+    api.set_decision(type_prior_scope="all")  # the trained relations are penalised too: some score lower
     every = {c.relation: c.score for c in predict_example(api).top_k}
-    assert every[NEW] == pytest.approx(expected[NEW], abs=1e-6)
     assert any(every[r] < expected[r] - 1e-6 for r in expected if r != NEW)
     result = CliRunner().invoke(cli_app, [*args, "--type-prior-scope", "some"])
-    assert result.exit_code == 2 and "type_prior_scope must be one of all, added, added_vs_trained" in result.stderr
+    assert result.exit_code == 2 and "type_prior_scope must be one of all, added_vs_trained" in result.stderr

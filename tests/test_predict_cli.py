@@ -144,13 +144,13 @@ def test_type_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_
     """``type_prior`` costs each relation ``type_penalty`` per contradicted side; ``--type-prior`` gives the same."""
     plain = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=False)
     prior = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, type_prior=True)
-    assert prior.type_prior and not plain.type_prior and prior.runtime.decision_rule.type_constraint
+    assert prior.decision.type_prior and not plain.decision.type_prior and prior.runtime.decision_rule.type_constraint
     n = len(prior.relations)
     args = ("Barack Obama met Angela Merkel", "Barack Obama", "Angela Merkel")
     kw = {"head_type": "person", "tail_type": "person", "top_k": n}
     a = {c.relation: c.score for c in plain.predict(*args, **kw).top_k}
     b = {c.relation: c.score for c in prior.predict(*args, **kw).top_k}
-    penalty = prior.model.config.type_penalty
+    penalty = prior.decision.type_penalty
     sig = prior.model.descriptions.relations
     for rel in a:
         if rel == prior.model.config.negative_label:
@@ -173,89 +173,3 @@ def test_type_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_
 def test_type_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):
     with pytest.raises(TypeError, match="ROC"):
         RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, type_prior=True)
-
-
-def test_sentence_prior_switch_api_and_cli(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path):
-    """``sentence_prior`` reorders each pair's top relations (the None decision and the candidate set stay the
-    model's), follows relations added later, and ``--sentence-prior`` gives the same answers."""
-    from rocmre.modeling.sentence_prior import SentencePrior
-
-    plain = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-    mixed = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, sentence_prior=1.0)
-    assert isinstance(mixed.runtime.second_stage, SentencePrior) and plain.runtime.second_stage is None
-    negative = plain.model.config.negative_label
-    k = mixed.runtime.rerank_top_k
-    pairs = [PairInput(p[1], p[2], p[3]) for p in API_PAIRS if not p[4]]
-    for a, b in zip(plain.predict_batch(pairs, top_k=k + 1), mixed.predict_batch(pairs, top_k=k + 1), strict=True):
-        top_a = [c.relation for c in a.top_k if c.relation != negative][:k]
-        top_b = [c.relation for c in b.top_k if c.relation != negative][:k]
-        assert sorted(top_a) == sorted(top_b)  # the same candidates, reordered
-        assert (a.relation == negative) == (b.relation == negative)
-    mixed.add_relations({"/per/loc/visited": {"descriptions": ["{head} visited {tail}."],
-                                              "head_types": ["person"], "tail_types": ["location"]}})
-    got = mixed.predict("Barack Obama visited Paris", "Barack Obama", "Paris", top_k=len(mixed.relations))
-    assert "/per/loc/visited" in [c.relation for c in got.top_k]  # scored by the prior too (no KeyError)
-    pair_file = tmp_path / "pairs.jsonl"
-    pair_file.write_text("".join(json.dumps({"text": p.text, "head": p.head, "tail": p.tail}) + "\n"
-                                 for p in pairs), encoding="utf-8")
-    out = tmp_path / "out.jsonl"
-    result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file), "--output",
-                                      str(out), "--sentence-prior", "1.0", "--top-k", "3", "--quiet", "--cache-dir",
-                                      str(cache_dir)])
-    assert result.exit_code == 0, result.output
-    api = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, sentence_prior=1.0)
-    cli = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    for line, p in zip(cli, api.predict_batch(pairs, top_k=3), strict=True):
-        assert [c["relation"] for c in line["top_k"]] == [c.relation for c in p.top_k]
-        assert [c["score"] for c in line["top_k"]] == pytest.approx([c.score for c in p.top_k], abs=1e-5)
-    api.use_sentence_prior(None)
-    assert api.runtime.second_stage is None
-    typed = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir, sentence_prior=1.0,
-                                              sentence_view="typed")
-    stage = typed.runtime.second_stage
-    assert stage.sentence_view == "typed" and stage.entity_types == typed.runtime.featurizer.entity_types
-    result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file), "--output",
-                                      str(out), "--sentence-prior", "1.0", "--sentence-view", "typed", "--top-k",
-                                      "3", "--quiet", "--cache-dir", str(cache_dir)])
-    assert result.exit_code == 0, result.output
-    cli = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    for line, p in zip(cli, typed.predict_batch(pairs, top_k=3), strict=True):
-        assert [c["relation"] for c in line["top_k"]] == [c.relation for c in p.top_k]
-    for bad, message in ((["--sentence-view", "typed"], "no sentence prior is on"),
-                         (["--sentence-prior", "1.0", "--sentence-view", "bold"], "--sentence-view must be one of")):
-        result = CliRunner().invoke(app, ["predict", "--model", str(tiny_roc_dir), "--input", str(pair_file),
-                                          "--output", str(out), "--quiet", "--cache-dir", str(cache_dir), *bad])
-        assert result.exit_code != 0 and message in result.output, result.output
-
-
-def test_sentence_prior_refused_on_a_classifier(tiny_cls_dir: Path, cache_dir: Path):
-    with pytest.raises(TypeError, match="ROC models only"):
-        RelationExtractor.from_pretrained(tiny_cls_dir, cache_dir=cache_dir, sentence_prior=0.5)
-
-
-def test_sentence_prior_is_saved_with_the_model(tiny_roc_dir: Path, cache_dir: Path, tmp_path: Path,
-                                                 monkeypatch):
-    """``use_sentence_prior`` is part of the model: saved, loaded again, overridden or switched off at load time."""
-    from rocmre.modeling.sentence_prior import SentencePrior
-
-    m = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-    m.use_sentence_prior(0.5, sentence_view="typed")
-    m.save_pretrained(tmp_path / "saved")
-    back = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir)
-    stage = back.runtime.second_stage
-    assert isinstance(stage, SentencePrior) and stage.weight == 0.5 and stage.sentence_view == "typed"
-    pair = PairInput("Barack Obama visited Paris", "Barack Obama", "Paris")
-    assert list(back.predict_batch([pair], top_k=3))[0].top_k == list(m.predict_batch([pair], top_k=3))[0].top_k
-    import rocmre.backbones.text as text_backbones
-
-    loads: list[str] = []
-    load = text_backbones.load_text_backbone
-    monkeypatch.setattr(text_backbones, "load_text_backbone",
-                        lambda name, **kw: (loads.append(name), load(name, **kw))[1])
-    plain = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir, sentence_view="plain")
-    assert plain.runtime.second_stage.sentence_view == "plain" and plain.runtime.second_stage.weight == 0.5
-    assert len(loads) == 1  # the saved prior's encoder serves the overriding view: loaded once
-    off = RelationExtractor.from_pretrained(tmp_path / "saved", cache_dir=cache_dir, sentence_prior=0)
-    assert off.runtime.second_stage is None and off.model.config.sentence_prior_weight is None
-    off.save_pretrained(tmp_path / "off")
-    assert RelationExtractor.from_pretrained(tmp_path / "off", cache_dir=cache_dir).runtime.second_stage is None

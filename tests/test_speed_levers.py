@@ -84,8 +84,14 @@ def test_use_fast_dropout_swaps_modules_in_place():
     torch.testing.assert_close(model[:3](x), model[0](x))  # identity in eval mode
 
 
+def best_description_index(sims, index, n_rel):
+    from rocmre.modeling.model import best_among_rows, multi_description_rows
+
+    rows = multi_description_rows(index, n_rel)
+    return best_among_rows(sims[:, rows], index[rows], n_rel)
+
+
 def test_best_description_index_matches_a_loop():
-    from rocmre.modeling.model import best_description_index
 
     torch.manual_seed(1)
     counts = [3, 1, 2, 1, 4, 1]

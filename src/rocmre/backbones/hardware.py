@@ -1,4 +1,4 @@
-"""What the machine computes with: its description in words, and the precision a setting resolves to there."""
+"""What the machine offers, detected and never assumed: native bfloat16, and the hardware in words."""
 
 from __future__ import annotations
 
@@ -7,22 +7,6 @@ import platform
 from pathlib import Path
 
 import torch
-
-
-def machine_description() -> str:
-    """The hardware a run used, in words."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA), {platform.machine()}"
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
-           f"{torch.get_num_threads()}"
-
-
-def resolve_precision(setting: str) -> str:
-    """``auto`` -> ``bf16`` where the hardware computes bfloat16 natively (CUDA, or a CPU with AVX512-BF16 or AMX),
-    else ``fp32``. Detected, never assumed."""
-    if setting != "auto":
-        return setting
-    return "bf16" if bf16_supported() else "fp32"
 
 
 def bf16_supported() -> bool:
@@ -34,3 +18,19 @@ def bf16_supported() -> bool:
     except OSError:
         return False
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(setting: str) -> str:
+    """``auto`` -> ``bf16`` where the hardware computes bfloat16 natively (CUDA, or a CPU with AVX512-BF16 or AMX),
+    else ``fp32``; any other setting as it is."""
+    if setting != "auto":
+        return setting
+    return "bf16" if bf16_supported() else "fp32"
+
+
+def machine_description() -> str:
+    """The hardware a run used, in words."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), {platform.machine()}"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
+           f"{torch.get_num_threads()}"

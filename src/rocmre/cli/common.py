@@ -74,22 +74,19 @@ def type_prior_option() -> bool | None:
 
 def type_prior_scope_option() -> str | None:
     return typer.Option(None, "--type-prior-scope",
-                        help="Whom the type prior penalises: 'all' relations, only those 'added' without "
-                             "training, or 'added_vs_trained' (all, but only to decide whether an added relation "
-                             "beats the trained ones) (default: the model's setting, else all).")
+                        help="Whom the type prior penalises: 'all' relations, or 'added_vs_trained' (all, but only "
+                             "to decide whether an added relation beats the trained ones) (default: the model's "
+                             "setting, else all).")
 
 
+# kept only while cli/serve.py still imports them (the service branch removes that use): the sentence prior left
+# the library (docs/experiments.md)
 def sentence_prior_option() -> float | None:
-    return typer.Option(None, "--sentence-prior", min=0.0, max=1.0,
-                        help="Mix the untrained sentence encoder into the order of each pair's top relations with "
-                             "this weight (ROC; see benchmarks/results/zero_shot.md); 0 switches off a saved one.")
+    return typer.Option(None, "--sentence-prior", hidden=True)
 
 
 def sentence_view_option() -> str | None:
-    return typer.Option(None, "--sentence-view",
-                        help="What the sentence prior reads: 'plain' (the sentence), 'typed' (each mention followed "
-                             "by its role and entity type) or 'typed_clean' (typed, without RT, @handles and "
-                             "links); default: the model's saved setting, else plain.")
+    return typer.Option(None, "--sentence-view", hidden=True)
 
 
 def precision_option() -> str | None:
@@ -99,8 +96,6 @@ def precision_option() -> str | None:
 
 
 def check_sentence_view(sentence_view: str | None) -> None:
-    """Exit with a clear message unless ``--sentence-view`` is absent or one of the known views."""
-    from rocmre.modeling.sentence_prior import SENTENCE_VIEWS
-
-    if sentence_view is not None and sentence_view not in SENTENCE_VIEWS:
-        fail(f"--sentence-view must be one of {', '.join(SENTENCE_VIEWS)}, not {sentence_view!r}")
+    """Refuse ``--sentence-view``: the sentence prior was removed (docs/experiments.md)."""
+    if sentence_view is not None:
+        fail("--sentence-view was removed with the sentence prior (docs/experiments.md)")

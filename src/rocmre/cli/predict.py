@@ -10,11 +10,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from rocmre.cli.common import (
-    check_sentence_view,
     fail,
     precision_option,
-    sentence_prior_option,
-    sentence_view_option,
     type_prior_option,
     type_prior_scope_option,
 )
@@ -137,15 +134,12 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
             device: str = typer.Option("cpu", "--device"),
             type_prior: bool | None = type_prior_option(),
             type_prior_scope: str | None = type_prior_scope_option(),
-            sentence_prior: float | None = sentence_prior_option(),
-            sentence_view: str | None = sentence_view_option(),
             precision: str | None = precision_option(),
             quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
             ray: str | None = ray_option(), workers: int = workers_option(),
             num_cpus: float = num_cpus_option(), num_gpus: float = num_gpus_option()) -> None:
     """Predict the relation of every pair in a JSONL file: one output line per input line, in order."""
     from rocmre.inference.extractor import RelationExtractor
-    check_sentence_view(sentence_view)
     check_output_options(output, ray, skip_bad_lines)
 
     if missing_image not in ("error", "ignore"):
@@ -162,7 +156,6 @@ def predict(model: Path = typer.Option(..., "--model", "-m", exists=True, file_o
     try:
         extractor = RelationExtractor.from_pretrained(model, descriptions, device=device, cache_dir=cache_dir,
                                                       precision=precision, type_prior=type_prior,
-                                                      sentence_prior=sentence_prior, sentence_view=sentence_view,
                                                       type_prior_scope=type_prior_scope)
     except (OSError, ValueError, TypeError, KeyError) as e:
         fail(f"cannot load the model {model}: {e}")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
+
+from tqdm.auto import tqdm
 
 #: The small type set written into model inputs and used in relation type signatures.
 ENTITY_TYPES: tuple[str, ...] = ("person", "organization", "location", "miscellaneous", "object", "unknown")
@@ -100,3 +106,65 @@ def make_tagger(name: str) -> EntityTagger:
     if name == "none":
         return NullTagger()
     raise ValueError(f"unknown entity tagger {name!r}; expected 'spacy' or 'none'")
+
+
+class TypeCache:
+    """Entity types per (tokens, spans), cached on disk so taggers run once per record."""
+
+    #: entries tagged in memory without being persisted (prediction inputs) are bounded to this many
+    MAX_VOLATILE = 50_000
+
+    def __init__(self, tagger_name: str, cache_dir: Path | None, persist: bool = True) -> None:
+        self.tagger_name = tagger_name
+        self.persist = persist  # False on the prediction path: new inputs never rewrite the cache file
+        self._volatile: list[str] = []
+        self.path = cache_dir / "entity-types" / f"{tagger_name}.json" if cache_dir is not None else None
+        self.table: dict[str, list[str]] = {}
+        if self.path is not None and self.path.is_file():
+            self.table = json.loads(self.path.read_text(encoding="utf-8"))
+        self._tagger: EntityTagger | None = None
+        self._dirty = False
+
+    @staticmethod
+    def key(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) -> str:
+        return hashlib.sha1(json.dumps([list(tokens), [list(s) for s in spans]]).encode()).hexdigest()
+
+    @property
+    def tagger(self) -> EntityTagger:
+        if self._tagger is None:
+            self._tagger = make_tagger(self.tagger_name)
+        return self._tagger
+
+    def types(self, items: Sequence[tuple[Sequence[str], Sequence[tuple[int, int]]]], show_progress: bool = False
+              ) -> list[list[str]]:
+        """Types for each (tokens, spans); tags only what is not cached."""
+        keys = [self.key(t, s) for t, s in items]
+        todo = [i for i, k in enumerate(keys) if k not in self.table]
+        if todo:
+            tagger = self.tagger
+            batch = [items[i] for i in todo]
+            if hasattr(tagger, "tag_many"):
+                results = tagger.tag_many(batch)
+            else:
+                results = [tagger.tag(t, s) for t, s in tqdm(batch, desc="tagging entities", disable=not show_progress)]
+            for i, r in zip(todo, results, strict=True):
+                self.table[keys[i]] = list(r)
+            if self.persist:
+                self._dirty = True
+                self.save()
+            else:
+                out = [self.table[k] for k in keys]
+                self._volatile.extend(keys[i] for i in todo)
+                while len(self._volatile) > self.MAX_VOLATILE:
+                    self.table.pop(self._volatile.pop(0), None)
+                return out
+        return [self.table[k] for k in keys]
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.table), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._dirty = False

@@ -354,7 +354,7 @@ def name_swapped(dataset: RelationDataset, train: RelationDataset, seed: int = D
 def tagger_entity_types(tagger: str = "spacy", cache_dir: str | Path | None = None) -> EntityTyper:
     """An :data:`EntityTyper` using the project's entity tagger through its on-disk type cache (the same types
     the models see, and no tagging at all where the cache already holds the records)."""
-    from rocmre.modeling.features import TypeCache
+    from rocmre.data.entity_types import TypeCache
     from rocmre.paths import default_cache_dir
 
     cache = TypeCache(tagger, Path(cache_dir) if cache_dir is not None else default_cache_dir())

@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from rocmre.modeling.decision import micro_prf, prf
+
+__all__ = ["EvaluationResult", "RelationScore", "confusion_matrix", "evaluate_predictions", "micro_prf",
+           "ranking_metrics"]
+
 
 @dataclass
 class RelationScore:
@@ -45,23 +50,6 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return p, r, f
-
-
-def micro_prf(gold: Sequence[str], pred: Sequence[str], negative_label: str) -> tuple[float, float, float]:
-    """Micro P/R/F1 over non-negative instances (see the module docstring)."""
-    if len(gold) != len(pred):
-        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
-    n_pred = sum(p != negative_label for p in pred)
-    n_gold = sum(g != negative_label for g in gold)
-    tp = sum(p == g and g != negative_label for g, p in zip(gold, pred, strict=True))
-    return _prf(tp, n_pred, n_gold)
 
 
 def ranking_metrics(gold_index: Sequence[int], scores: np.ndarray) -> tuple[float, float, float]:
@@ -94,7 +82,7 @@ def evaluate_predictions(gold: Sequence[str], pred: Sequence[str], negative_labe
     for rel in relations:
         if rel == negative_label:
             continue
-        rp, rr, rf = _prf(tp_c[rel], pred_c[rel], gold_c[rel])
+        rp, rr, rf = prf(tp_c[rel], pred_c[rel], gold_c[rel])
         per.append(RelationScore(rel, rp, rr, rf, gold_c[rel], pred_c[rel]))
     present = [s.f1 for s in per if s.support > 0]
     macro = float(np.mean(present)) if present else 0.0

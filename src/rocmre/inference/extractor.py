@@ -38,12 +38,12 @@ from rocmre.descriptions.store import (
     fill_template,
     is_template,
 )
+from rocmre.modeling.config import DecisionConfig
 from rocmre.modeling.decision import (
     ABSENT_OFFSET,
     NONE_MARGIN_GRID,
     OFFSET_GRID,
     SecondStageScorer,
-    check_type_prior_scope,
     tune_added_offset,
 )
 from rocmre.modeling.model import RelationModel
@@ -84,39 +84,30 @@ class RelationExtractor:
     def __init__(self, model: RelationModel, cache_dir: str | Path | None = None, *,
                  second_stage: SecondStageScorer | None = None, rerank_top_k: int = 5,
                  precision: str = "fp32") -> None:
-        """``second_stage`` plugs a re-ranker into the decision path (see :mod:`rocmre.modeling.decision`); without
-        one, a sentence prior saved with the model (:meth:`use_sentence_prior`) is plugged in. ``precision="bf16"``
-        scores under bfloat16 autocast (faster where the CPU supports it; changes scores slightly, so it is
-        opt-in)."""
+        """``second_stage`` plugs a re-ranker into the decision path (see :mod:`rocmre.modeling.decision`).
+        ``precision="bf16"`` scores under bfloat16 autocast (faster where the CPU supports it; changes scores
+        slightly, so it is opt-in)."""
         self.model = model.eval()
         self.source_dir: Path | None = None  # the model folder it was loaded from (see save_pretrained)
         # new prediction inputs are typed in memory only: the entity-type cache file is never rewritten per call
         self.runtime = ModelRuntime(model, Path(cache_dir) if cache_dir else None, second_stage=second_stage,
                                     rerank_top_k=rerank_top_k, precision=precision, persist_types=False)
         model.example_runtime = self.runtime  # relation examples are featurised like prediction inputs
-        self._cache_dir = Path(cache_dir) if cache_dir else None
-        self._sentence_encoders: dict[str, Any] = {}  # backbone name -> loaded encoder, kept across settings
-        if second_stage is None and model.config.sentence_prior_weight:
-            self.use_sentence_prior(model.config.sentence_prior_weight)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: str | Path | RelationDescriptions | None = None,
                         device: str = "cpu", cache_dir: str | Path | None = None,
                         precision: str | None = None, type_prior: bool | None = None,
-                        sentence_prior: float | None = None, sentence_view: str | None = None,
                         type_prior_scope: str | None = None) -> RelationExtractor:
         """Load a model folder; ``descriptions`` (a file or set) replaces its relation set at load time.
 
-        ``type_prior`` switches the decision rule's soft entity-type prior on or off (see :attr:`type_prior`) and
-        ``type_prior_scope`` says whom it penalises (see :attr:`type_prior_scope`); by default the model's own
-        settings. ``sentence_prior`` (a weight in [0, 1]; 0 switches it off) plugs the
-        untrained sentence encoder in as second stage (see :meth:`use_sentence_prior`, which ``sentence_view`` is
-        passed to); by default the model's saved setting, usually none.
+        ``type_prior`` and ``type_prior_scope`` change the model's decision settings (see :meth:`set_decision`);
+        by default the saved ones.
 
         ``precision``: ``fp32``, ``bf16`` (autocast; about 1.5x faster on CPUs with native bfloat16, scores differ
         in the third decimal) or ``auto`` (bf16 where the hardware has it); by default the model's own
         ``run_config.yaml`` (``train.inference_precision``, under which it was validated), else ``fp32``."""
-        from rocmre.training.setup import resolve_precision
+        from rocmre.backbones.hardware import resolve_precision
 
         if precision is None:
             precision = _validated_precision(Path(directory))
@@ -127,79 +118,25 @@ class RelationExtractor:
         extractor = cls(RelationModel.from_pretrained(directory, descriptions, device), cache_dir,
                         precision=resolve_precision(precision))
         extractor.source_dir = Path(directory)
-        if type_prior is not None:
-            extractor.type_prior = type_prior
-        if type_prior_scope is not None:
-            extractor.type_prior_scope = type_prior_scope
-        if sentence_prior is not None:
-            extractor.use_sentence_prior(sentence_prior, sentence_view=sentence_view)
-        elif sentence_view is not None:
-            if not extractor.model.config.sentence_prior_weight:
-                raise ValueError(f"sentence_view={sentence_view!r} chooses what the sentence prior reads, but no "
-                                 "sentence prior is on: give sentence_prior (--sentence-prior) too")
-            extractor.use_sentence_prior(extractor.model.config.sentence_prior_weight, sentence_view=sentence_view)
+        extractor.set_decision(type_prior=type_prior, type_prior_scope=type_prior_scope)
         return extractor
 
-    def use_sentence_prior(self, weight: float | None, backbone: str | None = None,
-                           cache_dir: Path | None = None, sentence_view: str | None = None) -> None:
-        """Reorder each pair's top relations by mixing in the untrained sentence encoder's cosine between the
-        sentence and each relation's descriptions (:class:`~rocmre.modeling.sentence_prior.SentencePrior`, weight
-        in [0, 1]; ``None`` or 0 removes it). It follows the current relation set, relations added later
-        included; the None decision stays the model's. ``backbone`` defaults to the saved one, else the model's
-        pretrained text backbone. ``sentence_view="typed"`` has the encoder read each mention followed by its role
-        and tagged entity type (``Messi (head person)``) instead of the plain sentence, ``"typed_clean"`` the same
-        without a tweet's ``RT``, ``@handles`` and links (default: the saved view, else ``"plain"``). The
-        setting is saved with the model (:meth:`save_pretrained`).
-        What it does for added relations: ``benchmarks/results/zero_shot.md``."""
-        cfg = self.model.config
-        if not weight:
-            self.runtime.second_stage = None
-            cfg.sentence_prior_weight = None
-            return
-        if cfg.model_type != "roc":
-            raise TypeError("the sentence prior reorders relations by their descriptions: ROC models only")
-        from rocmre.modeling.sentence_prior import SentencePrior
-
-        view = sentence_view or cfg.sentence_prior_view
-        backbone = backbone or cfg.sentence_prior_backbone
-        name = backbone or str(cfg.text_backbone)
-        stage = SentencePrior(name, descriptions=lambda: self.model.descriptions, weight=weight,
-                              negative_label=cfg.negative_label, cache_dir=cache_dir or self._cache_dir,
-                              encoder=self._sentence_encoders.get(name), sentence_view=view,
-                              entity_types=self.runtime.featurizer.entity_types)
-        self._sentence_encoders[name] = stage.backbone
-        self.runtime.second_stage = stage
-        cfg.sentence_prior_weight, cfg.sentence_prior_view, cfg.sentence_prior_backbone = float(weight), view, backbone
-
     @property
-    def type_prior(self) -> bool:
-        """Whether the decision rule's soft type prior is on: a relation whose head/tail type signature the tagged
-        entity types contradict loses ``type_penalty`` per side (ROC models). It helps relations added with
-        ``head_types``/``tail_types`` compete with trained ones (``benchmarks/results/zero_shot.md``); it is saved
-        with the model."""
-        return bool(self.model.config.type_constraint)
+    def decision(self) -> DecisionConfig:
+        """How the model's scores become answers (:class:`~rocmre.modeling.config.DecisionConfig`: the type prior,
+        the None margin, the prototype weight), saved with the model as ``decision_config.json``; read-only, change
+        it with :meth:`set_decision`."""
+        return self.model.decision
 
-    @type_prior.setter
-    def type_prior(self, on: bool) -> None:
-        if on and self.model.config.model_type != "roc":
-            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
-        self.model.config.type_constraint = bool(on)
-
-    @property
-    def type_prior_scope(self) -> str:
-        """Whom the type prior penalises: ``"all"`` relations, only those ``"added"`` without training (the
-        trained relations learned their types from data, and a wrongly tagged entity would cost them right
-        answers), or ``"added_vs_trained"``: every relation, but only to decide whether an added relation beats the
-        trained ones, which otherwise keep the model's own answers (``benchmarks/results/zero_shot.md`` measures
-        all three). Saved with the model."""
-        return self.model.config.type_prior_scope
-
-    @type_prior_scope.setter
-    def type_prior_scope(self, scope: str) -> None:
-        check_type_prior_scope(scope)
-        if self.model.config.model_type != "roc":
-            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
-        self.model.config.type_prior_scope = scope  # type: ignore[assignment]
+    def set_decision(self, **changes: Any) -> DecisionConfig:
+        """Change decision settings and return the new ones, e.g. ``set_decision(type_prior=True,
+        type_prior_scope="added_vs_trained")``; a ``None`` value keeps the current setting. The type prior (a
+        relation whose head/tail type signature the tagged entity types contradict loses ``type_penalty`` per side)
+        helps relations added with ``head_types``/``tail_types`` compete with trained ones
+        (``benchmarks/results/zero_shot.md``); after switching it on, :meth:`tune_none_margin` again. An unknown
+        name or a bad value raises ``ValueError``; the type prior on a classifier ``TypeError``. Saved with the
+        model (:meth:`save_pretrained`)."""
+        return self.model.set_decision(**{k: v for k, v in changes.items() if v is not None})
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The model folder (with the current relation set); the training record of the folder it was loaded
@@ -243,7 +180,7 @@ class RelationExtractor:
         * ``examples`` are labelled pairs in the input format of :meth:`predict_batch` (dicts with ``text`` or
           ``tokens``, ``head``, ``tail``, optional ``image`` as a file path, ``head_type``/``tail_type``). The
           relation then also scores pairs against the mean of its examples' pair vectors (a prototype):
-          ``(1 - w) * description score + w * prototype score``, ``w = model.config.prototype_weight``. Examples
+          ``(1 - w) * description score + w * prototype score``, ``w = decision.prototype_weight``. Examples
           are saved with the model (``save_pretrained``); image paths are stored absolute;
         * ``score_offset`` (a number) is added to the relation's score before the decision rule's other steps, and
           ``none_margin`` is the extra margin over None it must clear to be the answer; see
@@ -342,7 +279,7 @@ class RelationExtractor:
         margin, f1 = self.runtime.decision_rule.tune_none_margin(
             scored.scores, gold, scored.head_types, scored.tail_types, best_description=scored.best_description,
             records=records)
-        self.model.config.none_margin = margin
+        self.set_decision(none_margin=margin)
         return margin, f1
 
     def _score_labelled(self, records: list[RelationRecord], caller: str, batch_size: int,

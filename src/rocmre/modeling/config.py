@@ -1,21 +1,74 @@
-"""Declarative configuration of a relation model (saved beside its weights as ``config.json``)."""
+"""A relation model's configuration, split by role (as Hugging Face keeps ``GenerationConfig`` apart from the model):
+
+* :class:`ModelConfig`: the architecture a user chooses (``RunConfig.model``); the defaults are the recommended
+  recipe (``configs/mnre_roc.yaml``);
+* :class:`TrainedModelConfig`: that plus what training fills in (the relation labels, the vision features' shape),
+  saved beside the weights as ``config.json``;
+* :class:`DecisionConfig`: how scores become answers (type prior, None margin, prototypes), saved as
+  ``decision_config.json`` and changed with ``RelationExtractor.set_decision``.
+
+The training loss and its knobs are the training's (``rocmre.modeling.losses``, ``TrainConfig``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: whom the type prior penalises (ModelConfig.type_prior_scope; rocmre.modeling.decision)
-TypePriorScope = Literal["all", "added", "added_vs_trained"]
+#: whom the type prior penalises (DecisionConfig.type_prior_scope; rocmre.modeling.decision)
+TypePriorScope = Literal["all", "added_vs_trained"]
+#: the pretrained words (one word piece each) the entity markers <h> </h> <t> </t> start from in a frozen prefix
+MARKER_WORDS = ("<", ">", "{", "}")
+#: tokens of a relation description the description encoder reads
+DESCRIPTION_MAX_LENGTH = 48
+#: a setting was removed from the library (docs/experiments.md): the one value still read in an older config
+#: (what meant "off"); ANY: a detail of a removed setting, read whatever its value
+ANY = object()
+REMOVED = {"cosine_margin": 0.0, "pair_pair_weight": 0.0, "pair_pair_temperature": ANY, "prototype_centering": False,
+           "sentence_prior_weight": None, "sentence_prior_view": ANY, "sentence_prior_backbone": ANY,
+           "separate_description_encoder": False, "pair_activation": "gelu", "fusion_heads": None,
+           "description_pooling": "mean", "learnable_temperature": True, "description_max_length": 48,
+           "temperature": ANY}
+#: fields of a model saved before decision_config.json: DecisionConfig field -> its key in the old config.json
+LEGACY_DECISION_KEYS = {"type_prior": "type_constraint", "type_penalty": "type_penalty",
+                        "type_prior_scope": "type_prior_scope", "none_margin": "none_margin",
+                        "prototype_weight": "prototype_weight"}
+#: what training fills in (TrainedModelConfig); an older run config carried them under ``model``
+FITTED = ("vision_dim", "num_regions", "labels", "trained_labels", "negative_label")
 
-#: what the sentence prior reads of a pair (rocmre.modeling.sentence_prior): the plain sentence, the sentence with
-#: each mention's role and type written after it, or that without a tweet's RT, @handles and links
-SentenceView = Literal["plain", "typed", "typed_clean"]
+
+def check_removed(data: dict[str, Any], where: str, removed: dict[str, Any]) -> None:
+    """Drop the ``removed`` settings of an older config that hold their "off" value; refuse any other value."""
+    for key, off in removed.items():
+        if key in data:
+            value = data.pop(key)
+            if off is not ANY and value != off:
+                raise ValueError(f"{where}.{key}={value!r}: this setting was removed from rocmre (see "
+                                 f"docs/experiments.md); only {off!r} is still read")
+
+
+def _frozen_prefix(data: dict[str, Any]) -> None:
+    """An older config's frozen_word_embeddings / trainable_markers / marker_init as the frozen_text_layers they
+    now follow from (only the combinations the recipe and the old defaults used)."""
+    old = {k: data.pop(k) for k in ("frozen_word_embeddings", "trainable_markers", "marker_init") if k in data}
+    if not old:
+        return
+    layers = data.setdefault("frozen_text_layers", 0)  # the old default
+    markers = old.get("marker_init")
+    nothing_frozen = (layers == 0 and not old.get("frozen_word_embeddings", False)
+                      and old.get("trainable_markers", True) and markers is None)
+    prefix = (isinstance(layers, int) and layers >= 1 and not old.get("trainable_markers", True)
+              and markers is not None and tuple(markers) == MARKER_WORDS)
+    if not (nothing_frozen or prefix):
+        raise ValueError(f"model: frozen_word_embeddings / trainable_markers / marker_init {old} with "
+                         f"frozen_text_layers={layers}: these follow from frozen_text_layers now (N >= 1: the word "
+                         f"embeddings, the markers (from {' '.join(MARKER_WORDS)}) and the N lowest layers fixed; "
+                         "0: the whole encoder trains); other combinations were removed (docs/experiments.md)")
 
 
 class ModelConfig(BaseModel):
-    """Everything that determines a model's architecture and its retrieval behaviour."""
+    """The architecture of a relation model (``RunConfig.model``); the defaults are the recommended recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,36 +76,22 @@ class ModelConfig(BaseModel):
     # backbones
     text_backbone: str = "minilm-l6"
     vision_backbone: str = "efficientnet-lite0"
-    vision_dim: int | None = None  # filled in from the vision backbone when the model is built
-    num_regions: int | None = None
     # structural prompts
     entity_tagger: Literal["spacy", "none"] = "spacy"
     use_types: bool = True
     use_positions: bool = True
     max_length: int = Field(128, ge=16)
-    # image branch
+    # image branch: the image, and up to max_crops visual-grounding crops (0: none)
     use_image: bool = True
-    use_crops: bool = True
     max_crops: int = Field(3, ge=0)
     # fusion and pair head
     fusion_layers: int = Field(2, ge=0)
-    # the pretrained word-embedding table is not trained, only the rows of the added entity markers: no dense
-    # gradient over the table and no optimizer update of it, a cheaper step on a CPU (benchmarks/cpu_speed.md)
-    frozen_word_embeddings: bool = False
-    # the text encoder's embeddings (but the marker rows) and its first N layers are not trained (N >= 1): a
-    # cheaper backward pass on a CPU (benchmarks/cpu_speed.md); 0 trains the whole encoder
-    frozen_text_layers: int = Field(0, ge=0)
-    # false: the entity-marker rows are fixed too. With frozen_text_layers = N, nothing below layer N then trains:
-    # those layers run without dropout and without a backward pass, and training computes their output once per
-    # record (train.cache_frozen_states); a fixed marker should start from a meaningful word (marker_init)
-    trainable_markers: bool = True
-    # one pretrained word (a single word piece) per marker <h> </h> <t> </t>, whose embedding the marker's row
-    # starts from; None: the text encoder's default initialisation of added tokens
-    marker_init: list[str] | None = None
-    fusion_heads: int | None = None
+    # N >= 1: a frozen prefix: the word embeddings, the entity markers (starting from the words MARKER_WORDS) and
+    # the N lowest text layers take no gradient, so training computes their output once per record
+    # (train.cache_frozen_states) and runs no backward pass below layer N (docs/speed.md); 0 trains the whole encoder
+    frozen_text_layers: int = Field(2, ge=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)
-    pair_activation: Literal["gelu", "tanh", "relu"] = "gelu"
     # "markers": the pair vector is a learned map of the head and tail markers' states; "markers_plus_mean": the
     # text's mean-pooled states plus a learned residual of the markers' states that starts at zero (needs pair_dim
     # equal to the text encoder's width), so training starts from the pretrained sentence vector, the space of a
@@ -65,8 +104,6 @@ class ModelConfig(BaseModel):
     # name, with a warning and "method": "label-name" in its provenance, or stop ("error")
     missing_descriptions: Literal["error", "label_name"] = "label_name"
     max_descriptions: int | None = Field(None, ge=1)
-    description_pooling: Literal["mean", "max"] = "mean"
-    separate_description_encoder: bool = False
     # a frozen copy of the pretrained text encoder describes the relations (only the projection trains): the
     # description space stays anchored to the sentence encoder, and description states are computed once
     freeze_description_encoder: bool = False
@@ -74,41 +111,80 @@ class ModelConfig(BaseModel):
     # map; needs pair_dim equal to the text encoder's width): with a frozen tower, the pair encoder must land in
     # the pretrained sentence space, where a relation never trained on is described as well as the others
     description_projection: Literal["learned", "identity"] = "learned"
-    description_max_length: int = Field(48, ge=8)
-    # contrastive retrieval
-    temperature: float = Field(0.05, gt=0.0)
-    learnable_temperature: bool = True
-    # additive margin (as CosFace): in the training loss only, the gold relation's cosine is lowered by this much
-    # before the temperature, so a pair must beat every other relation's descriptions by at least the margin
-    cosine_margin: float = Field(0.0, ge=0.0, lt=1.0)
-    pair_pair_weight: float = Field(0.0, ge=0.0)
-    pair_pair_temperature: float = Field(0.1, gt=0.0)
-    # few-shot relations (prediction only): a relation added with labelled examples scores
-    # (1 - w) * description score + w * cosine to the mean of its examples' normalised pair vectors; 0.1 is the
-    # weight best on validation over every record in benchmarks/results/zero_shot.md (0.5 cost trained relations
-    # 25-30 F1 points); models trained before keep the weight saved in their config
-    prototype_weight: float = Field(0.1, ge=0.0, le=1.0)
-    # prototypes reorder the relations without lifting them as a whole over None: per pair, the mean change they made
-    # over the non-None relations is taken off again (pair-to-prototype cosines run higher than pair-to-description
-    # ones, so an uncentred mix answers None less often). Pays when every relation has examples (zero_shot.md)
-    prototype_centering: bool = False
-    type_constraint: bool = False
-    type_penalty: float = Field(0.2, ge=0.0)
-    # which relations the type prior (type_constraint) penalises: "all", or only those "added" without training
-    # (not in trained_labels; for a model saved before that field, those added with RelationExtractor.add_relations):
-    # the trained relations learned their types from data, and a wrongly tagged entity costs them right answers;
-    # "added_vs_trained": every relation, but only to decide whether an added relation beats the trained ones (the
-    # trained relations keep their own order and None decision; rocmre.modeling.decision)
-    type_prior_scope: TypePriorScope = "all"
-    # prediction only: the untrained sentence encoder as the decision path's second stage
-    # (RelationExtractor.use_sentence_prior), saved with the model; None: off. The view is what it reads of a pair
-    # (SentenceView); the backbone None means the model's text backbone
-    sentence_prior_weight: float | None = Field(None, ge=0.0, le=1.0)
-    sentence_prior_view: SentenceView = "plain"
-    sentence_prior_backbone: str | None = None
-    none_margin: float = 0.0
-    # label set (filled in at training time)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_config(cls, data: Any) -> Any:
+        """Read the config of an older rocmre: removed settings at their "off" value are dropped (others refused),
+        merged ones are mapped, and decision settings and fitted state it kept here are refused or dropped."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        check_removed(data, "model", REMOVED)
+        _frozen_prefix(data)
+        if data.pop("use_crops", True) is False:
+            data["max_crops"] = 0
+        defaults = DecisionConfig()
+        for field, key in LEGACY_DECISION_KEYS.items():
+            if key in data and key not in cls.model_fields:
+                value = data.pop(key)
+                if value != getattr(defaults, field):
+                    raise ValueError(f"model.{key}={value!r} is a decision setting now: set it on the trained model "
+                                     f"(RelationExtractor.set_decision({field}=...), saved as decision_config.json)")
+        for key in FITTED:
+            if key in data and key not in cls.model_fields:
+                value = data.pop(key)
+                if key in ("vision_dim", "num_regions") and value is not None:
+                    raise ValueError(f"model.{key} is filled in from the vision backbone now, not configured")
+        return data
+
+    @property
+    def marker_init(self) -> tuple[str, ...] | None:
+        """The words the entity markers start from: :data:`MARKER_WORDS` in a frozen prefix, else ``None`` (the
+        text encoder's initialisation of added tokens)."""
+        return MARKER_WORDS if self.frozen_text_layers else None
+
+
+class TrainedModelConfig(ModelConfig):
+    """A model's ``config.json``: its architecture and what training filled in (not configured by a user)."""
+
+    vision_dim: int | None = None  # from the vision backbone when the model is built
+    num_regions: int | None = None
     labels: list[str] = Field(default_factory=list)
-    # the relations the model was trained on (filled in at training time; empty for models saved before)
+    # the relations the model was trained on (empty for models saved before this field)
     trained_labels: list[str] = Field(default_factory=list)
     negative_label: str = "None"
+
+
+class DecisionConfig(BaseModel):
+    """How a model's scores become answers (:mod:`rocmre.modeling.decision`), saved beside the weights as
+    ``decision_config.json``. Frozen: change it with ``RelationExtractor.set_decision(**changes)``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # a soft entity-type prior: a relation whose head/tail type signature the tagged types contradict loses
+    # type_penalty per side (ROC); it helps relations added with type signatures compete (zero_shot.md)
+    type_prior: bool = False
+    type_penalty: float = Field(0.2, ge=0.0)
+    # "all" relations, or "added_vs_trained": every relation, but only to decide whether a relation added without
+    # training (not in trained_labels) beats the trained ones, which keep their own order and None decision
+    type_prior_scope: TypePriorScope = "all"
+    # added to the negative label's score; tuned on validation by training (RelationExtractor.tune_none_margin)
+    none_margin: float = 0.0
+    # few-shot relations: a relation added with labelled examples scores (1 - w) * description score + w * cosine
+    # to the mean of its examples' pair vectors; 0.1 is best on validation (benchmarks/results/zero_shot.md)
+    prototype_weight: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("type_prior_scope", mode="before")
+    @classmethod
+    def _scope(cls, value: Any) -> Any:
+        scopes = get_args(TypePriorScope)
+        if value not in scopes:
+            raise ValueError(f"type_prior_scope must be one of {', '.join(scopes)}, not {value!r}")
+        return value
+
+    @classmethod
+    def from_legacy(cls, config: dict[str, Any]) -> DecisionConfig:
+        """The decision settings an older ``config.json`` kept among the model's (``config`` is left as it is)."""
+        return cls.model_validate({field: config[key] for field, key in LEGACY_DECISION_KEYS.items()
+                                   if key in config})

@@ -6,17 +6,17 @@ CLI and the service) turns scores into relations through :class:`DecisionRule`, 
 0. **relation offsets** (optional): each relation's ``score_offset`` (stored with its descriptions; 0 unless set,
    see :func:`tune_added_offset`) is added to its score;
 1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
-   ``type_penalty`` per contradicted side: all relations (scope ``all``), only those added without training
-   (``added``: ``type_prior_relations``, from the model's ``type_prior_scope``), or all of them but only to decide
-   whether an added relation beats the trained ones (``added_vs_trained``: the trained relations keep their own
-   scores, so their order and their None decision are the model's; an added relation's score is the best trained
-   score plus its lead over the best trained relation with the prior on, see :meth:`DecisionRule.prior_scores`);
+   ``type_penalty`` per contradicted side: all relations (scope ``all``), or all of them but only to decide
+   whether a relation added without training beats the trained ones (``added_vs_trained``: the trained relations
+   keep their own scores, so their order and their None decision are the model's; an added relation's score is the
+   best trained score plus its lead over the best trained relation with the prior on, see
+   :meth:`DecisionRule.prior_scores`);
 2. **None margin**: the validation-tuned margin is added to the negative relation's score; a relation with an extra
    ``none_margin`` (0 unless set: a relation added without retraining may have to clear a higher bar than the
    trained ones) that does not beat that score by its extra margin cannot be the answer (step 4);
 3. **second stage** (optional): a :class:`SecondStageScorer` re-scores each record's top ``rerank_top_k``
-   relations, the negative label excluded (for example a cross-encoder over the marked text and each candidate's
-   description, :mod:`rocmre.modeling.reranker`); it may only reorder them: the block keeps the first stage's best
+   relations, the negative label excluded (a plug-in, for example a cross-encoder over the marked text and each
+   candidate's description); it may only reorder them: the block keeps the first stage's best
    score at its top, so the None decision is the first stage's, and the other relations are shifted below it;
 4. **gate**: the relations that failed their extra None margin in step 2 are capped just below the negative
    label's score, so the answer is the best of the others (the negative label included);
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from rocmre.data.entity_types import ENTITY_TYPES
-from rocmre.modeling.config import TypePriorScope
+from rocmre.modeling.config import DecisionConfig
 
 
 class SecondStageScorer(Protocol):
@@ -117,7 +117,7 @@ class DecisionRule:
                  type_compatibility: np.ndarray | None = None, second_stage: SecondStageScorer | None = None,
                  rerank_top_k: int = 5, relation_offsets: Sequence[float] | None = None,
                  relation_none_margins: Sequence[float] | None = None,
-                 type_prior_relations: Sequence[bool] | None = None, type_prior_contest: bool = False) -> None:
+                 added_relations: Sequence[bool] | None = None) -> None:
         self.labels = list(labels)
         self.negative_label = negative_label
         self.none_margin = float(none_margin)
@@ -128,16 +128,13 @@ class DecisionRule:
         self.rerank_top_k = rerank_top_k
         self.relation_offsets = self._per_relation(relation_offsets, "relation_offsets")
         self.relation_none_margins = self._per_relation(relation_none_margins, "relation_none_margins")
-        # the relations the type prior applies to (None: all of them)
-        self.type_prior_relations = (None if type_prior_relations is None
-                                     else np.asarray(type_prior_relations, dtype=bool).reshape(-1))
-        if self.type_prior_relations is not None and self.type_prior_relations.shape != (len(self.labels),):
-            raise ValueError(f"type_prior_relations has shape {self.type_prior_relations.shape}, expected "
+        # the relations added without training (scope added_vs_trained): the prior only decides whether they beat
+        # the trained ones (None: the prior applies to every relation)
+        self.added_relations = (None if added_relations is None
+                                else np.asarray(added_relations, dtype=bool).reshape(-1))
+        if self.added_relations is not None and self.added_relations.shape != (len(self.labels),):
+            raise ValueError(f"added_relations has shape {self.added_relations.shape}, expected "
                              f"({len(self.labels)},)")
-        # with type_prior_relations: the prior only decides whether those relations beat the others
-        self.type_prior_contest = bool(type_prior_contest)
-        if self.type_prior_contest and self.type_prior_relations is None:
-            raise ValueError("type_prior_contest needs type_prior_relations (the relations added without training)")
         if type_constraint and type_compatibility is None:
             raise ValueError("type_constraint needs the relations' type compatibility table")
 
@@ -152,30 +149,30 @@ class DecisionRule:
 
     @classmethod
     def from_model(cls, model: Any, second_stage: SecondStageScorer | None = None, rerank_top_k: int = 5, *,
-                   type_prior: bool | None = None, type_prior_scope: str | None = None,
-                   none_margin: float | None = None) -> DecisionRule:
-        """The rule a :class:`~rocmre.modeling.model.RelationModel` was tuned with (its config holds the margin);
-        ``type_prior``, ``type_prior_scope`` and ``none_margin`` override the config's (None: as saved)."""
+                   decision: DecisionConfig | None = None, **changes: Any) -> DecisionRule:
+        """The rule of a :class:`~rocmre.modeling.model.RelationModel`: its ``decision`` settings (or
+        ``decision``), with ``changes`` to them (:class:`DecisionConfig` fields; None: as saved)."""
         cfg = model.config
-        prior = cfg.type_constraint if type_prior is None else type_prior
-        constrained = bool(prior and cfg.model_type == "roc")
-        scope = cfg.type_prior_scope if type_prior_scope is None else check_type_prior_scope(type_prior_scope)
-        return cls(model.relation_labels, cfg.negative_label,
-                   none_margin=cfg.none_margin if none_margin is None else none_margin,
-                   type_constraint=constrained, type_penalty=cfg.type_penalty,
+        d = decision if decision is not None else model.decision
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if changes:
+            d = DecisionConfig.model_validate({**d.model_dump(), **changes})
+        constrained = bool(d.type_prior and cfg.model_type == "roc")
+        scope = d.type_prior_scope
+        return cls(model.relation_labels, cfg.negative_label, none_margin=d.none_margin,
+                   type_constraint=constrained, type_penalty=d.type_penalty,
                    type_compatibility=model.type_compatibility().numpy() if constrained else None,
                    second_stage=second_stage, rerank_top_k=rerank_top_k,
                    relation_offsets=model_numbers(model, "score_offset"),
                    relation_none_margins=model_numbers(model, "none_margin"),
-                   type_prior_relations=model.added_relations() if constrained and scope != "all" else None,
-                   type_prior_contest=constrained and scope == "added_vs_trained")
+                   added_relations=model.added_relations() if constrained and scope == "added_vs_trained" else None)
 
     # -- the steps ----------------------------------------------------------------------------
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
                      tail_types: np.ndarray | None) -> np.ndarray:
         """Model scores with the relation offsets and the type prior applied (no margin).
 
-        In the ``added_vs_trained`` scope (``type_prior_contest``), with ``P`` the scores with the prior on every
+        In the ``added_vs_trained`` scope (``added_relations`` given), with ``P`` the scores with the prior on every
         relation and ``S`` without it: the trained relations keep ``S``, and an added relation ``a`` gets
         ``P[a] - max P[trained] + max S[trained]`` (trained: not added, not the negative label). So an added
         relation ranks above the trained ones exactly when it does with the prior on every relation, and where no
@@ -189,16 +186,13 @@ class DecisionRule:
             ok = self.type_compatibility  # (R, 2, T)
             head_bad = ~ok[:, 0, :][:, head_types].T  # (N, R)
             tail_bad = ~ok[:, 1, :][:, tail_types].T
-            if self.type_prior_relations is not None and not self.type_prior_contest:
-                head_bad &= self.type_prior_relations
-                tail_bad &= self.type_prior_relations
             penalised = scores - self.type_penalty * (head_bad.astype(np.float64) + tail_bad.astype(np.float64))
-            scores = self._contest(scores, penalised) if self.type_prior_contest else penalised
+            scores = self._contest(scores, penalised) if self.added_relations is not None else penalised
         return scores
 
     def _contest(self, plain: np.ndarray, penalised: np.ndarray) -> np.ndarray:
         """The ``added_vs_trained`` scores (see :meth:`prior_scores`) from the scores without and with the prior."""
-        added = self.type_prior_relations
+        added = self.added_relations
         trained = ~added
         if self.negative_label in self.labels:
             trained[self.labels.index(self.negative_label)] = False
@@ -296,8 +290,6 @@ class DecisionRule:
         Every candidate margin goes through :meth:`decide` (``records`` are passed on to a second stage), so the
         tuned answer is the one predictions give. Ties go to the margin closest to zero.
         """
-        from rocmre.evaluation.metrics import evaluate_predictions
-
         prior = self.prior_scores(model_scores, head_types, tail_types)
         scale = float(np.std(prior)) or 1.0
         grid = grid if grid is not None else np.linspace(-1.0, 1.0, 41) * scale
@@ -305,21 +297,10 @@ class DecisionRule:
         for m in sorted(np.asarray(grid, dtype=np.float64).tolist(), key=abs):
             pred = self.decide(model_scores, head_types, tail_types, best_description, records,
                                none_margin=m).predictions
-            f1 = evaluate_predictions(list(gold), pred, self.negative_label).f1
+            f1 = micro_prf(list(gold), pred, self.negative_label)[2]
             if f1 > best[1] + 1e-12:
                 best = (float(m), f1)
         return best
-
-
-#: whom the type prior penalises (``ModelConfig.type_prior_scope``; see step 1 of the module docstring)
-TYPE_PRIOR_SCOPES: tuple[str, ...] = get_args(TypePriorScope)
-
-
-def check_type_prior_scope(scope: str) -> str:
-    """``scope`` if it is one of :data:`TYPE_PRIOR_SCOPES`, else a ``ValueError`` naming them."""
-    if scope not in TYPE_PRIOR_SCOPES:
-        raise ValueError(f"type_prior_scope must be one of {', '.join(TYPE_PRIOR_SCOPES)}, not {scope!r}")
-    return scope
 
 
 def model_numbers(model: Any, key: str) -> list[float] | None:
@@ -353,17 +334,15 @@ def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[
     Offsets are tried from the one closest to zero; when none keeps the drop within ``max_drop``, the one with the
     smallest drop is returned.
     """
-    from rocmre.evaluation.metrics import evaluate_predictions
-
     keep = [i for i, g in enumerate(gold) if g not in added]
     if len(before) != len(gold):
         raise ValueError(f"{len(before)} answers before adding for {len(gold)} gold labels")
     gold_kept = [gold[i] for i in keep]
-    f1_before = evaluate_predictions(gold_kept, [before[i] for i in keep], negative_label).f1
+    f1_before = micro_prf(gold_kept, [before[i] for i in keep], negative_label)[2]
     best: tuple[float, float] | None = None
     for offset in sorted((float(x) for x in grid), key=abs):
         pred = predict(offset)
-        drop = 100.0 * (f1_before - evaluate_predictions(gold_kept, [pred[i] for i in keep], negative_label).f1)
+        drop = 100.0 * (f1_before - micro_prf(gold_kept, [pred[i] for i in keep], negative_label)[2])
         if drop <= max_drop:
             return offset, drop
         if best is None or drop < best[1] - 1e-12:
@@ -371,3 +350,22 @@ def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[
     if best is None:
         raise ValueError("the offset grid is empty")
     return best
+
+
+def prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 from true positives, predicted and gold positives."""
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return p, r, f
+
+
+def micro_prf(gold: Sequence[str], pred: Sequence[str], negative_label: str) -> tuple[float, float, float]:
+    """Micro P/R/F1 over non-negative instances, as the MRE field scores (:mod:`rocmre.evaluation.metrics`): a
+    prediction is positive when it is not the negative label, correct when it equals a non-negative gold label."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
+    n_pred = sum(p != negative_label for p in pred)
+    n_gold = sum(g != negative_label for g in gold)
+    tp = sum(p == g and g != negative_label for g, p in zip(gold, pred, strict=True))
+    return prf(tp, n_pred, n_gold)

@@ -1,11 +1,11 @@
-"""Training only part of the text encoder (cheaper steps on a CPU; benchmarks/cpu_speed.md).
+"""Training only part of the text encoder (cheaper steps on a CPU; docs/speed.md).
 
 * :class:`AddedRowsEmbedding`: the pretrained word-embedding table stays fixed while the rows of tokens added to
   the vocabulary (the entity markers) train. The step then has no dense gradient over the whole table and no
   optimizer update of its ~11.7M entries (MiniLM); it saves and loads as the ordinary ``weight``.
 * :func:`freeze_lower_layers`: the embeddings and the lowest N transformer layers are not trained (the added
   rows still are, unless they are fixed too).
-* A *frozen prefix*: with the marker rows fixed as well (``model.trainable_markers: false``), nothing below layer N
+* A *frozen prefix* (``model.frozen_text_layers = N``): with the marker rows fixed as well, nothing below layer N
   trains. Those layers then run as a fixed feature extractor (no dropout, no backward pass), and their output for a
   given input never changes: :func:`run_lower_layers` computes it, :func:`run_upper_layers` continues from it, and
   the trainer computes it once per training record (``train.cache_frozen_states``).

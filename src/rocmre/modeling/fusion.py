@@ -11,8 +11,6 @@ from rocmre.modeling.freezing import run_upper_layers
 from rocmre.modeling.lean_encoder import LeanBertForward, lean_forward_supported
 from rocmre.modeling.packed_linear import PackedLinears
 
-ACTIVATIONS = {"gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU}
-
 # kinds of image token
 POOLED, REGION, CROP, OBJECT, NO_IMAGE = range(5)
 
@@ -88,7 +86,7 @@ class MultimodalPairEncoder(nn.Module):
         self.image_tokens = (ImageTokenizer(vision_dim, num_regions, hidden, config.dropout)
                              if config.use_image else None)
         if config.fusion_layers > 0:
-            heads = config.fusion_heads or max(1, hidden // 64)
+            heads = max(1, hidden // 64)
             layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, config.dropout, activation="gelu",
                                                batch_first=True, norm_first=True)
             self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
@@ -105,10 +103,10 @@ class MultimodalPairEncoder(nn.Module):
             nn.init.zeros_(residual.weight)
             nn.init.zeros_(residual.bias)
             self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, hidden),
-                                      ACTIVATIONS[config.pair_activation](), residual)
+                                      nn.GELU(), residual)
         else:
             self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim),
-                                      ACTIVATIONS[config.pair_activation]())
+                                      nn.GELU())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, pair_dim) entity-pair vectors."""

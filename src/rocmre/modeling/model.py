@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,13 @@ from torch import nn
 
 from rocmre.data.entity_types import ENTITY_TYPES
 from rocmre.descriptions.store import RelationDescriptions, example_to_pair, fill_template, is_template
-from rocmre.modeling.config import ModelConfig
+from rocmre.modeling.config import (
+    DESCRIPTION_MAX_LENGTH,
+    LEGACY_DECISION_KEYS,
+    DecisionConfig,
+    ModelConfig,
+    TrainedModelConfig,
+)
 from rocmre.modeling.freezing import (
     freeze_lower_layers,
     freeze_marker_rows,
@@ -35,11 +40,13 @@ from rocmre.modeling.freezing import (
     run_upper_layers,
 )
 from rocmre.modeling.fusion import MultimodalPairEncoder, mean_pool
+from rocmre.modeling.losses import LEGACY_TEMPERATURE_KEY, default_loss
 from rocmre.modeling.prompting import MARKERS
 
 KNOWN_VISION_SHAPES = {"efficientnet-lite0": (1280, 49)}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+DECISION_NAME = "decision_config.json"
 DESCRIPTIONS_NAME = "descriptions.json"
 TEXT_ENCODER_DIR = "text_encoder"
 #: filled description templates kept encoded at prediction time (the oldest are dropped beyond this)
@@ -58,11 +65,6 @@ def fix_identity(linear: nn.Linear) -> None:
     linear.requires_grad_(False)
 
 
-def margin_logits(cosine: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """``cosine`` (B, R) with each row's gold relation lowered by ``margin`` (``model.cosine_margin``)."""
-    return cosine - margin * F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
-
-
 @dataclass
 class RelationModelOutput:
     """What a forward pass returns."""
@@ -79,20 +81,10 @@ def multi_description_rows(index: torch.Tensor, n_rel: int) -> torch.Tensor:
     return torch.nonzero(torch.bincount(index, minlength=n_rel)[index] > 1).squeeze(1)
 
 
-def best_description_index(sims: torch.Tensor, index: torch.Tensor, n_rel: int) -> torch.Tensor:
-    """(B, R) position, within its relation, of each relation's best-matching description (first on ties).
-
-    ``sims`` (B, M) are the pair-description similarities, ``index`` (M,) the grouped relation of each row.
-    Only relations with several descriptions are searched (the rest answer 0), so thousands of one-description
-    relations add almost nothing.
-    """
-    rows = multi_description_rows(index, n_rel)
-    return best_among_rows(sims[:, rows], index[rows], n_rel)
-
-
 def best_among_rows(sub: torch.Tensor, sub_index: torch.Tensor, n_rel: int) -> torch.Tensor:
-    """:func:`best_description_index` over the rows of :func:`multi_description_rows` only (``sub`` (B, K), their
-    grouped relations ``sub_index`` (K,)); every other relation answers 0."""
+    """(B, R) position, within its relation, of each relation's best-matching description (first on ties), from
+    the similarities ``sub`` (B, K) to the rows of :func:`multi_description_rows` only (their grouped relations
+    ``sub_index`` (K,)); every other relation answers 0, so one-description relations add almost nothing."""
     bsz, device = sub.shape[0], sub.device
     best = torch.zeros((bsz, n_rel), dtype=torch.long, device=device)
     if len(sub_index) == 0:
@@ -112,35 +104,24 @@ def best_among_rows(sub: torch.Tensor, sub_index: torch.Tensor, n_rel: int) -> t
     return best.index_copy(1, rel_ids, found)
 
 
-def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """In-batch pair-pair term: pairs with the same relation attract, others repel (SupCon)."""
-    sim = z @ z.T / temperature
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(eye, -1e4)
-    positives = (labels[:, None] == labels[None, :]) & ~eye
-    has_pos = positives.any(1)
-    if not has_pos.any():
-        return z.sum() * 0.0
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    mean_pos = (log_prob * positives).sum(1) / positives.sum(1).clamp(min=1)
-    return -mean_pos[has_pos].mean()
-
-
 class RelationModel(nn.Module):
     """ROC or classifier over a multimodal entity-pair encoder. Use :meth:`build` or :meth:`from_pretrained`."""
 
-    def __init__(self, config: ModelConfig, text_model: nn.Module, tokenizer, descriptions: RelationDescriptions):
+    def __init__(self, config: TrainedModelConfig, text_model: nn.Module, tokenizer, descriptions: RelationDescriptions,
+                 *, loss: nn.Module | None = None, decision: DecisionConfig | None = None) -> None:
+        """``loss`` turns scores into logits and the training loss (default: :func:`default_loss` of the model
+        type); ``decision`` is how scores become answers (default: :class:`DecisionConfig`'s)."""
         super().__init__()
+        # the first submodule, so that its parameters come first (the order the optimizer and clipping see)
+        self.loss = loss if loss is not None else default_loss(config.model_type)
+        self.decision = decision if decision is not None else DecisionConfig()
         if config.vision_dim is None or config.num_regions is None:
             raise ValueError("config.vision_dim and config.num_regions must be set (use RelationModel.build)")
         self.config = config
         self.tokenizer = tokenizer
-        if config.frozen_word_embeddings or config.frozen_text_layers or not config.trainable_markers:
-            marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
-            freeze_word_embeddings(text_model, min(marker_ids))
-        if not config.trainable_markers:
+        if config.frozen_text_layers:  # the word embeddings, the markers and the lowest layers
+            freeze_word_embeddings(text_model, min(tokenizer.convert_tokens_to_ids(list(MARKERS))))
             freeze_marker_rows(text_model)
-        if config.frozen_text_layers:
             freeze_lower_layers(text_model, config.frozen_text_layers)
         #: the first N text layers (embeddings included) take no gradient at all: run as a fixed feature extractor
         self.frozen_prefix_layers = frozen_prefix_layers(text_model, config.frozen_text_layers)
@@ -148,15 +129,12 @@ class RelationModel(nn.Module):
         hidden = self.encoder.hidden
         self.descriptions = descriptions
         if config.model_type == "roc":
-            separate = config.separate_description_encoder or config.freeze_description_encoder
-            self.description_encoder = copy.deepcopy(text_model) if separate else None
-            if config.freeze_description_encoder:  # anchored to the pretrained sentence space: never trained
-                self.description_encoder.requires_grad_(False)
+            # a frozen copy of the text encoder anchors the descriptions to the pretrained sentence space
+            self.description_encoder = (copy.deepcopy(text_model).requires_grad_(False)
+                                        if config.freeze_description_encoder else None)
             self.description_projection = nn.Linear(hidden, config.pair_dim)
             if config.description_projection == "identity":
                 fix_identity(self.description_projection)
-            self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)),
-                                                        requires_grad=config.learnable_temperature)
             self.classifier = None
         else:
             self.classifier = nn.Linear(config.pair_dim, len(config.labels))
@@ -169,8 +147,6 @@ class RelationModel(nn.Module):
         self._prefix_states: dict[str, torch.Tensor] = {}
         #: whether training keeps those states (the trainer sets ``train.cache_frozen_states``)
         self.cache_frozen_states = True
-        # added to the logits inside the training loss only (train.logit_adjustment; set by the trainer, not saved)
-        self.loss_logit_offsets: torch.Tensor | None = None
         # prediction only: vectors of filled description templates, few-shot prototypes per relation
         # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
         self._filled_vectors: dict[str, torch.Tensor] = {}
@@ -236,18 +212,16 @@ class RelationModel(nn.Module):
     def _pooled(self, texts: list[str]) -> torch.Tensor:
         """Mean-pooled encoder states (M, H) of description texts (with gradients unless the tower is frozen)."""
         device = self.description_projection.weight.device
-        frozen = self.config.freeze_description_encoder
-        if frozen:
+        if self.config.freeze_description_encoder:
             self._encode_frozen(texts)
             return torch.stack([self._pooled_states[t] for t in texts]).to(device)
-        model = self.description_encoder if self.description_encoder is not None else self.encoder.text_model
-        if (self.training and self.frozen_prefix_layers and self.cache_frozen_states
-                and model is self.encoder.text_model):
+        model = self.encoder.text_model
+        if self.training and self.frozen_prefix_layers and self.cache_frozen_states:
             # the frozen prefix's output for a description text never changes: computed once, like the pairs'
             states, mask = self._description_prefix_states(texts, device)
             hidden = run_upper_layers(model, states, mask, self.frozen_prefix_layers)
         else:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.description_max_length,
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=DESCRIPTION_MAX_LENGTH,
                                  return_tensors="pt").to(device)
             mask = enc["attention_mask"]
             hidden = model(input_ids=enc["input_ids"], attention_mask=mask).last_hidden_state
@@ -265,7 +239,7 @@ class RelationModel(nn.Module):
         missing = list(dict.fromkeys(t for t in texts if t not in kept))
         if missing:
             enc = self.tokenizer(missing, padding=True, truncation=True,
-                                 max_length=self.config.description_max_length, return_tensors="pt").to(device)
+                                 max_length=DESCRIPTION_MAX_LENGTH, return_tensors="pt").to(device)
             states = run_lower_layers(self.encoder.text_model, enc["input_ids"], enc["attention_mask"],
                                       self.frozen_prefix_layers)
             for t, row, m in zip(missing, states, enc["attention_mask"], strict=True):
@@ -286,7 +260,7 @@ class RelationModel(nn.Module):
         for start in range(0, len(missing), 64):
             chunk = missing[start:start + 64]
             enc = self.tokenizer(chunk, padding=True, truncation=True,
-                                 max_length=self.config.description_max_length, return_tensors="pt").to(device)
+                                 max_length=DESCRIPTION_MAX_LENGTH, return_tensors="pt").to(device)
             hidden = self.description_encoder(input_ids=enc["input_ids"],
                                               attention_mask=enc["attention_mask"]).last_hidden_state
             for t, v in zip(chunk, mean_pool(hidden.float(), enc["attention_mask"]), strict=True):
@@ -370,44 +344,31 @@ class RelationModel(nn.Module):
         Vectorised over relations, so scoring against thousands of relations costs one matrix product.
         """
         n_rel = len(self.relation_labels)
-        bsz = pairs.shape[0]
-        if self.config.description_pooling == "mean":
-            cached = self._centre_cache
-            if not self.training and cached is not None and cached[0] is desc:
-                _, centres, multi_desc, multi_index = cached
-            else:
-                centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
-                                      .index_add(0, index, desc), dim=-1)
-                multi = multi_description_rows(index, n_rel)  # only they have a best description to find
-                multi_desc, multi_index = desc[multi], index[multi]
-                self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
-                                                                 multi_index)
-            scores = pairs @ centres.T.to(pairs.dtype)
-            with torch.no_grad():
-                best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
-            return scores, best
-        sims = pairs @ desc.T  # (B, M)
-        scores = torch.full((bsz, n_rel), -2.0, device=pairs.device, dtype=sims.dtype).scatter_reduce(
-            1, index.expand(bsz, -1), sims, reduce="amax", include_self=False)
+        cached = self._centre_cache
+        if not self.training and cached is not None and cached[0] is desc:
+            _, centres, multi_desc, multi_index = cached
+        else:
+            centres = F.normalize(torch.zeros(n_rel, desc.shape[1], device=desc.device, dtype=desc.dtype)
+                                  .index_add(0, index, desc), dim=-1)
+            multi = multi_description_rows(index, n_rel)  # only they have a best description to find
+            multi_desc, multi_index = desc[multi], index[multi]
+            self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
+                                                             multi_index)
+        scores = pairs @ centres.T.to(pairs.dtype)
         with torch.no_grad():
-            best = best_description_index(sims, index, n_rel)
+            best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
         return scores, best
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the relations, on logit-adjusted logits when ``loss_logit_offsets`` is set."""
-        if self.loss_logit_offsets is not None:
-            logits = logits + self.loss_logit_offsets.to(device=logits.device, dtype=logits.dtype)
-        return F.cross_entropy(logits, labels)
 
     def forward(self, batch: dict[str, torch.Tensor], descriptions_per_relation: int | None = None,
                 generator: torch.Generator | None = None, refresh_descriptions: bool = True) -> RelationModelOutput:
-        """Scores of each pair over the relations; with ``labels`` in the batch, the training loss too."""
+        """Scores of each pair over the relations; with ``labels`` in the batch, the training loss (the model's
+        ``loss`` module) too."""
         pairs = self.encode_pairs(batch)
         labels = batch.get("labels")
         if self.classifier is not None:
-            logits = self.classifier(pairs)
-            loss = self._loss(logits, labels) if labels is not None else None
-            return RelationModelOutput(logits, logits, pairs, loss)
+            scores = self.classifier(pairs)
+            logits, loss = self.loss(scores, labels)
+            return RelationModelOutput(logits, scores, pairs, loss)
         pairs_n = F.normalize(pairs, dim=-1)
         desc, index = self.description_vectors(descriptions_per_relation if self.training else None, generator,
                                                refresh=refresh_descriptions)
@@ -416,15 +377,7 @@ class RelationModel(nn.Module):
         if not self.training:  # prediction only: description templates, then few-shot prototypes
             cosine, best = self._template_scores(batch, pairs_n, desc, cosine, best)
             cosine = self._with_prototypes(pairs_n, cosine)
-        inv_t = self.log_inverse_temperature.exp().clamp(max=100.0)
-        logits = cosine * inv_t
-        loss = None
-        if labels is not None:
-            margin = self.config.cosine_margin
-            loss = self._loss(logits if not margin else margin_logits(cosine, labels, margin) * inv_t, labels)
-            if self.config.pair_pair_weight > 0:
-                loss = loss + self.config.pair_pair_weight * supervised_contrastive(
-                    pairs_n, labels, self.config.pair_pair_temperature)
+        logits, loss = self.loss(cosine, labels)
         return RelationModelOutput(logits, cosine, pairs_n, loss, best)
 
     # -- prediction: description templates and few-shot prototypes -----------------------------
@@ -471,7 +424,7 @@ class RelationModel(nn.Module):
                 for start in range(0, len(missing), 256):
                     chunk = missing[start:start + 256]
                     enc = self.tokenizer(chunk, padding=True, truncation=True,
-                                         max_length=self.config.description_max_length, return_tensors="pt").to(device)
+                                         max_length=DESCRIPTION_MAX_LENGTH, return_tensors="pt").to(device)
                     hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
                     pooled = mean_pool(hidden.float(), enc["attention_mask"])
                     vecs = F.normalize(self.description_projection(pooled.to(self.description_projection.weight.dtype)),
@@ -494,12 +447,8 @@ class RelationModel(nn.Module):
         for r, texts in templated:
             filled = [fill_template(t, h, tl) if is_template(t) else t for h, tl in names for t in texts]
             vecs = self._encode_filled(filled).to(pairs.dtype).view(len(names), len(texts), -1)  # (B, n, D)
-            sims = torch.einsum("bnd,bd->bn", vecs, pairs)
-            if self.config.description_pooling == "mean":
-                cosine[:, r] = (F.normalize(vecs.sum(1), dim=-1) * pairs).sum(-1).to(cosine.dtype)
-            else:
-                cosine[:, r] = sims.max(1).values.to(cosine.dtype)
-            best[:, r] = sims.argmax(1)
+            cosine[:, r] = (F.normalize(vecs.sum(1), dim=-1) * pairs).sum(-1).to(cosine.dtype)
+            best[:, r] = torch.einsum("bnd,bd->bn", vecs, pairs).argmax(1)
         return cosine, best
 
     def prototype_vectors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -537,11 +486,10 @@ class RelationModel(nn.Module):
         """The normalised mean of the examples' normalised pair vectors (fp32, eval mode, no gradients)."""
         from rocmre.data.inputs import pair_to_record
 
-        if self.example_runtime is None:
-            from rocmre.modeling.runtime import ModelRuntime
-
-            self.example_runtime = ModelRuntime(self, persist_types=False)
         runtime = self.example_runtime
+        if runtime is None:
+            raise RuntimeError("relation examples are featurised by a ModelRuntime: score through one (or "
+                               "RelationExtractor), or set model.example_runtime")
         device = self.description_projection.weight.device
         was_training = self.encoder.training
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
@@ -556,55 +504,71 @@ class RelationModel(nn.Module):
         return F.normalize(z.mean(0), dim=-1)
 
     def _with_prototypes(self, pairs: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval); with
-        ``prototype_centering``, each pair's mean change over the non-None relations is subtracted from them."""
-        weight = self.config.prototype_weight
+        """``(1 - w) * description score + w * prototype score`` for the relations that have examples (eval)."""
+        weight = self.decision.prototype_weight
         proto = self.prototype_vectors() if weight > 0 else None
         if proto is None:
             return cosine
         rows, mask = proto
         proto_scores = (pairs @ rows.T.to(pairs.dtype)).to(cosine.dtype)
-        mixed = torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
-        if self.config.prototype_centering:
-            relations = torch.tensor([label != self.config.negative_label for label in self.relation_labels],
-                                     device=mixed.device)
-            shift = (mixed - cosine)[:, relations].mean(1, keepdim=True)
-            mixed = torch.where(relations, mixed - shift, mixed)
-        return mixed
+        return torch.where(mask, (1.0 - weight) * cosine + weight * proto_scores, cosine)
 
     # -- building, saving, loading ------------------------------------------------------------
     @classmethod
     def build(cls, config: ModelConfig, descriptions: RelationDescriptions | None = None,
-              cache_dir: Path | None = None) -> RelationModel:
-        """A fresh model from pretrained backbones (entity markers added to the tokenizer)."""
+              cache_dir: Path | None = None, *, labels: Sequence[str] | None = None, negative_label: str | None = None,
+              loss: nn.Module | None = None) -> RelationModel:
+        """A fresh model from pretrained backbones (entity markers added to the tokenizer): ROC over
+        ``descriptions``, or a classifier over ``labels``; ``negative_label`` as the data names it."""
         from rocmre.backbones.text import load_text_backbone
         from rocmre.modeling.features import add_marker_tokens
 
-        config = config.model_copy(deep=True)
+        config = TrainedModelConfig.model_validate(config.model_dump())
+        if negative_label is not None:
+            config.negative_label = negative_label
         backbone = load_text_backbone(config.text_backbone, cache_dir=cache_dir)
         tokenizer, text_model = backbone.tokenizer, backbone.model
         if add_marker_tokens(tokenizer):
             text_model.resize_token_embeddings(len(tokenizer))
         if config.marker_init:
-            init_marker_rows(text_model, tokenizer, MARKERS, config.marker_init)
+            init_marker_rows(text_model, tokenizer, MARKERS, list(config.marker_init))
         if config.vision_dim is None or config.num_regions is None:
             config.vision_dim, config.num_regions = vision_shape(config.vision_backbone)
         if config.model_type == "roc":
             if descriptions is None:
                 raise ValueError("a ROC model needs relation descriptions")
             config.labels = descriptions.labels
-        elif descriptions is None:
-            descriptions = RelationDescriptions(name="labels", negative_label=config.negative_label)
+        else:
+            config.labels = list(labels) if labels is not None else config.labels
+            descriptions = descriptions or RelationDescriptions(name="labels", negative_label=config.negative_label)
         if config.negative_label not in config.labels:
             raise ValueError(f"the negative label {config.negative_label!r} is not among {config.labels}")
-        return cls(config, text_model, tokenizer, descriptions)
+        return cls(config, text_model, tokenizer, descriptions, loss=loss)
+
+    def set_decision(self, **changes: Any) -> DecisionConfig:
+        """Replace :attr:`decision` by a copy with ``changes`` (:class:`DecisionConfig` fields), checked, and return
+        it: an unknown name or a bad value raises ``ValueError``, the type prior on a classifier ``TypeError``."""
+        decision = DecisionConfig.model_validate({**self.decision.model_dump(), **changes})
+        if decision.type_prior and self.config.model_type != "roc":
+            raise TypeError("the type prior applies to ROC models (a classifier has no relation signatures)")
+        self.decision = decision
+        return decision
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`; weights saved before the loss was a module of its own (the
+        temperature at the top level) are read too."""
+        if LEGACY_TEMPERATURE_KEY in state_dict:
+            state_dict = {("loss." + k if k == LEGACY_TEMPERATURE_KEY else k): v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict, assign)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Config, safetensors weights, tokenizer + text-encoder config, and the relation descriptions."""
+        """Config, decision settings, safetensors weights, tokenizer + text-encoder config, and the relation
+        descriptions."""
         directory = Path(directory)
         (directory / TEXT_ENCODER_DIR).mkdir(parents=True, exist_ok=True)
         self.config.labels = self.relation_labels
         (directory / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        (directory / DECISION_NAME).write_text(self.decision.model_dump_json(indent=2) + "\n", encoding="utf-8")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "rocmre"})
         self.encoder.text_model.config.save_pretrained(directory / TEXT_ENCODER_DIR)
@@ -615,7 +579,8 @@ class RelationModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: RelationDescriptions | None = None,
                         device: str | torch.device = "cpu") -> RelationModel:
-        """Load a model saved by :meth:`save_pretrained`; ``descriptions`` replaces its relation set (ROC)."""
+        """Load a model saved by :meth:`save_pretrained` (or by an older rocmre, whose ``config.json`` held the
+        decision settings); ``descriptions`` replaces its relation set (ROC)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         directory = Path(directory)
@@ -623,12 +588,12 @@ class RelationModel(nn.Module):
             hint = (f": it holds the checkpoints of an unfinished training; continue it with `rocmre train --resume "
                     f"{directory}`") if (directory / "checkpoints").is_dir() else ""
             raise FileNotFoundError(f"{directory} is not a rocmre model folder (no {CONFIG_NAME}){hint}")
-        config = ModelConfig.model_validate_json((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        config, decision = read_model_config(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory / TEXT_ENCODER_DIR)
         text_model = AutoModel.from_config(AutoConfig.from_pretrained(directory / TEXT_ENCODER_DIR))
         saved = (RelationDescriptions.load(directory / DESCRIPTIONS_NAME) if config.model_type == "roc"
                  else RelationDescriptions(name="labels", negative_label=config.negative_label))
-        model = cls(config, text_model, tokenizer, saved)
+        model = cls(config, text_model, tokenizer, saved, decision=decision)
         missing, unexpected = model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=False)
         if missing or unexpected:
             raise RuntimeError(f"{directory / WEIGHTS_NAME} does not match the config: missing {missing[:5]}, "
@@ -636,6 +601,24 @@ class RelationModel(nn.Module):
         if descriptions is not None:
             model.set_descriptions(descriptions)
         return model.to(device).eval()
+
+
+def read_model_config(directory: Path) -> tuple[TrainedModelConfig, DecisionConfig]:
+    """A model folder's config and decision settings: ``decision_config.json``, or for a folder saved before it,
+    the decision settings its ``config.json`` held."""
+    try:
+        raw = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{directory / CONFIG_NAME}: expected a JSON object")
+    legacy = {key: raw.pop(key) for key in LEGACY_DECISION_KEYS.values() if key in raw}
+    raw.setdefault("frozen_text_layers", 0)  # older than that setting: nothing was frozen
+    config = TrainedModelConfig.model_validate(raw)
+    file = directory / DECISION_NAME
+    decision = (DecisionConfig.model_validate_json(file.read_text(encoding="utf-8")) if file.is_file()
+                else DecisionConfig.from_legacy(legacy))
+    return config, decision
 
 
 def vision_shape(name: str) -> tuple[int, int]:

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rocmre.data.entity_types import TypeCache
 from rocmre.data.images import MissingImagePolicy
 from rocmre.data.record import Box, RelationRecord
 from rocmre.modeling.batching import PairCollator
 from rocmre.modeling.decision import DecisionRule, Decisions, SecondStageScorer, type_indices
-from rocmre.modeling.features import PairFeatures, PairFeaturizer, TypeCache
+from rocmre.modeling.features import PairFeatures, PairFeaturizer
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.prompting import PromptOptions
 from rocmre.paths import default_cache_dir
@@ -162,13 +163,14 @@ class ModelRuntime:
         self.featurizer = PairFeaturizer(
             model.tokenizer, max_length=cfg.max_length,
             prompt=PromptOptions(use_types=cfg.use_types, use_positions=cfg.use_positions),
-            type_cache=TypeCache(cfg.entity_tagger, self.cache_dir, persist=persist_types), use_crops=cfg.use_crops,
-            max_crops=cfg.max_crops)
+            type_cache=TypeCache(cfg.entity_tagger, self.cache_dir, persist=persist_types), max_crops=cfg.max_crops)
         self.images = ImageFeatures(cfg.vision_backbone, self.cache_dir, MissingImagePolicy(missing_image)) \
             if cfg.use_image else None
         self.collator = PairCollator(model.tokenizer.pad_token_id, self.images, cfg.vision_dim or 0,
                                      cfg.num_regions or 0, cfg.use_image)
         self._bf16_weights = Bf16MatrixWeights(model)
+        if model.example_runtime is None:  # relation examples (few-shot prototypes) are featurised like inputs
+            model.example_runtime = self
 
     def featurize(self, records: Sequence[RelationRecord], with_labels: bool = True,
                   show_progress: bool = False) -> list[PairFeatures]:
@@ -187,10 +189,9 @@ class ModelRuntime:
                 if r.tail.is_object:
                     sources.append(r.image_path)
                     boxes.append(r.tail.box)
-            if self.model.config.use_crops:
-                for c in r.crop_paths[: self.model.config.max_crops]:
-                    sources.append(c)
-                    boxes.append(None)
+            for c in r.crop_paths[: self.model.config.max_crops]:
+                sources.append(c)
+                boxes.append(None)
         if not sources:
             return {"computed": 0, "cached": 0, "failed": 0}
         self.images.cache.show_progress = show_progress
@@ -211,7 +212,7 @@ class ModelRuntime:
             model.eval()
         device = next(model.parameters()).device
         features = list(features)
-        if self.precision == "bf16" and model.config.model_type == "roc" and model.config.prototype_weight > 0:
+        if self.precision == "bf16" and model.config.model_type == "roc" and model.decision.prototype_weight > 0:
             model.prototype_vectors()  # few-shot prototypes are fp32: computed (or found cached) before bf16 scoring
         order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # less padding
         n_rel = len(model.relation_labels)

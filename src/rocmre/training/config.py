@@ -1,4 +1,5 @@
-"""A run's configuration: data, model, training budget and seed. A YAML file fully determines a run."""
+"""A run's configuration: data, model, training (the loss's knobs included) and seed. A YAML file fully determines
+a run; the defaults are the recommended recipe (``configs/mnre_roc.yaml``), so a file holds what differs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rocmre.modeling.config import ModelConfig
+from rocmre.modeling.config import ANY, ModelConfig, check_removed
+
+#: training settings removed from the library (docs/experiments.md) and the one value an older run config may hold
+REMOVED_TRAIN = {"logit_adjustment": 0.0, "logit_adjustment_scope": ANY, "class_balance": 0.0}
 
 
 class DataConfig(BaseModel):
@@ -25,7 +29,7 @@ class DataConfig(BaseModel):
     exclude_relations: list[str] = Field(default_factory=list)  # held out of training entirely (zero-shot)
     # training augmentation against memorised names: each epoch, each training record's head and tail names are
     # replaced with this probability by random same-type names of the training split (seeded by seed and epoch)
-    name_swap_prob: float = Field(0.0, ge=0.0, le=1.0)
+    name_swap_prob: float = Field(0.5, ge=0.0, le=1.0)
     missing_image: Literal["mark", "error"] = "mark"
     on_error: Literal["raise", "skip"] = "raise"
 
@@ -33,13 +37,13 @@ class DataConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(5.0, gt=0)
+    epochs: float = Field(6.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     # a wall-clock budget, converted ONCE at the start into a step budget (from timed steps) and stored with the
     # checkpoints, so that a resumed run replays the same schedule
     max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(5e-5, gt=0)  # the pretrained text encoder
     head_learning_rate: float = Field(5e-4, gt=0)  # fusion layers, projections, image tokens, temperature
     weight_decay: float = Field(0.01, ge=0)
@@ -47,47 +51,43 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
     tune_none_margin: bool = True
-    # logit-adjusted training loss for rare relations (Menon et al., 2021): the cross-entropy sees each relation's
-    # logit plus tau * log(its share of the training records, add-one smoothed); prediction scores are left as they
-    # are, so frequent relations (None first) no longer win on their prior alone. 0 = the plain loss
-    logit_adjustment: float = Field(0.0, ge=0.0)
-    # which labels it adjusts: "all" (the negative label too: None, the most frequent, is pushed down hardest) or
-    # "relations" (the negative label's offset 0, each relation's tau * log(its prior / the relations' mean prior):
-    # rare relations gain against frequent ones while None keeps its prior mass against the relations together)
-    logit_adjustment_scope: Literal["all", "relations"] = "all"
-    # class-balanced sampling for rare relations: each epoch draws its records (as many as the training split has,
-    # with replacement) with probability proportional to count(relation) ** -class_balance among the relations'
-    # records, which keep their share of the epoch together against the negative label's (None is not oversampled
-    # or thinned). 0 = every record once per epoch (the plain shuffle), 0.5 = square-root sampling, 1 = every
-    # relation equally often
-    class_balance: float = Field(0.0, ge=0.0, le=1.0)
+    # the contrastive retrieval loss's (ROC) temperature at the start; it is learned (rocmre.modeling.losses)
+    temperature: float = Field(0.05, gt=0.0)
     evaluations_per_epoch: int = Field(1, ge=1)
     # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
     # CPUs), else fp32; the chosen value is recorded in metrics.json
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
-    inference_precision: Literal["fp32", "bf16", "auto"] = "fp32"  # validation, evaluation and prediction
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    inference_precision: Literal["fp32", "bf16", "auto"] = "auto"  # validation, evaluation and prediction
     # batches of similar lengths (less padding): shuffled chunks of 50 batches, each sorted by length, then the
     # batches shuffled; the order still depends only on the seed and the epoch
-    group_by_length: bool = False
+    group_by_length: bool = True
     # ROC: run the description encoder every N steps; in between only the projection trains, over the pooled
     # description states kept from the last refresh (1 = every step, the original recipe)
-    description_refresh_steps: int = Field(1, ge=1)
+    description_refresh_steps: int = Field(16, ge=1)
     # AdamW's fused kernel (one pass over all parameters; on 2 CPU cores the step's optimiser part drops from about
     # 80 to 30 ms); same algorithm, rounding differs from the per-parameter loop
-    fused_optimizer: bool = False
+    fused_optimizer: bool = True
     # dropout masks drawn from 16-bit PCG64 integers instead of bernoulli_ (CPU only; about a fifth of a 2-core
     # MiniLM step): same expectation, other masks, so a seeded run's numbers change (modeling/dropout.py)
-    fast_dropout: bool = False
-    # a model whose lower text layers take no gradient (model.frozen_text_layers >= 1, model.trainable_markers:
-    # false): their output is computed once per training record and per description text and reused (same
-    # computation, float rounding aside: training/frozen_states.py); ignored for other models
+    fast_dropout: bool = True
+    # a model with a frozen prefix (model.frozen_text_layers >= 1): its output is computed once per training record
+    # and per description text and reused (same computation, float rounding aside: training/frozen_states.py)
     cache_frozen_states: bool = True
     # an exponential moving average of the trainable weights (decay per step, e.g. 0.998) is validated and kept as
     # the model instead of the raw weights (training/weight_average.py); None: the raw weights
-    ema_decay: float | None = Field(None, gt=0, lt=1)
+    ema_decay: float | None = Field(0.998, gt=0, lt=1)
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)
     log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_config(cls, data: Any) -> Any:
+        """An older run config's removed settings: dropped at their "off" value, refused otherwise."""
+        if isinstance(data, dict):
+            data = dict(data)
+            check_removed(data, "train", REMOVED_TRAIN)
+        return data
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -107,6 +107,17 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _temperature_is_the_losss(cls, data: Any) -> Any:
+        """An older run config's ``model.temperature`` is the loss's now: ``train.temperature``."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "temperature" in data["model"]:
+            model = dict(data["model"])
+            train = dict(data.get("train") or {})
+            train.setdefault("temperature", model.pop("temperature"))
+            data = {**data, "model": model, "train": train}
+        return data
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -1,8 +1,8 @@
 """The output of a model's frozen lower text layers, computed once per training record and reused every epoch.
 
-With ``model.frozen_text_layers = N`` and ``model.trainable_markers: false`` nothing below layer N trains, and those
-layers run without dropout: their output depends on a record's token ids alone. :class:`FrozenStatesCache` keeps
-it per record, so that training steps run only the layers above N. Before each epoch :meth:`FrozenStatesCache.prepare`
+With ``model.frozen_text_layers = N`` (the markers fixed too) nothing below layer N trains, and those layers run
+without dropout: their output depends on a record's token ids alone. :class:`FrozenStatesCache` keeps it per record,
+so that training steps run only the layers above N. Before each epoch :meth:`FrozenStatesCache.prepare`
 computes what the epoch will need and is not kept yet, in length-sorted inference batches (the lean eval-mode
 forward of ``modeling/lean_encoder.py`` on bf16 weight copies when the step runs under bf16 autocast: the same
 products as inside a step, float rounding aside); :meth:`FrozenStatesCache.attach` puts the states into each step's
@@ -33,8 +33,7 @@ class FrozenStatesCache:
 
     def __init__(self, model: RelationModel) -> None:
         if not model.frozen_prefix_layers:
-            raise ValueError("the model has no frozen prefix to cache: it needs model.frozen_text_layers >= 1 and "
-                             "model.trainable_markers: false")
+            raise ValueError("the model has no frozen prefix to cache: it needs model.frozen_text_layers >= 1")
         self.model = model
         self.n_layers = model.frozen_prefix_layers
         self._states: dict[int, StatesEntry] = {}  # records as written, kept for the whole run

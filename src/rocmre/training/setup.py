@@ -7,13 +7,17 @@ import logging
 import random
 from pathlib import Path
 
-from rocmre.backbones.hardware import resolve_precision
+from rocmre.backbones.hardware import bf16_supported, resolve_precision
 from rocmre.data import RelationDataset, load_split
 from rocmre.descriptions.store import RelationDescriptions
+from rocmre.modeling.losses import default_loss
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime
 from rocmre.paths import default_cache_dir
 from rocmre.training.config import RunConfig
+
+__all__ = ["bf16_supported", "build_model", "load_run_data", "make_runtime", "relation_set", "require_records",
+           "resolve_precision", "run_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +71,13 @@ def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:
 
 
 def build_model(cfg: RunConfig, labels: list[str]) -> RelationModel:
-    """A fresh model for the run: ROC over the relation set's descriptions, or a classifier over ``labels``."""
-    model_cfg = cfg.model.model_copy(deep=True)
-    model_cfg.negative_label = cfg.data.negative_label
-    if model_cfg.model_type == "roc":
-        model = RelationModel.build(model_cfg, relation_set(cfg, labels), cache_dir=run_cache_dir(cfg))
-    else:
-        model_cfg.labels = [lab for lab in labels if lab not in cfg.data.exclude_relations]
-        model = RelationModel.build(model_cfg, None, cache_dir=run_cache_dir(cfg))
+    """A fresh model for the run: ROC over the relation set's descriptions, or a classifier over ``labels``; its
+    loss with the run's loss settings."""
+    roc = cfg.model.model_type == "roc"
+    kept = [lab for lab in labels if lab not in cfg.data.exclude_relations]
+    model = RelationModel.build(cfg.model, relation_set(cfg, labels) if roc else None, run_cache_dir(cfg),
+                                labels=None if roc else kept, negative_label=cfg.data.negative_label,
+                                loss=default_loss(cfg.model.model_type, cfg.train.temperature))
     model.config.trained_labels = list(model.relation_labels)
     return model
 

@@ -625,7 +625,7 @@ class Trainer:
         state = self.state
         model = self.model
         model.load_state_dict(load_file(str(self.checkpoint_dir / BEST_DIR / WEIGHTS_NAME)))
-        model.config.none_margin = state.best_none_margin
+        model.set_decision(none_margin=state.best_none_margin)
         scored = self.runtime.score(self.val_feats, self.cfg.train.eval_batch_size)
         rule = self.runtime.decision_rule
         decisions = rule.decide(scored.scores, scored.head_types, scored.tail_types, scored.best_description)
