@@ -34,8 +34,7 @@ from harness import REPO, git_commit  # noqa: E402
 #: the speed levers, each a set of config overrides on top of the canonical configs (measured as rows); levers in
 #: ROC_ONLY (the description refresh, frozen layers under trainable markers) have no classifier row
 _OFF = {"train.mixed_precision": "no", "train.group_by_length": "false", "train.fused_optimizer": "false",
-        "train.description_refresh_steps": "1", "train.fast_dropout": "false", "model.frozen_word_embeddings": "false",
-        "model.frozen_text_layers": "0", "model.trainable_markers": "true", "model.marker_init": "null"}
+        "train.description_refresh_steps": "1", "train.fast_dropout": "false", "model.frozen_text_layers": "0"}
 
 
 def _lever(**on: str) -> list[str]:
@@ -46,9 +45,9 @@ _BASE = dict(mixed_precision="bf16", group_by_length="true", fused_optimizer="tr
 _CANON = dict(_BASE, description_refresh_steps="8", fast_dropout="true")
 _CANON_NAME = "bf16 + length-grouped + fused AdamW + descriptions every 8 steps + fast dropout"
 _CLS_NAME = "bf16 + length-grouped + fused AdamW + fast dropout"
-_WORD = " + word embeddings frozen (marker rows train)"
-#: markers fixed from these words, the N lowest text layers frozen and their output cached per record
-_MARKER_WORDS = "['<','>','{','}']"
+#: the levers that froze the word embeddings alone (marker rows trained, frozen layers under them) left the
+#: library with those switches: model.frozen_text_layers = N now fixes the embeddings and the markers (from < > { })
+#: and freezes the N lowest layers; their measured rows stay in results/cpu_speed.json (docs/experiments.md)
 
 
 def _prefix(n: int) -> str:
@@ -56,8 +55,7 @@ def _prefix(n: int) -> str:
 
 
 def _prefix_lever(base: dict, n: int) -> list[str]:
-    return _lever(**base, frozen_word_embeddings="true", trainable_markers="false", marker_init=_MARKER_WORDS,
-                  frozen_text_layers=str(n))
+    return _lever(**base, frozen_text_layers=str(n))
 
 
 _PREFIX_NS = (2, 3)
@@ -68,16 +66,8 @@ LEVERS = {
     "bf16 + length-grouped + fused AdamW": _lever(**_BASE),
     "bf16 + length-grouped + fused AdamW + descriptions every 8 steps": _lever(**_BASE, description_refresh_steps="8"),
     _CLS_NAME: _lever(**_BASE, fast_dropout="true"),
-    _CLS_NAME + _WORD: _lever(**_BASE, fast_dropout="true", frozen_word_embeddings="true"),
     **{_CLS_NAME + _prefix(n): _prefix_lever(dict(_BASE, fast_dropout="true"), n) for n in _PREFIX_NS},
     _CANON_NAME: _lever(**_CANON),
-    _CANON_NAME + _WORD: _lever(**_CANON, frozen_word_embeddings="true"),
-    _CANON_NAME.replace("every 8", "every 16") + _WORD: _lever(**dict(_CANON, description_refresh_steps="16"),
-                                                               frozen_word_embeddings="true"),
-    # frozen_text_layers with trainable marker rows: the backward pass still runs through the frozen layers
-    **{f"{_CANON_NAME}{_WORD} + {n} lowest text layers frozen": _lever(**_CANON, frozen_word_embeddings="true",
-                                                                      frozen_text_layers=str(n))
-       for n in (1, 2)},
     **{_CANON_NAME + _prefix(n): _prefix_lever(_CANON, n) for n in _PREFIX_NS},
     _CANON_NAME.replace("every 8", "every 16") + _prefix(2): _prefix_lever(dict(_CANON, description_refresh_steps="16"),
                                                                            2),
@@ -556,11 +546,11 @@ def extra_levers(roc_config: str, train, test, steps: int, rounds: int, model_di
     import numpy as np
     import torch
 
+    from rocmre.backbones.hardware import resolve_precision
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.model import RelationModel
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import build_model, make_runtime
-    from rocmre.backbones.hardware import resolve_precision
 
     cfg = RunConfig.from_yaml(roc_config)
     out: dict = {}
@@ -781,10 +771,10 @@ def measure_prediction(args, res: dict, roc_cfg, train, test) -> float:
     prediction's); returns that peak."""
     import torch
 
+    from rocmre.backbones.hardware import resolve_precision
     from rocmre.inference.extractor import PairInput, RelationExtractor
     from rocmre.modeling.packed_linear import packing_disabled
     from rocmre.training.setup import build_model
-    from rocmre.backbones.hardware import resolve_precision
 
     threads = torch.get_num_threads()
     # -- prediction (first, so that the peak memory read afterwards is prediction's) --------------
@@ -902,9 +892,9 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
+    from rocmre.backbones.hardware import bf16_supported
     from rocmre.training.config import RunConfig
     from rocmre.training.setup import build_model, load_run_data, make_runtime
-    from rocmre.backbones.hardware import bf16_supported
 
     threads = torch.get_num_threads()
     roc_cfg = RunConfig.from_yaml(args.roc_config)

@@ -202,6 +202,7 @@ def test_speed_and_recipe_switches_train_and_are_recorded(mnre_root, cache_dir, 
     description tower, frozen lower text layers and name-swap augmentation together: the run finishes and says what
     it used."""
     from rocmre.modeling.model import RelationModel
+    from rocmre.training import trainer as trainer_module
     from rocmre.training.trainer import train
 
     grouped = []

@@ -79,23 +79,8 @@ def type_prior_scope_option() -> str | None:
                              "setting, else all).")
 
 
-# kept only while cli/serve.py still imports them (the service branch removes that use): the sentence prior left
-# the library (docs/experiments.md)
-def sentence_prior_option() -> float | None:
-    return typer.Option(None, "--sentence-prior", hidden=True)
-
-
-def sentence_view_option() -> str | None:
-    return typer.Option(None, "--sentence-view", hidden=True)
-
-
 def precision_option() -> str | None:
     return typer.Option(None, "--precision",
                         help="fp32, bf16 (faster on CPUs with native bfloat16) or auto (default: what the model was "
                              "validated with).")
 
-
-def check_sentence_view(sentence_view: str | None) -> None:
-    """Refuse ``--sentence-view``: the sentence prior was removed (docs/experiments.md)."""
-    if sentence_view is not None:
-        fail("--sentence-view was removed with the sentence prior (docs/experiments.md)")
