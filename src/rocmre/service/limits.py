@@ -169,7 +169,7 @@ def check_image(raw: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes
         raise Refusal(413, f"image: {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels "
                            "(see --max-image-megapixels)", reason="image_too_large")
     try:
-        open_image(raw, name="the uploaded image")
+        open_image(raw, name="the uploaded image", formats=IMAGE_FORMATS)  # decoded as the header said
     except ImageLoadError as e:
         raise Refusal(400, f"image: cannot be decoded ({clean_message(e)})", reason="bad_image") from None
     return raw

@@ -351,6 +351,17 @@ def docs_assets() -> Path | None:
     return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
+#: the one remote file ReDoc's bundle loads (its "API docs by Redocly" logo), served from here instead
+REDOC_REMOTE_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+#: the API docs pages may load nothing from another host (the browser enforces it)
+DOCS_CSP = "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:"
+
+
+def offline_redoc(assets: Path) -> bytes:
+    """ReDoc's bundle with its remote logo replaced by a local one (``/static/docs-logo.svg``)."""
+    return (assets / "redoc.standalone.js").read_bytes().replace(REDOC_REMOTE_LOGO, b"/static/docs-logo.svg")
+
+
 def add_page_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/health", response_model=HealthResponse, tags=["service"])
     @app.head("/health", response_model=HealthResponse, include_in_schema=False)
@@ -372,7 +383,15 @@ def add_page_routes(app: FastAPI, svc: Service) -> None:
 
     assets = docs_assets()
     docs_kwargs: dict[str, str] = {}
-    if assets is not None:  # Swagger UI and ReDoc from local files: /docs works offline
+    docs_headers: dict[str, str] = {}
+    if assets is not None:  # Swagger UI and ReDoc from local files: /docs and /redoc work offline
+        redoc_js = offline_redoc(assets)
+
+        @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
+        async def redoc_bundle() -> Response:
+            return Response(redoc_js, media_type="text/javascript")
+
+        docs_headers = {"Content-Security-Policy": DOCS_CSP}
         app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
         docs_kwargs = {"swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
                        "swagger_css_url": "/docs-assets/swagger-ui.css",
@@ -380,14 +399,18 @@ def add_page_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
+        page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
                                    swagger_ui_parameters={"validatorUrl": None}, **docs_kwargs)
+        page.headers.update(docs_headers)
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         extra = {"redoc_js_url": "/docs-assets/redoc.standalone.js",
                  "redoc_favicon_url": "/docs-assets/favicon.png"} if assets is not None else {}
-        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
+        page = get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
                               with_google_fonts=assets is None, **extra)
+        page.headers.update(docs_headers)
+        return page
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
