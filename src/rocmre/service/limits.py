@@ -10,6 +10,7 @@ import io
 import json
 import re
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -177,13 +178,14 @@ def check_image(raw: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes
 
 # -- pairs -------------------------------------------------------------------------------------
 def check_request(req: PredictRequest, limits: Limits) -> None:
-    """413 when the text, its tokens or an entity name exceed the server's limits (before any model work)."""
+    """413 when the text, its tokens (those of its NFC form, as the model sees it) or an entity name exceed the
+    server's limits (before any model work)."""
     text = req.text
     chars = len(text) if isinstance(text, str) else sum(len(t) for t in text) + max(0, len(text) - 1)
     if chars > limits.max_text_chars:
         raise Refusal(413, f"text: {chars:,} characters exceeds the limit of {limits.max_text_chars:,} "
                            "characters (see --max-text-chars)", reason="text_too_long")
-    tokens = len(tokenize(text)[0]) if isinstance(text, str) else len(text)
+    tokens = len(tokenize(unicodedata.normalize("NFC", text))[0]) if isinstance(text, str) else len(text)
     if tokens > limits.max_tokens:
         raise Refusal(413, f"text: {tokens:,} tokens exceeds the limit of {limits.max_tokens:,} tokens "
                            "(see --max-tokens)", reason="too_many_tokens")
