@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,8 +85,10 @@ def load_error_reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def _opened(source: str | Path | bytes | bytearray | memoryview, label: str) -> Iterator[Image.Image]:
-    """``Image.open`` of a path or bytes (header only), size-checked, with every failure an :class:`ImageLoadError`."""
+def _opened(source: str | Path | bytes | bytearray | memoryview, label: str,
+            formats: Sequence[str] | None = None) -> Iterator[Image.Image]:
+    """``Image.open`` of a path or bytes (header only; only ``formats``, Pillow's names, when given), size-checked,
+    with every failure an :class:`ImageLoadError`."""
     if isinstance(source, str | Path):
         fp: str | Path | io.BytesIO = Path(source)
     elif isinstance(source, bytes | bytearray | memoryview):
@@ -99,7 +101,7 @@ def _opened(source: str | Path | bytes | bytearray | memoryview, label: str) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(fp)
+            image = Image.open(fp, formats=formats)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(label, load_error_reason(exc)) from exc
     with image:
@@ -111,8 +113,9 @@ def _opened(source: str | Path | bytes | bytearray | memoryview, label: str) -> 
             raise ImageLoadError(label, load_error_reason(exc)) from exc
 
 
-def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
-    """Open ``source`` (a path, encoded image bytes or a PIL image) fully decoded as RGB.
+def open_image(source: ImageSource, name: str | None = None, formats: Sequence[str] | None = None) -> Image.Image:
+    """Open ``source`` (a path, encoded image bytes or a PIL image) fully decoded as RGB; ``formats`` (Pillow's
+    names, e.g. ``("JPEG", "PNG")``) restricts the decoders tried on a path or bytes (default: any Pillow has).
 
     Raises :class:`ImageLoadError` naming the file (or ``name``) when it is missing, empty, not an image,
     truncated or corrupt, or larger than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
@@ -121,7 +124,7 @@ def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         check_image_size(source.size, label)
         return _to_rgb(source)
-    with _opened(source, label) as image:
+    with _opened(source, label, formats) as image:
         image.load()
         return _to_rgb(image)
 

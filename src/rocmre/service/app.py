@@ -29,6 +29,7 @@ from rocmre.service.limits import (
     DEFAULT_MAX_TOKENS,
     Limits,
 )
+from rocmre.service.metrics import MetricsMiddleware
 from rocmre.service.routes import add_error_handlers, add_page_routes, add_predict_routes, add_relation_routes
 from rocmre.service.running import free_port, serve_in_thread
 from rocmre.service.schemas import PredictRequest
@@ -84,7 +85,9 @@ def create_app(extractor: RelationExtractor, max_request_bytes: int = DEFAULT_MA
     add_page_routes(app, svc)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_bytes=max_request_bytes, body_timeout=body_timeout)
-    app.add_middleware(HostGuard, allowed_hosts=app.state.allowed_hosts)  # (outermost: runs first)
+    app.add_middleware(HostGuard, allowed_hosts=app.state.allowed_hosts)
+    app.add_middleware(MetricsMiddleware, metrics=svc.metrics,  # (outermost: runs first, sees every answer)
+                       routes=lambda: [getattr(r, "path", "") for r in app.routes])
     return app
 
 

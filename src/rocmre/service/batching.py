@@ -18,16 +18,16 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import HTTPException
-
 from rocmre.inference.extractor import EntityNotFoundError, PairInput, Prediction, RelationExtractor
-from rocmre.service.limits import check_pair, clean_message
+from rocmre.service.limits import Refusal, check_pair, clean_message
+from rocmre.service.metrics import ServiceMetrics
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_BATCH_DELAY_MS = 2.0
@@ -41,6 +41,7 @@ class Job:
     pairs: list[PairInput]
     top_k: list[int]
     future: asyncio.Future
+    queued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -65,9 +66,9 @@ def pair_error(error: Exception, prefix: str) -> Exception:
     if isinstance(error, EntityNotFoundError):
         return EntityNotFoundError(prefix + clean_message(error), error.candidates)
     if isinstance(error, ValueError | TypeError):
-        return HTTPException(422, prefix + clean_message(error))
+        return Refusal(422, prefix + clean_message(error), "invalid_pair")
     if isinstance(error, MemoryError):
-        return HTTPException(413, "the input is too large to process (out of memory)")
+        return Refusal(413, "the input is too large to process (out of memory)", "out_of_memory")
     return error
 
 
@@ -75,7 +76,9 @@ class DynamicBatcher:
     """Groups concurrent requests into shape-uniform forward passes of ``extractor`` (see the module)."""
 
     def __init__(self, extractor: RelationExtractor, lock: threading.Lock, batch_size: int = DEFAULT_BATCH_SIZE,
-                 delay_ms: float = DEFAULT_BATCH_DELAY_MS, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+                 delay_ms: float = DEFAULT_BATCH_DELAY_MS, max_queue: int = DEFAULT_MAX_QUEUE,
+                 metrics: ServiceMetrics | None = None) -> None:
+        """``metrics``: where queue depth, pass sizes, pass times and queue waits are exported (none: nowhere)."""
         if batch_size < 1 or delay_ms < 0 or max_queue < 1:
             raise ValueError(f"batch_size ({batch_size}) and max_queue ({max_queue}) must be >= 1, delay_ms "
                              f"({delay_ms}) >= 0")
@@ -86,6 +89,9 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.pending = 0  # pairs queued or running
         self.stats = BatchStats()
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch_queue(lambda: self.pending, max_queue)
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Job] | None = None
@@ -98,8 +104,8 @@ class DynamicBatcher:
         queue = self._started()
         if self.pending and self.pending + len(pairs) > self.max_queue:
             self.stats.refused += 1
-            raise HTTPException(503, f"the server is busy: {self.pending} pairs are waiting (the limit is "
-                                     f"{self.max_queue}; see --max-queue); retry shortly", headers={"Retry-After": "1"})
+            raise Refusal(503, f"the server is busy: {self.pending} pairs are waiting (the limit is {self.max_queue}; "
+                               "see --max-queue); retry shortly", "queue_full", headers={"Retry-After": "1"})
         job = Job(list(pairs), list(top_k), asyncio.get_running_loop().create_future())
         self.pending += len(job.pairs)
         queue.put_nowait(job)
@@ -142,6 +148,10 @@ class DynamicBatcher:
         while True:
             jobs = await self._gather(queue)
             live = [j for j in jobs if not j.future.done()]  # (a request whose client left is not computed)
+            if self.metrics is not None:
+                now = time.perf_counter()
+                for job in live:
+                    self.metrics.queue_wait.observe(now - job.queued)
             try:
                 outcomes: list[Any] = await loop.run_in_executor(self._executor, self.run, live) if live else []
             except Exception as e:  # (run answers each job itself; this is a last resort)
@@ -184,8 +194,11 @@ class DynamicBatcher:
 
     def forward(self, pairs: list[PairInput], top_k: list[int]) -> list[Prediction]:
         """One forward pass over shape-uniform ``pairs``; each prediction cut to its own top-k."""
+        start = time.perf_counter()
         preds = list(self.extractor.predict_batch(pairs, batch_size=len(pairs), top_k=max(top_k)))
         self.stats.record(len(pairs))
+        if self.metrics is not None:
+            self.metrics.observe_pass(len(pairs), time.perf_counter() - start)
         return [dataclasses.replace(p, top_k=p.top_k[:k]) for p, k in zip(preds, top_k, strict=True)]
 
     def run(self, jobs: list[Job]) -> list[list[Prediction] | BaseException]:

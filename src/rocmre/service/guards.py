@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rocmre.service.limits import MAX_JSON_DEPTH, json_too_deep
+from rocmre.service.metrics import refuse_reason
 
 
 async def send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
@@ -37,18 +38,20 @@ class RequestGuard:
         self.max_depth = max_depth
         self.body_timeout = body_timeout
 
-    async def _too_large(self, send: Send, size: int | None) -> None:
+    async def _too_large(self, scope: Scope, send: Send, size: int | None) -> None:
+        refuse_reason(scope, "body_too_large")
         got = "a body" if size is None else f"a body of {size} bytes"
         await send_json(send, 413, {"detail": f"request too large: {got} exceeds the limit of {self.max_bytes} "
                                               f"bytes ({self.max_bytes / 2 ** 20:.1f} MB; see --max-request-mb)"})
 
-    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None when the request was answered (too large) or the client left."""
         chunks, size = [], 0
         while True:
             try:
                 message = await asyncio.wait_for(receive(), self.body_timeout)
             except TimeoutError:
+                refuse_reason(scope, "body_timeout")
                 await send_json(send, 408, {"detail": f"the request body did not arrive within {self.body_timeout:g} s "
                                                       "(see --body-timeout)"})
                 return None
@@ -57,7 +60,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(send, None)
+                await self._too_large(scope, send, None)
                 return None
             chunks.append(chunk)
             if not message.get("more_body"):
@@ -75,14 +78,15 @@ class RequestGuard:
             except ValueError:
                 size = None
             if size is None or size > self.max_bytes:
-                await self._too_large(send, size)
+                await self._too_large(scope, send, size)
                 return
-        body = await self._read_body(receive, send)
+        body = await self._read_body(scope, receive, send)
         if body is None:
             return
         ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
         if body and not ctype.startswith("multipart/") and await run_in_threadpool(json_too_deep, body,
                                                                                    self.max_depth):
+            refuse_reason(scope, "json_too_deep")
             await send_json(send, 400, {"detail": f"the JSON body nests arrays/objects more than {self.max_depth} "
                                                   "levels deep; a request needs at most 4"})
             return
@@ -152,6 +156,7 @@ class HostGuard:
         host = host_name(host_header)
         if not self._allows(host):
             names = ", ".join(sorted(self.allowed))
+            refuse_reason(scope, "host_not_allowed")
             await send_json(send, 403, {"detail": f"host {host or '(none)'!r} is not served here: this server answers "
                                                   f"to {names} (see --allowed-hosts)"})
             return
@@ -161,6 +166,7 @@ class HostGuard:
             netloc = urlsplit(text).netloc.lower() if text.lower() != "null" else ""
             same = bool(netloc) and netloc == host_header.strip().lower()
             if not same and not (netloc and host_name(netloc) in self.allowed):
+                refuse_reason(scope, "cross_site")
                 await send_json(send, 403, {"detail": f"cross-site request refused: a page of origin {text!r} "
                                                       "may not send it (see --allowed-hosts)"})
                 return

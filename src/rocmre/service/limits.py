@@ -10,6 +10,7 @@ import io
 import json
 import re
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from fastapi import HTTPException
 
 from rocmre.data.record import RelationRecord
 from rocmre.inference.extractor import PairInput, RelationExtractor, tokenize
-from rocmre.service.schemas import EntityRef, PredictRequest
+from rocmre.service.schemas import PredictRequest
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_BATCH = 64
@@ -48,6 +49,20 @@ class Limits:
     max_examples: int = DEFAULT_MAX_EXAMPLES
 
 
+class Refusal(HTTPException):
+    """An HTTPException that names its ``reason`` (a short label, e.g. ``queue_full``) for the refusal metrics."""
+
+    def __init__(self, status_code: int, detail: str, reason: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code, detail, headers)
+        self.reason = reason
+
+
+def prefixed(error: HTTPException, prefix: str) -> HTTPException:
+    """``error`` with ``prefix`` before its detail (naming the item of a batch), its reason and headers kept."""
+    return Refusal(error.status_code, f"{prefix}{error.detail}", getattr(error, "reason", None), error.headers)
+
+
 # -- JSON --------------------------------------------------------------------------------------
 #: a JSON string, or an unterminated one running to the end; possessive quantifiers never backtrack, so a scan is
 #: linear in the body whatever it holds (a string of escaped quotes included)
@@ -75,17 +90,18 @@ def parse_json(raw: bytes | str, what: str, accepted: str = "send application/js
     if isinstance(raw, str):
         raw = raw.encode()
     if json_too_deep(raw):
-        raise HTTPException(400, f"{what}: nests arrays/objects more than {MAX_JSON_DEPTH} levels deep")
+        raise Refusal(400, f"{what}: nests arrays/objects more than {MAX_JSON_DEPTH} levels deep",
+                      reason="json_too_deep")
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-        raise HTTPException(400, f"{what} is not valid JSON ({reason}); {accepted}") from None
+        raise Refusal(400, f"{what} is not valid JSON ({reason}); {accepted}", reason="bad_json") from None
     except RecursionError:
-        raise HTTPException(400, f"{what}: nested too deeply") from None
+        raise Refusal(400, f"{what}: nested too deeply", reason="json_too_deep") from None
     except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise HTTPException(400, f"{what} is not valid JSON for this server (a number with more than "
-                                 f"{sys.get_int_max_str_digits():,} digits); {accepted}") from None
+        raise Refusal(400, f"{what} is not valid JSON for this server (a number with more than "
+                           f"{sys.get_int_max_str_digits():,} digits); {accepted}", reason="bad_json") from None
 
 
 def form_entity(value: str) -> Any:
@@ -126,7 +142,7 @@ def decode_image(data: str | None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -
     try:
         raw = base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise HTTPException(400, "image: not valid base64") from None
+        raise Refusal(400, "image: not valid base64", reason="bad_image") from None
     return check_image(raw, max_pixels)
 
 
@@ -138,71 +154,50 @@ def check_image(raw: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes
     from rocmre.backbones.images import ImageLoadError, open_image
 
     if not raw:
-        raise HTTPException(400, "image: empty")
+        raise Refusal(400, "image: empty", reason="bad_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as probe:  # reads the header only
                 width, height = probe.size
     except Image.DecompressionBombError:
-        raise HTTPException(413, f"image: too many pixels (the limit is {max_pixels:,}; see "
-                                 "--max-image-megapixels)") from None
+        raise Refusal(413, f"image: too many pixels (the limit is {max_pixels:,}; see "
+                           "--max-image-megapixels)", reason="image_too_large") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise HTTPException(400, f"image: cannot be decoded ({clean_message(e)}); send a JPEG, PNG, GIF, BMP or "
-                                 "WebP file") from None
+        raise Refusal(400, f"image: cannot be decoded ({clean_message(e)}); send a JPEG, PNG, GIF, BMP or "
+                           "WebP file", reason="bad_image") from None
     if width * height > max_pixels:
-        raise HTTPException(413, f"image: {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels "
-                                 "(see --max-image-megapixels)")
+        raise Refusal(413, f"image: {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels "
+                           "(see --max-image-megapixels)", reason="image_too_large")
     try:
-        open_image(raw, name="the uploaded image")
+        open_image(raw, name="the uploaded image", formats=IMAGE_FORMATS)  # decoded as the header said
     except ImageLoadError as e:
-        raise HTTPException(400, f"image: cannot be decoded ({clean_message(e)})") from None
+        raise Refusal(400, f"image: cannot be decoded ({clean_message(e)})", reason="bad_image") from None
     return raw
 
 
 # -- pairs -------------------------------------------------------------------------------------
-def to_pair(req: PredictRequest, image: bytes | None) -> PairInput:
-    """A validated request (and its checked image bytes) as the library's input."""
-    def spec(e: str | EntityRef) -> Any:
-        return e.to_spec() if isinstance(e, EntityRef) else e
-
-    return PairInput(req.text, spec(req.head), spec(req.tail), image, req.head_type, req.tail_type)
-
-
 def check_request(req: PredictRequest, limits: Limits) -> None:
-    """413 when the text, its tokens or an entity name exceed the server's limits (before any model work)."""
+    """413 when the text, its tokens (those of its NFC form, as the model sees it) or an entity name exceed the
+    server's limits (before any model work)."""
     text = req.text
     chars = len(text) if isinstance(text, str) else sum(len(t) for t in text) + max(0, len(text) - 1)
     if chars > limits.max_text_chars:
-        raise HTTPException(413, f"text: {chars:,} characters exceeds the limit of {limits.max_text_chars:,} "
-                                 "characters (see --max-text-chars)")
-    tokens = len(tokenize(text)[0]) if isinstance(text, str) else len(text)
+        raise Refusal(413, f"text: {chars:,} characters exceeds the limit of {limits.max_text_chars:,} "
+                           "characters (see --max-text-chars)", reason="text_too_long")
+    tokens = len(tokenize(unicodedata.normalize("NFC", text))[0]) if isinstance(text, str) else len(text)
     if tokens > limits.max_tokens:
-        raise HTTPException(413, f"text: {tokens:,} tokens exceeds the limit of {limits.max_tokens:,} tokens "
-                                 "(see --max-tokens)")
+        raise Refusal(413, f"text: {tokens:,} tokens exceeds the limit of {limits.max_tokens:,} tokens "
+                           "(see --max-tokens)", reason="too_many_tokens")
     for role, entity in (("head", req.head), ("tail", req.tail)):
         name = entity if isinstance(entity, str) else entity.name
         if name is not None and len(name) > limits.max_text_chars:
-            raise HTTPException(413, f"{role}: a name of {len(name):,} characters exceeds the limit of "
-                                     f"{limits.max_text_chars:,} characters (see --max-text-chars)")
+            raise Refusal(413, f"{role}: a name of {len(name):,} characters exceeds the limit of "
+                               f"{limits.max_text_chars:,} characters (see --max-text-chars)", reason="name_too_long")
 
 
 def check_pair(pair: PairInput, extractor: RelationExtractor) -> RelationRecord:
-    """``pair`` resolved into a record (raising the resolver's ValueError/TypeError); pairs no relation can hold
-    for are refused: head and tail on the same or overlapping spans, or an image-object tail without an image."""
-    record = extractor.to_record(pair)
-    head, tail = record.head, record.tail
-    if tail.is_object:
-        if pair.image is None:
-            raise ValueError("tail: an image-object tail (box) needs an image: send 'image' too")
-        return record
-    if head.is_object:
-        raise ValueError("the head must be a text span")
-    (hs, he), (ts, te) = head.span, tail.span
-    if (hs, he) == (ts, te):
-        raise ValueError(f"head and tail are the same span [{hs}, {he}) ({head.name!r}): a relation needs two "
-                         "different entities")
-    if hs < te and ts < he:
-        raise ValueError(f"head [{hs}, {he}) ({head.name!r}) and tail [{ts}, {te}) ({tail.name!r}) overlap: mark "
-                         "two separate spans")
-    return record
+    """``pair`` resolved into a record, as the library resolves it (raising its ValueError/TypeError): the head a
+    text span, head and tail neither the same span nor crossing (one may hold the other: MNRE relates nested
+    mentions), an image-object tail only with an image."""
+    return extractor.to_record(pair)

@@ -21,15 +21,17 @@ from rocmre.descriptions.store import RELATION_NUMBERS
 from rocmre.inference.extractor import EntityNotFoundError
 from rocmre.service.limits import (
     MAX_RELATION_NAME_CHARS,
+    Refusal,
     check_image,
     check_request,
     clean_message,
     decode_image,
     form_entity,
     parse_json,
+    prefixed,
     safe_text,
-    to_pair,
 )
+from rocmre.service.metrics import CONTENT_TYPE_LATEST, refuse_reason
 from rocmre.service.schemas import (
     AddRelationsResponse,
     ErrorResponse,
@@ -43,6 +45,7 @@ from rocmre.service.schemas import (
     RelationsResponse,
 )
 from rocmre.service.service import Service, validate
+from rocmre.service.text import label_key, nfc, shown_names, to_example, to_pair
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _UNION_TAGS = {"mention", "entity", "description-list", "relation-object"}
@@ -97,17 +100,21 @@ def plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refuse_reason(request.scope, "invalid_request")
         errors = list(exc.errors())
         return JSONResponse({"detail": validation_message(errors), "errors": plain_errors(errors)}, status_code=422)
 
     @app.exception_handler(EntityNotFoundError)
-    async def _entity(_: Request, exc: EntityNotFoundError) -> JSONResponse:
+    async def _entity(request: Request, exc: EntityNotFoundError) -> JSONResponse:
+        refuse_reason(request.scope, "entity_not_found")
         return JSONResponse({"detail": safe_text(clean_message(exc)),
                              "candidates": json.loads(json.dumps(exc.candidates))}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if getattr(exc, "reason", None):
+            refuse_reason(request.scope, exc.reason)  # type: ignore[attr-defined]
         if isinstance(exc.detail, str):  # whatever a message quotes, it serialises
             exc = StarletteHTTPException(exc.status_code, safe_text(exc.detail), exc.headers)
         return await http_exception_handler(request, exc)
@@ -124,7 +131,7 @@ async def read_predict_request(request: Request) -> tuple[Any, bytes | None]:
     if "request" in form:
         fields = parse_json(str(form["request"]), "request", "give the PredictRequest as a JSON object")
         if not isinstance(fields, dict):
-            raise HTTPException(400, "request: must be a JSON object")
+            raise Refusal(400, "request: must be a JSON object", reason="bad_json")
     for key in ("text", "head", "tail", "head_type", "tail_type", "top_k"):
         if key in form and key not in fields:
             value = str(form[key])
@@ -134,7 +141,7 @@ async def read_predict_request(request: Request) -> tuple[Any, bytes | None]:
     if upload is not None and not isinstance(upload, str):
         upload_bytes = await upload.read()
         if not upload_bytes:
-            raise HTTPException(400, "image: the uploaded file is empty")
+            raise Refusal(400, "image: the uploaded file is empty", reason="bad_image")
     elif isinstance(upload, str) and upload:
         fields["image"] = upload
     return fields, upload_bytes
@@ -156,8 +163,9 @@ def add_predict_routes(app: FastAPI, svc: Service) -> None:
             image = await run_in_threadpool(check_image, upload_bytes, limits.max_image_pixels)
         else:
             image = await run_in_threadpool(decode_image, req.image, limits.max_image_pixels)
-        (pred,) = await svc.batcher.predict([to_pair(req, image)], [req.top_k])
-        return PredictResponse.model_validate(pred.to_dict())
+        pair, shown = to_pair(req, image)
+        (pred,) = await svc.batcher.predict([pair], [req.top_k])
+        return PredictResponse.model_validate(shown_names(pred.to_dict(), shown))
 
     @app.post("/predict/batch", response_model=list[PredictResponse], responses=ERRORS_DOC, tags=["predict"],
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -166,16 +174,19 @@ def add_predict_routes(app: FastAPI, svc: Service) -> None:
         """Many pairs at once (at most the server's max batch size), answered in order."""
         raw = await read_batch(await request.body(), limits.max_batch_size)
         items: list[PredictRequest] = validate(PredictBatch, raw)
-        pairs = []
+        pairs, names = [], []
         for i, req in enumerate(items):
             try:
                 check_request(req, limits)
                 image = await run_in_threadpool(decode_image, req.image, limits.max_image_pixels)
+                pair, shown = to_pair(req, image)
             except HTTPException as e:
-                raise HTTPException(e.status_code, f"item {i}: {e.detail}") from None
-            pairs.append(to_pair(req, image))
+                raise prefixed(e, f"item {i}: ") from None
+            pairs.append(pair)
+            names.append(shown)
         preds = await svc.batcher.predict(pairs, [r.top_k for r in items]) if pairs else []
-        return [PredictResponse.model_validate(p.to_dict()) for p in preds]
+        return [PredictResponse.model_validate(shown_names(p.to_dict(), shown))
+                for p, shown in zip(preds, names, strict=True)]
 
 
 async def read_batch(body: bytes, max_items: int) -> Any:
@@ -185,14 +196,15 @@ async def read_batch(body: bytes, max_items: int) -> Any:
         try:
             return json.loads(body)
         except json.JSONDecodeError as e:
-            raise HTTPException(422, f"the body is not valid JSON ({e.msg}) at character {e.pos}; send "
-                                     "application/json") from None
+            raise Refusal(422, f"the body is not valid JSON ({e.msg}) at character {e.pos}; send "
+                               "application/json", reason="bad_json") from None
         except (UnicodeDecodeError, RecursionError, ValueError):
             return parse_json(body, "the body", "send a JSON list of pairs")  # its 400 naming the problem
 
     raw = parse() if len(body) < 65536 else await run_in_threadpool(parse)
     if isinstance(raw, list) and len(raw) > max_items:
-        raise HTTPException(413, f"batch of {len(raw)} items exceeds the limit of {max_items} (see --max-batch)")
+        raise Refusal(413, f"batch of {len(raw)} items exceeds the limit of {max_items} (see --max-batch)",
+                      reason="batch_too_large")
     return raw
 
 
@@ -221,37 +233,39 @@ def check_relation(svc: Service, name: str, texts: list[str], examples: list[Rel
     """422/413 for a relation entry of POST /relations the server does not take."""
     limits = svc.limits
     if not name.strip():
-        raise HTTPException(422, "a relation name is empty")
+        raise Refusal(422, "a relation name is empty", reason="bad_relation_name")
     if len(name) > MAX_RELATION_NAME_CHARS:
-        raise HTTPException(422, f"a relation name of {len(name):,} characters exceeds the limit of "
-                                 f"{MAX_RELATION_NAME_CHARS}")
-    if name.strip().casefold() == svc.negative_label.casefold():
-        raise HTTPException(422, f"{name.strip()!r} is the negative label (the answer when no relation "
-                                 "holds): it cannot be added or described; choose another name")
+        raise Refusal(422, f"a relation name of {len(name):,} characters exceeds the limit of "
+                           f"{MAX_RELATION_NAME_CHARS}", reason="bad_relation_name")
+    if label_key(name) == label_key(svc.negative_label):
+        raise Refusal(422, f"{name.strip()!r} is the negative label (the answer when no relation "
+                           "holds): it cannot be added or described; choose another name", reason="negative_label_name")
     # an existing relation may be given only examples (add_relations refuses them for a new one)
     if (not texts and not examples) or not all(t.strip() for t in texts):
-        raise HTTPException(422, f"relation {name!r}: give at least one non-empty description")
+        raise Refusal(422, f"relation {name!r}: give at least one non-empty description", reason="bad_relation")
     if len(texts) > limits.max_descriptions:
-        raise HTTPException(413, f"relation {name!r}: {len(texts)} descriptions exceeds the limit of "
-                                 f"{limits.max_descriptions} per relation (see --max-descriptions)")
+        raise Refusal(413, f"relation {name!r}: {len(texts)} descriptions exceeds the limit of "
+                           f"{limits.max_descriptions} per relation (see --max-descriptions)",
+                      reason="too_many_descriptions")
     longest = max((len(t) for t in texts), default=0)
     if longest > limits.max_description_chars:
-        raise HTTPException(413, f"relation {name!r}: a description of {longest:,} characters exceeds the "
-                                 f"limit of {limits.max_description_chars:,} (see --max-description-chars)")
+        raise Refusal(413, f"relation {name!r}: a description of {longest:,} characters exceeds the "
+                           f"limit of {limits.max_description_chars:,} (see --max-description-chars)",
+                      reason="description_too_long")
     if len(examples) > limits.max_examples:
-        raise HTTPException(413, f"relation {name!r}: {len(examples)} examples exceeds the limit of "
-                                 f"{limits.max_examples} per relation")
+        raise Refusal(413, f"relation {name!r}: {len(examples)} examples exceeds the limit of "
+                           f"{limits.max_examples} per relation", reason="too_many_examples")
     for i, ex in enumerate(examples):
         try:
             check_request(PredictRequest(text=ex.text, head=ex.head, tail=ex.tail), limits)
         except HTTPException as e:
-            raise HTTPException(e.status_code, f"relation {name!r}, example {i}: {e.detail}") from None
+            raise prefixed(e, f"relation {name!r}, example {i}: ") from None
 
 
 def clean_relations(svc: Service, raw: dict[str, Any]) -> dict[str, Any]:
     """A validated POST /relations body, checked entry by entry, in the form ``add_relations`` takes."""
     if not raw:
-        raise HTTPException(422, "give at least one relation: {name: [descriptions]}")
+        raise Refusal(422, "give at least one relation: {name: [descriptions]}", reason="bad_relation")
     body: dict[str, list[str]] = {}
     examples: dict[str, list[RelationExample]] = {}
     specs: dict[str, RelationSpec] = {}
@@ -265,10 +279,10 @@ def clean_relations(svc: Service, raw: dict[str, Any]) -> dict[str, Any]:
         check_relation(svc, name, texts, examples[name])
     clean: dict[str, Any] = {}
     for name, texts in body.items():
-        descriptions = [t.strip() for t in texts]
+        descriptions = [nfc(t.strip()) for t in texts]
         spec = specs.get(name)
         clean[name.strip()] = descriptions if spec is None else {
-            "descriptions": descriptions, "examples": [ex.to_example() for ex in spec.examples],
+            "descriptions": descriptions, "examples": [to_example(ex) for ex in spec.examples],
             "head_types": list(spec.head_types), "tail_types": list(spec.tail_types)} | {
             key: getattr(spec, key) for key in RELATION_NUMBERS if getattr(spec, key) is not None}
     return clean
@@ -278,8 +292,8 @@ def require_json(request: Request) -> None:
     """415 unless the request says its body is JSON (a browser form cannot: it sends text/plain or a form type)."""
     ctype = request.headers.get("content-type", "")
     if ctype.partition(";")[0].strip().lower() != "application/json":
-        raise HTTPException(415, f"send the body as JSON with the header 'Content-Type: application/json' (got "
-                                 f"{ctype or 'none'!r})")
+        raise Refusal(415, f"send the body as JSON with the header 'Content-Type: application/json' (got "
+                           f"{ctype or 'none'!r})", reason="not_json")
 
 
 def add_relation_routes(app: FastAPI, svc: Service) -> None:
@@ -303,8 +317,8 @@ def add_relation_routes(app: FastAPI, svc: Service) -> None:
         pairs (text, head, tail as in /predict, no image) whose mean pair vector the relation is also scored
         against."""
         if svc.model_type != "roc":
-            raise HTTPException(400, "this is a classification model: its label set is fixed, relations cannot "
-                                     "be added (use a ROC model)")
+            raise Refusal(400, "this is a classification model: its label set is fixed, relations cannot "
+                               "be added (use a ROC model)", reason="fixed_label_set")
         require_json(request)
         raw = validate(RelationsBody, parse_json(await request.body(), "the body",
                                                  'send a JSON object {"relation name": ["description", ...]}'))
@@ -315,11 +329,12 @@ def add_relation_routes(app: FastAPI, svc: Service) -> None:
     async def delete_relation(name: str, _: None = Depends(may_write)) -> AddRelationsResponse:  # noqa: B008
         """Remove a relation from retrieval (``?name=...``; not the negative label)."""
         if svc.model_type != "roc":
-            raise HTTPException(400, "this is a classification model: its label set is fixed")
+            raise Refusal(400, "this is a classification model: its label set is fixed", reason="fixed_label_set")
         try:
             await svc.locked(svc.extractor.remove_relations, [name])
         except KeyError:
-            raise HTTPException(404, f"unknown relation {name!r} (GET /relations lists them)") from None
+            raise Refusal(404, f"unknown relation {name!r} (GET /relations lists them)",
+                          reason="unknown_relation") from None
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
         return AddRelationsResponse(added=[], relations=len(svc.extractor.relations))
@@ -336,6 +351,17 @@ def docs_assets() -> Path | None:
     return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
+#: the one remote file ReDoc's bundle loads (its "API docs by Redocly" logo), served from here instead
+REDOC_REMOTE_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+#: the API docs pages may load nothing from another host (the browser enforces it)
+DOCS_CSP = "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:"
+
+
+def offline_redoc(assets: Path) -> bytes:
+    """ReDoc's bundle with its remote logo replaced by a local one (``/static/docs-logo.svg``)."""
+    return (assets / "redoc.standalone.js").read_bytes().replace(REDOC_REMOTE_LOGO, b"/static/docs-logo.svg")
+
+
 def add_page_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/health", response_model=HealthResponse, tags=["service"])
     @app.head("/health", response_model=HealthResponse, include_in_schema=False)
@@ -344,13 +370,28 @@ def add_page_routes(app: FastAPI, svc: Service) -> None:
         return HealthResponse(status="ok", model_type=svc.model_type, relations=len(svc.extractor.relations),
                               version=__version__)
 
+    @app.get("/metrics", tags=["service"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+    async def metrics() -> Response:
+        """Prometheus metrics: requests and latency by route, refusals by status and reason, the batcher's queue
+        depth, forward-pass sizes and times (never waits for the model)."""
+        return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     assets = docs_assets()
     docs_kwargs: dict[str, str] = {}
-    if assets is not None:  # Swagger UI and ReDoc from local files: /docs works offline
+    docs_headers: dict[str, str] = {}
+    if assets is not None:  # Swagger UI and ReDoc from local files: /docs and /redoc work offline
+        redoc_js = offline_redoc(assets)
+
+        @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
+        async def redoc_bundle() -> Response:
+            return Response(redoc_js, media_type="text/javascript")
+
+        docs_headers = {"Content-Security-Policy": DOCS_CSP}
         app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
         docs_kwargs = {"swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
                        "swagger_css_url": "/docs-assets/swagger-ui.css",
@@ -358,14 +399,18 @@ def add_page_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
+        page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
                                    swagger_ui_parameters={"validatorUrl": None}, **docs_kwargs)
+        page.headers.update(docs_headers)
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         extra = {"redoc_js_url": "/docs-assets/redoc.standalone.js",
                  "redoc_favicon_url": "/docs-assets/favicon.png"} if assets is not None else {}
-        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
+        page = get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="rocmre - API",
                               with_google_fonts=assets is None, **extra)
+        page.headers.update(docs_headers)
+        return page
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -165,13 +165,6 @@ class RelationExample(BaseModel):
     head_type: EntityType | None = None
     tail_type: EntityType | None = None
 
-    def to_example(self) -> dict[str, Any]:
-        def spec(e: str | EntityRef) -> Any:
-            return e.to_spec() if isinstance(e, EntityRef) else e
-
-        return {"text": self.text, "head": spec(self.head), "tail": spec(self.tail)} | {
-            k: v for k, v in (("head_type", self.head_type), ("tail_type", self.tail_type)) if v is not None}
-
 
 class RelationSpec(BaseModel):
     """A relation to add: descriptions (templates with {head}/{tail} allowed), labelled examples, type signature."""

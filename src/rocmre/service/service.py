@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -16,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from rocmre.inference.extractor import RelationExtractor
 from rocmre.service.batching import DEFAULT_BATCH_DELAY_MS, DEFAULT_BATCH_SIZE, DEFAULT_MAX_QUEUE, DynamicBatcher
-from rocmre.service.limits import Limits, clean_message
+from rocmre.service.limits import Limits, Refusal, clean_message
+from rocmre.service.metrics import ServiceMetrics
 from rocmre.service.schemas import RelationInfo, RelationsResponse
 
 
@@ -43,8 +43,12 @@ class Service:
         self.negative_label = extractor.model.config.negative_label
         self.model_lock = threading.Lock()
         self.queue = asyncio.Lock()  # waiting requests queue here (in order), not in threadpool workers
+        #: what the service did, exported at /metrics (one registry per service)
+        self.metrics = ServiceMetrics()
+        self.metrics.watch_relations(lambda: len(extractor.relations))
         #: predictions: concurrent requests grouped into forward passes, under the same model lock
-        self.batcher = DynamicBatcher(extractor, self.model_lock, batch_size, batch_delay_ms, max_queue)
+        self.batcher = DynamicBatcher(extractor, self.model_lock, batch_size, batch_delay_ms, max_queue,
+                                      metrics=self.metrics)
 
     async def locked(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` in the threadpool under the model lock."""
@@ -65,15 +69,16 @@ class Service:
     def check_write(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         """403 on a read-only server; 401 without the right bearer token when one is set."""
         if self.read_only:
-            raise HTTPException(403, "this server is read-only (--read-only): relations cannot be added or removed")
+            raise Refusal(403, "this server is read-only (--read-only): relations cannot be added or removed",
+                          reason="read_only")
         if self.api_token is None:
             return
         if credentials is None:
-            raise HTTPException(401, "changing relations needs the header 'Authorization: Bearer <token>' with the "
-                                     "server's API token (--api-token / ROCMRE_API_TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise Refusal(401, "changing relations needs the header 'Authorization: Bearer <token>' with the "
+                               "server's API token (--api-token / ROCMRE_API_TOKEN)",
+                          headers={"WWW-Authenticate": "Bearer"}, reason="token_missing")
         if not secrets.compare_digest(credentials.credentials.encode(), self.api_token.encode()):
-            raise HTTPException(401, "wrong API token", headers={"WWW-Authenticate": "Bearer"})
+            raise Refusal(401, "wrong API token", headers={"WWW-Authenticate": "Bearer"}, reason="token_wrong")
 
     def add_checked(self, clean: dict[str, Any]) -> list[str]:
         """Add ``clean`` relations within the limits (413 above them, 422 for what the library refuses). Call
@@ -83,24 +88,25 @@ class Service:
         current_examples = extractor.relation_examples()
         new = [n for n in clean if n not in current]
         if len(current) + len(new) > limits.max_relations:
-            raise HTTPException(413, f"adding {len(new)} relations would make {len(current) + len(new)}, above the "
-                                     f"limit of {limits.max_relations} (see --max-relations)")
+            raise Refusal(413, f"adding {len(new)} relations would make {len(current) + len(new)}, above the "
+                               f"limit of {limits.max_relations} (see --max-relations)", reason="too_many_relations")
         for name, spec in clean.items():
             texts = spec["descriptions"] if isinstance(spec, dict) else spec
             total = len(current.get(name, [])) + len(texts)
             if total > limits.max_descriptions:
-                raise HTTPException(413, f"relation {name!r}: {total} descriptions exceeds the limit of "
-                                         f"{limits.max_descriptions} per relation (see --max-descriptions)")
+                raise Refusal(413, f"relation {name!r}: {total} descriptions exceeds the limit of "
+                                   f"{limits.max_descriptions} per relation (see --max-descriptions)",
+                              reason="too_many_descriptions")
             n_examples = len(current_examples.get(name, [])) + (len(spec["examples"]) if isinstance(spec, dict)
                                                                 else 0)
             if n_examples > limits.max_examples:
-                raise HTTPException(413, f"relation {name!r}: {n_examples} examples exceeds the limit of "
-                                         f"{limits.max_examples} per relation")
+                raise Refusal(413, f"relation {name!r}: {n_examples} examples exceeds the limit of "
+                                   f"{limits.max_examples} per relation", reason="too_many_examples")
         previous = extractor.model.descriptions
         try:
             added = extractor.add_relations(clean)
         except (ValueError, TypeError) as e:  # a bad template or an example whose entities cannot be resolved
-            raise HTTPException(422, clean_message(e)) from None
+            raise Refusal(422, clean_message(e), reason="bad_relation") from None
         try:  # encode the new set now, not on the next predict; a set that cannot be encoded is not kept
             import torch
 
@@ -109,7 +115,7 @@ class Service:
         except Exception as e:
             extractor.model.set_descriptions(previous)
             if isinstance(e, ValueError | TypeError):
-                raise HTTPException(422, f"the relations cannot be encoded ({clean_message(e)}); nothing was "
-                                         "added") from None
+                raise Refusal(422, f"the relations cannot be encoded ({clean_message(e)}); nothing was "
+                                   "added", reason="bad_relation") from None
             raise
         return added

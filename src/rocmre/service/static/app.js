@@ -68,10 +68,17 @@ function spanValid(role) {
   return span && $("text").value.slice(span.start, span.end) === $(role).value;
 }
 
+// The server counts characters in Unicode code points; a JS string (and a selection) counts UTF-16 units, in
+// which a character outside the BMP (an emoji, say) is two. Offsets are converted before they are sent.
+function codePointIndex(text, index) {
+  return Array.from(text.slice(0, index)).length;
+}
+
 function entityFor(role) {
   const name = $(role).value.trim();
-  if (spanValid(role)) return { name, char_start: state[role].start, char_end: state[role].end };
-  return name;
+  if (!spanValid(role)) return name;
+  const text = $("text").value;
+  return { name, char_start: codePointIndex(text, state[role].start), char_end: codePointIndex(text, state[role].end) };
 }
 
 function findSpan(role) {
@@ -88,7 +95,8 @@ function renderPreview() {
   preview.textContent = "";
   for (const role of ["head", "tail"]) {
     $(`${role}-note`).textContent = spanValid(role)
-      ? `marked at characters ${state[role].start}–${state[role].end}` : ($(role).value.trim() ? "located by name" : "");
+      ? `marked at characters ${codePointIndex(text, state[role].start)}–${codePointIndex(text, state[role].end)}`
+      : ($(role).value.trim() ? "located by name" : "");
   }
   if (!text.trim()) return;
   const spans = [];
