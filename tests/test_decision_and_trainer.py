@@ -542,3 +542,21 @@ def test_mean_plus_markers_pooling_starts_at_the_sentence_vector_and_trains(mnre
     cfg.model.pair_dim = 64  # the residual is added to the sentence vector: widths must match
     with pytest.raises(ValueError, match="pair_pooling"):
         build_model(cfg, data.labels.labels)
+
+
+def test_random_state_kept_hides_draws_from_the_seeded_streams():
+    """Filling an empty cache builds models whose initialisation draws; ``random_state_kept`` keeps those draws
+    out of the torch, numpy and Python streams, so a cold-cache run trains exactly as a warm-cache one."""
+    import random
+
+    from rocmre.training.trainer import random_state_kept
+
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = draws()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    with random_state_kept():
+        torch.nn.Linear(64, 64), np.random.rand(10), random.random()
+    assert draws() == expected

@@ -378,13 +378,14 @@ class Trainer:
         cfg, main = self.cfg, self.accelerator.is_main_process
         model = build_model(cfg, train_data.labels.labels)
         self.runtime = make_runtime(model, cfg)
-        if main:
-            logger.info("train %d records (%d with image), val %d (%d with image)", len(train_data),
-                        train_data.num_with_image, len(val_data), val_data.num_with_image)
-            self.runtime.precompute_images(list(train_data) + list(val_data), self.show_progress)
-        self.accelerator.wait_for_everyone()
-        self.train_feats = self.runtime.featurize(train_data.records, show_progress=self.show_progress and main)
-        self.val_feats = self.runtime.featurize(val_data.records, with_labels=False)
+        with random_state_kept():  # a cold cache builds the image and tagging models: no draw may reach training
+            if main:
+                logger.info("train %d records (%d with image), val %d (%d with image)", len(train_data),
+                            train_data.num_with_image, len(val_data), val_data.num_with_image)
+                self.runtime.precompute_images(list(train_data) + list(val_data), self.show_progress)
+            self.accelerator.wait_for_everyone()
+            self.train_feats = self.runtime.featurize(train_data.records, show_progress=self.show_progress and main)
+            self.val_feats = self.runtime.featurize(val_data.records, with_labels=False)
         self.val_gold = [r.relation for r in val_data.records]
         self.precision = resolve_precision(cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32")
         if cfg.train.fast_dropout:
@@ -690,6 +691,17 @@ def train(cfg: RunConfig, show_progress: bool = True, resume_from_checkpoint: bo
           callbacks: list[TrainerCallback] | None = None) -> TrainingSummary:
     """Train the model a run config describes (see :class:`Trainer`)."""
     return Trainer(cfg, show_progress, callbacks).train(resume_from_checkpoint)
+
+
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Run a block without consuming the torch, numpy or Python random streams: what it draws (filling an empty
+    cache builds models whose initialisation draws) leaves a seeded run's numbers unchanged."""
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py)
+    np.random.set_state(np_state)
 
 
 def _is_backbone(name: str) -> bool:
