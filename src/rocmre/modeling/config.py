@@ -88,7 +88,7 @@ class ModelConfig(BaseModel):
     fusion_layers: int = Field(2, ge=0)
     # N >= 1: a frozen prefix: the word embeddings, the entity markers (starting from the words MARKER_WORDS) and
     # the N lowest text layers take no gradient, so training computes their output once per record
-    # (train.cache_frozen_states) and runs no backward pass below layer N (docs/speed.md); 0 trains the whole encoder
+    # (train.cache_frozen_states) and runs no backward pass below layer N (docs/training.md); 0 trains the whole encoder
     frozen_text_layers: int = Field(2, ge=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)

@@ -1,7 +1,7 @@
 """Dropout whose random mask is cheap on a CPU.
 
 ``torch.nn.Dropout`` draws its mask with ``bernoulli_``, one Mersenne-Twister draw per element: on 2 CPU cores
-that is about a fifth of a MiniLM training step (docs/speed.md). :class:`FastDropout` draws 16-bit
+that is about a fifth of a MiniLM training step (docs/training.md). :class:`FastDropout` draws 16-bit
 integers from numpy's PCG64 instead (a fresh generator per call, seeded from torch's default generator, so
 ``torch.manual_seed`` and the Trainer's saved RNG state still determine every mask). The keep probability is
 ``1 - round(p * 65536) / 65536`` (p = 0.1 is off by 6e-6). Same expectation as ``nn.Dropout``, other masks: the

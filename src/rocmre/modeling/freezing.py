@@ -1,4 +1,4 @@
-"""Training only part of the text encoder (cheaper steps on a CPU; docs/speed.md).
+"""Training only part of the text encoder (cheaper steps on a CPU; docs/training.md).
 
 * :class:`AddedRowsEmbedding`: the pretrained word-embedding table stays fixed while the rows of tokens added to
   the vocabulary (the entity markers) train. The step then has no dense gradient over the whole table and no
