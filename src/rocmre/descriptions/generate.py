@@ -1,11 +1,6 @@
-"""Generate relation descriptions with an LLM: prompt, normalise, filter, de-duplicate, cache.
+"""Generate relation descriptions with an LLM: few-shot prompt, normalise, filter, de-duplicate, cache on disk.
 
-For each relation a few-shot chat prompt is built from the relation name, the entity types its label
-implies and (optionally) ``k`` training examples ``(sentence, head, tail)``. One sentence is asked for per
-call; calls are repeated (the few-shot demonstrations rotate, and with ``temperature > 0`` the seed
-changes) until ``n`` valid, distinct sentences are kept or ``max_attempts`` is spent. A shortfall is
-reported, never padded. Every completion is cached on disk under
-``<cache>/descriptions/`` keyed by (backend, model, prompt_version, label, prompt hash).
+Calls repeat until ``n`` valid, distinct sentences are kept or ``max_attempts`` is spent; a shortfall is reported.
 """
 
 from __future__ import annotations
@@ -187,11 +182,7 @@ def _words(text: str) -> list[str]:
 
 
 def leaks_label(text: str, label: str) -> bool:
-    """Whether ``text`` shows the raw label or one of its slash parts in label spelling.
-
-    Parts are: the path itself and any ``/x`` fragment of it, the type abbreviations (``per``, ``org``,
-    ``loc``, ``misc``) as words, and multi-word relation names in their underscore form (``member_of``).
-    """
+    """Whether ``text`` shows the raw label, a slash part of it, a type abbreviation or an underscore name."""
     low = text.lower()
     lab = label.lower().strip()
     if "/" in lab and lab.strip("/") in low:
@@ -225,13 +216,8 @@ def _count_type_words(words: Sequence[str], types: Iterable[str]) -> int:
 
 def check_description(text: str, label: str, head_types: Sequence[str], tail_types: Sequence[str], *,
                       min_words: int = 5, max_words: int = 40, banned: Iterable[str] = ()) -> str | None:
-    """Why ``text`` is rejected, or ``None`` when it is a valid description.
-
-    Rules: length in words within bounds; speaks of both roles ("head" and "tail", or a type word for
-    each side: twice when both sides share a type); no label leakage; no claimed type that contradicts
-    the label (``the head location`` for a person head); no degenerate repetition; none of the
-    ``banned`` strings (e.g. entity names of the prompt's examples).
-    """
+    """Why ``text`` is rejected, or ``None`` when it is a valid description (length, both roles mentioned, no label
+    leakage, no contradicting type, no repetition, none of the ``banned`` strings)."""
     words = _words(text)
     if len(words) < min_words:
         return "too short"
@@ -362,12 +348,8 @@ def generate_descriptions(
     today: str | None = None,
     progress: Callable[[Iterable[str]], Iterable[str]] | None = None,
 ) -> GenerationResult:
-    """Generate ``config.n`` descriptions for every label.
-
-    ``types`` overrides the head/tail types read from the labels; ``tail_object`` adds ``"object"`` to tail
-    types (MORE). ``dry_run`` builds the first prompt of each relation and calls no model (``backend`` may
-    be ``None``). ``progress`` wraps the label iterable (e.g. ``tqdm``).
-    """
+    """Generate ``config.n`` descriptions for every label; ``dry_run`` only builds prompts (``backend`` may be
+    ``None``), ``tail_object`` adds ``"object"`` to tail types (MORE)."""
     cfg = config or GenerationConfig()
     max_attempts = cfg.max_attempts if cfg.max_attempts is not None else 4 * cfg.n
     cache = CompletionCache(cache_dir) if use_cache else None

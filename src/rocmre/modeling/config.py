@@ -1,13 +1,6 @@
-"""A relation model's configuration, split by role (as Hugging Face keeps ``GenerationConfig`` apart from the model):
-
-* :class:`ModelConfig`: the architecture a user chooses (``RunConfig.model``); the defaults are the recommended
-  recipe (``configs/mnre_roc.yaml``);
-* :class:`TrainedModelConfig`: that plus what training fills in (the relation labels, the vision features' shape),
-  saved beside the weights as ``config.json``;
-* :class:`DecisionConfig`: how scores become answers (type prior, None margin, prototypes), saved as
-  ``decision_config.json`` and changed with ``RelationExtractor.set_decision``.
-
-The training loss and its knobs are the training's (``rocmre.modeling.losses``, ``TrainConfig``).
+"""A relation model's configuration, split by role: :class:`ModelConfig` (the architecture; defaults are the
+recipe), :class:`TrainedModelConfig` (plus fitted state, ``config.json``) and :class:`DecisionConfig` (how scores
+become answers, ``decision_config.json``).
 """
 
 from __future__ import annotations

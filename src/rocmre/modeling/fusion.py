@@ -16,12 +16,8 @@ POOLED, REGION, CROP, OBJECT, NO_IMAGE = range(5)
 
 
 class ImageTokenizer(nn.Module):
-    """Turns frozen vision features into tokens of the text width.
-
-    Tokens: the pooled image vector, one token per grid region, one per visual-grounding crop, and one for an
-    image-object tail (its crop's vector plus an embedding of its box). A record without its image gets a single
-    learned "no image" token instead.
-    """
+    """Turns frozen vision features into text-width tokens: pooled image, grid regions, crops and an image-object
+    tail's box; a record without its image gets one learned "no image" token."""
 
     def __init__(self, vision_dim: int, num_regions: int, hidden: int, dropout: float) -> None:
         super().__init__()

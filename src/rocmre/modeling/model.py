@@ -1,8 +1,5 @@
-"""The relation model: ROC (retrieval over relation descriptions) or the classification baseline.
-
-Both share :class:`~rocmre.modeling.fusion.MultimodalPairEncoder`; they differ only in the head:
-ROC scores a pair against every relation's description vectors (cosine similarity over a temperature,
-trained with InfoNCE), the classifier applies a linear layer and cross-entropy.
+"""The relation model: ROC (cosine retrieval over relation descriptions) or the classification baseline, over one
+shared :class:`~rocmre.modeling.fusion.MultimodalPairEncoder`.
 """
 
 from __future__ import annotations
@@ -274,11 +271,8 @@ class RelationModel(nn.Module):
 
     def description_vectors(self, per_relation: int | None = None, generator: torch.Generator | None = None,
                             refresh: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors (M, D), relation index (M,)). In training, ``per_relation`` samples that many per relation.
-
-        With ``refresh=False`` (training only) the description encoder is not run: the pooled states kept from
-        earlier steps are reused and only the projection is trained on this step (``train.description_refresh_steps``).
-        """
+        """(vectors (M, D), relation index (M,)); in training ``per_relation`` samples that many per relation, and
+        ``refresh=False`` reuses the kept pooled states (only the projection trains)."""
         if not self.training and per_relation is None and self._description_cache is not None:
             vecs, index, labels = self._description_cache
             if labels == self.relation_labels and vecs.device == self.description_projection.weight.device:
@@ -338,11 +332,8 @@ class RelationModel(nn.Module):
     # -- scoring ------------------------------------------------------------------------------
     def relation_similarity(self, pairs: torch.Tensor, desc: torch.Tensor, index: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosine similarity of each pair to each relation (B, R), and each relation's best description (B, R).
-
-        ``index`` maps each description row to its relation and is grouped (a relation's rows are contiguous).
-        Vectorised over relations, so scoring against thousands of relations costs one matrix product.
-        """
+        """Cosine similarity of each pair to each relation (B, R) and each relation's best description (B, R);
+        ``index`` is grouped by relation."""
         n_rel = len(self.relation_labels)
         cached = self._centre_cache
         if not self.training and cached is not None and cached[0] is desc:

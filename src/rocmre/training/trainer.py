@@ -1,14 +1,7 @@
-"""The training loop (Hugging Face Accelerate): the same code runs on a CPU, a GPU, or ``accelerate launch``.
+"""The training loop (Hugging Face Accelerate): the same code on a CPU, a GPU, or ``accelerate launch``.
 
-:class:`Trainer` checkpoints and resumes. Every ``train.checkpoint_every`` steps and at every evaluation it writes
-``OUTPUT_DIR/checkpoints/checkpoint-N/`` (model, optimizer, scheduler, RNG states, data position, best-so-far,
-history), into a temporary folder that is then renamed, keeping the newest ``train.keep_checkpoints``; the best
-weights so far live in ``checkpoints/best/``. ``rocmre train --resume OUTPUT_DIR`` continues from the newest
-checkpoint and replays exactly the schedule of an uninterrupted run: a time budget is converted into a step
-budget once, at the start, and stored. The model folder itself (``config.json`` last) is written only when
-training ends, so an interrupted run never leaves a folder ``from_pretrained`` accepts as a finished model.
-
-The checkpoint and the None margin are chosen on validation micro-F1; the test split is never read here.
+:class:`Trainer` checkpoints atomically into ``OUTPUT_DIR/checkpoints/`` and resumes an interrupted run exactly; the
+model folder is written only when training ends. Checkpoint and None margin are chosen on validation micro-F1.
 """
 
 from __future__ import annotations
@@ -177,13 +170,9 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 class Trainer:
-    """Trains the model a :class:`RunConfig` describes; ``train(resume_from_checkpoint=...)`` resumes.
-
-    As in Hugging Face ``Trainer``, the loop is made of steps a subclass may override: :meth:`create_optimizer` and
-    :meth:`create_scheduler` (called by :meth:`create_optimizer_and_scheduler`), :meth:`training_step` (forward and
-    backward, through :meth:`compute_loss`), :meth:`optimizer_step`, :meth:`evaluate`, :meth:`save_checkpoint` and
-    :meth:`save_model`; :class:`TrainerCallback` objects are told of every step, validation and checkpoint.
-    """
+    """Trains the model a :class:`RunConfig` describes; ``train(resume_from_checkpoint=...)`` resumes. As in HF
+    ``Trainer``, its steps (optimizer, scheduler, training step, evaluate, save) may be overridden, and
+    :class:`TrainerCallback` objects are told of each step."""
 
     def __init__(self, cfg: RunConfig, show_progress: bool = True,
                  callbacks: list[TrainerCallback] | None = None) -> None:
