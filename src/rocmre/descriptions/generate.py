@@ -48,9 +48,7 @@ _TYPE_CLAIMS: dict[str, str] = {"person": "person", "people": "person", "organiz
 _NAME_FIXES = {"alumi": "alumni"}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Labels and prompts
-# ---------------------------------------------------------------------------------------------------------
+# -- labels and prompts -----------------------------------------------------------------------------------
 def label_types(label: str, *, tail_object: bool = False) -> tuple[list[str], list[str]]:
     """Head and tail types implied by a path label (``/per/org/member_of`` -> person, organization).
 
@@ -138,9 +136,7 @@ def build_messages(label: str, head_types: Sequence[str], tail_types: Sequence[s
     return msgs
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Normalising and filtering
-# ---------------------------------------------------------------------------------------------------------
+# -- normalising and filtering -------------------------------------------------------------------------------
 _PREFIX = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|definition\s*:|description\s*:|answer\s*:)\s*", re.I)
 _SENT_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -252,9 +248,7 @@ def check_description(text: str, label: str, head_types: Sequence[str], tail_typ
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Cache
-# ---------------------------------------------------------------------------------------------------------
+# -- cache ------------------------------------------------------------------------------------------------
 class CompletionCache:
     """Completions stored as one JSON file each under ``<root>/descriptions/``."""
 
@@ -289,9 +283,7 @@ def prompt_hash(messages: Messages, **params: Any) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Generation
-# ---------------------------------------------------------------------------------------------------------
+# -- generation ---------------------------------------------------------------------------------------------
 @dataclass
 class GenerationConfig:
     """Settings of :func:`generate_descriptions`."""

@@ -144,14 +144,12 @@ class RelationModel(nn.Module):
         self._prefix_states: dict[str, torch.Tensor] = {}
         #: whether training keeps those states (the trainer sets ``train.cache_frozen_states``)
         self.cache_frozen_states = True
-        # prediction only: vectors of filled description templates, few-shot prototypes per relation
-        # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
+        # prediction only: filled-template vectors, few-shot prototypes (label -> (fingerprint, vector)), templates
         self._filled_vectors: dict[str, torch.Tensor] = {}
         self._prototypes: dict[str, tuple[str, torch.Tensor]] = {}
         self._template_cache: tuple[torch.Tensor, list[tuple[int, list[str]]]] | None = None
         self.max_filled_texts = MAX_FILLED_TEXTS  # raise it to keep more filled templates encoded
-        #: featurises relation examples for prototypes (a ModelRuntime; RelationExtractor sets its own,
-        #: otherwise one is made on first use)
+        #: featurises relation examples for prototypes (a ModelRuntime; made on first use unless set)
         self.example_runtime: Any = None
 
     # -- relation set -------------------------------------------------------------------------
@@ -171,8 +169,7 @@ class RelationModel(nn.Module):
         self.descriptions = descriptions
         self.config.labels = descriptions.labels
         self._description_cache = None
-        #: incremented by every ``train()``: weight copies made for prediction (the runtime's bf16 copies) are
-        #: rebuilt after it, since an optimizer step need not bump the weights' version counters (fused AdamW)
+        #: incremented by every ``train()``: prediction-time weight copies are rebuilt after it
         self.weights_generation = 0
 
     def _description_texts(self, descriptions: RelationDescriptions) -> list[list[str]]:
