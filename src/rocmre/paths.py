@@ -33,9 +33,7 @@ def find_data_dir() -> Path | None:
 
 def default_data_dir() -> Path:
     """The data folder (see :func:`find_data_dir`); raises :class:`FileNotFoundError` saying how to set it.
-
-    A ``$ROCMRE_DATA`` that names no folder is an error too (rather than silently trying other folders).
-    """
+    A ``$ROCMRE_DATA`` that names no folder is an error too (rather than silently trying other folders)."""
     found = find_data_dir()
     if found is None:
         raise FileNotFoundError(f"no data folder: ${DATA_ENV} is not set and neither ./data nor ../shared/data "

@@ -61,10 +61,8 @@ def is_in_memory(image: ImageSource) -> bool:
 
 class ImageFeatureCache:
     """Frozen vision features computed once per (image content, backbone, preprocessing, box).
-
     File images are cached on disk (``cache_dir/"image-features"/<backbone>/``) and in a ``memory_items`` LRU; in-memory
-    images only in a separate ``upload_items`` LRU. Returned tensors are shared: treat them as read-only.
-    """
+    images only in a separate ``upload_items`` LRU. Returned tensors are shared: treat them as read-only."""
 
     def __init__(self, backbone: VisionBackbone, cache_dir: Path | None = None, batch_size: int = 16,
                  show_progress: bool = True, memory_items: int = 512, upload_items: int = UPLOAD_ITEMS) -> None:

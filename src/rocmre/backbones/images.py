@@ -143,9 +143,7 @@ def check_image(source: str | Path | bytes, name: str | None = None, *, full: bo
 
 def box_pixels(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """Pixel rectangle ``(left, top, right, bottom)`` of a normalised ``(cx, cy, w, h)`` box.
-
-    The rectangle is clamped to the image and is at least 1 px wide and high.
-    """
+    The rectangle is clamped to the image and is at least 1 px wide and high."""
     if len(box) != 4:
         raise ValueError(f"box must be (x_center, y_center, width, height), got {box!r}")
     cx, cy, bw, bh = (float(v) for v in box)

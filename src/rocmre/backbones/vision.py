@@ -155,9 +155,7 @@ class EfficientNetLiteBackbone(VisionBackbone):
 
 def _size_pair(value: Any, default: int) -> tuple[str, int, int]:
     """Normalise a processor ``size``/``crop_size`` entry to (kind, height, width).
-
-    kind is "exact" for a fixed (height, width) and "short" for a shortest-edge resize.
-    """
+    kind is "exact" for a fixed (height, width) and "short" for a shortest-edge resize."""
     if value is None:
         return "exact", default, default
     if isinstance(value, int | float):

@@ -1,6 +1,5 @@
 """Download MNRE from its public sources (pinned GitHub text files, the Google Drive image archive through
-``gdown``): resumable, sha256-verified, failing fast without a network, in the official layout.
-"""
+``gdown``): resumable, sha256-verified, failing fast without a network, in the official layout."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """Pair inputs: the one place that turns user input (a text, two entities, an image) into a :class:`RelationRecord`.
-
 Used by the JSONL readers, the Python API and the service (accepted forms: docs/data.md). A text is a string
 (tokenised by :func:`tokenize`, ``\\w+|[^\\w\\s]``) or a token list; an entity a name, a span, a dict or (tail only)
 an image box; an image a path, bytes, a numpy array, a PIL image or ``None``. Bad input raises
 :class:`PairInputError`/:class:`PairInputTypeError` naming the ``field``; :func:`pair_from_json` turns them into
-:class:`~rocmre.data.record.DataFormatError` located by file, line and field.
-"""
+:class:`~rocmre.data.record.DataFormatError` located by file, line and field."""
 
 from __future__ import annotations
 
@@ -405,11 +403,9 @@ def _from_json(obj: Any, path: str | Path, line: int, base_dir: Path | None,
 def pair_from_json(obj: Any, path: str | Path, line: int, base_dir: Path | None,
                    missing_image: MissingImagePolicy | str = "mark") -> PairInput:
     """The pair of one JSONL object, checked in full; :class:`DataFormatError` otherwise.
-
     ``tokens`` wins over ``text``; ``image`` is relative to ``base_dir``. A missing image is an error under
     ``missing_image="error"``; under ``"mark"`` (alias ``"ignore"``) the pair has none and ``extra["image_id"]`` keeps
-    it.
-    """
+    it."""
     return _from_json(obj, path, line, base_dir, missing_image)[0]
 
 

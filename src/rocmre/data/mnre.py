@@ -1,10 +1,8 @@
 """Readers for MNRE in the layouts users have.
-
 * HVPNeT / MKGformer ``RE_data``: ``txt/ours_{split}.txt``, ``txt/ours_rel2id.json``, ``txt/mre_{split}_dict.pth``
   (record index -> visual-grounding crop names), ``img_org/{split}/``, ``img_vg/{split}/crops/``.
 * The official release: ``mnre_txt/mnre_{train,val ,test}.txt`` (the dev file's name really has a space).
-* MNRE-1 (the first release): ``ours_{split}.txt`` with 31 labels and ``none`` in lower case.
-"""
+* MNRE-1 (the first release): ``ours_{split}.txt`` with 31 labels and ``none`` in lower case."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """Entity names the model never saw: a name-replaced test set, and name swapping as a training augmentation.
-
 :func:`name_swapped` replaces, in a seeded copy of a split, head and tail names seen in training by unseen names of
 the same entity type (from the label's type signature, or a tagger for negative records). :func:`swap_entity_names`
-is the training-time version, drawing from :func:`train_name_pool`.
-"""
+is the training-time version, drawing from :func:`train_name_pool`."""
 
 from __future__ import annotations
 
@@ -149,7 +147,6 @@ def replace_names(record: RelationRecord, head: str | None, tail: str | None,
                   types: tuple[str | None, str | None] | None = None) -> RelationRecord | None:
     """A copy of ``record`` with the head and/or tail name (where not None) replaced at every mention, spans
     recomputed and the change noted in ``source``; None when the two spans overlap (no sound replacement).
-
     ``types`` (head, tail), when given, are written into both entities' ``type`` (replaced or not)."""
     if head is None and tail is None:
         return record

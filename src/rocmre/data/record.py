@@ -74,9 +74,7 @@ class RelationRecord:
 
 def entity_tokens_match(tokens: list[str], name: str) -> bool:
     """A span matches its name when the tokens equal the name, ignoring whitespace.
-
-    MNRE-2 joins tokens with spaces; MNRE-1 writes detokenised names (``#Bears`` for ``# Bears``).
-    """
+    MNRE-2 joins tokens with spaces; MNRE-1 writes detokenised names (``#Bears`` for ``# Bears``)."""
     return "".join(tokens) == "".join(name.split())
 
 

@@ -1,10 +1,8 @@
 """Readers for public Wikidata relation corpora (text only): FewRel, Wiki80 and Re-DocRED.
-
 They live in ``$ROCMRE_DATA/relations`` (see its README). Each record's relation is its Wikidata property id (shared
 across corpora), the negative label is ``None``; Re-DocRED also yields seeded ``None`` pairs from sentences with no
 label. Data entity types map onto :data:`rocmre.data.entity_types.ENTITY_TYPES`. Errors name file, line or key, and
-field.
-"""
+field."""
 
 from __future__ import annotations
 

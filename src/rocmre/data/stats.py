@@ -151,10 +151,8 @@ def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] =
                   fmt: str = "auto", negative_label: str | None = None, skip_bad_lines: bool = False,
                   strict_images: bool = False, data_dir: str | Path | None = None) -> DatasetStats:
     """Read and summarise each split of the dataset at ``path`` (looked up in the data folder too).
-
     Bad lines raise unless ``skip_bad_lines``; unreadable images count as absent (``strict_images``: an error). An
-    absent split is reported as ``missing``; all absent raises :class:`FileNotFoundError`.
-    """
+    absent split is reported as ``missing``; all absent raises :class:`FileNotFoundError`."""
     root = resolve_data_path(path, data_dir)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist. Point rocmre at a local copy with a path, --data-dir "

@@ -142,9 +142,7 @@ def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
 
 class LocalBackend:
     """A Hugging Face causal LM run in-process through its chat template (default SmolLM2-135M, converted once).
-
-    Greedy when ``temperature <= 0``, else seeded sampling; ``threads`` sets torch's CPU threads during generation.
-    """
+    Greedy when ``temperature <= 0``, else seeded sampling; ``threads`` sets torch's CPU threads during generation."""
 
     name = "local"
 

@@ -1,7 +1,5 @@
 """Generate relation descriptions with an LLM: few-shot prompt, normalise, filter, de-duplicate, cache on disk.
-
-Calls repeat until ``n`` valid, distinct sentences are kept or ``max_attempts`` is spent; a shortfall is reported.
-"""
+Calls repeat until ``n`` valid, distinct sentences are kept or ``max_attempts`` is spent; a shortfall is reported."""
 
 from __future__ import annotations
 
@@ -51,9 +49,7 @@ _NAME_FIXES = {"alumi": "alumni"}
 # -- labels and prompts -----------------------------------------------------------------------------------
 def label_types(label: str, *, tail_object: bool = False) -> tuple[list[str], list[str]]:
     """Head and tail types implied by a path label (``/per/org/member_of`` -> person, organization).
-
-    ``tail_object`` (MORE) adds ``"object"`` to the tail types. Labels without a path give ``[]`` (any type).
-    """
+    ``tail_object`` (MORE) adds ``"object"`` to the tail types. Labels without a path give ``[]`` (any type)."""
     parts = label.strip("/").split("/")
     if len(parts) != 3 or parts[0] not in PATH_TYPES or parts[1] not in PATH_TYPES:
         return [], (["object"] if tail_object else [])
@@ -122,9 +118,7 @@ def _user_message(name: str, head_types: Sequence[str], tail_types: Sequence[str
 def build_messages(label: str, head_types: Sequence[str], tail_types: Sequence[str],
                    examples: Sequence[Example] = (), *, negative: bool = False, attempt: int = 0) -> Messages:
     """The chat prompt for one call: system, rotated few-shot turns, then the relation asked about.
-
-    Demonstrations carry an example each when ``examples`` is non-empty, so the format stays consistent.
-    """
+    Demonstrations carry an example each when ``examples`` is non-empty, so the format stays consistent."""
     name = "no relation (merely mentioned together)" if negative else relation_name(label)
     k = len(examples)
     shots = _SHOTS[attempt % len(_SHOTS):] + _SHOTS[: attempt % len(_SHOTS)]

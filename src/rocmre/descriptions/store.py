@@ -170,7 +170,6 @@ class RelationDescriptions:
             tail_types: Iterable[str] = (), provenance: Mapping[str, Any] | None = None,
             examples: Iterable[Mapping[str, Any]] = ()) -> None:
         """Add a relation, or append descriptions (and examples) to an existing one.
-
         ``examples`` are stored as given (JSON objects; :meth:`RelationExtractor.add_relations` checks them)."""
         descs = [t if isinstance(t, Description) else Description(str(t), dict(provenance or {"method": "hand"}))
                  for t in texts]

@@ -1,7 +1,6 @@
 """Descriptions of Wikidata relations (``P26``) from FewRel's ``pid2name.json``: ``"{name}: {description}"``
 (editors' notes cleaned) and, with ``templates=True``, ``"{head} {name} {tail}."``. :data:`EXTRA_PROPERTIES` covers
-the Re-DocRED properties missing from that file; ``None`` gets hand-written texts.
-"""
+the Re-DocRED properties missing from that file; ``None`` gets hand-written texts."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Paired bootstrap over test records for the micro-F1 difference of two systems, vectorised over resamples
-from per-record counts (pooled over seeds: one draw of records, counts summed over each system's seeds).
-"""
+from per-record counts (pooled over seeds: one draw of records, counts summed over each system's seeds)."""
 
 from __future__ import annotations
 

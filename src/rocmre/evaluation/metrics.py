@@ -1,6 +1,5 @@
 """Scoring as the MRE field does it: accuracy, micro P/R/F1 and macro-F1 over non-negative labels, and for
-retrieval models Hits@k and MRR; the negative label is always named explicitly.
-"""
+retrieval models Hits@k and MRR; the negative label is always named explicitly."""
 
 from __future__ import annotations
 

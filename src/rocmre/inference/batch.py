@@ -1,6 +1,5 @@
 """Predicting a file of pairs line by line, for the local and the Ray ``rocmre predict``: one row per line,
-``{"line", "id", <Prediction.to_dict()>}`` or ``{"line", "error", "field"}``.
-"""
+``{"line", "id", <Prediction.to_dict()>}`` or ``{"line", "error", "field"}``."""
 
 from __future__ import annotations
 
@@ -155,10 +154,8 @@ def predict_file(extractor: RelationExtractor, input_path: Path, output: IO[str]
                  show_progress: bool = True, on_error: Callable[[DataFormatError], None] | None = None
                  ) -> tuple[int, int]:
     """Predict every line of ``input_path`` into the open text file ``output``; returns (predicted, skipped).
-
     Output line ``i`` answers input line ``i`` (a blank line gives ``{"line": n, "error": "blank line"}``). With
-    ``skip_bad_lines=False`` the first bad line, or a pair the model raises on, raises :class:`DataFormatError`.
-    """
+    ``skip_bad_lines=False`` the first bad line, or a pair the model raises on, raises :class:`DataFormatError`."""
     from tqdm.auto import tqdm
 
     if missing_image not in ("error", "ignore"):

@@ -1,9 +1,7 @@
 """``rocmre predict --ray``: the local command's rows, computed by a pool of Ray actors (Ray Data).
-
 Needs ``rocmre[ray]`` (imported only when a run starts). Workers build rows with
 :func:`rocmre.inference.batch.predict_rows`; the driver writes each block as an atomic part file, so a restarted
-run resumes, and merges the parts in line order at the end. See docs/ray.md.
-"""
+run resumes, and merges the parts in line order at the end. See docs/ray.md."""
 
 from __future__ import annotations
 

@@ -161,7 +161,6 @@ class RelationExtractor:
     def add_relations(self, relations: Mapping[str, Sequence[str] | Mapping[str, Any]],
                       provenance: Mapping[str, Any] | None = None) -> list[str]:
         """Add relations (or descriptions and examples to existing ones) without retraining; returns the new names.
-
         ``{name: [descriptions...]}`` or ``{name: {"descriptions", "examples", "head_types", "tail_types",
         "score_offset", "none_margin"}}``; descriptions may be ``{head}``/``{tail}`` templates, examples are pairs in
         the input format of :meth:`predict_batch` (see docs/new-relations.md). A bad entry raises
@@ -271,7 +270,6 @@ class RelationExtractor:
     def predict(self, text: TextInput, head: EntityInput, tail: EntityInput, image: ImageInput = None,
                 top_k: int = 3, head_type: str | None = None, tail_type: str | None = None) -> Prediction:
         """The relation from ``head`` to ``tail`` in ``text`` (a string or token list) and ``image``.
-
         Entities and images take the forms of :mod:`rocmre.data.inputs`; ``top_k`` alternatives are listed. Bad input
         raises ``ValueError``/``TypeError`` naming the argument."""
         return next(self.predict_batch([PairInput(text, head, tail, image, head_type, tail_type)], top_k=top_k))

@@ -1,7 +1,6 @@
 """A relation model's configuration, split by role: :class:`ModelConfig` (the architecture; defaults are the
 recipe), :class:`TrainedModelConfig` (plus fitted state, ``config.json``) and :class:`DecisionConfig` (how scores
-become answers, ``decision_config.json``).
-"""
+become answers, ``decision_config.json``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """The one decision path from a model's scores to the answer (:class:`DecisionRule`), used by every caller.
-
 Steps: relation score offsets; the type prior (scope ``all`` or ``added_vs_trained``); the None margin (plus each
 relation's extra ``none_margin``); an optional :class:`SecondStageScorer` that reorders the top candidates; the
-gate for relations that failed their extra margin; ranking. See docs/new-relations.md.
-"""
+gate for relations that failed their extra margin; ranking. See docs/new-relations.md."""
 
 from __future__ import annotations
 
@@ -148,7 +146,6 @@ class DecisionRule:
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
                      tail_types: np.ndarray | None) -> np.ndarray:
         """Model scores with the relation offsets and the type prior applied (no margin).
-
         In the ``added_vs_trained`` scope, trained relations keep their scores ``S`` and an added relation ``a`` gets
         ``P[a] - max P[trained] + max S[trained]`` (``P``: the scores with the prior on every relation)."""
         scores = np.asarray(model_scores, dtype=np.float64).copy()

@@ -1,9 +1,7 @@
 """Dropout whose random mask is cheap on a CPU (docs/speed.md).
-
 :class:`FastDropout` draws 16-bit integers from numpy's PCG64, seeded from torch's generator (so seeds still
 determine every mask); keep probability ``1 - round(p * 65536) / 65536``. :func:`use_fast_dropout` does the same for
-a Hugging Face encoder's attention dropout (:func:`fast_dropout_attention`). Not used on a GPU.
-"""
+a Hugging Face encoder's attention dropout (:func:`fast_dropout_attention`). Not used on a GPU."""
 
 from __future__ import annotations
 
@@ -73,7 +71,6 @@ class FastDropout(nn.Dropout):
 def use_fast_dropout(module: nn.Module) -> int:
     """Turn every ``nn.Dropout`` under ``module`` into a :class:`FastDropout` in place, and Hugging Face encoders
     that attend with ``sdpa`` to :func:`fast_dropout_attention`; returns how many dropout modules changed.
-
     The attention dropout of ``torch.nn.MultiheadAttention`` (the fusion layers) is left as it is."""
     from transformers import PreTrainedModel
 

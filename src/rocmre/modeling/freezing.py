@@ -1,7 +1,6 @@
 """Training only part of the text encoder (cheaper steps on a CPU; docs/speed.md): fixed word embeddings with
 trainable added marker rows (:class:`AddedRowsEmbedding`), frozen lower layers, and a frozen prefix run as a fixed
-feature extractor (:func:`run_lower_layers` / :func:`run_upper_layers`).
-"""
+feature extractor (:func:`run_lower_layers` / :func:`run_upper_layers`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """An inference-only forward pass of a BERT text encoder without Hugging Face's per-layer machinery.
-
 :class:`LeanBertForward` runs the same parameters through the same operations with fused QKV products, giving
 ``last_hidden_state`` equal up to float rounding; used only in eval mode for encoders it matches
-(:func:`lean_forward_supported`).
-"""
+(:func:`lean_forward_supported`)."""
 
 from __future__ import annotations
 

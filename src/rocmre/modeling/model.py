@@ -1,6 +1,5 @@
 """The relation model: ROC (cosine retrieval over relation descriptions) or the classification baseline, over one
-shared :class:`~rocmre.modeling.fusion.MultimodalPairEncoder`.
-"""
+shared :class:`~rocmre.modeling.fusion.MultimodalPairEncoder`."""
 
 from __future__ import annotations
 

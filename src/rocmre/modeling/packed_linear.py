@@ -1,7 +1,6 @@
 """bf16 matrix products on a CPU with the weights packed once by oneDNN, for inference (same numbers as
 ``F.linear`` under autocast). Anything else (fp32, GPU, training) is an ordinary ``F.linear``; a changed weight is
-packed again, :meth:`PackedLinears.clear` drops them all.
-"""
+packed again, :meth:`PackedLinears.clear` drops them all."""
 
 from __future__ import annotations
 

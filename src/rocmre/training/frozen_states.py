@@ -1,9 +1,7 @@
 """The output of a model's frozen lower text layers, computed once per training record and reused every epoch.
-
 :meth:`FrozenStatesCache.prepare` computes what an epoch needs in length-sorted inference batches;
 :meth:`FrozenStatesCache.attach` puts the states into each step's batch. Name-swapped records get states for that
-epoch only.
-"""
+epoch only."""
 
 from __future__ import annotations
 

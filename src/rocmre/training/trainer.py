@@ -1,8 +1,6 @@
 """The training loop (Hugging Face Accelerate): the same code on a CPU, a GPU, or ``accelerate launch``.
-
 :class:`Trainer` checkpoints atomically into ``OUTPUT_DIR/checkpoints/`` and resumes an interrupted run exactly; the
-model folder is written only when training ends. Checkpoint and None margin are chosen on validation micro-F1.
-"""
+model folder is written only when training ends. Checkpoint and None margin are chosen on validation micro-F1."""
 
 from __future__ import annotations
 

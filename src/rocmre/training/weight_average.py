@@ -1,6 +1,5 @@
 """An exponential moving average of a model's trainable weights (``train.ema_decay``), validated and saved
-instead of the raw weights; decay ``min(d, (1 + t) / (10 + t))``. It travels with checkpoints (``ema.safetensors``).
-"""
+instead of the raw weights; decay ``min(d, (1 + t) / (10 + t))``. It travels with checkpoints (``ema.safetensors``)."""
 
 from __future__ import annotations
 
