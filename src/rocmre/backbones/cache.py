@@ -205,8 +205,7 @@ class ImageFeatureCache:
             return cached
         self.misses += 1
         if is_in_memory(image):
-            return self._compute([(key, self._payload(image, payload), box, describe_source(image))],
-                                 persist=False)[0]
+            return self._compute([(key, self._payload(image, payload), box, describe_source(image))], persist=False)[0]
         self._compute([(key, self._payload(image, payload), box, describe_source(image))])
         value = self._lookup(key)
         if value is None:

@@ -144,8 +144,7 @@ def describe(
     try:
         be = make_backend(backend, model=model, base_url=base_url, api_key=api_key, max_retries=retries,
                           model_cache_dir=cache_dir, threads=threads)
-        res = generate_descriptions(labels, be, progress=lambda it: tqdm(it, desc="relations", unit="rel"),
-                                    **common)
+        res = generate_descriptions(labels, be, progress=lambda it: tqdm(it, desc="relations", unit="rel"), **common)
     except LLMError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -9,12 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rocmre.cli.common import (
-    fail,
-    precision_option,
-    type_prior_option,
-    type_prior_scope_option,
-)
+from rocmre.cli.common import fail, precision_option, type_prior_option, type_prior_scope_option
 from rocmre.data.record import DataFormatError
 
 if TYPE_CHECKING:
@@ -50,8 +45,7 @@ def load_relations_file(path: Path) -> dict[str, Any]:
                     ex = ex | {"image": str(path.parent / image)}
                 examples.append(ex)
                 if isinstance(image, str) and image.strip() and not Path(ex["image"]).is_file():
-                    raise DataFormatError(f"image not found: {ex['image']}", path, None,
-                                          f"{name}.examples[{i}].image")
+                    raise DataFormatError(f"image not found: {ex['image']}", path, None, f"{name}.examples[{i}].image")
             spec = spec | {"examples": examples}
         out[name] = spec
     return out

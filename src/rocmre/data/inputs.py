@@ -258,8 +258,7 @@ def _dict_entity(spec: Mapping[str, Any], tokens: list[str], offsets: list[tuple
                                "(character offsets) or 'box'")
 
 
-def _token_entity(tokens: list[str], start: int, end: int, role: str, etype: str | None,
-                  name: str | None) -> Entity:
+def _token_entity(tokens: list[str], start: int, end: int, role: str, etype: str | None, name: str | None) -> Entity:
     if not (0 <= start < end <= len(tokens)):
         raise _not_found(role, f"token span [{start}, {end}) is out of range for {len(tokens)} tokens")
     covered = " ".join(tokens[start:end])
@@ -392,8 +391,7 @@ def _from_json(obj: Any, path: str | Path, line: int, base_dir: Path | None,
             elif policy is MissingImagePolicy.ERROR:
                 raise PairInputError("image", f"image not found: {candidate}")
             extra["image_id"] = image
-        pair = PairInput(text, obj["head"], obj["tail"], image_path, obj.get("head_type"), obj.get("tail_type"),
-                         extra)
+        pair = PairInput(text, obj["head"], obj["tail"], image_path, obj.get("head_type"), obj.get("tail_type"), extra)
         record = pair_to_record(pair, relation, f"{path}:{line}")
     except (PairInputError, PairInputTypeError) as e:
         raise DataFormatError(e.reason, path, line, e.field) from None

@@ -118,8 +118,7 @@ class _TrainText:
     """Membership test for names in the training split: as an entity name, or anywhere in a training text."""
 
     def __init__(self, train: RelationDataset) -> None:
-        self.entity_names = {normalise_name(e.name) for r in train.records for e in (r.head, r.tail)
-                             if not e.is_object}
+        self.entity_names = {normalise_name(e.name) for r in train.records for e in (r.head, r.tail) if not e.is_object}
         self.text = "\n".join(" " + " ".join(r.tokens).casefold() + " " for r in train.records)
 
     def __contains__(self, name: str) -> bool:

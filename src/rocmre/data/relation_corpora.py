@@ -50,8 +50,7 @@ def _tokens(value: Any, path: Path, field: str, line: int | None = None) -> list
     return value
 
 
-def clean_tokens(tokens: Sequence[str], spans: Sequence[tuple[int, int]]
-                 ) -> tuple[list[str], list[tuple[int, int]]]:
+def clean_tokens(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) -> tuple[list[str], list[tuple[int, int]]]:
     """Drop whitespace-only tokens, moving the ``[start, end)`` spans with them (a span may become empty)."""
     new_index = []
     kept: list[str] = []

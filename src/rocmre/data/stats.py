@@ -219,8 +219,7 @@ def format_stats(stats: DatasetStats, max_problems: int = 20) -> str:
     present = [s for s in stats.splits if not s.missing]
     lines = [f"dataset {stats.path} (format {stats.format}, {len(stats.labels)} labels, "
              f"negative label {stats.negative_label!r})", ""]
-    header = ["split", "records", "with image", "without image", "images (present/unique)", "with crops",
-              "problems"]
+    header = ["split", "records", "with image", "without image", "images (present/unique)", "with crops", "problems"]
     rows = [[s.split, f"{s.records:,}", f"{s.with_image:,}", f"{s.without_image:,}",
              f"{s.unique_images_present:,}/{s.unique_images:,}", f"{s.with_crops:,}", f"{len(s.problems):,}"]
             for s in present]

@@ -107,8 +107,7 @@ def _type_phrase(types: Sequence[str]) -> str:
     return f"{word} (an object in the image)" if "object" in types else word
 
 
-def _user_message(name: str, head_types: Sequence[str], tail_types: Sequence[str],
-                  examples: Sequence[Example]) -> str:
+def _user_message(name: str, head_types: Sequence[str], tail_types: Sequence[str], examples: Sequence[Example]) -> str:
     text = f"Relation: head {_type_phrase(head_types)} --[{name}]--> tail {_type_phrase(tail_types)}\n"
     for sent, h, t in examples:
         text += f"Example: {' '.join(sent.split())} (head: {h}; tail: {t})\n"

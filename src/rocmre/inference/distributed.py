@@ -177,8 +177,7 @@ class RowPredictor:
             if pair is None:
                 parsed.append((lineno, DataFormatError(error, self.input_name, lineno, field)))
             else:
-                parsed.append((lineno, parse_line(lineno, json.loads(pair), self.input_name, None,
-                                                  self.missing_image)))
+                parsed.append((lineno, parse_line(lineno, json.loads(pair), self.input_name, None, self.missing_image)))
         try:
             rows = predict_rows(self.extractor, parsed, top_k=self.top_k, batch_size=self.batch_size)
         except Exception as e:  # noqa: BLE001 - never lose a block: every line still gets its row

@@ -166,5 +166,4 @@ class DecisionConfig(BaseModel):
     @classmethod
     def from_legacy(cls, config: dict[str, Any]) -> DecisionConfig:
         """The decision settings an older ``config.json`` kept among the model's (``config`` is left as it is)."""
-        return cls.model_validate({field: config[key] for field, key in LEGACY_DECISION_KEYS.items()
-                                   if key in config})
+        return cls.model_validate({field: config[key] for field, key in LEGACY_DECISION_KEYS.items() if key in config})

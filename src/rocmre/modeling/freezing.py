@@ -19,8 +19,7 @@ class AddedRowsEmbedding(nn.Embedding):
         num, dim = table.weight.shape
         if not 0 < first_added < num:
             raise ValueError(f"first_added must be inside the table (1..{num - 1}), got {first_added}")
-        super().__init__(num, dim, padding_idx=table.padding_idx, device=table.weight.device,
-                         dtype=table.weight.dtype)
+        super().__init__(num, dim, padding_idx=table.padding_idx, device=table.weight.device, dtype=table.weight.dtype)
         with torch.no_grad():
             self.weight.copy_(table.weight)
         self.weight.requires_grad_(False)

@@ -98,11 +98,9 @@ class MultimodalPairEncoder(nn.Module):
             residual = nn.Linear(hidden, config.pair_dim)
             nn.init.zeros_(residual.weight)
             nn.init.zeros_(residual.bias)
-            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, hidden),
-                                      nn.GELU(), residual)
+            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, hidden), nn.GELU(), residual)
         else:
-            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim),
-                                      nn.GELU())
+            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim), nn.GELU())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, pair_dim) entity-pair vectors."""

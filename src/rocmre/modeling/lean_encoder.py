@@ -79,8 +79,7 @@ class LeanBertForward:
             weight, bias = self._projection(i, attention)
             qkv = linear((i, "qkv"), hidden, weight, bias)
             qkv = qkv.view(bsz, length, 3, heads, size // heads).permute(2, 0, 3, 1, 4)
-            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep,
-                                                     scale=attention.scaling)
+            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep, scale=attention.scaling)
             context = context.transpose(1, 2).reshape(bsz, length, size)
             out = layer.attention.output
             hidden = out.LayerNorm(linear((i, "attention"), context, out.dense.weight, out.dense.bias) + hidden)

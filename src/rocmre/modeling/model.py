@@ -339,8 +339,7 @@ class RelationModel(nn.Module):
                                   .index_add(0, index, desc), dim=-1)
             multi = multi_description_rows(index, n_rel)  # only they have a best description to find
             multi_desc, multi_index = desc[multi], index[multi]
-            self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
-                                                             multi_index)
+            self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(), multi_index)
         scores = pairs @ centres.T.to(pairs.dtype)
         with torch.no_grad():
             best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
@@ -381,8 +380,7 @@ class RelationModel(nn.Module):
 
             def mention(start: int, end_id: int, row: list[int] = row) -> str:
                 end = row.index(end_id, start + 1) if end_id in row[start + 1:] else len(row)
-                text = self.tokenizer.decode([i for i in row[start + 1:end] if i not in skip],
-                                             skip_special_tokens=True)
+                text = self.tokenizer.decode([i for i in row[start + 1:end] if i not in skip], skip_special_tokens=True)
                 return " ".join(_TYPE_PROMPT.sub(" ", text).split())
 
             names.append((mention(h, head_end), mention(t, tail_end)))

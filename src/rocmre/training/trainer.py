@@ -33,12 +33,7 @@ from rocmre.modeling.runtime import ModelRuntime
 from rocmre.training.config import RunConfig
 from rocmre.training.frozen_states import FrozenStatesCache
 from rocmre.training.model_card import write_model_card
-from rocmre.training.setup import (
-    build_model,
-    load_run_data,
-    make_runtime,
-    require_records,
-)
+from rocmre.training.setup import build_model, load_run_data, make_runtime, require_records
 from rocmre.training.weight_average import EMA_NAME, WeightAverage
 
 logger = logging.getLogger(__name__)
@@ -114,8 +109,7 @@ class TrainerCallback:
         """After a checkpoint folder is complete (renamed into place)."""
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None
-                  ) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None) -> list[list[int]]:
     """The batches of one epoch: a permutation that depends only on (seed, epoch); with ``lengths``, grouped
     by length (chunks of 50 batches sorted by length, then the batches shuffled)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -233,8 +227,7 @@ class Trainer:
                 break
 
     # -- one step -----------------------------------------------------------------------------
-    def training_step(self, indices: list[int], features: Sequence[PairFeatures], keep: Sequence[bool]
-                      ) -> torch.Tensor:
+    def training_step(self, indices: list[int], features: Sequence[PairFeatures], keep: Sequence[bool]) -> torch.Tensor:
         """Forward and backward pass on the records ``indices`` of the epoch's ``features`` (``keep[i]`` False: record
         ``i``'s names were swapped this epoch); returns the loss, detached."""
         items = [features[i] for i in indices]
@@ -473,8 +466,7 @@ class Trainer:
         if resume is None:
             stale = [self.output_dir / f for f in MODEL_FILES if (self.output_dir / f).exists()]
             if stale or self.checkpoint_dir.exists():
-                logger.warning("%s holds an earlier run: its model files and checkpoints are replaced",
-                               self.output_dir)
+                logger.warning("%s holds an earlier run: its model files and checkpoints are replaced", self.output_dir)
             for f in stale:  # config.json first: the folder stops being a model before anything else goes
                 f.unlink()
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
