@@ -33,9 +33,7 @@ def find_data_dir() -> Path | None:
 
 def default_data_dir() -> Path:
     """The data folder (see :func:`find_data_dir`); raises :class:`FileNotFoundError` saying how to set it.
-
-    A ``$ROCMRE_DATA`` that names no folder is an error too (rather than silently trying other folders).
-    """
+    A ``$ROCMRE_DATA`` that names no folder is an error too (rather than silently trying other folders)."""
     found = find_data_dir()
     if found is None:
         raise FileNotFoundError(f"no data folder: ${DATA_ENV} is not set and neither ./data nor ../shared/data "
@@ -46,12 +44,8 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_path(path: str | Path | None, data_dir: str | Path | None = None) -> Path:
-    """Where a dataset path points.
-
-    ``None`` means the data folder itself (``data_dir``, else :func:`default_data_dir`). A relative path is tried
-    as given (from the current directory), then under the data folder. A path found nowhere raises
-    :class:`FileNotFoundError` naming the places looked in.
-    """
+    """Where a dataset path points: ``None`` is the data folder; a relative path is tried from the current directory,
+    then under the data folder; else :class:`FileNotFoundError` naming both."""
     if path is None:
         if data_dir is not None:
             return Path(data_dir).expanduser()

@@ -1,7 +1,5 @@
 """Embedded (offline) text and vision backbones, image loading and the image-feature cache.
-
-Submodules are imported lazily so that ``rocmre.backbones.images`` stays cheap to import.
-"""
+Submodules are imported lazily so that ``rocmre.backbones.images`` stays cheap to import."""
 
 from __future__ import annotations
 

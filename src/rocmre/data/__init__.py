@@ -37,11 +37,8 @@ def detect_format(path: Path) -> str:
 
 def load_split(path: str | Path, split: str = "train", fmt: str = "auto", *, require_records: bool = False,
                **kwargs) -> RelationDataset:
-    """Read ``split`` of the dataset at ``path`` (a JSONL file is its own split).
-
-    ``require_records=True`` raises :class:`DataFormatError` naming the split and its file when the split has no
-    records (see :meth:`RelationDataset.require_nonempty`).
-    """
+    """Read ``split`` of the dataset at ``path`` (a JSONL file is its own split); ``require_records=True`` raises
+    :class:`DataFormatError` for an empty split."""
     p = resolve_data_path(path)
     fmt = detect_format(p) if fmt == "auto" else fmt
     if fmt == "jsonl":

@@ -75,9 +75,7 @@ class RelationDataset(Sequence[RelationRecord]):
 
     def require_nonempty(self, split: str | None = None, source: str | Path | None = None) -> RelationDataset:
         """Return ``self``, or raise :class:`DataFormatError` saying which split of which file has no records.
-
-        ``split`` and ``source`` default to the dataset's own; the message counts the bad lines that were skipped.
-        """
+        ``split`` and ``source`` default to the dataset's own; the message counts the bad lines that were skipped."""
         if self.records:
             return self
         split = split or self.split

@@ -1,12 +1,5 @@
-"""Download MNRE from its public sources: resumable, sha256-verified, failing fast without a network.
-
-* Text: the official ``thecharm/MNRE`` files ``mnre_txt/mnre_{train,val ,test}.txt`` (the dev file's name really
-  has a space), fetched from GitHub raw URLs pinned to a commit, so their checksums are known.
-* Images (about 1.2 GB): the Google Drive archive ``1FYiJFtRayWY32nRH0rdycYzIdDcMmDFR`` through ``gdown``
-  (``pip install 'rocmre[download]'``), or any direct archive URL given as ``images_url``.
-
-The result is the official layout (``DIR/mnre_txt/``, ``DIR/img_org/{split}/``), which ``read_mnre`` reads.
-"""
+"""Download MNRE from its public sources (pinned GitHub text files, the Google Drive image archive through
+``gdown``): resumable, sha256-verified, failing fast without a network, in the official layout."""
 
 from __future__ import annotations
 
@@ -104,11 +97,8 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
 
 def download_file(url: str, dest: Path, *, sha256: str | None = None, timeout: float = 30.0,
                   progress: Callable[[int, int | None], None] | None = None) -> Path:
-    """Download ``url`` to ``dest``, resuming ``dest.part`` with an HTTP Range request.
-
-    A ``dest`` that already has the expected checksum is kept. The checksum, when known, is checked before the
-    ``.part`` file is renamed; a mismatch deletes it and raises :class:`DownloadError`.
-    """
+    """Download ``url`` to ``dest``, resuming ``dest.part``; a checksum mismatch deletes it and raises
+    :class:`DownloadError`."""
     dest = Path(dest)
     if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256:
         log.info("%s is already complete", dest)
@@ -227,11 +217,8 @@ def download_mnre_images(root: Path, *, timeout: float = 30.0, images_url: str |
 def download_mnre(to: str | Path, *, timeout: float = 30.0, images: bool = True, base_url: str | None = None,
                   images_url: str | None = None,
                   progress: Callable[[str, int, int | None], None] | None = None) -> DownloadResult:
-    """Download MNRE-2 text (and, with ``images``, the images) into ``to`` in the official layout.
-
-    Fails within a few seconds without a network (``DownloadError``, with a hint on using a local copy).
-    A failed image download leaves the text in place and is reported in ``result.warnings``.
-    """
+    """Download MNRE-2 text (and, with ``images``, the images) into ``to``; a failed image download is reported in
+    ``result.warnings``."""
     root = Path(to)
     base = (base_url or os.environ.get(BASE_URL_ENV) or MNRE_BASE_URL).rstrip("/")
     check_reachable(base, min(timeout, 5.0))

@@ -58,9 +58,7 @@ def _load_spacy_pipeline():
 
 class SpacyTagger:
     """Types mentions with spaCy ``en_core_web_sm``: the entity that overlaps a span most gives its type.
-
-    The text is given to spaCy as the record's own tokens, so spans need no re-alignment.
-    """
+    The text is given to spaCy as the record's own tokens, so spans need no re-alignment."""
 
     def __init__(self) -> None:
         self.nlp = _load_spacy_pipeline()

@@ -17,12 +17,7 @@ class MissingImagePolicy(StrEnum):
 
 def resolve_image(image_dir: Path | None, image_id: str | None, policy: MissingImagePolicy, *,
                   path: str | Path, line: int, field: str = "img_id") -> Path | None:
-    """The image file for ``image_id`` under ``image_dir``, or None (never a substitute image).
-
-    Under ``mark`` only existence is checked here (images load lazily; one that cannot be decoded is counted and
-    treated as missing when it is loaded). Under ``error`` the image is also checked to decode (cheaply, see
-    :func:`rocmre.backbones.images.check_image`), so an unreadable one stops with its file, line and field.
-    """
+    """The image file for ``image_id`` under ``image_dir``, or None; under ``error`` it is also checked to decode."""
     if image_id is None:
         return None
     if image_dir is not None:

@@ -1,25 +1,9 @@
 """Pair inputs: the one place that turns user input (a text, two entities, an image) into a :class:`RelationRecord`.
-
-Every entry point goes through here: rocmre's JSONL files (:func:`pair_from_json`, used by the training reader and
-``rocmre predict``), the Python API (:meth:`RelationExtractor.predict` / ``predict_batch`` / ``to_record``) and
-the service.
-
-* **Text**: a string, tokenised by :func:`tokenize` (``\\w+|[^\\w\\s]``: words and single punctuation marks, as MNRE
-  splits tweets, e.g. ``#Bears`` -> ``#``, ``Bears``), or a list of token strings, used as given. Token offsets
-  given with a string text refer to these tokens.
-* **Entities** (``head``, ``tail``): a name string to locate (it must occur exactly once); a ``(start, end)`` span
-  (characters for a string text, tokens for a token list); a dict with ``name`` and ``start``/``end`` (tokens) or
-  ``char_start``/``char_end`` (characters), optionally ``type``; or, for the tail only, an image object
-  ``{"name": ..., "box": [cx, cy, w, h]}`` (normalised), which needs an image. The head and tail may nest (MNRE
-  labels relations between nested mentions, e.g. a venue and its city) but must not be the same span or cross.
-* **Image**: a file path (``str`` / ``Path``), ``bytes`` / ``bytearray``, a ``uint8`` numpy array (H x W or
-  H x W x 3/4), a PIL image, or ``None``.
-
-Bad input raises :class:`PairInputError` (a ``ValueError``), :class:`PairInputTypeError` (a ``TypeError``) or
-:class:`EntityNotFoundError` (a ``PairInputError`` with ``candidates``), each with ``field`` (``head``, ``tail.box``,
-``text``, ``image``, ...) and ``reason``; :func:`pair_from_json` turns them into
-:class:`~rocmre.data.record.DataFormatError` located by file, line and field.
-"""
+Used by the JSONL readers, the Python API and the service (accepted forms: docs/data.md). A text is a string
+(tokenised by :func:`tokenize`, ``\\w+|[^\\w\\s]``) or a token list; an entity a name, a span, a dict or (tail only)
+an image box; an image a path, bytes, a numpy array, a PIL image or ``None``. Bad input raises
+:class:`PairInputError`/:class:`PairInputTypeError` naming the ``field``; :func:`pair_from_json` turns them into
+:class:`~rocmre.data.record.DataFormatError` located by file, line and field."""
 
 from __future__ import annotations
 
@@ -118,11 +102,7 @@ def tokenize(text: str) -> tuple[list[str], list[tuple[int, int]]]:
 
 @dataclass
 class PairInput:
-    """One entity pair as a user gives it (see the module docstring for the accepted forms).
-
-    ``extra`` carries what a JSONL line adds: ``id``, ``relation`` and ``image_id`` (the image as written in the
-    file, kept when the file is missing so that the record still says which image it had).
-    """
+    """One entity pair as a user gives it; ``extra`` carries a JSONL line's ``id``, ``relation`` and ``image_id``."""
 
     text: TextInput
     head: EntityInput
@@ -151,11 +131,7 @@ def as_pair(item: PairInput | Mapping[str, Any]) -> PairInput:
 
 
 def normalise_image(image: Any, field_name: str = "image") -> NormalImage:
-    """A path becomes a ``Path``, ``bytearray`` / ``memoryview`` become ``bytes``, a numpy array a PIL image.
-
-    Whether a path exists or the bytes decode is decided when the image is loaded (a missing or unreadable image
-    is treated as missing by default).
-    """
+    """A path becomes a ``Path``, ``bytearray``/``memoryview`` ``bytes``, a numpy array a PIL image (checked later)."""
     if image is None or isinstance(image, bytes | Image.Image):
         return image
     if isinstance(image, str | os.PathLike):
@@ -217,10 +193,7 @@ def _index(value: Any, field_name: str) -> int:
 
 def resolve_entity(spec: Any, tokens: list[str], offsets: list[tuple[int, int]] | None, text: str | None,
                    role: str, etype: str | None) -> Entity:
-    """An :class:`Entity` from any accepted entity form; ``offsets``/``text`` are None for a token-list text.
-
-    ``etype`` (an argument such as ``head_type``) wins over a ``type`` inside a dict.
-    """
+    """An :class:`Entity` from any accepted entity form (``etype`` wins over a dict's ``type``)."""
     etype = check_entity_type(etype, f"{role}_type")
     if isinstance(spec, str):
         if not spec.strip():
@@ -285,8 +258,7 @@ def _dict_entity(spec: Mapping[str, Any], tokens: list[str], offsets: list[tuple
                                "(character offsets) or 'box'")
 
 
-def _token_entity(tokens: list[str], start: int, end: int, role: str, etype: str | None,
-                  name: str | None) -> Entity:
+def _token_entity(tokens: list[str], start: int, end: int, role: str, etype: str | None, name: str | None) -> Entity:
     if not (0 <= start < end <= len(tokens)):
         raise _not_found(role, f"token span [{start}, {end}) is out of range for {len(tokens)} tokens")
     covered = " ".join(tokens[start:end])
@@ -364,11 +336,7 @@ def check_pair_spans(head: Entity, tail: Entity) -> None:
 
 def pair_to_record(pair: PairInput | Mapping[str, Any], relation: str | None = None,
                    source: str = "") -> RelationRecord:
-    """Resolve a pair's text, entities, types and image into a record; raises on bad input (see module doc).
-
-    A path image becomes the record's ``image_path`` when the file exists (its ``image_id`` either way); bytes,
-    arrays and PIL images stay with the pair (a record holds only paths).
-    """
+    """Resolve a pair's text, entities, types and image into a record; raises on bad input (see module doc)."""
     pair = as_pair(pair)
     tokens, offsets, char_text = normalise_text(pair.text)
     head = resolve_entity(pair.head, tokens, offsets, char_text, "head", pair.head_type)
@@ -423,8 +391,7 @@ def _from_json(obj: Any, path: str | Path, line: int, base_dir: Path | None,
             elif policy is MissingImagePolicy.ERROR:
                 raise PairInputError("image", f"image not found: {candidate}")
             extra["image_id"] = image
-        pair = PairInput(text, obj["head"], obj["tail"], image_path, obj.get("head_type"), obj.get("tail_type"),
-                         extra)
+        pair = PairInput(text, obj["head"], obj["tail"], image_path, obj.get("head_type"), obj.get("tail_type"), extra)
         record = pair_to_record(pair, relation, f"{path}:{line}")
     except (PairInputError, PairInputTypeError) as e:
         raise DataFormatError(e.reason, path, line, e.field) from None
@@ -433,14 +400,10 @@ def _from_json(obj: Any, path: str | Path, line: int, base_dir: Path | None,
 
 def pair_from_json(obj: Any, path: str | Path, line: int, base_dir: Path | None,
                    missing_image: MissingImagePolicy | str = "mark") -> PairInput:
-    """The pair of one JSONL object, checked in full (entities located); :class:`DataFormatError` otherwise.
-
-    Fields: ``tokens`` (a list of strings) or ``text`` (a string, tokenised by :func:`tokenize`; ``tokens`` wins
-    when both are given), ``head``, ``tail`` (see the module docstring), optional ``image`` (relative to
-    ``base_dir``), ``head_type``/``tail_type``, ``relation`` and ``id`` (kept in ``pair.extra``). A listed image
-    that does not exist is an error under ``missing_image="error"``; under ``"mark"`` (alias ``"ignore"``) the
-    pair has no image and ``extra["image_id"]`` keeps the name.
-    """
+    """The pair of one JSONL object, checked in full; :class:`DataFormatError` otherwise.
+    ``tokens`` wins over ``text``; ``image`` is relative to ``base_dir``. A missing image is an error under
+    ``missing_image="error"``; under ``"mark"`` (alias ``"ignore"``) the pair has none and ``extra["image_id"]`` keeps
+    it."""
     return _from_json(obj, path, line, base_dir, missing_image)[0]
 
 

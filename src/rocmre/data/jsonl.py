@@ -2,20 +2,13 @@
 
 One JSON object per line::
 
-    {"tokens": ["Obama", "visits", "Paris"],          # or "text": "Obama visits Paris" (see below)
+    {"tokens": ["Obama", "visits", "Paris"],          # or "text": "Obama visits Paris"
      "head": {"name": "Obama", "start": 0, "end": 1, "type": "person"},      # type is optional
      "tail": {"name": "Paris", "start": 2, "end": 3},
      "image": "images/1.jpg",                          # optional; relative to the JSONL file's folder
      "relation": "/per/loc/place_of_residence"}        # optional at prediction time
 
-A raw ``text`` is tokenised by :func:`rocmre.data.inputs.tokenize`, the one rule used everywhere (training files,
-``rocmre predict``, the Python API, the service): words and single punctuation marks (``\\w+|[^\\w\\s]``), so
-``"#Bears fans"`` is ``["#", "Bears", "fans"]``. Token offsets (``start``/``end``) given with a ``text`` refer to
-these tokens. An entity may also be a name string to locate (it must occur once), ``{"char_start", "char_end"}``
-character offsets into ``text``, or, for the tail, an image object ``{"name", "box": [cx, cy, w, h]}``
-(normalised; it needs an ``image``). ``head_type``/``tail_type`` and an entity's ``type`` are among
-:data:`rocmre.data.entity_types.ENTITY_TYPES`; ``id`` is passed through to predictions. The parsing lives in
-:mod:`rocmre.data.inputs` (:func:`~rocmre.data.inputs.pair_from_json`). A UTF-8 byte-order mark is ignored.
+Other entity forms and the parsing: :mod:`rocmre.data.inputs` and docs/data.md. A UTF-8 byte-order mark is ignored.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Readers for MNRE in the layouts users have.
-
 * HVPNeT / MKGformer ``RE_data``: ``txt/ours_{split}.txt``, ``txt/ours_rel2id.json``, ``txt/mre_{split}_dict.pth``
   (record index -> visual-grounding crop names), ``img_org/{split}/``, ``img_vg/{split}/crops/``.
 * The official release: ``mnre_txt/mnre_{train,val ,test}.txt`` (the dev file's name really has a space).
-* MNRE-1 (the first release): ``ours_{split}.txt`` with 31 labels and ``none`` in lower case.
-"""
+* MNRE-1 (the first release): ``ours_{split}.txt`` with 31 labels and ``none`` in lower case."""
 
 from __future__ import annotations
 
@@ -87,11 +85,7 @@ def _key_line(text: str, key: str) -> int | None:
 
 
 def read_label_map(path: Path, negative_label: str | None) -> LabelSet:
-    """A ``label -> id`` JSON map, checked to be a permutation of ``0..n-1``.
-
-    ``negative_label=None`` picks ``None`` if the map has it, else ``none``. Errors name the offending label
-    (as the field) and its line.
-    """
+    """A ``label -> id`` JSON map, checked to be a permutation of ``0..n-1`` (errors name the label and line)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8-sig")
 
@@ -149,13 +143,8 @@ def _record_from_dict(d: Mapping[str, Any], path: Path, line: int) -> tuple[list
 def read_mnre(root: str | Path, split: str, *, negative_label: str | None = None,
               image_dir: str | Path | None = None, missing_image: MissingImagePolicy | str = "mark",
               on_error: OnError = "raise", label_map: str | Path | None = None) -> RelationDataset:
-    """Read one MNRE split from any supported layout.
-
-    ``negative_label`` defaults to the release's own spelling (``None`` for MNRE-2, ``none`` for MNRE-1,
-    decided from the label map or the data, and checked). Images are found under ``image_dir``
-    (default: ``img_org/{split}`` of the layout) and loaded lazily; a missing one is marked, or an error under
-    ``missing_image="error"``. ``on_error="skip"`` skips a bad line and records it in ``dataset.problems``.
-    """
+    """Read one MNRE split from any supported layout; ``negative_label`` defaults to the release's spelling. A missing
+    image is marked (or an error under ``missing_image="error"``); ``on_error="skip"`` records bad lines."""
     root = Path(root)
     split = normalise_split(split)
     text_file = find_mnre_text(root, split)

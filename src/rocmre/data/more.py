@@ -20,14 +20,7 @@ from typing import Any
 
 from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.images import MissingImagePolicy, resolve_image
-from rocmre.data.literal import (
-    entity_name,
-    load_torch_index,
-    parse_literal,
-    parse_span,
-    parse_tokens,
-    require,
-)
+from rocmre.data.literal import entity_name, load_torch_index, parse_literal, parse_span, parse_tokens, require
 from rocmre.data.mnre import OnError, iter_data_lines, read_label_map
 from rocmre.data.record import Box, DataFormatError, Entity, RelationRecord, check_entity_span
 

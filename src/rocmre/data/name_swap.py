@@ -1,16 +1,7 @@
 """Entity names the model never saw: a name-replaced test set, and name swapping as a training augmentation.
-
-MNRE's splits share many entities, so a model can score well by remembering names. :func:`name_swapped` builds a
-seeded copy of a split in which every record holding a head or tail name that occurs in the training split gets
-both names replaced by other names of the same entity type that never occur in the training split (every mention
-of each name in the tokens is replaced, the rest of the text is untouched, token spans are recomputed). Entity
-types come from the relation label's type signature (``/per/loc/...``: head person, tail location); records with
-the negative label have none, so they are typed by a caller-given tagger (the project's spaCy tagger in the
-benchmark) or kept unchanged. Each changed record says in its ``source`` what was replaced.
-
-:func:`swap_entity_names` is the training-time version: with probability ``prob`` a record's names are replaced by
-random same-type names from a pool built from the training split's own names (:func:`train_name_pool`).
-"""
+:func:`name_swapped` replaces, in a seeded copy of a split, head and tail names seen in training by unseen names of
+the same entity type (from the label's type signature, or a tagger for negative records). :func:`swap_entity_names`
+is the training-time version, drawing from :func:`train_name_pool`."""
 
 from __future__ import annotations
 
@@ -127,8 +118,7 @@ class _TrainText:
     """Membership test for names in the training split: as an entity name, or anywhere in a training text."""
 
     def __init__(self, train: RelationDataset) -> None:
-        self.entity_names = {normalise_name(e.name) for r in train.records for e in (r.head, r.tail)
-                             if not e.is_object}
+        self.entity_names = {normalise_name(e.name) for r in train.records for e in (r.head, r.tail) if not e.is_object}
         self.text = "\n".join(" " + " ".join(r.tokens).casefold() + " " for r in train.records)
 
     def __contains__(self, name: str) -> bool:
@@ -156,7 +146,6 @@ def replace_names(record: RelationRecord, head: str | None, tail: str | None,
                   types: tuple[str | None, str | None] | None = None) -> RelationRecord | None:
     """A copy of ``record`` with the head and/or tail name (where not None) replaced at every mention, spans
     recomputed and the change noted in ``source``; None when the two spans overlap (no sound replacement).
-
     ``types`` (head, tail), when given, are written into both entities' ``type`` (replaced or not)."""
     if head is None and tail is None:
         return record
@@ -240,12 +229,8 @@ def _pick(record: RelationRecord, types: tuple[str | None, str | None], pool: Na
 def swap_entity_names(record: RelationRecord, rng: random.Random, pool: NamePool, prob: float,
                       types: tuple[str, str] | None = None) -> RelationRecord:
     """Training augmentation: with probability ``prob``, replace the head and tail names by random same-type names
-    from ``pool`` (build it with :func:`train_name_pool`: training names only). The record itself is not changed.
-
-    Types come from the label's type signature; for negative records from ``types`` (e.g. what the entity tagger
-    said about the original record), else from the type the pool knows for that name; an untyped name is kept.
-    When ``types`` is given it is also written into the new entities, so a model need not re-tag the new text.
-    """
+    from ``pool``; the record itself is not changed. Negative records are typed by ``types`` (also written into the new
+    entities), else by the pool; an untyped name is kept."""
     if prob <= 0 or rng.random() >= prob:
         return record
     implied = label_types(record.relation, pool.negative_label)
@@ -289,13 +274,8 @@ class NameSwapStatistics:
 def name_swap(dataset: RelationDataset, train: RelationDataset, seed: int = DEFAULT_SEED, *,
               pool_sources: Sequence[RelationDataset] | None = None, entity_types: EntityTyper | None = None,
               negative_label: str | None = None) -> tuple[RelationDataset, NameSwapStatistics]:
-    """The name-replaced copy of ``dataset`` (same order, same length) and what was changed.
-
-    Replacement names come from ``pool_sources`` (default: ``dataset`` itself; the benchmark uses the val and test
-    splits), keeping only names that never occur in ``train``. Records with the negative label have no type
-    signature: each of their names takes the type its labelled training records give it, else the type
-    ``entity_types`` gives it (the tagger's "unknown" is never swapped), else it is kept.
-    """
+    """The name-replaced copy of ``dataset`` (same order and length) and what was changed; names come from
+    ``pool_sources`` (default ``dataset``) and never occur in ``train``."""
     neg = negative_label or (dataset.labels.negative_label if dataset.labels is not None else
                              train.labels.negative_label if train.labels is not None else "None")
     seen = _TrainText(train)

@@ -28,12 +28,8 @@ class DataFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Entity:
-    """One relation argument.
-
-    A text entity has a token span ``[start, end)``; an image-object entity (MORE's tail)
-    has a normalised ``box`` instead. ``type`` is an optional coarse entity type given by
-    the data or the user; models tag types themselves when it is absent.
-    """
+    """One relation argument: a token span ``[start, end)``, or a normalised ``box`` for an image object; ``type``
+    is optional (models tag types themselves)."""
 
     name: str
     start: int | None = None
@@ -78,9 +74,7 @@ class RelationRecord:
 
 def entity_tokens_match(tokens: list[str], name: str) -> bool:
     """A span matches its name when the tokens equal the name, ignoring whitespace.
-
-    MNRE-2 joins tokens with spaces; MNRE-1 writes detokenised names (``#Bears`` for ``# Bears``).
-    """
+    MNRE-2 joins tokens with spaces; MNRE-1 writes detokenised names (``#Bears`` for ``# Bears``)."""
     return "".join(tokens) == "".join(name.split())
 
 

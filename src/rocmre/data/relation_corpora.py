@@ -1,24 +1,8 @@
 """Readers for public Wikidata relation corpora (text only): FewRel, Wiki80 and Re-DocRED.
-
-The corpora live in a ``relations/`` folder beside the other data (``$ROCMRE_DATA/relations``; see its README):
-
-* FewRel ``fewrel/val_wiki.json``, ``fewrel/val_nyt.json``: ``{"P177": [{"tokens", "h": [name, qid, [[i, ...]]],
-  "t": ...}]}`` (token indices; the first mention of each entity is used), and ``fewrel/pid2name.json``
-  (``{"P26": [name, Wikidata description]}``).
-* Wiki80 ``wiki80/{dev,train_0.1,train_0.01}.txt``: JSON lines ``{"token", "h": {"name", "pos": [s, e), "type"},
-  "t", "relation": <Wikidata name>}``; the files overlap, duplicates are dropped (first file wins).
-* Re-DocRED ``re-docred/{dev,test}_revised.json`` (DocRED format): one sentence-level record per labelled triple
-  whose head and tail are mentioned in one sentence (an evidence sentence if one qualifies, else the first), and
-  natural ``None`` records: ordered entity pairs of a sentence with no label in either direction anywhere in the
-  document, sampled with a seed (``none_ratio`` times the file's labelled records).
-
-Every record's relation is its Wikidata property id (``P26``), so a relation shared by corpora is one relation;
-the negative label is ``None``. Entity names are the mention's tokens; whitespace-only tokens (``"\\n "``, no-break
-spaces) are dropped. Entity types given by the data (Wiki80: spaCy labels; Re-DocRED: PER/ORG/LOC/TIME/NUM/MISC)
-are mapped to :data:`rocmre.data.entity_types.ENTITY_TYPES` (``entity_types=False`` leaves them to the model's
-tagger). Errors name the file, the line (Wiki80), the relation key and index (FewRel) or document (Re-DocRED), and
-the field.
-"""
+They live in ``$ROCMRE_DATA/relations`` (see its README). Each record's relation is its Wikidata property id (shared
+across corpora), the negative label is ``None``; Re-DocRED also yields seeded ``None`` pairs from sentences with no
+label. Data entity types map onto :data:`rocmre.data.entity_types.ENTITY_TYPES`. Errors name file, line or key, and
+field."""
 
 from __future__ import annotations
 
@@ -66,8 +50,7 @@ def _tokens(value: Any, path: Path, field: str, line: int | None = None) -> list
     return value
 
 
-def clean_tokens(tokens: Sequence[str], spans: Sequence[tuple[int, int]]
-                 ) -> tuple[list[str], list[tuple[int, int]]]:
+def clean_tokens(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) -> tuple[list[str], list[tuple[int, int]]]:
     """Drop whitespace-only tokens, moving the ``[start, end)`` spans with them (a span may become empty)."""
     new_index = []
     kept: list[str] = []
@@ -438,11 +421,8 @@ def read_relation_corpus(path: str | Path, corpus: str, splits: Sequence[str] | 
                          none_ratio: float = DEFAULT_NONE_RATIO, seed: int = 0, on_error: OnError = "raise",
                          entity_types: bool = True, pid2name: str | Path | None = None
                          ) -> dict[str, RelationDataset]:
-    """Read the ``splits`` (default: all files) of one corpus from its folder or the relations folder.
-
-    Wiki80 files are deduplicated in reading order (dev, train_0.1, train_0.01); Wiki80 needs ``pid2name``
-    (default: ``fewrel/pid2name.json`` beside the corpus folder). A missing split file raises FileNotFoundError.
-    """
+    """Read the ``splits`` (default: all) of one corpus; Wiki80 files are deduplicated in reading order and need
+    ``pid2name``. A missing split file raises FileNotFoundError."""
     path = Path(path)
     names = corpus_splits(corpus)
     splits = list(names if splits is None else splits)
@@ -534,14 +514,9 @@ def load_relation_corpora(root: str | Path | None = None, corpora: Sequence[str]
                           exclude_relations: Iterable[str] = (), *, none_ratio: float = DEFAULT_NONE_RATIO,
                           val_fraction: float = 0.05, seed: int = 0, entity_types: bool = True,
                           on_error: OnError = "raise") -> dict[str, RelationDataset]:
-    """Every file of ``corpora`` as one pre-training set: ``{"train": ..., "val": ...}``.
-
-    Records are deduplicated across corpora (first corpus wins; same tokens, spans and relation), relations in
-    ``exclude_relations`` (property ids, or MNRE relations standing for their counterparts, see
-    :func:`expand_exclusions`) are dropped, and ``val`` is a stratified ``val_fraction`` of each relation
-    (``None`` included) drawn with ``seed``. ``none_ratio`` and ``seed`` also set Re-DocRED's ``None`` sample.
-    Both splits share one label set (``None`` first, then the property ids present).
-    """
+    """Every file of ``corpora`` as one pre-training set ``{"train", "val"}``: deduplicated across corpora,
+    ``exclude_relations`` dropped (see :func:`expand_exclusions`), ``val`` a stratified ``val_fraction`` per relation
+    drawn with ``seed``; both splits share one label set (``None`` first)."""
     base = relations_root(root)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")

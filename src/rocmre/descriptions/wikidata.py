@@ -1,18 +1,6 @@
-"""Descriptions of Wikidata relations (the relation corpora's ``P26`` ids) from their Wikidata name and description.
-
-Each property gets, in this order:
-
-1. ``"{name}: {description}"`` from FewRel's ``pid2name.json`` (provenance ``method: wikidata``), the description
-   cleaned of editors' notes that say nothing about the relation (``[for lyricist, use ...]``, ``Use P276 ...``,
-   ``(P749)``); the raw text stays in the provenance.
-2. With ``templates=True``, the project's statement template ``"{head} {name} {tail}."`` (provenance
-   ``method: template``): Wikidata names read as subject-property-value (``{head} country of citizenship {tail}.``),
-   so the template says which entity is the subject, which the Wikidata text alone leaves implicit (``follows`` /
-   ``followed by``, ``part of`` / ``has part``).
-
-Nine Re-DocRED properties are not in ``pid2name.json`` (dates, unemployment rate): :data:`EXTRA_PROPERTIES` gives
-their Wikidata names and descriptions, written by hand. The negative label ``None`` gets hand-written texts.
-"""
+"""Descriptions of Wikidata relations (``P26``) from FewRel's ``pid2name.json``: ``"{name}: {description}"``
+(editors' notes cleaned) and, with ``templates=True``, ``"{head} {name} {tail}."``. :data:`EXTRA_PROPERTIES` covers
+the Re-DocRED properties missing from that file; ``None`` gets hand-written texts."""
 
 from __future__ import annotations
 

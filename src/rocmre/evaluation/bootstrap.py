@@ -1,11 +1,5 @@
-"""Paired bootstrap over test records for the difference in micro-F1 between two systems.
-
-Micro-F1 (the field's scoring, :func:`rocmre.evaluation.metrics.evaluate_predictions`) depends on three counts
-only: correct non-negative predictions, non-negative predictions and non-negative gold labels. Each record
-contributes 0 or 1 to each, so a resample's F1 is the F1 of the summed per-record counts of the drawn records,
-which numpy computes for thousands of resamples at once. Both systems are scored on the *same* drawn records
-(paired). Pooled over seeds, one resample draws records once and sums each system's counts over its seeds.
-"""
+"""Paired bootstrap over test records for the micro-F1 difference of two systems, vectorised over resamples
+from per-record counts (pooled over seeds: one draw of records, counts summed over each system's seeds)."""
 
 from __future__ import annotations
 
@@ -100,11 +94,7 @@ def paired_bootstrap(gold: Sequence[str], pred_a: Sequence[str], pred_b: Sequenc
 def pooled_paired_bootstrap(gold: Sequence[str], preds_a: Sequence[Sequence[str]], preds_b: Sequence[Sequence[str]],
                             negative_label: str, resamples: int = 10_000, seed: int = 0,
                             confidence: float = 0.95) -> BootstrapResult:
-    """A - B pooled over seeds: ``preds_a[s]`` / ``preds_b[s]`` are seed s's predictions on the same records.
-
-    Each resample draws records once; each system's counts are summed over its seeds on those records, so the
-    statistic is the micro-F1 of all seeds' predictions together (A and B may have different numbers of seeds).
-    """
+    """A - B pooled over seeds (``preds_a[s]``/``preds_b[s]``: seed s's predictions on the same records)."""
     if not preds_a or not preds_b:
         raise ValueError("each system needs at least one seed's predictions")
     a = np.stack([f1_counts(gold, p, negative_label) for p in preds_a], axis=2)

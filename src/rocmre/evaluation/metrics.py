@@ -1,12 +1,5 @@
-"""Scoring as the MRE field does it, with the negative label always named explicitly.
-
-* accuracy over all instances, the negative label included;
-* micro precision / recall / F1 over non-negative instances: a prediction is positive when it is not the
-  negative label, correct when it equals a non-negative gold label; recall's denominator is the number of
-  non-negative gold labels;
-* macro-F1 over the non-negative relations that occur in the gold labels;
-* for retrieval models, Hits@k and MRR of the gold relation in the ranked scores.
-"""
+"""Scoring as the MRE field does it: accuracy, micro P/R/F1 and macro-F1 over non-negative labels, and for
+retrieval models Hits@k and MRR; the negative label is always named explicitly."""
 
 from __future__ import annotations
 

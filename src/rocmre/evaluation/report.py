@@ -1,7 +1,5 @@
 """Evaluate a saved model on a split: JSON, Markdown and a confusion-matrix PNG.
-
-Scores are reported for all records and separately for records with and without their image.
-"""
+Scores are reported for all records and separately for records with and without their image."""
 
 from __future__ import annotations
 

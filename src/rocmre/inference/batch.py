@@ -1,10 +1,5 @@
-"""Predicting a file of pairs line by line: the rows ``rocmre predict`` writes, one per input line.
-
-Shared by the local command (:func:`predict_file`) and the Ray one (:mod:`rocmre.inference.distributed`), so that
-both write the same rows: ``{"line": n, "id": ..., <Prediction.to_dict()>}`` for a predicted pair and
-``{"line": n, "error": "...", "field": "..."}`` for a line that could not be predicted (a blank line, bad JSON, a
-bad field, a missing image under ``missing_image="error"``, or a pair the model raised on).
-"""
+"""Predicting a file of pairs line by line, for the local and the Ray ``rocmre predict``: one row per line,
+``{"line", "id", <Prediction.to_dict()>}`` or ``{"line", "error", "field"}``."""
 
 from __future__ import annotations
 
@@ -159,13 +154,8 @@ def predict_file(extractor: RelationExtractor, input_path: Path, output: IO[str]
                  show_progress: bool = True, on_error: Callable[[DataFormatError], None] | None = None
                  ) -> tuple[int, int]:
     """Predict every line of ``input_path`` into the open text file ``output``; returns (predicted, skipped).
-
-    Output line ``i`` answers input line ``i``: the prediction dict plus ``line`` (and the input's ``id``), or
-    ``{"line": n, "error": "...", "field": "..."}`` for a skipped bad line; a blank line is always skipped, as
-    ``{"line": n, "error": "blank line"}``. Lines are parsed by :func:`rocmre.data.inputs.pair_from_json` (images
-    relative to the input's folder). With ``skip_bad_lines=False`` the first bad line raises
-    :class:`DataFormatError`; a pair the model raises on is then raised too (located by file and line).
-    """
+    Output line ``i`` answers input line ``i`` (a blank line gives ``{"line": n, "error": "blank line"}``). With
+    ``skip_bad_lines=False`` the first bad line, or a pair the model raises on, raises :class:`DataFormatError`."""
     from tqdm.auto import tqdm
 
     if missing_image not in ("error", "ignore"):

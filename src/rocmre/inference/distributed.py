@@ -1,17 +1,7 @@
-"""``rocmre predict --ray``: the rows of the local command, computed by a pool of Ray actors (Ray Data).
-
-Needs the optional extra ``rocmre[ray]``; Ray is imported only here, and only when a run starts. See docs/ray.md.
-
-* The driver reads the input (JSONL or Parquet), resolves each line's image path against the input's folder, and
-  hands the lines to Ray Data as Arrow blocks (blank and unparsable lines travel as their error rows).
-* Each worker is an actor holding one :class:`~rocmre.inference.extractor.RelationExtractor` (``map_batches`` with
-  a callable class and ``compute=ActorPoolStrategy``); it builds the rows with the local command's functions
-  (:func:`rocmre.inference.batch.predict_rows`), catching errors per row, so a bad row never fails its block.
-* The driver writes each block of rows it receives as a part file (``OUT.parts/part-<first>-<last>.jsonl``, by
-  atomic rename). A run started again reads the lines of the parts already there and sends only the others, so
-  no line is written twice. At the end the parts are merged into ``OUT`` in line order (JSONL, or Parquet when
-  ``OUT`` ends in ``.parquet``) and the parts folder is removed.
-"""
+"""``rocmre predict --ray``: the local command's rows, computed by a pool of Ray actors (Ray Data).
+Needs ``rocmre[ray]`` (imported only when a run starts). Workers build rows with
+:func:`rocmre.inference.batch.predict_rows`; the driver writes each block as an atomic part file, so a restarted
+run resumes, and merges the parts in line order at the end. See docs/ray.md."""
 
 from __future__ import annotations
 
@@ -40,16 +30,9 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class RayOptions:
-    """Where and how wide a Ray run is.
-
-    ``address``: ``None`` lets ``ray.init()`` attach to a running cluster (``RAY_ADDRESS`` or one started with
-    ``ray start`` on this machine) or else start one here; ``"local"`` always starts a new one here; ``"auto"``
-    or ``host:port`` / ``ray://host:port`` attach to that cluster. ``workers`` actors each reserve ``num_cpus``
-    CPUs (fractions allowed; a worker runs ``max(1, round(num_cpus))`` torch threads) and ``num_gpus`` GPUs
-    (then it loads the model on ``cuda``). ``no_progress_timeout_s``: a pipeline that moves nothing for this long
-    fails (``ExecutionTimeoutError``) instead of hanging. ``rows_per_block``: lines per block handed to Ray
-    (default four batches): the unit of retry, of the part files and so of resuming.
-    """
+    """Where and how wide a Ray run is (see docs/ray.md): cluster ``address``, ``workers`` actors with ``num_cpus``
+    and ``num_gpus`` each, ``no_progress_timeout_s`` before a stalled run fails, ``rows_per_block`` (the retry and
+    resume unit)."""
 
     address: str | None = None
     workers: int = 2
@@ -68,14 +51,9 @@ def predict_ray(model: str | Path | RelationExtractor, input_path: str | Path, o
                 options: RayOptions | None = None, top_k: int = 3, batch_size: int = 32,
                 missing_image: str = "error", load_kwargs: dict[str, Any] | None = None, show_progress: bool = True,
                 on_error: Callable[[DataFormatError], None] | None = None) -> tuple[int, int]:
-    """Predict every line of ``input_path`` into ``output`` on a Ray cluster; returns (predicted, skipped).
-
-    ``output`` gets the rows :func:`rocmre.inference.batch.predict_file` writes, in line order. ``model`` is a
-    model folder every worker can read (loaded with ``RelationExtractor.from_pretrained(model, **load_kwargs)``)
-    or an extractor as configured on the driver (saved into the parts folder for the workers: that folder must
-    then be on a filesystem every node reaches). A run killed part-way resumes when started again with the same
-    input and options. ``on_error`` is told each skipped line (a :class:`DataFormatError`).
-    """
+    """Predict every line of ``input_path`` into ``output`` (the rows of ``predict_file``, in line order) on a Ray
+    cluster; returns (predicted, skipped). ``model`` is a folder every worker can read or a configured extractor; a
+    killed run resumes when started again with the same input. ``on_error`` is told each skipped line."""
     options = options or RayOptions()
     input_path, output = Path(input_path).absolute(), Path(output).absolute()
     if missing_image not in ("error", "ignore"):
@@ -199,8 +177,7 @@ class RowPredictor:
             if pair is None:
                 parsed.append((lineno, DataFormatError(error, self.input_name, lineno, field)))
             else:
-                parsed.append((lineno, parse_line(lineno, json.loads(pair), self.input_name, None,
-                                                  self.missing_image)))
+                parsed.append((lineno, parse_line(lineno, json.loads(pair), self.input_name, None, self.missing_image)))
         try:
             rows = predict_rows(self.extractor, parsed, top_k=self.top_k, batch_size=self.batch_size)
         except Exception as e:  # noqa: BLE001 - never lose a block: every line still gets its row

@@ -99,14 +99,8 @@ class RelationExtractor:
                         device: str = "cpu", cache_dir: str | Path | None = None,
                         precision: str | None = None, type_prior: bool | None = None,
                         type_prior_scope: str | None = None) -> RelationExtractor:
-        """Load a model folder; ``descriptions`` (a file or set) replaces its relation set at load time.
-
-        ``type_prior`` and ``type_prior_scope`` change the model's decision settings (see :meth:`set_decision`);
-        by default the saved ones.
-
-        ``precision``: ``fp32``, ``bf16`` (autocast; about 1.5x faster on CPUs with native bfloat16, scores differ
-        in the third decimal) or ``auto`` (bf16 where the hardware has it); by default the model's own
-        ``run_config.yaml`` (``train.inference_precision``, under which it was validated), else ``fp32``."""
+        """Load a model folder; ``descriptions`` replaces its relation set, ``type_prior``/``type_prior_scope`` its
+        decision settings. ``precision``: ``fp32``, ``bf16`` or ``auto``; by default the one it was validated under."""
         from rocmre.backbones.hardware import resolve_precision
 
         if precision is None:
@@ -129,13 +123,9 @@ class RelationExtractor:
         return self.model.decision
 
     def set_decision(self, **changes: Any) -> DecisionConfig:
-        """Change decision settings and return the new ones, e.g. ``set_decision(type_prior=True,
-        type_prior_scope="added_vs_trained")``; a ``None`` value keeps the current setting. The type prior (a
-        relation whose head/tail type signature the tagged entity types contradict loses ``type_penalty`` per side)
-        helps relations added with ``head_types``/``tail_types`` compete with trained ones
-        (``benchmarks/results/zero_shot.md``); after switching it on, :meth:`tune_none_margin` again. An unknown
-        name or a bad value raises ``ValueError``; the type prior on a classifier ``TypeError``. Saved with the
-        model (:meth:`save_pretrained`)."""
+        """Change decision settings (``None`` keeps one) and return the new ones, e.g.
+        ``set_decision(type_prior=True)``; re-tune the None margin after switching the type prior on. Bad values raise
+        ``ValueError``/``TypeError``."""
         return self.model.set_decision(**{k: v for k, v in changes.items() if v is not None})
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -170,27 +160,11 @@ class RelationExtractor:
 
     def add_relations(self, relations: Mapping[str, Sequence[str] | Mapping[str, Any]],
                       provenance: Mapping[str, Any] | None = None) -> list[str]:
-        """Add relations (or descriptions and examples to existing ones) without retraining. Returns the new names.
-
-        ``{name: [descriptions...]}`` or ``{name: {"descriptions": [...], "examples": [...], "head_types": [...],
-        "tail_types": [...]}}``:
-
-        * a description may be a template with ``{head}`` / ``{tail}``, filled with each pair's mentions when it is
-          scored (``"{head} plays for {tail}."``); no other placeholder is accepted;
-        * ``examples`` are labelled pairs in the input format of :meth:`predict_batch` (dicts with ``text`` or
-          ``tokens``, ``head``, ``tail``, optional ``image`` as a file path, ``head_type``/``tail_type``). The
-          relation then also scores pairs against the mean of its examples' pair vectors (a prototype):
-          ``(1 - w) * description score + w * prototype score``, ``w = decision.prototype_weight``. Examples
-          are saved with the model (``save_pretrained``); image paths are stored absolute;
-        * ``score_offset`` (a number) is added to the relation's score before the decision rule's other steps, and
-          ``none_margin`` is the extra margin over None it must clear to be the answer; see
-          :meth:`tune_score_offset` for choosing either on labelled records.
-
-        Names and descriptions must be non-empty strings (an existing relation may be given only examples); the
-        negative label cannot be given descriptions (it is decided by the model's None margin, not retrieved). A
-        bad entry raises ``ValueError``/``TypeError`` naming the relation (and the description or example index);
-        nothing changes then.
-        """
+        """Add relations (or descriptions and examples to existing ones) without retraining; returns the new names.
+        ``{name: [descriptions...]}`` or ``{name: {"descriptions", "examples", "head_types", "tail_types",
+        "score_offset", "none_margin"}}``; descriptions may be ``{head}``/``{tail}`` templates, examples are pairs in
+        the input format of :meth:`predict_batch` (see docs/new-relations.md). A bad entry raises
+        ``ValueError``/``TypeError`` naming the relation and index, and nothing changes."""
         current = self.model.descriptions
         parsed = _parse_relations(relations, self.model.config.negative_label, current.labels)
         updated = RelationDescriptions(name=current.name, negative_label=current.negative_label)
@@ -219,17 +193,9 @@ class RelationExtractor:
                           max_seen_drop: float = 1.0, kind: str = "score_offset",
                           grid: Sequence[float] | None = None, batch_size: int = 64,
                           show_progress: bool = False) -> tuple[float, float]:
-        """Choose one number for ``relations`` (added without retraining) on labelled ``records`` and set it: the
-        value closest to zero whose micro-F1 on the records of the other relations (the negative label included)
-        is at most ``max_seen_drop`` points below their micro-F1 without ``relations``. Returns ``(value, drop)``;
-        see :func:`rocmre.modeling.decision.tune_added_offset`.
-
-        ``kind="score_offset"`` tunes a (negative) offset added to their scores (grid 0 to -0.5); ``"none_margin"``
-        an extra None margin they must clear to be the answer (grid 0 to 1), which leaves their ranking among
-        the relations as it is. ``records`` are labelled :class:`~rocmre.data.record.RelationRecord` (from
-        rocmre's readers), ideally validation data of the trained relations (records of ``relations`` themselves
-        are left out of the drop). Saved with the model like the descriptions.
-        """
+        """Choose and set the ``score_offset`` (or, with ``kind="none_margin"``, the extra None margin) of ``relations``
+        closest to zero that costs the other relations at most ``max_seen_drop`` micro-F1 points on labelled
+        ``records``. Returns ``(value, drop)``; see :func:`rocmre.modeling.decision.tune_added_offset`."""
         if kind not in RELATION_NUMBERS:
             raise ValueError(f"kind must be one of {RELATION_NUMBERS}, not {kind!r}")
         rels = list(relations)
@@ -267,11 +233,8 @@ class RelationExtractor:
 
     def tune_none_margin(self, records: Sequence[RelationRecord], batch_size: int = 64,
                          show_progress: bool = False) -> tuple[float, float]:
-        """Choose the None margin again on labelled ``records`` (validation data, never test) with the decision rule
-        as it is now, and set it: after the type prior is switched on (it lowers the scores of relations whose
-        signature the entity types contradict, so the margin tuned in training without it answers None too often)
-        or relations were added or removed. Returns ``(margin, micro-F1)``; saved with the model.
-        """
+        """Tune the None margin again on labelled validation ``records`` with the current decision rule and set it
+        (after switching the type prior on, or adding relations). Returns ``(margin, micro-F1)``."""
         records = list(records)
         if not records:
             raise ValueError("tune_none_margin needs labelled records (each with its relation)")
@@ -306,24 +269,14 @@ class RelationExtractor:
     # -- prediction ---------------------------------------------------------------------------
     def predict(self, text: TextInput, head: EntityInput, tail: EntityInput, image: ImageInput = None,
                 top_k: int = 3, head_type: str | None = None, tail_type: str | None = None) -> Prediction:
-        """The relation from ``head`` to ``tail``.
-
-        ``text`` is a string (tokenised by :func:`rocmre.data.inputs.tokenize`) or a token list. ``head``/``tail``
-        are an entity string (must occur exactly once), a ``(start, end)`` span (characters for a string, tokens
-        for a token list), or a dict with ``name`` and ``start``/``end`` (token) or ``char_start``/``char_end``;
-        a tail may instead be an image object ``{"name": ..., "box": [cx, cy, w, h]}`` (needs an image).
-        ``image`` is a path, bytes, a bytearray, a uint8 numpy array, a PIL image or None. Entity types are
-        tagged automatically unless given. ``top_k`` (an int >= 1) alternatives are listed. Bad input raises a
-        ``ValueError`` or ``TypeError`` naming the argument (see :mod:`rocmre.data.inputs`).
-        """
+        """The relation from ``head`` to ``tail`` in ``text`` (a string or token list) and ``image``.
+        Entities and images take the forms of :mod:`rocmre.data.inputs`; ``top_k`` alternatives are listed. Bad input
+        raises ``ValueError``/``TypeError`` naming the argument."""
         return next(self.predict_batch([PairInput(text, head, tail, image, head_type, tail_type)], top_k=top_k))
 
     def predict_batch(self, items: Iterable[PairInput | Mapping[str, Any]], batch_size: int = 32, top_k: int = 3,
                       show_progress: bool = False, total: int | None = None) -> Iterator[Prediction]:
-        """Predictions for many inputs, in order; batches internally and streams its results.
-
-        ``top_k`` and ``batch_size`` are checked now (ints >= 1); each item when its batch is formed.
-        """
+        """Predictions for many inputs, in order, batched internally and streamed."""
         top_k = positive_int(top_k, "top_k")
         batch_size = positive_int(batch_size, "batch_size")
         return self._stream(items, batch_size, top_k, show_progress, total)

@@ -23,11 +23,7 @@ class ImageFeatureSource(Protocol):
 
 
 class PairCollator:
-    """Pads token ids and gathers image features; the result is a dict of tensors.
-
-    An image the feature source cannot read (it returns ``None``) is treated as missing: the record gets the
-    no-image token, a crop is masked out, an object box gets no visual feature.
-    """
+    """Pads token ids and gathers image features into a dict of tensors; an unreadable image counts as missing."""
 
     def __init__(self, pad_token_id: int, images: ImageFeatureSource | None, vision_dim: int, num_regions: int,
                  use_image: bool) -> None:

@@ -1,14 +1,6 @@
-"""A relation model's configuration, split by role (as Hugging Face keeps ``GenerationConfig`` apart from the model):
-
-* :class:`ModelConfig`: the architecture a user chooses (``RunConfig.model``); the defaults are the recommended
-  recipe (``configs/mnre_roc.yaml``);
-* :class:`TrainedModelConfig`: that plus what training fills in (the relation labels, the vision features' shape),
-  saved beside the weights as ``config.json``;
-* :class:`DecisionConfig`: how scores become answers (type prior, None margin, prototypes), saved as
-  ``decision_config.json`` and changed with ``RelationExtractor.set_decision``.
-
-The training loss and its knobs are the training's (``rocmre.modeling.losses``, ``TrainConfig``).
-"""
+"""A relation model's configuration, split by role: :class:`ModelConfig` (the architecture; defaults are the
+recipe), :class:`TrainedModelConfig` (plus fitted state, ``config.json``) and :class:`DecisionConfig` (how scores
+become answers, ``decision_config.json``)."""
 
 from __future__ import annotations
 
@@ -22,8 +14,7 @@ TypePriorScope = Literal["all", "added_vs_trained"]
 MARKER_WORDS = ("<", ">", "{", "}")
 #: tokens of a relation description the description encoder reads
 DESCRIPTION_MAX_LENGTH = 48
-#: a setting was removed from the library (docs/experiments.md): the one value still read in an older config
-#: (what meant "off"); ANY: a detail of a removed setting, read whatever its value
+#: removed settings (docs/experiments.md): the one value an older config may hold ("off"); ANY: any value
 ANY = object()
 REMOVED = {"cosine_margin": 0.0, "pair_pair_weight": 0.0, "pair_pair_temperature": ANY, "prototype_centering": False,
            "sentence_prior_weight": None, "sentence_prior_view": ANY, "sentence_prior_backbone": ANY,
@@ -86,30 +77,22 @@ class ModelConfig(BaseModel):
     max_crops: int = Field(3, ge=0)
     # fusion and pair head
     fusion_layers: int = Field(2, ge=0)
-    # N >= 1: a frozen prefix: the word embeddings, the entity markers (starting from the words MARKER_WORDS) and
-    # the N lowest text layers take no gradient, so training computes their output once per record
-    # (train.cache_frozen_states) and runs no backward pass below layer N (docs/training.md); 0 trains the whole encoder
+    # N >= 1: word embeddings, markers and the N lowest text layers frozen, their output cached (docs/training.md)
     frozen_text_layers: int = Field(2, ge=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pair_dim: int = Field(384, ge=8)
-    # "markers": the pair vector is a learned map of the head and tail markers' states; "markers_plus_mean": the
-    # text's mean-pooled states plus a learned residual of the markers' states that starts at zero (needs pair_dim
-    # equal to the text encoder's width), so training starts from the pretrained sentence vector, the space of a
-    # frozen description tower, instead of learning a map into it from the trained relations alone
+    # "markers": a learned map of the marker states; "markers_plus_mean": mean-pooled states plus a zero-initialised
+    # residual of the markers (needs pair_dim equal to the encoder width)
     pair_pooling: Literal["markers", "markers_plus_mean"] = "markers"
     # relation semantic encoder (ROC)
     descriptions: str = "mnre"
     description_mode: Literal["descriptions", "label_names"] = "descriptions"
-    # a data relation the description set lacks (an LLM may fail to describe one): describe it by its bare label
-    # name, with a warning and "method": "label-name" in its provenance, or stop ("error")
+    # a data relation with no description: described by its label name with a warning, or "error"
     missing_descriptions: Literal["error", "label_name"] = "label_name"
     max_descriptions: int | None = Field(None, ge=1)
-    # a frozen copy of the pretrained text encoder describes the relations (only the projection trains): the
-    # description space stays anchored to the sentence encoder, and description states are computed once
+    # a frozen copy of the pretrained text encoder describes the relations (only the projection trains)
     freeze_description_encoder: bool = False
-    # "identity": the description vectors are the description tower's mean-pooled states themselves (no learned
-    # map; needs pair_dim equal to the text encoder's width): with a frozen tower, the pair encoder must land in
-    # the pretrained sentence space, where a relation never trained on is described as well as the others
+    # "identity": description vectors are the tower's mean-pooled states (needs pair_dim equal to the encoder width)
     description_projection: Literal["learned", "identity"] = "learned"
 
     @model_validator(mode="before")
@@ -162,17 +145,14 @@ class DecisionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # a soft entity-type prior: a relation whose head/tail type signature the tagged types contradict loses
-    # type_penalty per side (ROC); it helps relations added with type signatures compete (zero_shot.md)
+    # soft entity-type prior (ROC): a relation whose type signature the tagged types contradict loses type_penalty/side
     type_prior: bool = False
     type_penalty: float = Field(0.2, ge=0.0)
-    # "all" relations, or "added_vs_trained": every relation, but only to decide whether a relation added without
-    # training (not in trained_labels) beats the trained ones, which keep their own order and None decision
+    # "all", or "added_vs_trained": the prior only decides whether an added relation beats the trained ones
     type_prior_scope: TypePriorScope = "all"
-    # added to the negative label's score; tuned on validation by training (RelationExtractor.tune_none_margin)
+    # added to the negative label's score; tuned on validation
     none_margin: float = 0.0
-    # few-shot relations: a relation added with labelled examples scores (1 - w) * description score + w * cosine
-    # to the mean of its examples' pair vectors; 0.1 is best on validation (benchmarks/results/zero_shot.md)
+    # few-shot relations score (1 - w) * description score + w * cosine to their examples' mean pair vector
     prototype_weight: float = Field(0.1, ge=0.0, le=1.0)
 
     @field_validator("type_prior_scope", mode="before")
@@ -186,5 +166,4 @@ class DecisionConfig(BaseModel):
     @classmethod
     def from_legacy(cls, config: dict[str, Any]) -> DecisionConfig:
         """The decision settings an older ``config.json`` kept among the model's (``config`` is left as it is)."""
-        return cls.model_validate({field: config[key] for field, key in LEGACY_DECISION_KEYS.items()
-                                   if key in config})
+        return cls.model_validate({field: config[key] for field, key in LEGACY_DECISION_KEYS.items() if key in config})

@@ -1,28 +1,7 @@
-"""The one decision path: from a model's scores to the answer.
-
-Every caller (training-time validation, None-margin tuning, ``rocmre evaluate``, :class:`RelationExtractor`, the
-CLI and the service) turns scores into relations through :class:`DecisionRule`, so they cannot disagree. In order:
-
-0. **relation offsets** (optional): each relation's ``score_offset`` (stored with its descriptions; 0 unless set,
-   see :func:`tune_added_offset`) is added to its score;
-1. **type prior** (optional): relations whose head/tail type signature contradicts the tagged entity types lose
-   ``type_penalty`` per contradicted side: all relations (scope ``all``), or all of them but only to decide
-   whether a relation added without training beats the trained ones (``added_vs_trained``: the trained relations
-   keep their own scores, so their order and their None decision are the model's; an added relation's score is the
-   best trained score plus its lead over the best trained relation with the prior on, see
-   :meth:`DecisionRule.prior_scores`);
-2. **None margin**: the validation-tuned margin is added to the negative relation's score; a relation with an extra
-   ``none_margin`` (0 unless set: a relation added without retraining may have to clear a higher bar than the
-   trained ones) that does not beat that score by its extra margin cannot be the answer (step 4);
-3. **second stage** (optional): a :class:`SecondStageScorer` re-scores each record's top ``rerank_top_k``
-   relations, the negative label excluded (a plug-in, for example a cross-encoder over the marked text and each
-   candidate's description); it may only reorder them: the block keeps the first stage's best
-   score at its top, so the None decision is the first stage's, and the other relations are shifted below it;
-4. **gate**: the relations that failed their extra None margin in step 2 are capped just below the negative
-   label's score, so the answer is the best of the others (the negative label included);
-5. **ranking**: the answer is the highest-scoring relation; :meth:`Decisions.top_k` lists alternatives with the
-   best-matching description of each.
-"""
+"""The one decision path from a model's scores to the answer (:class:`DecisionRule`), used by every caller.
+Steps: relation score offsets; the type prior (scope ``all`` or ``added_vs_trained``); the None margin (plus each
+relation's extra ``none_margin``); an optional :class:`SecondStageScorer` that reorders the top candidates; the
+gate for relations that failed their extra margin; ranking. See docs/new-relations.md."""
 
 from __future__ import annotations
 
@@ -38,12 +17,8 @@ from rocmre.modeling.config import DecisionConfig
 
 
 class SecondStageScorer(Protocol):
-    """A re-ranker plugged into :class:`DecisionRule`.
-
-    Called with the records (or ``None`` when only scores are available), the relation labels, each record's
-    candidate relation indices ``(N, k)`` in first-stage order, and their first-stage scores ``(N, k)``; returns
-    new scores ``(N, k)`` for those candidates (higher is better).
-    """
+    """A re-ranker plugged into :class:`DecisionRule`: given the records (or ``None``), the labels, candidate indices
+    ``(N, k)`` and their first-stage scores ``(N, k)``, returns new scores ``(N, k)`` (higher is better)."""
 
     def __call__(self, records: Sequence[Any] | None, labels: list[str], candidates: np.ndarray,
                  scores: np.ndarray) -> np.ndarray: ...
@@ -171,12 +146,8 @@ class DecisionRule:
     def prior_scores(self, model_scores: np.ndarray, head_types: np.ndarray | None,
                      tail_types: np.ndarray | None) -> np.ndarray:
         """Model scores with the relation offsets and the type prior applied (no margin).
-
-        In the ``added_vs_trained`` scope (``added_relations`` given), with ``P`` the scores with the prior on every
-        relation and ``S`` without it: the trained relations keep ``S``, and an added relation ``a`` gets
-        ``P[a] - max P[trained] + max S[trained]`` (trained: not added, not the negative label). So an added
-        relation ranks above the trained ones exactly when it does with the prior on every relation, and where no
-        added relation wins, the answer is the model's own."""
+        In the ``added_vs_trained`` scope, trained relations keep their scores ``S`` and an added relation ``a`` gets
+        ``P[a] - max P[trained] + max S[trained]`` (``P``: the scores with the prior on every relation)."""
         scores = np.asarray(model_scores, dtype=np.float64).copy()
         if self.relation_offsets is not None and len(scores):
             scores += self.relation_offsets
@@ -233,12 +204,8 @@ class DecisionRule:
         return np.where(gated, np.minimum(scores, cap), scores)
 
     def _rerank(self, scores: np.ndarray, records: Sequence[Any] | None) -> np.ndarray:
-        """The second stage orders each record's top ``rerank_top_k`` relations (the negative label excluded).
-
-        The block keeps the first stage's best score at its top, so whether the answer is the negative label (the
-        None margin's decision) does not change; inside the block the second stage's order wins (its scores are
-        spread below that top with their own gaps, rescaled into the block's first-stage range), and every other
-        relation is shifted below the block."""
+        """The second stage orders each record's top ``rerank_top_k`` relations (not the negative label) inside the
+        block under the first stage's best score, so the None decision stays the first stage's."""
         k = min(self.rerank_top_k, scores.shape[1])
         if self.second_stage is None or not len(scores) or k < 1:
             return scores
@@ -285,11 +252,8 @@ class DecisionRule:
                          tail_types: np.ndarray | None = None, grid: np.ndarray | None = None,
                          best_description: np.ndarray | None = None, records: Sequence[Any] | None = None
                          ) -> tuple[float, float]:
-        """The None margin that maximises micro-F1 on ``gold`` (validation only): (margin, micro-F1).
-
-        Every candidate margin goes through :meth:`decide` (``records`` are passed on to a second stage), so the
-        tuned answer is the one predictions give. Ties go to the margin closest to zero.
-        """
+        """The None margin maximising micro-F1 on ``gold`` through :meth:`decide`: (margin, micro-F1); ties go to the
+        margin closest to zero."""
         prior = self.prior_scores(model_scores, head_types, tail_types)
         scale = float(np.std(prior)) or 1.0
         grid = grid if grid is not None else np.linspace(-1.0, 1.0, 41) * scale
@@ -325,15 +289,8 @@ NONE_MARGIN_GRID = tuple(round(0.01 * i, 2) for i in range(101))
 def tune_added_offset(predict: Callable[[float], Sequence[str]], gold: Sequence[str], before: Sequence[str],
                       added: Collection[str], negative_label: str, max_drop: float = 1.0,
                       grid: Sequence[float] = OFFSET_GRID) -> tuple[float, float]:
-    """The offset closest to zero for relations added without retraining that keeps the others' micro-F1 within
-    ``max_drop`` points: ``(offset, drop)``.
-
-    ``predict(offset)`` gives the answers with ``offset`` given to every added relation (added to its score, or to
-    its None margin with :data:`NONE_MARGIN_GRID`); ``before`` the answers without the added relations. The drop is
-    measured on the records whose gold relation is not an added one (micro-F1 before minus after, in points).
-    Offsets are tried from the one closest to zero; when none keeps the drop within ``max_drop``, the one with the
-    smallest drop is returned.
-    """
+    """The offset closest to zero for the added relations that keeps the others' micro-F1 within ``max_drop`` points
+    of ``before``: ``(offset, drop)``; the smallest drop's offset when none does. ``predict(offset)`` gives answers."""
     keep = [i for i, g in enumerate(gold) if g not in added]
     if len(before) != len(gold):
         raise ValueError(f"{len(before)} answers before adding for {len(gold)} gold labels")

@@ -1,16 +1,7 @@
-"""Dropout whose random mask is cheap on a CPU.
-
-``torch.nn.Dropout`` draws its mask with ``bernoulli_``, one Mersenne-Twister draw per element: on 2 CPU cores
-that is about a fifth of a MiniLM training step (docs/training.md). :class:`FastDropout` draws 16-bit
-integers from numpy's PCG64 instead (a fresh generator per call, seeded from torch's default generator, so
-``torch.manual_seed`` and the Trainer's saved RNG state still determine every mask). The keep probability is
-``1 - round(p * 65536) / 65536`` (p = 0.1 is off by 6e-6). Same expectation as ``nn.Dropout``, other masks: the
-switch ``train.fast_dropout`` changes a seeded run's numbers, and on a GPU it is not used.
-
-The attention-probability dropout of a Hugging Face text encoder is drawn inside its attention kernel (``sdpa``),
-with ``bernoulli_``; :func:`use_fast_dropout` switches such encoders to :func:`fast_dropout_attention`, the same
-attention with the mask drawn as above while training on a CPU (``sdpa`` itself otherwise).
-"""
+"""Dropout whose random mask is cheap on a CPU (docs/training.md).
+:class:`FastDropout` draws 16-bit integers from numpy's PCG64, seeded from torch's generator (so seeds still
+determine every mask); keep probability ``1 - round(p * 65536) / 65536``. :func:`use_fast_dropout` does the same for
+a Hugging Face encoder's attention dropout (:func:`fast_dropout_attention`). Not used on a GPU."""
 
 from __future__ import annotations
 
@@ -80,7 +71,6 @@ class FastDropout(nn.Dropout):
 def use_fast_dropout(module: nn.Module) -> int:
     """Turn every ``nn.Dropout`` under ``module`` into a :class:`FastDropout` in place, and Hugging Face encoders
     that attend with ``sdpa`` to :func:`fast_dropout_attention`; returns how many dropout modules changed.
-
     The attention dropout of ``torch.nn.MultiheadAttention`` (the fusion layers) is left as it is."""
     from transformers import PreTrainedModel
 

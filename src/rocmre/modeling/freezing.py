@@ -1,17 +1,6 @@
-"""Training only part of the text encoder (cheaper steps on a CPU; docs/training.md).
-
-* :class:`AddedRowsEmbedding`: the pretrained word-embedding table stays fixed while the rows of tokens added to
-  the vocabulary (the entity markers) train. The step then has no dense gradient over the whole table and no
-  optimizer update of its ~11.7M entries (MiniLM); it saves and loads as the ordinary ``weight``.
-* :func:`freeze_lower_layers`: the embeddings and the lowest N transformer layers are not trained (the added
-  rows still are, unless they are fixed too).
-* A *frozen prefix* (``model.frozen_text_layers = N``): with the marker rows fixed as well, nothing below layer N
-  trains. Those layers then run as a fixed feature extractor (no dropout, no backward pass), and their output for a
-  given input never changes: :func:`run_lower_layers` computes it, :func:`run_upper_layers` continues from it, and
-  the trainer computes it once per training record (``train.cache_frozen_states``).
-* :func:`init_marker_rows`: marker rows start as copies of chosen pretrained word embeddings (a fixed marker must
-  mean something to the frozen layers above it).
-"""
+"""Training only part of the text encoder (cheaper steps on a CPU; docs/training.md): fixed word embeddings with
+trainable added marker rows (:class:`AddedRowsEmbedding`), frozen lower layers, and a frozen prefix run as a fixed
+feature extractor (:func:`run_lower_layers` / :func:`run_upper_layers`)."""
 
 from __future__ import annotations
 
@@ -23,19 +12,14 @@ from torch import nn
 
 
 class AddedRowsEmbedding(nn.Embedding):
-    """An embedding table whose rows from ``first_added`` on train and whose earlier rows are fixed.
-
-    ``weight`` keeps the whole table (frozen); ``added`` holds the trainable rows. The state dict holds one
-    ``weight`` with the added rows written in, so a model saved with this module loads into a plain
-    :class:`~torch.nn.Embedding` and the other way round.
-    """
+    """An embedding table whose rows from ``first_added`` on train (``added``) and earlier rows are fixed; its state
+    dict holds one plain ``weight``, interchangeable with :class:`~torch.nn.Embedding`."""
 
     def __init__(self, table: nn.Embedding, first_added: int) -> None:
         num, dim = table.weight.shape
         if not 0 < first_added < num:
             raise ValueError(f"first_added must be inside the table (1..{num - 1}), got {first_added}")
-        super().__init__(num, dim, padding_idx=table.padding_idx, device=table.weight.device,
-                         dtype=table.weight.dtype)
+        super().__init__(num, dim, padding_idx=table.padding_idx, device=table.weight.device, dtype=table.weight.dtype)
         with torch.no_grad():
             self.weight.copy_(table.weight)
         self.weight.requires_grad_(False)

@@ -16,12 +16,8 @@ POOLED, REGION, CROP, OBJECT, NO_IMAGE = range(5)
 
 
 class ImageTokenizer(nn.Module):
-    """Turns frozen vision features into tokens of the text width.
-
-    Tokens: the pooled image vector, one token per grid region, one per visual-grounding crop, and one for an
-    image-object tail (its crop's vector plus an embedding of its box). A record without its image gets a single
-    learned "no image" token instead.
-    """
+    """Turns frozen vision features into text-width tokens: pooled image, grid regions, crops and an image-object
+    tail's box; a record without its image gets one learned "no image" token."""
 
     def __init__(self, vision_dim: int, num_regions: int, hidden: int, dropout: float) -> None:
         super().__init__()
@@ -102,11 +98,9 @@ class MultimodalPairEncoder(nn.Module):
             residual = nn.Linear(hidden, config.pair_dim)
             nn.init.zeros_(residual.weight)
             nn.init.zeros_(residual.bias)
-            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, hidden),
-                                      nn.GELU(), residual)
+            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, hidden), nn.GELU(), residual)
         else:
-            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim),
-                                      nn.GELU())
+            self.pair = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * hidden, config.pair_dim), nn.GELU())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, pair_dim) entity-pair vectors."""

@@ -1,16 +1,7 @@
-"""An inference-only forward pass of a BERT text encoder, without Hugging Face's per-layer machinery.
-
-For one short pair (the single ``predict`` call) the encoder's own arithmetic is a few milliseconds and the
-Python around it (keyword plumbing, deprecation wrappers, mask construction, separate query/key/value products)
-a few more. :class:`LeanBertForward` runs the same modules' parameters through the same operations
-(``scaled_dot_product_attention``, the layers' own ``LayerNorm`` and activation), with the query, key and value
-projections as one matrix product, and gives the encoder's ``last_hidden_state`` (equal to the Hugging Face
-forward up to float rounding; tests compare them in fp32 and under bf16 autocast).
-
-It is used only where nothing trains (``eval`` mode, no gradients) and only for encoders it matches exactly
-(:func:`lean_forward_supported`: BERT with absolute positions and SDPA attention); anything else runs the
-Hugging Face forward.
-"""
+"""An inference-only forward pass of a BERT text encoder without Hugging Face's per-layer machinery.
+:class:`LeanBertForward` runs the same parameters through the same operations with fused QKV products, giving
+``last_hidden_state`` equal up to float rounding; used only in eval mode for encoders it matches
+(:func:`lean_forward_supported`)."""
 
 from __future__ import annotations
 
@@ -43,13 +34,8 @@ def lean_forward_supported(text_model: nn.Module) -> bool:
 
 
 class LeanBertForward:
-    """``last_hidden_state`` of a BERT encoder in eval mode, computed layer by layer with plain torch calls.
-
-    The concatenated query/key/value weights are kept per layer and made again when a projection's weight or bias
-    is another tensor (bf16 copies swapped in, a reloaded model) or was changed in place (its version counter), and
-    after :meth:`clear` (the owner calls it whenever the model enters training mode: fused optimizers change
-    weights without moving their version counters).
-    """
+    """``last_hidden_state`` of a BERT encoder in eval mode, layer by layer; the fused QKV weights are rebuilt when
+    a projection changes and after :meth:`clear`."""
 
     def __init__(self, text_model: nn.Module) -> None:
         if not lean_forward_supported(text_model):
@@ -93,8 +79,7 @@ class LeanBertForward:
             weight, bias = self._projection(i, attention)
             qkv = linear((i, "qkv"), hidden, weight, bias)
             qkv = qkv.view(bsz, length, 3, heads, size // heads).permute(2, 0, 3, 1, 4)
-            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep,
-                                                     scale=attention.scaling)
+            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep, scale=attention.scaling)
             context = context.transpose(1, 2).reshape(bsz, length, size)
             out = layer.attention.output
             hidden = out.LayerNorm(linear((i, "attention"), context, out.dense.weight, out.dense.bias) + hidden)

@@ -1,9 +1,5 @@
-"""The relation model: ROC (retrieval over relation descriptions) or the classification baseline.
-
-Both share :class:`~rocmre.modeling.fusion.MultimodalPairEncoder`; they differ only in the head:
-ROC scores a pair against every relation's description vectors (cosine similarity over a temperature,
-trained with InfoNCE), the classifier applies a linear layer and cross-entropy.
-"""
+"""The relation model: ROC (cosine retrieval over relation descriptions) or the classification baseline, over one
+shared :class:`~rocmre.modeling.fusion.MultimodalPairEncoder`."""
 
 from __future__ import annotations
 
@@ -147,14 +143,12 @@ class RelationModel(nn.Module):
         self._prefix_states: dict[str, torch.Tensor] = {}
         #: whether training keeps those states (the trainer sets ``train.cache_frozen_states``)
         self.cache_frozen_states = True
-        # prediction only: vectors of filled description templates, few-shot prototypes per relation
-        # (label -> (examples fingerprint, vector)), and the relations whose descriptions are templates
+        # prediction only: filled-template vectors, few-shot prototypes (label -> (fingerprint, vector)), templates
         self._filled_vectors: dict[str, torch.Tensor] = {}
         self._prototypes: dict[str, tuple[str, torch.Tensor]] = {}
         self._template_cache: tuple[torch.Tensor, list[tuple[int, list[str]]]] | None = None
         self.max_filled_texts = MAX_FILLED_TEXTS  # raise it to keep more filled templates encoded
-        #: featurises relation examples for prototypes (a ModelRuntime; RelationExtractor sets its own,
-        #: otherwise one is made on first use)
+        #: featurises relation examples for prototypes (a ModelRuntime; made on first use unless set)
         self.example_runtime: Any = None
 
     # -- relation set -------------------------------------------------------------------------
@@ -174,8 +168,7 @@ class RelationModel(nn.Module):
         self.descriptions = descriptions
         self.config.labels = descriptions.labels
         self._description_cache = None
-        #: incremented by every ``train()``: weight copies made for prediction (the runtime's bf16 copies) are
-        #: rebuilt after it, since an optimizer step need not bump the weights' version counters (fused AdamW)
+        #: incremented by every ``train()``: prediction-time weight copies are rebuilt after it
         self.weights_generation = 0
 
     def _description_texts(self, descriptions: RelationDescriptions) -> list[list[str]]:
@@ -274,11 +267,8 @@ class RelationModel(nn.Module):
 
     def description_vectors(self, per_relation: int | None = None, generator: torch.Generator | None = None,
                             refresh: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors (M, D), relation index (M,)). In training, ``per_relation`` samples that many per relation.
-
-        With ``refresh=False`` (training only) the description encoder is not run: the pooled states kept from
-        earlier steps are reused and only the projection is trained on this step (``train.description_refresh_steps``).
-        """
+        """(vectors (M, D), relation index (M,)); in training ``per_relation`` samples that many per relation, and
+        ``refresh=False`` reuses the kept pooled states (only the projection trains)."""
         if not self.training and per_relation is None and self._description_cache is not None:
             vecs, index, labels = self._description_cache
             if labels == self.relation_labels and vecs.device == self.description_projection.weight.device:
@@ -338,11 +328,8 @@ class RelationModel(nn.Module):
     # -- scoring ------------------------------------------------------------------------------
     def relation_similarity(self, pairs: torch.Tensor, desc: torch.Tensor, index: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosine similarity of each pair to each relation (B, R), and each relation's best description (B, R).
-
-        ``index`` maps each description row to its relation and is grouped (a relation's rows are contiguous).
-        Vectorised over relations, so scoring against thousands of relations costs one matrix product.
-        """
+        """Cosine similarity of each pair to each relation (B, R) and each relation's best description (B, R);
+        ``index`` is grouped by relation."""
         n_rel = len(self.relation_labels)
         cached = self._centre_cache
         if not self.training and cached is not None and cached[0] is desc:
@@ -352,8 +339,7 @@ class RelationModel(nn.Module):
                                   .index_add(0, index, desc), dim=-1)
             multi = multi_description_rows(index, n_rel)  # only they have a best description to find
             multi_desc, multi_index = desc[multi], index[multi]
-            self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(),
-                                                             multi_index)
+            self._centre_cache = None if self.training else (desc, centres.detach(), multi_desc.detach(), multi_index)
         scores = pairs @ centres.T.to(pairs.dtype)
         with torch.no_grad():
             best = best_among_rows(pairs @ multi_desc.T.to(pairs.dtype), multi_index, n_rel)
@@ -394,8 +380,7 @@ class RelationModel(nn.Module):
 
             def mention(start: int, end_id: int, row: list[int] = row) -> str:
                 end = row.index(end_id, start + 1) if end_id in row[start + 1:] else len(row)
-                text = self.tokenizer.decode([i for i in row[start + 1:end] if i not in skip],
-                                             skip_special_tokens=True)
+                text = self.tokenizer.decode([i for i in row[start + 1:end] if i not in skip], skip_special_tokens=True)
                 return " ".join(_TYPE_PROMPT.sub(" ", text).split())
 
             names.append((mention(h, head_end), mention(t, tail_end)))

@@ -1,16 +1,6 @@
-"""bf16 matrix products on a CPU with the weights packed once, for inference.
-
-Under bf16 autocast a linear layer's weight is handed to oneDNN in its plain layout, which reorders it into its
-blocked layout on every call; for one short pair (the single ``predict``) that reorder is a fifth to a third of the
-product's time. :class:`PackedLinears` keeps the packed weight per layer (``torch.ops.mkldnn._reorder_linear_weight``,
-the packing Inductor's freezing uses) and runs ``torch.ops.mkldnn._linear_pointwise`` on it: the same oneDNN
-product with the same bf16 operands, so the same numbers as ``F.linear`` under autocast (tests compare them).
-
-It applies only to bf16 weights on a CPU whose oneDNN computes bf16, outside autograd; anything else (fp32, a GPU,
-training, a torch build without the operators) is an ordinary ``F.linear``. A packed weight is made again when the
-layer's weight is another tensor or was changed in place (its version counter); :meth:`PackedLinears.clear` drops
-them all (the owner calls it when the model enters training mode).
-"""
+"""bf16 matrix products on a CPU with the weights packed once by oneDNN, for inference (same numbers as
+``F.linear`` under autocast). Anything else (fp32, GPU, training) is an ordinary ``F.linear``; a changed weight is
+packed again, :meth:`PackedLinears.clear` drops them all."""
 
 from __future__ import annotations
 

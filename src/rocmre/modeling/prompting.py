@@ -94,11 +94,8 @@ def build_marked_words(tokens: Sequence[str], head: Entity, tail: Entity, head_t
 
 
 def select_words(words: list[MarkedWord], lengths: Sequence[int], budget: int) -> list[int]:
-    """Indices of words to keep so that their sub-word lengths fit ``budget``.
-
-    All priority-0 words are kept; then entity words; then context words by distance to the nearest marker.
-    Kept words stay in their original order.
-    """
+    """Indices of words to keep (in order) within ``budget`` sub-words: priority-0 words, entity words, then context
+    words by distance to the nearest marker."""
     if sum(lengths) <= budget:
         return list(range(len(words)))
     anchors = [i for i, w in enumerate(words) if w.text in MARKERS]

@@ -85,15 +85,8 @@ class ImageFeatures:
 
 
 class Bf16MatrixWeights:
-    """bf16 copies of a model's matrix weights (every ``nn.Linear`` weight and attention input projection), put in
-    place of the fp32 ones while the model is scored under bf16 autocast.
-
-    Autocast would cast the same weights to bf16 on every call (it keeps its casts only within one autocast
-    region): for a single short pair that cast costs about as much as the bf16 matrix products it saves. The
-    copies are made again whenever a weight may have changed (the model was put in training mode since, or a
-    weight's version counter moved, as ``load_state_dict`` does), and the results are the same, since autocast
-    rounds the weights to bf16 in the same way.
-    """
+    """bf16 copies of a model's matrix weights, swapped in while it is scored under bf16 autocast (which would cast
+    them on every call); rebuilt whenever a weight may have changed. Same results as autocast."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

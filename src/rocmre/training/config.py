@@ -27,8 +27,7 @@ class DataConfig(BaseModel):
     max_train_records: int | None = Field(None, ge=1)  # a seeded random subset, for quick runs
     max_eval_records: int | None = Field(None, ge=1)
     exclude_relations: list[str] = Field(default_factory=list)  # held out of training entirely (zero-shot)
-    # training augmentation against memorised names: each epoch, each training record's head and tail names are
-    # replaced with this probability by random same-type names of the training split (seeded by seed and epoch)
+    # per epoch, probability of replacing a record's head and tail names by same-type training names (seeded)
     name_swap_prob: float = Field(0.5, ge=0.0, le=1.0)
     missing_image: Literal["mark", "error"] = "mark"
     on_error: Literal["raise", "skip"] = "raise"
@@ -39,8 +38,7 @@ class TrainConfig(BaseModel):
 
     epochs: float = Field(6.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
-    # a wall-clock budget, converted ONCE at the start into a step budget (from timed steps) and stored with the
-    # checkpoints, so that a resumed run replays the same schedule
+    # a wall-clock budget, converted once at the start into a stored step budget (resumes replay it)
     max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -51,30 +49,23 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     descriptions_per_relation: int | None = Field(2, ge=1)  # sampled per relation and step (None: all)
     tune_none_margin: bool = True
-    # the contrastive retrieval loss's (ROC) temperature at the start; it is learned (rocmre.modeling.losses)
+    # the ROC loss's initial temperature (learned)
     temperature: float = Field(0.05, gt=0.0)
     evaluations_per_epoch: int = Field(1, ge=1)
-    # autocast for training: "auto" is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX
-    # CPUs), else fp32; the chosen value is recorded in metrics.json
+    # training autocast: "auto" is bf16 where the hardware computes it natively, else fp32
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     inference_precision: Literal["fp32", "bf16", "auto"] = "auto"  # validation, evaluation and prediction
-    # batches of similar lengths (less padding): shuffled chunks of 50 batches, each sorted by length, then the
-    # batches shuffled; the order still depends only on the seed and the epoch
+    # batches of similar lengths (length-sorted shuffled chunks); the order depends only on seed and epoch
     group_by_length: bool = True
-    # ROC: run the description encoder every N steps; in between only the projection trains, over the pooled
-    # description states kept from the last refresh (1 = every step, the original recipe)
+    # ROC: run the description encoder every N steps; in between only the projection trains (1 = every step)
     description_refresh_steps: int = Field(16, ge=1)
-    # AdamW's fused kernel (one pass over all parameters; on 2 CPU cores the step's optimiser part drops from about
-    # 80 to 30 ms); same algorithm, rounding differs from the per-parameter loop
+    # AdamW's fused kernel (faster; rounding differs from the per-parameter loop)
     fused_optimizer: bool = True
-    # dropout masks drawn from 16-bit PCG64 integers instead of bernoulli_ (CPU only; about a fifth of a 2-core
-    # MiniLM step): same expectation, other masks, so a seeded run's numbers change (modeling/dropout.py)
+    # CPU dropout masks from 16-bit PCG64 integers (faster; other masks than bernoulli_: modeling/dropout.py)
     fast_dropout: bool = True
-    # a model with a frozen prefix (model.frozen_text_layers >= 1): its output is computed once per training record
-    # and per description text and reused (same computation, float rounding aside: training/frozen_states.py)
+    # with a frozen prefix, compute its output once per training record and description text
     cache_frozen_states: bool = True
-    # an exponential moving average of the trainable weights (decay per step, e.g. 0.998) is validated and kept as
-    # the model instead of the raw weights (training/weight_average.py); None: the raw weights
+    # validate and keep an exponential moving average of the weights with this decay (None: the raw weights)
     ema_decay: float | None = Field(0.998, gt=0, lt=1)
     checkpoint_every: int | None = Field(None, ge=1)  # steps; a checkpoint is also written at every evaluation
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoint-N folders are kept (the best model apart)

@@ -1,15 +1,7 @@
 """The output of a model's frozen lower text layers, computed once per training record and reused every epoch.
-
-With ``model.frozen_text_layers = N`` (the markers fixed too) nothing below layer N trains, and those layers run
-without dropout: their output depends on a record's token ids alone. :class:`FrozenStatesCache` keeps it per record,
-so that training steps run only the layers above N. Before each epoch :meth:`FrozenStatesCache.prepare`
-computes what the epoch will need and is not kept yet, in length-sorted inference batches (the lean eval-mode
-forward of ``modeling/lean_encoder.py`` on bf16 weight copies when the step runs under bf16 autocast: the same
-products as inside a step, float rounding aside); :meth:`FrozenStatesCache.attach` puts the states into each step's
-batch (and computes any still missing there, the same way). A record whose ids changed this epoch
-(``data.name_swap_prob``) gets states for this epoch only, and the states kept for the record as written stay, since
-the next epochs mostly meet it again.
-"""
+:meth:`FrozenStatesCache.prepare` computes what an epoch needs in length-sorted inference batches;
+:meth:`FrozenStatesCache.attach` puts the states into each step's batch. Name-swapped records get states for that
+epoch only."""
 
 from __future__ import annotations
 

@@ -53,11 +53,7 @@ def _metrics_lines(metrics: dict) -> list[str]:
 
 
 def write_model_card(directory: str | Path) -> Path:
-    """Write ``README.md`` into a model folder from its config, run config and metrics.
-
-    No absolute path of the machine that trained it is written: the folder is named by its own name, the dataset
-    by :func:`portable_path`.
-    """
+    """Write ``README.md`` into a model folder from its config, run config and metrics (no absolute paths)."""
     directory = Path(directory)
     name = directory.resolve().name
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))

@@ -1,15 +1,6 @@
-"""The training loop (Hugging Face Accelerate): the same code runs on a CPU, a GPU, or ``accelerate launch``.
-
-:class:`Trainer` checkpoints and resumes. Every ``train.checkpoint_every`` steps and at every evaluation it writes
-``OUTPUT_DIR/checkpoints/checkpoint-N/`` (model, optimizer, scheduler, RNG states, data position, best-so-far,
-history), into a temporary folder that is then renamed, keeping the newest ``train.keep_checkpoints``; the best
-weights so far live in ``checkpoints/best/``. ``rocmre train --resume OUTPUT_DIR`` continues from the newest
-checkpoint and replays exactly the schedule of an uninterrupted run: a time budget is converted into a step
-budget once, at the start, and stored. The model folder itself (``config.json`` last) is written only when
-training ends, so an interrupted run never leaves a folder ``from_pretrained`` accepts as a finished model.
-
-The checkpoint and the None margin are chosen on validation micro-F1; the test split is never read here.
-"""
+"""The training loop (Hugging Face Accelerate): the same code on a CPU, a GPU, or ``accelerate launch``.
+:class:`Trainer` checkpoints atomically into ``OUTPUT_DIR/checkpoints/`` and resumes an interrupted run exactly; the
+model folder is written only when training ends. Checkpoint and None margin are chosen on validation micro-F1."""
 
 from __future__ import annotations
 
@@ -42,12 +33,7 @@ from rocmre.modeling.runtime import ModelRuntime
 from rocmre.training.config import RunConfig
 from rocmre.training.frozen_states import FrozenStatesCache
 from rocmre.training.model_card import write_model_card
-from rocmre.training.setup import (
-    build_model,
-    load_run_data,
-    make_runtime,
-    require_records,
-)
+from rocmre.training.setup import build_model, load_run_data, make_runtime, require_records
 from rocmre.training.weight_average import EMA_NAME, WeightAverage
 
 logger = logging.getLogger(__name__)
@@ -123,8 +109,7 @@ class TrainerCallback:
         """After a checkpoint folder is complete (renamed into place)."""
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None
-                  ) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None) -> list[list[int]]:
     """The batches of one epoch: a permutation that depends only on (seed, epoch); with ``lengths``, grouped
     by length (chunks of 50 batches sorted by length, then the batches shuffled)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -177,13 +162,9 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 class Trainer:
-    """Trains the model a :class:`RunConfig` describes; ``train(resume_from_checkpoint=...)`` resumes.
-
-    As in Hugging Face ``Trainer``, the loop is made of steps a subclass may override: :meth:`create_optimizer` and
-    :meth:`create_scheduler` (called by :meth:`create_optimizer_and_scheduler`), :meth:`training_step` (forward and
-    backward, through :meth:`compute_loss`), :meth:`optimizer_step`, :meth:`evaluate`, :meth:`save_checkpoint` and
-    :meth:`save_model`; :class:`TrainerCallback` objects are told of every step, validation and checkpoint.
-    """
+    """Trains the model a :class:`RunConfig` describes; ``train(resume_from_checkpoint=...)`` resumes. As in HF
+    ``Trainer``, its steps (optimizer, scheduler, training step, evaluate, save) may be overridden, and
+    :class:`TrainerCallback` objects are told of each step."""
 
     def __init__(self, cfg: RunConfig, show_progress: bool = True,
                  callbacks: list[TrainerCallback] | None = None) -> None:
@@ -246,8 +227,7 @@ class Trainer:
                 break
 
     # -- one step -----------------------------------------------------------------------------
-    def training_step(self, indices: list[int], features: Sequence[PairFeatures], keep: Sequence[bool]
-                      ) -> torch.Tensor:
+    def training_step(self, indices: list[int], features: Sequence[PairFeatures], keep: Sequence[bool]) -> torch.Tensor:
         """Forward and backward pass on the records ``indices`` of the epoch's ``features`` (``keep[i]`` False: record
         ``i``'s names were swapped this epoch); returns the loss, detached."""
         items = [features[i] for i in indices]
@@ -487,8 +467,7 @@ class Trainer:
         if resume is None:
             stale = [self.output_dir / f for f in MODEL_FILES if (self.output_dir / f).exists()]
             if stale or self.checkpoint_dir.exists():
-                logger.warning("%s holds an earlier run: its model files and checkpoints are replaced",
-                               self.output_dir)
+                logger.warning("%s holds an earlier run: its model files and checkpoints are replaced", self.output_dir)
             for f in stale:  # config.json first: the folder stops being a model before anything else goes
                 f.unlink()
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)

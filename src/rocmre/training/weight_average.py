@@ -1,11 +1,5 @@
-"""An exponential moving average of a model's trainable weights, evaluated and kept instead of the raw weights.
-
-With ``train.ema_decay = d`` the trainer keeps, after every optimiser step ``t``, ``shadow = shadow + (1 - d_t) *
-(weights - shadow)`` with ``d_t = min(d, (1 + t) / (10 + t))`` (a short warm-up, so the first steps' random heads do
-not linger), validates the averaged weights, and saves them as the best model: the averaging counterpart of choosing
-one checkpoint. Frozen weights (no gradient) are not averaged; they never change. The shadow travels with every
-checkpoint (``ema.safetensors``), so a resumed run continues the same average.
-"""
+"""An exponential moving average of a model's trainable weights (``train.ema_decay``), validated and saved
+instead of the raw weights; decay ``min(d, (1 + t) / (10 + t))``. It travels with checkpoints (``ema.safetensors``)."""
 
 from __future__ import annotations
 
