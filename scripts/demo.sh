@@ -32,4 +32,4 @@ for r, p in zip(shown, preds, strict=True):
 PY
 echo
 echo "This quick model trains 500 steps; the full training (6 epochs, about 20 min on 2 cores) reaches about"
-echo "61.5 test micro-F1 (benchmarks/results/cpu/mnre.md): .venv/bin/rocmre train --config configs/mnre_roc.yaml"
+echo "62.3 test micro-F1 (benchmarks/results/cpu/ema/mnre.md): .venv/bin/rocmre train --config configs/mnre_roc.yaml"
