@@ -14,7 +14,7 @@ Other entity forms and the parsing: :mod:`rocmre.data.inputs` and docs/data.md. 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +54,32 @@ def iter_jsonl(path: str | Path, *, blank_lines: bool = False
             yield lineno, obj
 
 
-def read_jsonl(path: str | Path, *, negative_label: str = "None", labels: list[str] | None = None,
-               missing_image: MissingImagePolicy | str = "mark", on_error: OnError = "raise") -> RelationDataset:
-    """Read a JSONL file. ``labels`` (with ``negative_label`` among them) fixes the label set; by default it is
-    the labels found in the file plus ``negative_label``."""
-    path = Path(path)
-    policy = MissingImagePolicy(missing_image)
+def read_records(path: Path, build: Callable[[dict[str, Any], int], RelationRecord], on_error: OnError = "raise"
+                 ) -> tuple[list[RelationRecord], list[Problem]]:
+    """``build(object, line)`` for every JSON line of ``path``; a bad line raises, or with ``on_error="skip"`` is
+    counted as a problem naming ``path:line``."""
     records: list[RelationRecord] = []
     problems: list[Problem] = []
     for lineno, obj in iter_jsonl(path):
         try:
             if isinstance(obj, DataFormatError):
                 raise obj
-            records.append(record_from_json(obj, path, lineno, path.parent, policy))
+            records.append(build(obj, lineno))
         except DataFormatError as e:
             if on_error == "raise":
                 raise
             problems.append(Problem(f"{path}:{lineno}", str(e)))
+    return records, problems
+
+
+def read_jsonl(path: str | Path, *, negative_label: str = "None", labels: list[str] | None = None,
+               missing_image: MissingImagePolicy | str = "mark", on_error: OnError = "raise") -> RelationDataset:
+    """Read a JSONL file. ``labels`` (with ``negative_label`` among them) fixes the label set; by default it is
+    the labels found in the file plus ``negative_label``."""
+    path = Path(path)
+    policy = MissingImagePolicy(missing_image)
+    records, problems = read_records(path, lambda obj, lineno: record_from_json(obj, path, lineno, path.parent,
+                                                                                  policy), on_error)
     if labels is None:
         seen = {r.relation for r in records if r.relation is not None}
         labels = [negative_label, *sorted(seen - {negative_label})]

@@ -17,6 +17,7 @@ from typing import Any
 
 from rocmre.data.dataset import LabelSet, Problem, RelationDataset
 from rocmre.data.entity_types import SPACY_TO_TYPE
+from rocmre.data.jsonl import read_records
 from rocmre.data.mnre import OnError
 from rocmre.data.record import DataFormatError, Entity, RelationRecord
 
@@ -227,20 +228,9 @@ def _wiki80_record(obj: Mapping[str, Any], pid_of: Mapping[str, str], path: Path
 def read_wiki80(path: str | Path, pid_of: Mapping[str, str], *, on_error: OnError = "raise",
                 entity_types: bool = True) -> RelationDataset:
     """One Wiki80 file (JSON lines); ``pid_of`` maps Wikidata names to property ids (:func:`name_to_pid`)."""
-    from rocmre.data.jsonl import iter_jsonl
-
     path = Path(path)
-    records: list[RelationRecord] = []
-    problems: list[Problem] = []
-    for lineno, obj in iter_jsonl(path):
-        try:
-            if isinstance(obj, DataFormatError):
-                raise obj
-            records.append(_wiki80_record(obj, pid_of, path, lineno, entity_types))
-        except DataFormatError as e:
-            if on_error == "raise":
-                raise
-            problems.append(Problem(f"{path}:{lineno}", str(e)))
+    records, problems = read_records(path, lambda obj, lineno: _wiki80_record(obj, pid_of, path, lineno, entity_types),
+                                     on_error)
     return _dataset(records, problems, "wiki80", path.stem, path)
 
 
