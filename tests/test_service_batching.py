@@ -130,13 +130,13 @@ def test_errors_stay_with_their_request(batched: tuple[str, Any]) -> None:
 
 def test_full_queue_answers_503(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extractor = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
-    real = extractor.predict_batch
+    real = extractor.predict_features
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(extractor, "predict_batch", slow)
+    monkeypatch.setattr(extractor, "predict_features", slow)
     app = create_app(extractor, max_queue=2, batch_size=1, batch_delay_ms=0)
     body = {"text": TEXT, "head": "Barack Obama", "tail": "Paris"}
     with serve_in_thread(app) as url:

@@ -46,6 +46,7 @@ from rocmre.modeling.decision import (
     SecondStageScorer,
     tune_added_offset,
 )
+from rocmre.modeling.features import PairFeatures
 from rocmre.modeling.model import RelationModel
 from rocmre.modeling.runtime import ModelRuntime, ModelScores
 
@@ -303,11 +304,22 @@ class RelationExtractor:
         :func:`rocmre.data.inputs.pair_to_record`)."""
         return pair_to_record(item)
 
-    def _predict_chunk(self, items: list[PairInput], top_k: int) -> list[Prediction]:
-        records = [self.to_record(it) for it in items]
+    def featurize(self, items: Sequence[PairInput], records: Sequence[RelationRecord] | None = None
+                  ) -> tuple[list[RelationRecord], list[PairFeatures]]:
+        """The records (``records``: already resolved by :meth:`to_record`) and model features of ``items`` (raises
+        on bad input), ready for :meth:`predict_features`."""
+        records = [self.to_record(it) for it in items] if records is None else list(records)
         feats = self.runtime.featurize(records, with_labels=False)
         for f, it in zip(feats, items, strict=True):
             f.image = it.image if it.image is None or isinstance(it.image, bytes | Image.Image) else Path(it.image)
+        return records, feats
+
+    def _predict_chunk(self, items: list[PairInput], top_k: int) -> list[Prediction]:
+        return self.predict_features(*self.featurize(items), top_k)
+
+    def predict_features(self, records: Sequence[RelationRecord], feats: Sequence[PairFeatures], top_k: int
+                         ) -> list[Prediction]:
+        """Predictions for pairs already featurised by :meth:`featurize`, all in one forward pass."""
         decisions = self.runtime.decide(feats, batch_size=len(feats), records=records)  # the one decision path
         store = self.model.descriptions
         by_name = self.model.config.description_mode != "label_names"

@@ -25,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from rocmre.data.record import RelationRecord
 from rocmre.inference.extractor import EntityNotFoundError, PairInput, Prediction, RelationExtractor
+from rocmre.modeling.features import PairFeatures
 from rocmre.service.limits import Refusal, check_pair, clean_message
 from rocmre.service.metrics import ServiceMetrics
 
@@ -179,60 +181,66 @@ class DynamicBatcher:
             self._executor = None
 
     # -- the model thread --------------------------------------------------------------------------
-    def shape_keys(self, pairs: Sequence[PairInput]) -> list[Hashable]:
-        """Each pair's input shape (token count, image, crops, image object), after checking that it resolves to
-        two entities a relation can hold between (its error names the item in a request of several pairs)."""
-        records = []
+    def featurize(self, pairs: Sequence[PairInput]) -> list[tuple[Hashable, RelationRecord, PairFeatures]]:
+        """Each pair's input shape (token count, image, crops, image object), record and features, after checking
+        that it resolves to two entities a relation can hold between (its error names the item in a request of
+        several pairs). Featurised once: the forward pass reuses them."""
+        checked = []
         for i, pair in enumerate(pairs):
             try:
-                records.append(check_pair(pair, self.extractor))
+                checked.append(check_pair(pair, self.extractor))
             except Exception as e:
                 raise pair_error(e, f"item {i}: " if len(pairs) > 1 else "") from None
-        features = self.extractor.runtime.featurize(records, with_labels=False)
-        return [(len(f.input_ids), p.image is not None, len(f.crops), f.object_box is not None)
-                for f, p in zip(features, pairs, strict=True)]
+        records, features = self.extractor.featurize(pairs, checked)
+        return [((len(f.input_ids), p.image is not None, len(f.crops), f.object_box is not None), r, f)
+                for r, f, p in zip(records, features, pairs, strict=True)]
 
-    def forward(self, pairs: list[PairInput], top_k: list[int]) -> list[Prediction]:
-        """One forward pass over shape-uniform ``pairs``; each prediction cut to its own top-k."""
+    def forward(self, prepared: list[tuple[RelationRecord, PairFeatures]], top_k: list[int]) -> list[Prediction]:
+        """One forward pass over shape-uniform featurised pairs; each prediction cut to its own top-k."""
         start = time.perf_counter()
-        preds = list(self.extractor.predict_batch(pairs, batch_size=len(pairs), top_k=max(top_k)))
-        self.stats.record(len(pairs))
+        records, feats = [r for r, _ in prepared], [f for _, f in prepared]
+        preds = self.extractor.predict_features(records, feats, top_k=max(top_k))
+        self.stats.record(len(prepared))
         if self.metrics is not None:
-            self.metrics.observe_pass(len(pairs), time.perf_counter() - start)
+            self.metrics.observe_pass(len(prepared), time.perf_counter() - start)
         return [dataclasses.replace(p, top_k=p.top_k[:k]) for p, k in zip(preds, top_k, strict=True)]
 
     def run(self, jobs: list[Job]) -> list[list[Prediction] | BaseException]:
         """Every job's predictions (or the exception that answers it), computed in shape-uniform groups."""
         with self.lock:
             outcomes: list[Any] = [None] * len(jobs)
+            prepared: dict[tuple[int, int], tuple[RelationRecord, PairFeatures]] = {}
             groups: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
             for j, job in enumerate(jobs):
                 try:
-                    keys = self.shape_keys(job.pairs)
+                    featurized = self.featurize(job.pairs)
                 except Exception as e:
                     outcomes[j] = e
                     continue
                 outcomes[j] = [None] * len(job.pairs)
-                for i, key in enumerate(keys):
+                for i, (key, record, feats) in enumerate(featurized):
                     groups[key].append((j, i))
+                    prepared[j, i] = (record, feats)
             for members in groups.values():
                 for start in range(0, len(members), self.batch_size):
-                    self._run_chunk(jobs, outcomes, members[start:start + self.batch_size])
+                    self._run_chunk(jobs, outcomes, prepared, members[start:start + self.batch_size])
         return outcomes
 
-    def _run_chunk(self, jobs: list[Job], outcomes: list[Any], chunk: list[tuple[int, int]]) -> None:
+    def _run_chunk(self, jobs: list[Job], outcomes: list[Any],
+                   prepared: dict[tuple[int, int], tuple[RelationRecord, PairFeatures]],
+                   chunk: list[tuple[int, int]]) -> None:
         chunk = [(j, i) for j, i in chunk if not isinstance(outcomes[j], BaseException)]
         if not chunk:
             return
         try:
-            preds = self.forward([jobs[j].pairs[i] for j, i in chunk], [jobs[j].top_k[i] for j, i in chunk])
+            preds = self.forward([prepared[m] for m in chunk], [jobs[j].top_k[i] for j, i in chunk])
         except Exception as e:
             if len(chunk) == 1:
                 j, i = chunk[0]
                 outcomes[j] = pair_error(e, f"item {i}: " if len(jobs[j].pairs) > 1 else "")
                 return
             for member in chunk:  # one pair failed the pass: run each alone, so that only its request fails
-                self._run_chunk(jobs, outcomes, [member])
+                self._run_chunk(jobs, outcomes, prepared, [member])
             return
         for (j, i), pred in zip(chunk, preds, strict=True):
             outcomes[j][i] = pred
