@@ -148,12 +148,20 @@ def test_half_sent_headers_lose_the_connection(server: tuple[str, RelationExtrac
         assert time.perf_counter() - start < 5.0
 
 
+def read_until_closed(s: socket.socket) -> bytes:
+    """Everything the server sends before it closes: headers and body may come as separate segments."""
+    chunks = []
+    while chunk := s.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_slow_body_gets_408(server: tuple[str, RelationExtractor]) -> None:
     where = urlparse(server[0])
     with socket.create_connection((where.hostname, where.port), timeout=10) as s:
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 100\r\n\r\n{\"text\": ")
-        answer = s.recv(4096)
+        answer = read_until_closed(s)
     assert answer.startswith(b"HTTP/1.1 408") and b"--body-timeout" in answer
 
 
