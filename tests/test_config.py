@@ -27,7 +27,7 @@ def leaf_fields(model: BaseModel) -> int:
 
 def test_run_config_is_small_and_its_defaults_are_the_recipe():
     cfg = RunConfig()
-    assert leaf_fields(cfg) <= 60
+    assert leaf_fields(cfg) <= 66  # 60, then relation pre-training: data.corpora (4), train_fraction, init_from
     assert cfg.model.frozen_text_layers == 2 and cfg.model.marker_init == MARKER_WORDS
     assert (cfg.train.epochs, cfg.train.ema_decay, cfg.data.name_swap_prob) == (6.0, 0.998, 0.5)
     assert (cfg.train.mixed_precision, cfg.train.inference_precision, cfg.train.description_refresh_steps) == \

@@ -500,13 +500,46 @@ def _stratified_val(records: list[RelationRecord], fraction: float, seed: int) -
     return [i for i in range(len(records)) if i not in val], sorted(val)
 
 
+def one_label_per_pair(records: list[RelationRecord]) -> list[RelationRecord]:
+    """One record per (tokens, head, tail): a pair that holds several relations keeps the one with the fewest records
+    (ties: the lower property id), so that a contrastive loss never pushes a pair away from a relation it holds."""
+    counts: dict[str | None, int] = defaultdict(int)
+    for r in records:
+        counts[r.relation] += 1
+    best: dict[tuple, int] = {}
+    for i, r in enumerate(records):
+        key = (tuple(r.tokens), r.head.span, r.tail.span)
+        j = best.get(key)
+        rank = (counts[r.relation], _pid_number(str(r.relation)))
+        if j is None or rank < (counts[records[j].relation], _pid_number(str(records[j].relation))):
+            best[key] = i
+    kept = set(best.values())
+    return [r for i, r in enumerate(records) if i in kept]
+
+
+def cap_per_relation(records: list[RelationRecord], cap: int, seed: int) -> list[RelationRecord]:
+    """At most ``cap`` records of each relation (the negative label too), drawn with ``seed``; input order kept."""
+    by_rel: dict[str | None, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_rel[r.relation].append(i)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for rel in sorted(by_rel, key=lambda x: _pid_number(str(x))):
+        idx = by_rel[rel]
+        keep.update(idx if len(idx) <= cap else rng.sample(idx, cap))
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 def load_relation_corpora(root: str | Path | None = None, corpora: Sequence[str] = CORPORA,
                           exclude_relations: Iterable[str] = (), *, none_ratio: float = DEFAULT_NONE_RATIO,
                           val_fraction: float = 0.05, seed: int = 0, entity_types: bool = True,
-                          on_error: OnError = "raise") -> dict[str, RelationDataset]:
-    """Every file of ``corpora`` as one pre-training set ``{"train", "val"}``: deduplicated across corpora,
-    ``exclude_relations`` dropped (see :func:`expand_exclusions`), ``val`` a stratified ``val_fraction`` per relation
-    drawn with ``seed``; both splits share one label set (``None`` first)."""
+                          on_error: OnError = "raise", max_per_relation: int | None = None
+                          ) -> dict[str, RelationDataset]:
+    """Every file of ``corpora`` as one pre-training set ``{"train", "val"}``: deduplicated across corpora, one
+    relation per pair (:func:`one_label_per_pair`), ``exclude_relations`` dropped (see :func:`expand_exclusions`),
+    ``val`` a stratified ``val_fraction`` per relation drawn with ``seed``; with ``max_per_relation``, the training
+    split keeps at most that many records of each relation, so that no relation dominates a batch. Both splits share
+    one label set (``None`` first)."""
     base = relations_root(root)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -520,10 +553,14 @@ def load_relation_corpora(root: str | Path | None = None, corpora: Sequence[str]
             kept = dedupe(ds.filter(lambda r: r.relation not in excluded), seen)
             records += kept.records
             problems += ds.problems
+    records = one_label_per_pair(records)
     if not records:
         raise DataFormatError(f"no records left in {', '.join(corpora)} after excluding {sorted(excluded)}", base)
     labels = label_set(records)
     train, val = _stratified_val(records, val_fraction, seed)
-    return {split: RelationDataset([records[i] for i in idx], labels, name="relations", split=split,
+    train_records = [records[i] for i in train]
+    if max_per_relation is not None:
+        train_records = cap_per_relation(train_records, max_per_relation, seed)
+    return {split: RelationDataset(recs, labels, name="relations", split=split,
                                    problems=list(problems) if split == "train" else [], source=str(base))
-            for split, idx in (("train", train), ("val", val))}
+            for split, recs in (("train", train_records), ("val", [records[i] for i in val]))}

@@ -66,6 +66,9 @@ class ModelConfig(BaseModel):
     model_type: Literal["roc", "classifier"] = "roc"
     # backbones
     text_backbone: str = "minilm-l6"
+    # a trained model folder (e.g. relation pre-training) whose weights start this model: every weight of the same
+    # name and shape is copied (a classifier head over other labels is not); the backbones must match
+    init_from: str | None = None
     vision_backbone: str = "efficientnet-lite0"
     # structural prompts
     entity_tagger: Literal["spacy", "none"] = "spacy"

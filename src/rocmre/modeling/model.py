@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from rocmre.modeling.freezing import (
 from rocmre.modeling.fusion import MultimodalPairEncoder, mean_pool
 from rocmre.modeling.losses import LEGACY_TEMPERATURE_KEY, default_loss
 from rocmre.modeling.prompting import MARKERS
+
+logger = logging.getLogger(__name__)
 
 KNOWN_VISION_SHAPES = {"efficientnet-lite0": (1280, 49)}
 WEIGHTS_NAME = "model.safetensors"
@@ -560,6 +563,30 @@ class RelationModel(nn.Module):
         self.tokenizer.save_pretrained(directory / TEXT_ENCODER_DIR)
         if self.config.model_type == "roc":
             self.descriptions.save(directory / DESCRIPTIONS_NAME)
+
+    def init_weights_from(self, directory: str | Path) -> dict[str, Any]:
+        """Start from a trained model folder's weights (``model.init_from``): every weight of the same name and shape
+        is copied, the rest keep their fresh values (a classifier head over other labels, ROC's description
+        projection for a classifier). The text backbone and the frozen prefix must match. Returns what was copied."""
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"model.init_from: {directory} is not a rocmre model folder (no {CONFIG_NAME})")
+        source, _ = read_model_config(directory)
+        for key in ("text_backbone", "frozen_text_layers", "pair_dim", "fusion_layers", "pair_pooling"):
+            if getattr(source, key) != getattr(self.config, key):
+                raise ValueError(f"model.init_from: {directory} has {key}={getattr(source, key)!r}, this model "
+                                 f"{getattr(self.config, key)!r}; they must match")
+        saved = load_file(str(directory / WEIGHTS_NAME))
+        if LEGACY_TEMPERATURE_KEY in saved:
+            saved["loss." + LEGACY_TEMPERATURE_KEY] = saved.pop(LEGACY_TEMPERATURE_KEY)
+        own = self.state_dict()
+        copied = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+        super().load_state_dict(copied, strict=False)
+        fresh = sorted(k for k in own if k not in copied)
+        logger.info("initialised %d of %d weights from %s (fresh: %s)", len(copied), len(own), directory,
+                    ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""))
+        return {"from": str(directory), "copied": len(copied), "fresh": fresh,
+                "ignored": sorted(k for k in saved if k not in copied)}
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, descriptions: RelationDescriptions | None = None,

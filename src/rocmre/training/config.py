@@ -15,18 +15,39 @@ from rocmre.modeling.config import ANY, ModelConfig, check_removed
 REMOVED_TRAIN = {"logit_adjustment": 0.0, "logit_adjustment_scope": ANY, "class_balance": 0.0}
 
 
+class CorporaConfig(BaseModel):
+    """With ``data.format: relations`` (relation pre-training): which Wikidata relation corpora are read from
+    ``data.path`` and how they are balanced (:func:`rocmre.data.relation_corpora.load_relation_corpora`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[Literal["fewrel", "wiki80", "redocred"]] = Field(
+        default_factory=lambda: ["fewrel", "wiki80", "redocred"], min_length=1)
+    # training records kept per relation (seeded), so that no relation dominates the batches (None: all)
+    max_per_relation: int | None = Field(400, ge=1)
+    # Re-DocRED's unlabelled same-sentence pairs kept as None examples, per labelled pair of a document
+    none_ratio: float = Field(0.2, ge=0.0)
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0)  # per relation, drawn with the run's seed
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = "mnre/RE_data"  # a folder or JSONL file; relative paths are also tried under $ROCMRE_DATA
-    format: Literal["auto", "mnre", "more", "jsonl"] = "auto"
+    # "relations": the Wikidata relation corpora under path (relation pre-training; splits "train" and "val")
+    format: Literal["auto", "mnre", "more", "jsonl", "relations"] = "auto"
+    corpora: CorporaConfig = Field(default_factory=CorporaConfig)
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
     negative_label: str = "None"
     max_train_records: int | None = Field(None, ge=1)  # a seeded random subset, for quick runs
+    # a seeded share of every relation's training records (at least one each): low-resource training
+    train_fraction: float | None = Field(None, gt=0.0, le=1.0)
     max_eval_records: int | None = Field(None, ge=1)
-    exclude_relations: list[str] = Field(default_factory=list)  # held out of training entirely (zero-shot)
+    # held out of training entirely (zero-shot); with format "relations", an MNRE relation stands for its Wikidata
+    # counterparts (resources/relations/mnre_wikidata.json)
+    exclude_relations: list[str] = Field(default_factory=list)
     # per epoch, probability of replacing a record's head and tail names by same-type training names (seeded)
     name_swap_prob: float = Field(0.5, ge=0.0, le=1.0)
     missing_image: Literal["mark", "error"] = "mark"

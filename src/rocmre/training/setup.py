@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from rocmre.backbones.hardware import bf16_supported, resolve_precision
-from rocmre.data import RelationDataset, load_split
+from rocmre.data import RelationDataset, load_split, resolve_data_path
 from rocmre.descriptions.store import RelationDescriptions
 from rocmre.modeling.losses import default_loss
 from rocmre.modeling.model import RelationModel
@@ -32,19 +32,55 @@ def load_run_data(cfg: RunConfig, split: str, limit: int | None = None, *,
     """A split as the run config says: format, negative label, held-out relations removed (unless
     ``keep_excluded``), and a seeded subset of ``limit`` records."""
     d = cfg.data
-    dataset = load_split(d.path, split, d.format, negative_label=d.negative_label, missing_image=d.missing_image,
-                         on_error=d.on_error)
-    if d.exclude_relations and not keep_excluded:
+    if d.format == "relations":
+        dataset = relation_corpora_split(cfg, split, keep_excluded=keep_excluded)
+    else:
+        dataset = load_split(d.path, split, d.format, negative_label=d.negative_label,
+                             missing_image=d.missing_image, on_error=d.on_error)
+    if d.exclude_relations and not keep_excluded and d.format != "relations":
         unknown = [r for r in d.exclude_relations if dataset.labels is not None and r not in dataset.labels]
         if unknown:
             raise ValueError(f"data.exclude_relations names labels the data does not have: {unknown}")
         dataset = dataset.filter(lambda r: r.relation not in d.exclude_relations)
+    if split == d.train_split and d.train_fraction is not None and d.train_fraction < 1:
+        dataset = _keep(dataset, stratified_sample(dataset, d.train_fraction, cfg.seed))
     if limit is not None and len(dataset) > limit:
         rng = random.Random(cfg.seed)
-        keep = sorted(rng.sample(range(len(dataset)), limit))
-        dataset = RelationDataset([dataset.records[i] for i in keep], dataset.labels, dataset.name, dataset.split,
-                                  dataset.problems, source=dataset.source)
+        dataset = _keep(dataset, sorted(rng.sample(range(len(dataset)), limit)))
     return dataset
+
+
+def _keep(dataset: RelationDataset, indices: list[int]) -> RelationDataset:
+    return RelationDataset([dataset.records[i] for i in indices], dataset.labels, dataset.name, dataset.split,
+                           dataset.problems, source=dataset.source)
+
+
+def stratified_sample(dataset: RelationDataset, fraction: float, seed: int) -> list[int]:
+    """Indices (in order) of a seeded ``fraction`` of every relation's records, rounded, at least one each: a
+    low-resource training split that keeps every relation."""
+    by_relation: dict[str | None, list[int]] = {}
+    for i, r in enumerate(dataset.records):
+        by_relation.setdefault(r.relation, []).append(i)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for relation in sorted(by_relation, key=str):
+        indices = by_relation[relation]
+        keep += rng.sample(indices, max(1, round(fraction * len(indices))))
+    return sorted(keep)
+
+
+def relation_corpora_split(cfg: RunConfig, split: str, *, keep_excluded: bool = False) -> RelationDataset:
+    """The ``train`` or ``val`` split of the Wikidata relation corpora under ``data.path`` (``data.format:
+    relations``), balanced as ``data.corpora`` says, held-out relations and their counterparts left out."""
+    from rocmre.data.relation_corpora import load_relation_corpora
+
+    d, c = cfg.data, cfg.data.corpora
+    if split not in ("train", "val"):
+        raise ValueError(f"the relation corpora have the splits 'train' and 'val', not {split!r}")
+    out = load_relation_corpora(resolve_data_path(d.path), c.names, [] if keep_excluded else d.exclude_relations,
+                                none_ratio=c.none_ratio, val_fraction=c.val_fraction, seed=cfg.seed,
+                                on_error=d.on_error, max_per_relation=c.max_per_relation)
+    return out[split]
 
 
 def require_records(dataset: RelationDataset, cfg: RunConfig, split: str) -> None:
@@ -58,6 +94,10 @@ def require_records(dataset: RelationDataset, cfg: RunConfig, split: str) -> Non
 def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:
     """The descriptions of the run's relations (the data's labels less the held-out ones)."""
     wanted = [lab for lab in labels if lab not in cfg.data.exclude_relations]
+    if cfg.model.descriptions == "wikidata":  # Wikidata properties: from the relation corpora's pid2name.json
+        from rocmre.descriptions.wikidata import load_wikidata_descriptions
+
+        return load_wikidata_descriptions(wanted, resolve_data_path(cfg.data.path))
     descriptions = RelationDescriptions.load(cfg.model.descriptions)
     missing = [lab for lab in wanted if lab not in descriptions]
     if missing and cfg.model.missing_descriptions == "error":
@@ -79,6 +119,8 @@ def build_model(cfg: RunConfig, labels: list[str]) -> RelationModel:
                                 labels=None if roc else kept, negative_label=cfg.data.negative_label,
                                 loss=default_loss(cfg.model.model_type, cfg.train.temperature))
     model.config.trained_labels = list(model.relation_labels)
+    if cfg.model.init_from:
+        model.init_weights_from(Path(cfg.model.init_from).expanduser())
     return model
 
 
