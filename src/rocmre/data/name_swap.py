@@ -249,6 +249,7 @@ class NameSwapStatistics:
     """What :func:`name_swap` did."""
 
     seed: int
+    strict: bool = False  # every relation record was to change, not only those holding a training name
     records: int = 0
     with_train_name: int = 0  # records whose head or tail name occurs in the training split
     changed: int = 0
@@ -273,9 +274,11 @@ class NameSwapStatistics:
 
 def name_swap(dataset: RelationDataset, train: RelationDataset, seed: int = DEFAULT_SEED, *,
               pool_sources: Sequence[RelationDataset] | None = None, entity_types: EntityTyper | None = None,
-              negative_label: str | None = None) -> tuple[RelationDataset, NameSwapStatistics]:
+              negative_label: str | None = None, strict: bool = False) -> tuple[RelationDataset, NameSwapStatistics]:
     """The name-replaced copy of ``dataset`` (same order and length) and what was changed; names come from
-    ``pool_sources`` (default ``dataset``) and never occur in ``train``."""
+    ``pool_sources`` (default ``dataset``) and never occur in ``train``. By default the records holding a name seen
+    in training change; ``strict=True`` changes every relation record instead (not the negative ones), whatever
+    its names and their style (plain names, handles, hashtags): the names a new user's text brings."""
     neg = negative_label or (dataset.labels.negative_label if dataset.labels is not None else
                              train.labels.negative_label if train.labels is not None else "None")
     seen = _TrainText(train)
@@ -285,8 +288,11 @@ def name_swap(dataset: RelationDataset, train: RelationDataset, seed: int = DEFA
                                negative_records_typed_by="training labels, then the entity tagger"
                                if entity_types is not None else "training labels")
     eligible = [i for i, r in enumerate(dataset.records)
-                if any(not e.is_object and normalise_name(e.name) in seen.entity_names for e in (r.head, r.tail))]
-    stats.with_train_name = len(eligible)
+                if (r.relation != neg and r.relation is not None) if strict else
+                any(not e.is_object and normalise_name(e.name) in seen.entity_names for e in (r.head, r.tail))]
+    stats.strict = strict
+    stats.with_train_name = sum(any(not e.is_object and normalise_name(e.name) in seen.entity_names
+                                    for e in (r.head, r.tail)) for r in dataset.records)
     typed: dict[int, tuple[str | None, str | None]] = {}
     for i in eligible:
         r = dataset.records[i]
@@ -348,10 +354,10 @@ def tagger_entity_types(tagger: str = "spacy", cache_dir: str | Path | None = No
 
 
 def name_swapped_test(train: RelationDataset, val: RelationDataset, test: RelationDataset, seed: int = DEFAULT_SEED,
-                      tagger: str = "spacy", cache_dir: str | Path | None = None
+                      tagger: str = "spacy", cache_dir: str | Path | None = None, strict: bool = False
                       ) -> tuple[RelationDataset, NameSwapStatistics]:
     """The committed construction of the benchmark's name-replaced test set: replacement names from the val and
     test splits' names that never occur in training, negative records typed by training labels then ``tagger``
-    (``"none"``: training labels only)."""
+    (``"none"``: training labels only); ``strict``: every relation record changed (see :func:`name_swap`)."""
     typer = tagger_entity_types(tagger, cache_dir) if tagger != "none" else None
-    return name_swap(test, train, seed, pool_sources=[val, test], entity_types=typer)
+    return name_swap(test, train, seed, pool_sources=[val, test], entity_types=typer, strict=strict)
