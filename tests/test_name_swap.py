@@ -199,3 +199,14 @@ def test_mnre_name_swapped_test(mnre_root: Path) -> None:
     assert all(swapped.records[i] is test.records[i] for i in unchanged)
     again, _ = name_swapped_test(train, val, test, tagger="none")
     assert [r.tokens for r in again] == [r.tokens for r in swapped]
+
+
+def test_strict_name_swap_changes_every_relation_record() -> None:
+    swapped, stats = name_swap(TEST, TRAIN, seed=3, pool_sources=[VAL, TEST], strict=True)
+    assert stats.strict and stats.with_train_name == 2
+    assert stats.changed_indices == [0, 1, 3, 4] and stats.changed_negative == 0  # not the None record 2
+    assert swapped.records[2] is TEST.records[2]
+    for i in stats.changed_indices:
+        valid(swapped.records[i])
+        assert swapped.records[i].relation == TEST.records[i].relation
+        assert swapped.records[i].text != TEST.records[i].text

@@ -287,12 +287,12 @@ def name_swap(dataset: RelationDataset, train: RelationDataset, seed: int = DEFA
     stats = NameSwapStatistics(seed, records=len(dataset), pool_sizes=pool.sizes(),
                                negative_records_typed_by="training labels, then the entity tagger"
                                if entity_types is not None else "training labels")
-    eligible = [i for i, r in enumerate(dataset.records)
-                if (r.relation != neg and r.relation is not None) if strict else
-                any(not e.is_object and normalise_name(e.name) in seen.entity_names for e in (r.head, r.tail))]
+    with_train_name = [i for i, r in enumerate(dataset.records) if any(
+        not e.is_object and normalise_name(e.name) in seen.entity_names for e in (r.head, r.tail))]
     stats.strict = strict
-    stats.with_train_name = sum(any(not e.is_object and normalise_name(e.name) in seen.entity_names
-                                    for e in (r.head, r.tail)) for r in dataset.records)
+    stats.with_train_name = len(with_train_name)
+    eligible = ([i for i, r in enumerate(dataset.records) if r.relation not in (neg, None)] if strict
+                else with_train_name)
     typed: dict[int, tuple[str | None, str | None]] = {}
     for i in eligible:
         r = dataset.records[i]
