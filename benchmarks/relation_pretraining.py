@@ -220,7 +220,8 @@ def render(payload: dict) -> list[str]:
                      f"{pm(r['test_macro_f1'])} | {pm(r['name_swap_drop'])} | {pm(r['strict_drop'])} | "
                      f"{pm(r['strict_flip_rate'])} | {pm(r['train_minutes'], digits=1)} |")
     lines += ["", "## ROC - classifier (paired bootstrap over test records, seeds pooled)", "",
-              "| ROC row | against | seeds | test micro-F1 difference [95 % CI] | name-swapped test |", "|---|---|---|---|---|"]
+              "| ROC row | against | seeds | test micro-F1 difference [95 % CI] | name-swapped test |",
+              "|---|---|---|---|---|"]
     for c in payload["comparisons"]:
         lines.append(f"| {c['variant']} | {c['baseline']} | {len(c['seeds'])} | {ci_text(c['pooled'])} | "
                      f"{ci_text(c['name_swap_pooled'])} |")
