@@ -97,7 +97,9 @@ def relation_set(cfg: RunConfig, labels: list[str]) -> RelationDescriptions:
     if cfg.model.descriptions == "wikidata":  # Wikidata properties: from the relation corpora's pid2name.json
         from rocmre.descriptions.wikidata import load_wikidata_descriptions
 
-        return load_wikidata_descriptions(wanted, resolve_data_path(cfg.data.path))
+        # without the "{head} name {tail}." templates: training would encode their placeholders as written, and
+        # validation would encode every template filled with every pair's names (131 texts a pair)
+        return load_wikidata_descriptions(wanted, resolve_data_path(cfg.data.path), templates=False)
     descriptions = RelationDescriptions.load(cfg.model.descriptions)
     missing = [lab for lab in wanted if lab not in descriptions]
     if missing and cfg.model.missing_descriptions == "error":
