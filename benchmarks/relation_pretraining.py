@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default="roc,classifier,roc_pre,classifier_pre",
                         help="rows per regime (a regime adds its suffix)")
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--skip-scoring", action="store_true",
+                        help="only train (in phases: score every trained run later, with --skip-train)")
     args = parser.parse_args(argv)
     results = Path(args.results)
     if args.render_only:
@@ -299,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_train:
         harness.train_all([harness.Run(table[n].with_overrides(f"seed={s}"), out_root / f"{n}-s{s}")
                            for n, s in jobs], args.set, args.jobs, args.force)
+    if args.skip_scoring:
+        return
     from rocmre.data.name_swap import DEFAULT_SEED
     from rocmre.evaluation.report import SCORING_NOTE
     from rocmre.training.config import RunConfig
