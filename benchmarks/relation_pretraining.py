@@ -217,6 +217,10 @@ def _target_line(summary: dict, key: str, value: float | None, target: float, *,
     return f"- {key}: {scale * value:.2f} (target {sign} {scale * target:g}): {'met' if met else 'NOT met'}"
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "not run" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def render(payload: dict) -> list[str]:
     s = payload["summary"]
     pre = payload["pretrain"]
@@ -247,9 +251,10 @@ def render(payload: dict) -> list[str]:
     lines += ["", "## Targets", ""]
     lines += [_target_line(s, "pre-trained ROC test macro-F1", s["roc_test_macro_f1_mean"], 45.0),
               _target_line(s, "pre-trained ROC test micro-F1", s["roc_test_micro_f1_mean"], 65.0),
-              f"- ROC - classifier, both pre-trained: CI {s['roc_minus_cls_ci95']} (target: +1.0 with the CI above 0)",
-              f"- low-resource ROC - classifier: {harness.fmt(s['low_resource_roc_minus_cls'])}, CI "
-              f"{s['low_resource_roc_minus_cls_ci95']} (target >= +3.0 with the CI above 0)",
+              f"- ROC - classifier, both pre-trained: CI {_interval(s['roc_minus_cls_ci95'])} (target: +1.0 with "
+              "the CI above 0)",
+              f"- low-resource ROC - classifier: {harness.fmt(s['low_resource_roc_minus_cls'], '+.2f')}, CI "
+              f"{_interval(s['low_resource_roc_minus_cls_ci95'])} (target >= +3.0 with the CI above 0)",
               _target_line(s, "name-swap drop", s["name_swap_drop"], 3.0, at_most=True),
               _target_line(s, "strict name-swap drop", s["strict_name_swap_drop"], 5.0, at_most=True),
               _target_line(s, "strict flip rate", s["strict_name_swap_flip_rate"], 0.15, at_most=True),
