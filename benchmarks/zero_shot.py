@@ -922,7 +922,7 @@ SCORING_TEXT = (
     "(`ceiling`, its own decision). Unseen-only top-1: test pairs "
     "whose gold relation is held out, candidates = the fold's 5 held-out relations. Generalised top-1: the same "
     "pairs, candidates = every non-None relation, seen and held out. Both read the first stage's scores after the "
-    "type prior, without the None margin. Micro-F1 on held-out pairs: the full decision (None margin included). "
+    "type prior, without the None margin (kept to compare with the literature; they ignore the decision). "
     "Seen-relation drop: micro-F1 on every other test record before minus after the held-out relations are added, "
     "the row's decision settings on both sides; against the model as trained: before = the model's own decision, so "
     "what the switches cost the trained relations counts too. Types-only: pick uniformly among the held-out "
@@ -935,7 +935,7 @@ SCORING_TEXT = (
     f"`{OFFSET_SUFFIX}` / `{NONE_MARGIN_SUFFIX}`: the added relations share one score offset (0 to -0.5) or one "
     "extra None margin, per fold the value closest to zero whose validation seen-relation drop is within the "
     "target (`RelationExtractor.tune_score_offset(..., kind=...)`). The row chosen per variant is, of its zero-shot "
-    "rows within the validation drop target (all if none is), the best mean validation generalised top-1 (of equal "
+    "rows within the validation drop target (all if none is), the best mean validation held-out micro-F1 (of equal "
     "ones the untuned row, then the smaller validation drop); its 5-shot setting is chosen by the same rule.")
 
 
