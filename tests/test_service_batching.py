@@ -150,3 +150,16 @@ def test_full_queue_answers_503(tiny_roc_dir: Path, cache_dir: Path, monkeypatch
         assert time.perf_counter() - start < 1.0
         assert app.state.service.batcher.stats.refused == statuses.count(503)
         assert httpx.post(url + "/predict", json=body, timeout=120).status_code == 200
+
+
+def test_scoring_pads_to_a_multiple_of_eight() -> None:
+    from rocmre.modeling.batching import PairCollator, padded_length
+    from rocmre.modeling.features import PairFeatures
+
+    assert [padded_length(n, 8) for n in (1, 8, 9, 23)] == [8, 8, 16, 24]
+    assert padded_length(23, None) == padded_length(23, 1) == 23
+    collator = PairCollator(0, None, 0, 0, use_image=False)
+    item = PairFeatures(list(range(1, 11)), head_index=1, tail_index=3, head_type="person", tail_type="location")
+    assert collator([item])["input_ids"].shape == (1, 10)
+    padded = collator([item], pad_to_multiple_of=8)
+    assert padded["input_ids"].shape == (1, 16) and padded["attention_mask"].sum() == 10
