@@ -5,8 +5,9 @@
 Starts `rocmre serve` on the model folder (nothing is trained here) on 127.0.0.1, builds distinct valid entity
 pairs from MNRE test sentences, answers each once sequentially (the reference, each pair alone: concurrency 1),
 then sends them all at the given concurrency twice: once alone (baseline) and once with one slow request (a text
-at the server's character limit) sent among them, while /health is polled. The server groups concurrent requests
-into shared forward passes (dynamic batching, --max-batch-size / --max-batch-delay-ms); every concurrent answer
+at the server's character limit) sent among them, while /health is polled from a process of its own (this one's
+event loop is busy with the load). The server groups concurrent requests into shared forward passes (dynamic
+batching, --max-batch-size / --max-batch-delay-ms); every concurrent answer
 must give the same relation, ranking and scores (within 1e-6) as the sequential one, and no request may fail.
 Also measures `predict_batch` on the same pairs in this process (the model's own batched speed). Reports
 throughput, p50/p95/p99 latency, /health latency under load, the slow request's effect on the others, and the
@@ -165,24 +166,51 @@ async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout:
                     answer, error = None, f"{type(e).__name__}: {e}"
                 results[kind, i] = {"sent": sent, "done": time.perf_counter(), "answer": answer, "error": error}
 
-        health: list[float] = []
-        done = asyncio.Event()
-
-        async def poll_health() -> None:  # /health every 20 ms on its own connection, while the load runs
-            async with httpx.AsyncClient(base_url=url, timeout=timeout) as probe:
-                while not done.is_set():
-                    sent = time.perf_counter()
-                    await probe.get("/health")
-                    health.append((time.perf_counter() - sent) * 1000)
-                    await asyncio.sleep(0.02)
-
-        poller = asyncio.create_task(poll_health())
-        start = time.perf_counter()
-        await asyncio.gather(*(one(kind, i, body) for kind, i, body in order))
-        wall = time.perf_counter() - start
-        done.set()
-        await poller
+        with HealthProbe(url, timeout):  # /health polled from its own process while the load runs
+            start = time.perf_counter()
+            await asyncio.gather(*(one(kind, i, body) for kind, i, body in order))
+            wall = time.perf_counter() - start
+        health = HealthProbe.last_latencies
     return {"results": results, "wall_s": wall, "health_ms": health}
+
+
+def _poll_health(url: str, timeout: float, stop: Any, out: Any) -> None:
+    """(in a process of its own) GET /health every 20 ms on one connection until ``stop`` is set; the latencies in
+    ms go to ``out``."""
+    import httpx
+
+    latencies = []
+    with httpx.Client(base_url=url, timeout=timeout) as probe:
+        while not stop.is_set():
+            sent = time.perf_counter()
+            probe.get("/health")
+            latencies.append((time.perf_counter() - sent) * 1000)
+            time.sleep(0.02)
+    out.send(latencies)
+
+
+class HealthProbe:
+    """Polls /health from a separate process, so that its latencies are the server's and not those of this
+    process's event loop, which is busy with the load's own requests and responses."""
+
+    last_latencies: list[float] = []
+
+    def __init__(self, url: str, timeout: float) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.stop = ctx.Event()
+        self.receive, send = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_poll_health, args=(url, timeout, self.stop, send), daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        HealthProbe.last_latencies = self.receive.recv() if self.receive.poll(60) else []
+        self.process.join(10)
 
 
 SCORE_TOLERANCE = 1e-6
