@@ -143,8 +143,9 @@ async def sequential(url: str, bodies: list[Request], timeout: float) -> tuple[l
 
 
 async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout: float,
-                     slow: tuple[int, Request] | None) -> dict[str, Any]:
-    """All ``bodies`` with at most ``concurrency`` in flight; ``slow`` = (position, body) is sent among them."""
+                     slow: tuple[int, Request] | None, hostile: bool = False) -> dict[str, Any]:
+    """All ``bodies`` with at most ``concurrency`` in flight; ``slow`` = (position, body) is sent among them, and
+    with ``hostile`` one request of each hostile kind (:func:`hostile_requests`) after the first 50 are sent."""
     import httpx
 
     order: list[tuple[str, int, Request]] = [("pair", i, b) for i, b in enumerate(bodies)]
@@ -166,12 +167,20 @@ async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout:
                     answer, error = None, f"{type(e).__name__}: {e}"
                 results[kind, i] = {"sent": sent, "done": time.perf_counter(), "answer": answer, "error": error}
 
+        async def attack() -> list[dict[str, Any]]:
+            if not hostile:
+                return []
+            while len(results) < min(50, len(order) // 4):
+                await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=url, timeout=timeout) as own:
+                return await send_hostile(own, hostile_requests(bodies[0]))
+
         with HealthProbe(url, timeout):  # /health polled from its own process while the load runs
             start = time.perf_counter()
-            await asyncio.gather(*(one(kind, i, body) for kind, i, body in order))
+            refused, *_ = await asyncio.gather(attack(), *(one(kind, i, body) for kind, i, body in order))
             wall = time.perf_counter() - start
         health = HealthProbe.last_latencies
-    return {"results": results, "wall_s": wall, "health_ms": health}
+    return {"results": results, "wall_s": wall, "health_ms": health, "hostile": refused}
 
 
 def _poll_health(url: str, timeout: float, stop: Any, out: Any) -> None:
@@ -213,6 +222,47 @@ class HealthProbe:
         self.process.join(10)
 
 
+def hostile_requests(body: Request) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """One request of each kind a hostile probe once froze or broke the server with (issue 41): (name, method,
+    path, httpx arguments). Each must be refused with a 4xx while the load runs, leaving /health responsive."""
+    text, head, tail = body["text"], body["head"], body["tail"]
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    return [
+        ("regex backtracking (escaped quotes in deep JSON)", "POST", "/predict",
+         {"content": b"[" * 40 + b'"' + b'\\"' * 36_000, "headers": {"content-type": "application/json"}}),
+        ("lone surrogate in a relation name", "POST", "/relations",
+         {"content": b'{"x\\ud800": ["The head x the tail."]}', "headers": {"content-type": "application/json"}}),
+        ("lone surrogate in a description", "POST", "/relations",
+         {"content": b'{"/x/y": ["bad \\udc80 text"]}', "headers": {"content-type": "application/json"}}),
+        ("a batch of 600,000 items", "POST", "/predict/batch",
+         {"content": b"[" + b"{}," * 599_999 + b"{}]", "headers": {"content-type": "application/json"}}),
+        ("an integer of 5,000 digits", "POST", "/predict",
+         {"content": json.dumps({"text": text, "head": head, "tail": tail}).encode()[:-1] + b', "top_k": '
+          + b"9" * 5000 + b"}", "headers": {"content-type": "application/json"}}),
+        ("a cross-site text/plain form", "POST", "/relations",
+         {"content": b'{"/x/z": ["The head z the tail."]}', "headers": {"content-type": "text/plain"}}),
+        ("an EPS image upload", "POST", "/predict",
+         {"data": {"text": "Barack Obama was born in Paris.", "head": "Barack Obama", "tail": "Paris"},
+          "files": {"image": ("x.eps", eps)}}),
+    ]
+
+
+async def send_hostile(client: Any, requests: list[tuple[str, str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Send the hostile requests one after another (among the load); each one's status and latency."""
+    import httpx
+
+    out = []
+    for name, method, path, kwargs in requests:
+        sent = time.perf_counter()
+        try:
+            status: int | str = (await client.request(method, path, **kwargs)).status_code
+        except httpx.TransportError as e:  # a dropped connection is a refusal too, but say so
+            status = f"connection closed ({type(e).__name__})"
+        out.append({"request": name, "status": status, "ms": round((time.perf_counter() - sent) * 1000, 1),
+                    "refused": isinstance(status, str) or 400 <= status < 500})
+    return out
+
+
 SCORE_TOLERANCE = 1e-6
 
 
@@ -252,6 +302,8 @@ def analyse(run: dict[str, Any], reference: list[Any], slow_reference: Any) -> d
                            **percentiles(latencies), "first_errors": errors[:5]}
     if len(run.get("health_ms", [])) >= 2:
         out["health"] = {"polls": len(run["health_ms"]), **percentiles(run["health_ms"])}
+    if run.get("hostile"):
+        out["hostile"] = run["hostile"]
     if ("slow", 0) in results:
         s = results["slow", 0]
         out["slow"] = {"latency_ms": round((s["done"] - s["sent"]) * 1000, 1), "error": s["error"],
@@ -348,7 +400,7 @@ def main() -> None:
             baseline = analyse(asyncio.run(concurrent(url, bodies, args.concurrency, args.timeout, None)),
                                reference, slow_reference)
             main_run = analyse(asyncio.run(concurrent(url, bodies, args.concurrency, args.timeout,
-                                                      (args.slow_at, slow))), reference, slow_reference)
+                                                      (args.slow_at, slow), hostile=True)), reference, slow_reference)
             rss_after = rss_mb(proc.pid)
             speed = predict_batch_speed(args.model, bodies, str(Path(tmp) / "cache"), args.max_batch_size or 32)
         finally:
@@ -403,7 +455,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     failed = (main_run["errors"] or main_run["mismatches"] or baseline["errors"] or baseline["mismatches"]
               or bad_reference or main_run["slow"]["error"] or not main_run["slow"]["identical_to_sequential"]
-              or log_errors)
+              or log_errors or not all(h["refused"] for h in main_run.get("hostile", [])))
     if failed:
         print("FAILED: errors, mismatches or server log errors (see serve_load.json)", file=sys.stderr)
         sys.exit(1)
@@ -442,7 +494,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"Throughput: {b['throughput_rps']} req/s without the slow request, {m['throughput_rps']} req/s with it; "
         f"`predict_batch` on the same pairs in one process: {r['predict_batch']['pairs_per_s']} pairs/s (ratio "
         f"{s['throughput_over_predict_batch']}). One request at a time (concurrency 1): p50 {s['c1_p50_ms']} ms. "
-        f"`/health` under load: p99 {s['health_p99_ms']} ms.",
+        f"`/health` under load (polled from its own process): p99 {s['health_p99_ms']} ms.",
+        "",
+        "Hostile requests sent among the load of the run with the slow request, one of each kind that once froze "
+        "or broke the server: " + ("; ".join(f"{h['request']}: {h['status']} in {h['ms']} ms"
+                                             for h in m.get("hostile", [])) or "none") + ".",
         "",
         f"Batch-invariant: {s['batch_invariant']} (every concurrent answer has the sequential answer's relation, "
         f"ranking and descriptions, scores within 1e-6; largest score difference {s['max_score_diff']:.2g}; "
