@@ -570,7 +570,9 @@ class RelationModel(nn.Module):
         projection for a classifier). The text backbone and the frozen prefix must match. Returns what was copied."""
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"model.init_from: {directory} is not a rocmre model folder (no {CONFIG_NAME})")
+            raise FileNotFoundError(f"model.init_from: {directory} is not a rocmre model folder (no {CONFIG_NAME}); "
+                                    "make the relation pre-trained one with `rocmre train --config "
+                                    "configs/relations_pretrain.yaml`")
         source, _ = read_model_config(directory)
         for key in ("text_backbone", "frozen_text_layers", "pair_dim", "fusion_layers", "pair_pooling"):
             if getattr(source, key) != getattr(self.config, key):
