@@ -110,3 +110,13 @@ def test_init_from_refuses_another_architecture(pretrained_dir: Path, mnre_root:
     missing = tiny_run_config("roc", tmp_path, cache_dir, init_from=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="not a rocmre model folder"):
         build_model(missing, ["None", "/per/per/couple"])
+
+
+def test_shipped_pretraining_configs_are_valid():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    pretrain = RunConfig.from_yaml(configs / "relations_pretrain.yaml")
+    assert pretrain.data.format == "relations" and pretrain.model.descriptions == "wikidata"
+    assert pretrain.model.model_copy(update={"descriptions": "mnre"}) == RunConfig().model  # the same architecture
+    fine_tune = RunConfig.from_yaml(configs / "mnre_roc_pretrained.yaml")
+    assert fine_tune.model.init_from == pretrain.output_dir
+    assert fine_tune.train == RunConfig.from_yaml(configs / "mnre_roc.yaml").train
