@@ -133,18 +133,21 @@ def test_load_relation_corpora_dedupes_excludes_and_splits():
     assert not out["val"].records
     # Wiki80's Ada Lovelace / William King line repeats FewRel's: kept once
     assert sum(spans(r) == ("Ada Lovelace", "William King", "P26") for r in train) == 1
-    assert len(train) == 4 + 5 + 8 + 1  # FewRel 4, Wiki80 6 - 1 duplicate, Re-DocRED dev 8 + test 1
-    assert train.labels.labels == ["None", "P17", "P19", "P26", "P131", "P150", "P551", "P569", "P585"]
+    # FewRel 4, Wiki80 6 - 1 duplicate, Re-DocRED dev 8 + test 1, less one pair that holds two relations (kept once,
+    # with its rarer relation: one_label_per_pair)
+    assert len(train) == 4 + 5 + 8 + 1 - 1
+    # (P585's only pair also holds another relation, which one_label_per_pair keeps: P585 is gone)
+    assert train.labels.labels == ["None", "P17", "P19", "P26", "P131", "P150", "P551", "P569"]
     kept = load_relation_corpora(ROOT, ["fewrel", "redocred"], ["/per/loc/place_of_birth", "P17"],
                                  val_fraction=0.0)["train"]
-    assert {r.relation for r in kept} == {"None", "P26", "P131", "P150", "P551", "P569", "P585"}
+    assert {r.relation for r in kept} == {"None", "P26", "P131", "P150", "P551", "P569"}
 
 
 def test_load_relation_corpora_val_is_stratified_and_seeded():
     a = load_relation_corpora(ROOT, val_fraction=0.4, seed=3)
     b = load_relation_corpora(ROOT, val_fraction=0.4, seed=3)
     assert [r.source for r in a["val"]] == [r.source for r in b["val"]]
-    assert len(a["train"]) + len(a["val"]) == 18 and a["train"].labels == a["val"].labels
+    assert len(a["train"]) + len(a["val"]) == 17 and a["train"].labels == a["val"].labels
     train_rels = {r.relation for r in a["train"]}
     assert {r.relation for r in a["val"]} <= train_rels  # every relation keeps a training record
     assert train_rels == set(a["train"].labels.labels) - {"None"} | {"None"}

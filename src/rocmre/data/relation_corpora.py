@@ -485,16 +485,21 @@ def expand_exclusions(names: Iterable[str]) -> set[str]:
 
 
 # -- pre-training splits ----------------------------------------------------------------------------------------
-def _stratified_val(records: list[RelationRecord], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, val indices): per relation, ``fraction`` of its records (rounded; at least one stays in
-    train) drawn with ``seed``; both lists in input order."""
+def _indices_by_relation(records: list[RelationRecord]) -> list[list[int]]:
+    """Each relation's record indices (in input order), relations in property-id order: the order seeded draws
+    per relation go in."""
     by_rel: dict[str | None, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_rel[r.relation].append(i)
+    return [by_rel[rel] for rel in sorted(by_rel, key=lambda x: _pid_number(str(x)))]
+
+
+def _stratified_val(records: list[RelationRecord], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, val indices): per relation, ``fraction`` of its records (rounded; at least one stays in
+    train) drawn with ``seed``; both lists in input order."""
     rng = random.Random(seed)
     val: set[int] = set()
-    for rel in sorted(by_rel, key=lambda x: _pid_number(str(x))):
-        idx = by_rel[rel]
+    for idx in _indices_by_relation(records):
         k = min(len(idx) - 1, round(fraction * len(idx)))
         val.update(rng.sample(idx, k) if k > 0 else [])
     return [i for i in range(len(records)) if i not in val], sorted(val)
@@ -519,13 +524,9 @@ def one_label_per_pair(records: list[RelationRecord]) -> list[RelationRecord]:
 
 def cap_per_relation(records: list[RelationRecord], cap: int, seed: int) -> list[RelationRecord]:
     """At most ``cap`` records of each relation (the negative label too), drawn with ``seed``; input order kept."""
-    by_rel: dict[str | None, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by_rel[r.relation].append(i)
     rng = random.Random(seed)
     keep: set[int] = set()
-    for rel in sorted(by_rel, key=lambda x: _pid_number(str(x))):
-        idx = by_rel[rel]
+    for idx in _indices_by_relation(records):
         keep.update(idx if len(idx) <= cap else rng.sample(idx, cap))
     return [r for i, r in enumerate(records) if i in keep]
 
