@@ -216,20 +216,52 @@ class DynamicBatcher:
             self._executor = None
 
     # -- the model thread --------------------------------------------------------------------------
-    def featurize(self, pairs: Sequence[PairInput]) -> list[tuple[Hashable, RelationRecord, PairFeatures]]:
-        """Each pair's input shape (token count, image, crops, image object), record and features, after checking
-        that it resolves to two entities a relation can hold between (its error names the item in a request of
-        several pairs). Featurised once: the forward pass reuses them."""
+    def resolve(self, pairs: Sequence[PairInput]) -> list[RelationRecord]:
+        """Each pair's record, after checking that it resolves to two entities a relation can hold between (its
+        error names the item in a request of several pairs)."""
         checked = []
         for i, pair in enumerate(pairs):
             try:
                 checked.append(check_pair(pair, self.extractor))
             except Exception as e:
                 raise pair_error(e, f"item {i}: " if len(pairs) > 1 else "") from None
-        records, features = self.extractor.featurize(pairs, checked)
+        return checked
+
+    def featurize(self, pairs: Sequence[PairInput], records: Sequence[RelationRecord]
+                  ) -> list[tuple[Hashable, RelationRecord, PairFeatures]]:
+        """Each resolved pair's input shape (padded token count, image, crops, image object), record and features,
+        in one pass over all of them (the entity tagger batches its texts); the forward pass reuses them."""
+        records, features = self.extractor.featurize(pairs, records)
         return [((padded_length(len(f.input_ids), SCORING_PAD_MULTIPLE), p.image is not None, len(f.crops),
                   f.object_box is not None), r, f)
                 for r, f, p in zip(records, features, pairs, strict=True)]
+
+    def prepare(self, jobs: list[Job], outcomes: list[Any]
+                ) -> dict[int, list[tuple[Hashable, RelationRecord, PairFeatures]]]:
+        """Every job's featurised pairs (a job whose pairs do not resolve gets its error in ``outcomes``): all
+        jobs' pairs in one featurisation, or job by job if that fails, so that only the failing job's request
+        fails."""
+        resolved: dict[int, list[RelationRecord]] = {}
+        for j, job in enumerate(jobs):
+            try:
+                resolved[j] = self.resolve(job.pairs)
+            except Exception as e:
+                outcomes[j] = e
+        order = list(resolved)
+        try:
+            flat = self.featurize([p for j in order for p in jobs[j].pairs], [r for j in order for r in resolved[j]])
+        except Exception:
+            out = {}
+            for j in order:
+                try:
+                    out[j] = self.featurize(jobs[j].pairs, resolved[j])
+                except Exception as e:
+                    outcomes[j] = pair_error(e, "")
+            return out
+        out, start = {}, 0
+        for j in order:
+            out[j], start = flat[start:start + len(jobs[j].pairs)], start + len(jobs[j].pairs)
+        return out
 
     def forward(self, prepared: list[tuple[RelationRecord, PairFeatures]], top_k: list[int]) -> list[Prediction]:
         """One forward pass over shape-uniform featurised pairs; each prediction cut to its own top-k."""
@@ -258,14 +290,10 @@ class DynamicBatcher:
             outcomes: list[Any] = [None] * len(jobs)
             prepared: dict[tuple[int, int], tuple[RelationRecord, PairFeatures]] = {}
             groups: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
-            for j, job in enumerate(jobs):
-                try:
-                    featurized = self.featurize(job.pairs)
-                except Exception as e:
-                    outcomes[j] = e
-                    deliver([j])
-                    continue
-                outcomes[j] = [None] * len(job.pairs)
+            featurized_jobs = self.prepare(jobs, outcomes)
+            deliver(j for j in range(len(jobs)) if j not in featurized_jobs)
+            for j, featurized in featurized_jobs.items():
+                outcomes[j] = [None] * len(jobs[j].pairs)
                 for i, (key, record, feats) in enumerate(featurized):
                     groups[key].append((j, i))
                     prepared[j, i] = (record, feats)
