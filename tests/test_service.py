@@ -489,7 +489,9 @@ def test_cli_serve_options(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pyt
     batcher = app.state.service.batcher
     assert (batcher.batch_size, batcher.delay, batcher.max_queue) == (8, 0.0075, 50)
     assert served["port"] == 8123 and served["timeout_keep_alive"] == 3 and served["limit_concurrency"] == 40
-    assert served["http"].__name__ == "HeaderTimeoutH11Protocol"
+    from rocmre.service.running import http_protocol
+
+    assert served["http"].__name__ == "HeaderTimeoutProtocol" and issubclass(served["http"], http_protocol())
     assert {"localhost", "127.0.0.1", "::1"} <= set(app.state.allowed_hosts)
     with TestClient(app, base_url="http://127.0.0.1:8123") as tc:
         assert tc.post("/relations", json={"/x/y": ["The head x the tail."]}).status_code == 401
