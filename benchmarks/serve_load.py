@@ -202,8 +202,8 @@ async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout:
 HEALTH_POLL_S = 0.1
 
 
-def _poll_health(url: str, timeout: float, stop: Any, ready: Any, out: Any) -> None:
-    """(in a process of its own) GET /health every ``HEALTH_POLL_S`` on one connection until ``stop`` is set,
+def _poll_health(url: str, timeout: float, interval: float, stop: Any, ready: Any, out: Any) -> None:
+    """(in a process of its own) GET /health every ``interval`` s on one connection until ``stop`` is set,
     saying ``ready`` after the first answer; the latencies in ms go to ``out``."""
     import httpx
 
@@ -215,7 +215,7 @@ def _poll_health(url: str, timeout: float, stop: Any, ready: Any, out: Any) -> N
             sent = time.perf_counter()
             probe.get("/health")
             latencies.append((time.perf_counter() - sent) * 1000)
-            time.sleep(HEALTH_POLL_S)
+            time.sleep(interval)
     out.send(latencies)
 
 
@@ -225,13 +225,13 @@ class HealthProbe:
 
     last_latencies: list[float] = []
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, interval: float = HEALTH_POLL_S) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.stop, self.ready = ctx.Event(), ctx.Event()
         self.receive, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_poll_health, args=(url, timeout, self.stop, self.ready, send),
+        self.process = ctx.Process(target=_poll_health, args=(url, timeout, interval, self.stop, self.ready, send),
                                    daemon=True)
 
     def __enter__(self) -> HealthProbe:

@@ -474,6 +474,8 @@ def test_cli_serve_options(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pyt
 
     served: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    # the loaded model is moved out of the garbage collector's reach before serving (not in this test process)
+    monkeypatch.setattr("rocmre.service.running.freeze_loaded_objects", lambda: served.update(frozen=True))
     monkeypatch.setenv("ROCMRE_API_TOKEN", "from-env")
     args = ["serve", "--model", str(tiny_roc_dir), "--cache-dir", str(cache_dir), "--port", "8123",
             "--max-text-chars", "100", "--max-tokens", "20", "--max-descriptions", "3", "--max-description-chars",
@@ -489,6 +491,7 @@ def test_cli_serve_options(tiny_roc_dir: Path, cache_dir: Path, monkeypatch: pyt
     batcher = app.state.service.batcher
     assert (batcher.batch_size, batcher.delay, batcher.max_queue) == (8, 0.0075, 50)
     assert served["port"] == 8123 and served["timeout_keep_alive"] == 3 and served["limit_concurrency"] == 40
+    assert served["frozen"]
     from rocmre.service.running import http_protocol
 
     assert served["http"].__name__ == "HeaderTimeoutProtocol" and issubclass(served["http"], http_protocol())
