@@ -502,8 +502,8 @@ def markdown(r: dict[str, Any]) -> str:
         "on the same machine.  ",
         f"Model: `{r['model']}`; server text limit {r['max_text_chars']} characters; dynamic batching: at most "
         f"{r['batching']['max_batch_size']} pairs per forward pass, gathered for at most "
-        f"{r['batching']['max_batch_delay_ms']} ms; pairs share a pass only when their inputs have the same shape "
-        "(batch-invariant answers).",
+        f"{r['batching']['max_batch_delay_ms']} ms; pairs share a pass only when their inputs have the same padded "
+        "shape (token count rounded up to 8; batch-invariant answers).",
         "",
         f"{s['requests']} distinct valid pairs from MNRE test sentences, sent at concurrency {s['concurrency']}: "
         f"**{s['errors']} errors, {s['mismatches']} answers differing from the sequential answer**. Server RSS "
