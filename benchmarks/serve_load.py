@@ -5,9 +5,9 @@
 Starts `rocmre serve` on the model folder (nothing is trained here) on 127.0.0.1, builds distinct valid entity
 pairs from MNRE test sentences, answers each once sequentially (the reference, each pair alone: concurrency 1),
 then sends them all at the given concurrency twice: once alone (baseline) and once with one slow request (a text
-at the server's character limit) sent among them, while /health is polled from a process of its own (this one's
-event loop is busy with the load). The server groups concurrent requests into shared forward passes (dynamic
-batching, --max-batch-size / --max-batch-delay-ms); every concurrent answer
+at the server's character limit) sent among them, while /health is polled (10 a second) from a process of its own
+(this one's event loop is busy with the load). The load's client is aiohttp. The server groups concurrent requests
+into shared forward passes (dynamic batching, --max-batch-size / --max-batch-delay-ms); every concurrent answer
 must give the same relation, ranking and scores (within 1e-6) as the sequential one, and no request may fail.
 Also measures `predict_batch` on the same pairs in this process (the model's own batched speed). Reports
 throughput, p50/p95/p99 latency, /health latency under load, the slow request's effect on the others, and the
@@ -129,16 +129,29 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(values), 1), "max_ms": round(max(values), 1)}
 
 
-async def sequential(url: str, bodies: list[Request], timeout: float) -> tuple[list[Any], list[float]]:
-    import httpx
+def load_client(url: str, timeout: float, connections: int = 1) -> Any:
+    """The load's HTTP client: aiohttp, whose C parser leaves the CPU to the server (an httpx client at
+    concurrency 200 took more CPU than the server it measured, on the same 2 cores)."""
+    import aiohttp
 
+    return aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=timeout),
+                                 connector=aiohttp.TCPConnector(limit=connections))
+
+
+async def post_json(client: Any, body: Request) -> tuple[int, bytes]:
+    async with client.post("/predict", json=body) as r:
+        return r.status, await r.read()
+
+
+async def sequential(url: str, bodies: list[Request], timeout: float) -> tuple[list[Any], list[float]]:
     answers, times = [], []
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+    async with load_client(url, timeout) as client:
         for body in bodies:
             start = time.perf_counter()
-            r = await client.post("/predict", json=body)
+            status, payload = await post_json(client, body)
             times.append((time.perf_counter() - start) * 1000)
-            answers.append(r.json() if r.status_code == 200 else {"status": r.status_code, "text": r.text})
+            answers.append(json.loads(payload) if status == 200
+                           else {"status": status, "text": payload.decode(errors="replace")})
     return answers, times
 
 
@@ -151,19 +164,20 @@ async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout:
     order: list[tuple[str, int, Request]] = [("pair", i, b) for i, b in enumerate(bodies)]
     if slow is not None:
         order.insert(slow[0], ("slow", 0, slow[1]))
+    import aiohttp
+
     gate = asyncio.Semaphore(concurrency)
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+    async with load_client(url, timeout, concurrency) as client:
 
         async def one(kind: str, i: int, body: Request) -> None:
             async with gate:
                 sent = time.perf_counter()
                 try:
-                    r = await client.post("/predict", json=body)
-                    answer: Any = r.json() if r.status_code == 200 else None
-                    error = None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:200]}"
-                except (httpx.HTTPError, ValueError) as e:
+                    status, payload = await post_json(client, body)
+                    answer: Any = json.loads(payload) if status == 200 else None
+                    error = None if status == 200 else f"HTTP {status}: {payload[:200].decode(errors='replace')}"
+                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                     answer, error = None, f"{type(e).__name__}: {e}"
                 results[kind, i] = {"sent": sent, "done": time.perf_counter(), "answer": answer, "error": error}
 
@@ -183,18 +197,25 @@ async def concurrent(url: str, bodies: list[Request], concurrency: int, timeout:
     return {"results": results, "wall_s": wall, "health_ms": health, "hostile": refused}
 
 
-def _poll_health(url: str, timeout: float, stop: Any, out: Any) -> None:
-    """(in a process of its own) GET /health every 20 ms on one connection until ``stop`` is set; the latencies in
-    ms go to ``out``."""
+#: how often the probe asks /health under load, in seconds (load balancers ask every few seconds; 10 a second gives
+#: about 100 latencies per concurrent run)
+HEALTH_POLL_S = 0.1
+
+
+def _poll_health(url: str, timeout: float, interval: float, stop: Any, ready: Any, out: Any) -> None:
+    """(in a process of its own) GET /health every ``interval`` s on one connection until ``stop`` is set,
+    saying ``ready`` after the first answer; the latencies in ms go to ``out``."""
     import httpx
 
-    latencies = []
+    latencies: list[float] = []
     with httpx.Client(base_url=url, timeout=timeout) as probe:
+        probe.get("/health")
+        ready.set()
         while not stop.is_set():
             sent = time.perf_counter()
             probe.get("/health")
             latencies.append((time.perf_counter() - sent) * 1000)
-            time.sleep(0.02)
+            time.sleep(interval)
     out.send(latencies)
 
 
@@ -204,16 +225,19 @@ class HealthProbe:
 
     last_latencies: list[float] = []
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, interval: float = HEALTH_POLL_S) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        self.stop = ctx.Event()
+        self.stop, self.ready = ctx.Event(), ctx.Event()
         self.receive, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_poll_health, args=(url, timeout, self.stop, send), daemon=True)
+        self.process = ctx.Process(target=_poll_health, args=(url, timeout, interval, self.stop, self.ready, send),
+                                   daemon=True)
 
     def __enter__(self) -> HealthProbe:
+        """Starts the probe and returns once it polls (its start-up is not part of the load's time)."""
         self.process.start()
+        self.ready.wait(60)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -478,8 +502,8 @@ def markdown(r: dict[str, Any]) -> str:
         "on the same machine.  ",
         f"Model: `{r['model']}`; server text limit {r['max_text_chars']} characters; dynamic batching: at most "
         f"{r['batching']['max_batch_size']} pairs per forward pass, gathered for at most "
-        f"{r['batching']['max_batch_delay_ms']} ms; pairs share a pass only when their inputs have the same shape "
-        "(batch-invariant answers).",
+        f"{r['batching']['max_batch_delay_ms']} ms; pairs share a pass only when their inputs have the same padded "
+        "shape (token count rounded up to 8; batch-invariant answers).",
         "",
         f"{s['requests']} distinct valid pairs from MNRE test sentences, sent at concurrency {s['concurrency']}: "
         f"**{s['errors']} errors, {s['mismatches']} answers differing from the sequential answer**. Server RSS "
@@ -494,7 +518,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Throughput: {b['throughput_rps']} req/s without the slow request, {m['throughput_rps']} req/s with it; "
         f"`predict_batch` on the same pairs in one process: {r['predict_batch']['pairs_per_s']} pairs/s (ratio "
         f"{s['throughput_over_predict_batch']}). One request at a time (concurrency 1): p50 {s['c1_p50_ms']} ms. "
-        f"`/health` under load (polled from its own process): p99 {s['health_p99_ms']} ms.",
+        f"`/health` under load (polled every {HEALTH_POLL_S * 1000:.0f} ms from its own process): p99 "
+        f"{s['health_p99_ms']} ms.",
         "",
         "Hostile requests sent among the load of the run with the slow request, one of each kind that once froze "
         "or broke the server: " + ("; ".join(f"{h['request']}: {h['status']} in {h['ms']} ms"

@@ -150,3 +150,50 @@ def test_full_queue_answers_503(tiny_roc_dir: Path, cache_dir: Path, monkeypatch
         assert time.perf_counter() - start < 1.0
         assert app.state.service.batcher.stats.refused == statuses.count(503)
         assert httpx.post(url + "/predict", json=body, timeout=120).status_code == 200
+
+
+def test_scoring_pads_to_a_multiple_of_eight() -> None:
+    from rocmre.modeling.batching import PairCollator, padded_length
+    from rocmre.modeling.features import PairFeatures
+
+    assert [padded_length(n, 8) for n in (1, 8, 9, 23)] == [8, 8, 16, 24]
+    assert padded_length(23, None) == padded_length(23, 1) == 23
+    collator = PairCollator(0, None, 0, 0, use_image=False)
+    item = PairFeatures(list(range(1, 11)), head_index=1, tail_index=3, head_type="person", tail_type="location")
+    assert collator([item])["input_ids"].shape == (1, 10)
+    padded = collator([item], pad_to_multiple_of=8)
+    assert padded["input_ids"].shape == (1, 16) and padded["attention_mask"].sum() == 10
+
+
+def test_worker_takes_several_passes_worth_and_answers_each_request_when_ready(tiny_roc_dir: Path,
+                                                                              cache_dir: Path) -> None:
+    """Under load the waiting pairs spread over several shapes: the worker takes up to GATHER_PASSES passes' worth
+    (not one pass's), so that each shape's pass fills, and a request is answered as soon as its own pairs are
+    scored, before the rest of the gather."""
+    import asyncio
+
+    from rocmre.inference.extractor import PairInput
+    from rocmre.service.batching import GATHER_PASSES, DynamicBatcher, Job
+
+    extractor = RelationExtractor.from_pretrained(tiny_roc_dir, cache_dir=cache_dir)
+    batcher = DynamicBatcher(extractor, threading.Lock(), batch_size=2, delay_ms=0)
+    pairs = [PairInput(TEXT, "Barack Obama", "Paris"), PairInput("Lionel Messi plays for Inter Miami",
+                                                                "Lionel Messi", "Inter Miami")]
+
+    async def scenario() -> tuple[list[int], list[tuple[int, int]]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        jobs = [Job([pairs[k % 2]], [1], loop.create_future()) for k in range(3 * GATHER_PASSES * 2)]
+        for job in jobs:
+            queue.put_nowait(job)
+        sizes = [sum(len(j.pairs) for j in await batcher._gather(queue)) for _ in range(3)]
+        order: list[tuple[int, int]] = []  # (job, forward passes run when it was answered)
+        batcher.run(jobs[:6], lambda j, _: order.append((j, batcher.stats.forward_passes)))
+        return sizes, order
+
+    sizes, order = asyncio.run(scenario())
+    assert sizes == [GATHER_PASSES * 2] * 3  # not 2 (one pass's worth)
+    # six one-pair requests (both sentences pad to the same length): passes of 2, each request answered right
+    # after its own pass
+    assert sorted(j for j, _ in order) == list(range(6))
+    assert [n for _, n in order] == [1, 1, 2, 2, 3, 3]

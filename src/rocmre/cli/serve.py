@@ -66,7 +66,7 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
 
         from rocmre.service.app import create_app
         from rocmre.service.guards import default_allowed_hosts
-        from rocmre.service.running import uvicorn_settings
+        from rocmre.service.running import freeze_loaded_objects, uvicorn_settings
     except ImportError as e:
         fail(f"serving needs the 'serve' extra (pip install 'rocmre[serve]'): {e}")
     from rocmre.inference.extractor import RelationExtractor
@@ -90,6 +90,7 @@ def serve(model: Path = typer.Option(..., "--model", "-m", exists=True, file_oka
                      api_token=api_token, read_only=read_only, allowed_hosts=hosts, body_timeout=body_timeout,
                      batch_size=max_batch_size, batch_delay_ms=max_batch_delay_ms, max_queue=max_queue)
     startup_notes(extractor, model, host, port, hosts, read_only, api_token)
+    freeze_loaded_objects()
     uvicorn.run(app, host=host, port=port, **uvicorn_settings(
         log_level=log_level, timeout_keep_alive=timeout_keep_alive, limit_concurrency=limit_concurrency,
         header_timeout=header_timeout))

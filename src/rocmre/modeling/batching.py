@@ -22,6 +22,11 @@ class ImageFeatureSource(Protocol):
     def features(self, image: Path | bytes, box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
 
+def padded_length(length: int, multiple: int | None) -> int:
+    """``length`` rounded up to a multiple of ``multiple`` (None or 1: unchanged)."""
+    return length if not multiple or multiple <= 1 else -(-length // multiple) * multiple
+
+
 class PairCollator:
     """Pads token ids and gathers image features into a dict of tensors; an unreadable image counts as missing."""
 
@@ -42,9 +47,11 @@ class PairCollator:
         regions, pooled = feats
         return regions.float(), pooled.float()
 
-    def __call__(self, items: Sequence[PairFeatures]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: Sequence[PairFeatures], pad_to_multiple_of: int | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The batch's tensors; token ids padded to the longest item, rounded up to ``pad_to_multiple_of``."""
         bsz = len(items)
-        length = max(len(f.input_ids) for f in items)
+        length = padded_length(max(len(f.input_ids) for f in items), pad_to_multiple_of)
         input_ids = torch.full((bsz, length), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((bsz, length), dtype=torch.long)
         for i, f in enumerate(items):

@@ -141,6 +141,11 @@ class ModelScores:
     tail_types: np.ndarray
 
 
+#: scoring pads token ids to a multiple of this: a pair's padded length then depends on its own length alone
+#: whenever the pairs it is scored with have lengths of the same bucket (the service's batches: batch-invariant)
+SCORING_PAD_MULTIPLE = 8
+
+
 class ModelRuntime:
     """A model with everything needed to run it on records."""
 
@@ -214,7 +219,8 @@ class ModelRuntime:
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False, unit="batch"):
             idx = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in self.collator([features[i] for i in idx]).items()}
+            items = [features[i] for i in idx]
+            batch = {k: v.to(device) for k, v in self.collator(items, SCORING_PAD_MULTIPLE).items()}
             with self.autocast(device):
                 out = model(batch)
             scores[idx] = out.scores.float().cpu().numpy()

@@ -1,15 +1,19 @@
 """Dynamic batching: concurrent /predict and /predict/batch requests are grouped into shared forward passes.
 
-Requests queue (a bounded queue: 503 with ``Retry-After`` when full). A worker takes every request waiting, and
-waits at most ``delay_ms`` for more while it has fewer than ``batch_size`` pairs; then, in one model thread under
-the model lock, it resolves each request's pairs (an error answers that request only), groups all pairs by the
-shape of their model input, runs one forward pass per group (at most ``batch_size`` pairs each), and answers each
-request with its own predictions, in order. While it runs, the next batch gathers.
+Requests queue (a bounded queue: 503 with ``Retry-After`` when full). A worker takes every request waiting (up to
+``GATHER_PASSES`` times ``batch_size`` pairs), and waits at most ``delay_ms`` for more while it has fewer than
+``batch_size`` pairs; then, in one model thread under the model lock, it resolves each request's pairs (an error
+answers that request only), groups all pairs by the shape of their model input, runs one forward pass per group (at
+most ``batch_size`` pairs each), and answers each request with its own predictions as soon as its last pair is
+scored. While it runs, the next batch gathers. Taking more than one pass's worth at a time is what fills the passes:
+under load the waiting pairs spread over several shapes.
 
-Answers are batch-invariant: pairs share a forward pass only when their inputs have the same shape (token count,
-image or not, crops, image object or not), so nothing is padded and no pair reads another's padding. A pair then
-gets the same relation, ranking and scores alone or in any company: bit for bit under bf16 (oneDNN's kernels do
-not depend on the batch), within about 1e-7 under fp32 (the BLAS may sum in another order for another batch size).
+Answers are batch-invariant: scoring pads token ids to a multiple of 8 (``SCORING_PAD_MULTIPLE``), and pairs share
+a forward pass only when their inputs have the same padded shape (token count rounded up to 8, image or not,
+crops, image object or not), so a pair is padded exactly as it is when scored alone. It then gets the same
+relation, ranking and scores alone or in any company: bit for bit under bf16 (oneDNN's kernels do not depend on
+the batch), within about 1e-7 under fp32 (the BLAS may sum in another order for another batch size). Grouping by
+the padded length rather than the exact one makes the passes several times larger.
 """
 
 from __future__ import annotations
@@ -17,23 +21,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from rocmre.data.record import RelationRecord
 from rocmre.inference.extractor import EntityNotFoundError, PairInput, Prediction, RelationExtractor
+from rocmre.modeling.batching import padded_length
 from rocmre.modeling.features import PairFeatures
+from rocmre.modeling.runtime import SCORING_PAD_MULTIPLE
 from rocmre.service.limits import Refusal, check_pair, clean_message
 from rocmre.service.metrics import ServiceMetrics
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_BATCH_DELAY_MS = 2.0
 DEFAULT_MAX_QUEUE = 1024
+#: a worker takes at most this many forward passes' worth of pairs (``batch_size`` each) at a time
+GATHER_PASSES = 8
+#: how much lower the model thread (and the thread pool its forward passes start) runs than the event loop, in
+#: Linux nice steps: on a busy CPU, /health and request parsing get a core the moment they need one
+MODEL_THREAD_NICE = 5
+
+
+def lower_thread_priority(steps: int = MODEL_THREAD_NICE) -> None:
+    """Run the calling thread ``steps`` nice steps lower (Linux: niceness is per thread, and threads it starts
+    inherit it); a no-op where that is not possible."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
 
 
 @dataclass
@@ -72,6 +94,16 @@ def pair_error(error: Exception, prefix: str) -> Exception:
     if isinstance(error, MemoryError):
         return Refusal(413, "the input is too large to process (out of memory)", "out_of_memory")
     return error
+
+
+def answer(job: Job, outcome: Any) -> None:
+    """Settle a request's future with its predictions or the exception that answers it (once)."""
+    if job.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)
 
 
 class DynamicBatcher:
@@ -118,20 +150,24 @@ class DynamicBatcher:
         if self._loop is not loop or self._task is None or self._task.done():
             self._loop, self._queue, self.pending = loop, asyncio.Queue(), 0
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="rocmre-model")
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="rocmre-model",
+                                                    initializer=lower_thread_priority)
             self._task = loop.create_task(self._work(), name="rocmre-batcher")
         assert self._queue is not None
         return self._queue
 
     async def _gather(self, queue: asyncio.Queue[Job]) -> list[Job]:
-        """The next batch: the first waiting request, then all others waiting, then up to ``delay`` s more for
-        new ones while the batch has fewer than ``batch_size`` pairs."""
+        """The next batch: the first waiting request, then all others waiting (up to ``GATHER_PASSES`` passes'
+        worth of pairs), then up to ``delay`` s more for new ones while the batch has fewer than ``batch_size``
+        pairs."""
         jobs = [await queue.get()]
         size = len(jobs[0].pairs)
         deadline = asyncio.get_running_loop().time() + self.delay
-        while size < self.batch_size:
+        while size < GATHER_PASSES * self.batch_size:
             if queue.empty():
                 remaining = deadline - asyncio.get_running_loop().time()
+                if size >= self.batch_size:
+                    break
                 if remaining <= 0:
                     break
                 try:
@@ -154,19 +190,18 @@ class DynamicBatcher:
                 now = time.perf_counter()
                 for job in live:
                     self.metrics.queue_wait.observe(now - job.queued)
+            def early(j: int, outcome: Any, live: list[Job] = live) -> None:  # from the model thread
+                loop.call_soon_threadsafe(answer, live[j], outcome)
+
             try:
-                outcomes: list[Any] = await loop.run_in_executor(self._executor, self.run, live) if live else []
+                outcomes: list[Any] = await loop.run_in_executor(self._executor, self.run, live, early) \
+                    if live else []
             except Exception as e:  # (run answers each job itself; this is a last resort)
                 outcomes = [e] * len(live)
             finally:
                 self.pending = max(0, self.pending - sum(len(j.pairs) for j in jobs))
             for job, outcome in zip(live, outcomes, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    job.future.set_exception(outcome)
-                else:
-                    job.future.set_result(outcome)
+                answer(job, outcome)
 
     async def close(self) -> None:
         """Stop the worker (requests still queued get no answer) and the model thread; the next request starts
@@ -181,19 +216,52 @@ class DynamicBatcher:
             self._executor = None
 
     # -- the model thread --------------------------------------------------------------------------
-    def featurize(self, pairs: Sequence[PairInput]) -> list[tuple[Hashable, RelationRecord, PairFeatures]]:
-        """Each pair's input shape (token count, image, crops, image object), record and features, after checking
-        that it resolves to two entities a relation can hold between (its error names the item in a request of
-        several pairs). Featurised once: the forward pass reuses them."""
+    def resolve(self, pairs: Sequence[PairInput]) -> list[RelationRecord]:
+        """Each pair's record, after checking that it resolves to two entities a relation can hold between (its
+        error names the item in a request of several pairs)."""
         checked = []
         for i, pair in enumerate(pairs):
             try:
                 checked.append(check_pair(pair, self.extractor))
             except Exception as e:
                 raise pair_error(e, f"item {i}: " if len(pairs) > 1 else "") from None
-        records, features = self.extractor.featurize(pairs, checked)
-        return [((len(f.input_ids), p.image is not None, len(f.crops), f.object_box is not None), r, f)
+        return checked
+
+    def featurize(self, pairs: Sequence[PairInput], records: Sequence[RelationRecord]
+                  ) -> list[tuple[Hashable, RelationRecord, PairFeatures]]:
+        """Each resolved pair's input shape (padded token count, image, crops, image object), record and features,
+        in one pass over all of them (the entity tagger batches its texts); the forward pass reuses them."""
+        records, features = self.extractor.featurize(pairs, records)
+        return [((padded_length(len(f.input_ids), SCORING_PAD_MULTIPLE), p.image is not None, len(f.crops),
+                  f.object_box is not None), r, f)
                 for r, f, p in zip(records, features, pairs, strict=True)]
+
+    def prepare(self, jobs: list[Job], outcomes: list[Any]
+                ) -> dict[int, list[tuple[Hashable, RelationRecord, PairFeatures]]]:
+        """Every job's featurised pairs (a job whose pairs do not resolve gets its error in ``outcomes``): all
+        jobs' pairs in one featurisation, or job by job if that fails, so that only the failing job's request
+        fails."""
+        resolved: dict[int, list[RelationRecord]] = {}
+        for j, job in enumerate(jobs):
+            try:
+                resolved[j] = self.resolve(job.pairs)
+            except Exception as e:
+                outcomes[j] = e
+        order = list(resolved)
+        try:
+            flat = self.featurize([p for j in order for p in jobs[j].pairs], [r for j in order for r in resolved[j]])
+        except Exception:
+            out = {}
+            for j in order:
+                try:
+                    out[j] = self.featurize(jobs[j].pairs, resolved[j])
+                except Exception as e:
+                    outcomes[j] = pair_error(e, "")
+            return out
+        out, start = {}, 0
+        for j in order:
+            out[j], start = flat[start:start + len(jobs[j].pairs)], start + len(jobs[j].pairs)
+        return out
 
     def forward(self, prepared: list[tuple[RelationRecord, PairFeatures]], top_k: list[int]) -> list[Prediction]:
         """One forward pass over shape-uniform featurised pairs; each prediction cut to its own top-k."""
@@ -205,25 +273,35 @@ class DynamicBatcher:
             self.metrics.observe_pass(len(prepared), time.perf_counter() - start)
         return [dataclasses.replace(p, top_k=p.top_k[:k]) for p, k in zip(preds, top_k, strict=True)]
 
-    def run(self, jobs: list[Job]) -> list[list[Prediction] | BaseException]:
-        """Every job's predictions (or the exception that answers it), computed in shape-uniform groups."""
+    def run(self, jobs: list[Job], done: Callable[[int, Any], None] | None = None
+            ) -> list[list[Prediction] | BaseException]:
+        """Every job's predictions (or the exception that answers it), computed in shape-uniform groups;
+        ``done(j, outcome)`` is called as soon as job ``j``'s outcome is complete."""
+        delivered: set[int] = set()
+
+        def deliver(touched: Iterable[int]) -> None:
+            for j in touched:
+                complete = isinstance(outcomes[j], BaseException) or all(p is not None for p in outcomes[j])
+                if done is not None and complete and j not in delivered:
+                    delivered.add(j)
+                    done(j, outcomes[j])
+
         with self.lock:
             outcomes: list[Any] = [None] * len(jobs)
             prepared: dict[tuple[int, int], tuple[RelationRecord, PairFeatures]] = {}
             groups: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
-            for j, job in enumerate(jobs):
-                try:
-                    featurized = self.featurize(job.pairs)
-                except Exception as e:
-                    outcomes[j] = e
-                    continue
-                outcomes[j] = [None] * len(job.pairs)
+            featurized_jobs = self.prepare(jobs, outcomes)
+            deliver(j for j in range(len(jobs)) if j not in featurized_jobs)
+            for j, featurized in featurized_jobs.items():
+                outcomes[j] = [None] * len(jobs[j].pairs)
                 for i, (key, record, feats) in enumerate(featurized):
                     groups[key].append((j, i))
                     prepared[j, i] = (record, feats)
             for members in groups.values():
                 for start in range(0, len(members), self.batch_size):
-                    self._run_chunk(jobs, outcomes, prepared, members[start:start + self.batch_size])
+                    chunk = members[start:start + self.batch_size]
+                    self._run_chunk(jobs, outcomes, prepared, chunk)
+                    deliver(dict.fromkeys(j for j, _ in chunk))
         return outcomes
 
     def _run_chunk(self, jobs: list[Job], outcomes: list[Any],

@@ -18,13 +18,25 @@ DEFAULT_LIMIT_CONCURRENCY = 1000
 DEFAULT_HEADER_TIMEOUT = 10.0
 
 
-def header_timeout_protocol(seconds: float) -> type:
-    """uvicorn's h11 protocol closing a connection whose request line and headers are not complete within
-    ``seconds`` of the connection opening or of the previous answer (uvicorn has no such timeout of its own: a
-    client sending half a header would hold its connection for ever)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+def http_protocol() -> type:
+    """uvicorn's fastest HTTP/1.1 protocol installed: httptools' C parser (the serve extra installs
+    ``uvicorn[standard]``), else the pure-Python h11 one."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderTimeoutH11Protocol(H11Protocol):
+        return H11Protocol
+    return HttpToolsProtocol
+
+
+def header_timeout_protocol(seconds: float, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol (``base``, default :func:`http_protocol`) closing a connection whose request line
+    and headers are not complete within ``seconds`` of the connection opening or of the previous answer (uvicorn
+    has no such timeout of its own: a client sending half a header would hold its connection for ever)."""
+    base = base or http_protocol()
+
+    class HeaderTimeoutProtocol(base):  # type: ignore[misc,valid-type]
         _header_timer: asyncio.TimerHandle | None = None
 
         def _arm(self) -> None:
@@ -61,7 +73,17 @@ def header_timeout_protocol(seconds: float) -> type:
             self._disarm()
             super().connection_lost(exc)
 
-    return HeaderTimeoutH11Protocol
+    return HeaderTimeoutProtocol
+
+
+def freeze_loaded_objects() -> None:
+    """Move every object alive now (the model, tokenizer, tagger: millions of them) out of the garbage collector's
+    reach (``gc.freeze``): a full collection under load then scans only what requests allocate, instead of freezing
+    every thread for a few hundred milliseconds (``/health`` included). Call it once everything is loaded."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def uvicorn_settings(*, log_level: str = "info", timeout_keep_alive: int = DEFAULT_TIMEOUT_KEEP_ALIVE,
