@@ -139,7 +139,7 @@ def render(p: dict) -> list[str]:
     s = p["summary"]
     lines = ["# Unseen relations on Wiki80 (the literature's protocol)", "",
              f"Produced by `{p['command']}` at commit `{p['commit']}` on {p['machine']} ({p['date']}).", "",
-             __doc__.split("::")[1].split("\n\n", 1)[1].strip().replace("\n", " "), "",
+             __doc__.split("::")[1].split("\n\n")[2].strip().replace("\n", " "), "",
              "| m held out | macro-F1 (mean ± std over split seeds) | accuracy | sentences per split |",
              "| --- | --- | --- | --- |"]
     for m in HELD_OUT_SIZES:
